@@ -1,0 +1,393 @@
+//! Typed configuration: defaults, then the TOML file, then `PGENRICH_*` environment variables,
+//! then command-line flags (each later source wins). Every setting has the same name in all
+//! three places (`max_client_connections` ⇄ `PGENRICH_MAX_CLIENT_CONNECTIONS` ⇄
+//! `--max-client-connections`). Values are validated once, at start-up, and an invalid one stops
+//! pgenrich with a message naming its key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Command line. Every option can also come from the environment or the config file.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "pgenrich",
+    version,
+    about = "PostgreSQL wire-protocol sidecar that evaluates Aurora-style ML functions in batches",
+    long_about = "pgenrich listens like a PostgreSQL server and relays every session to the upstream \
+database. Each option may also be set as PGENRICH_<NAME> in the environment or as <name> in the \
+TOML config file; precedence is flag > environment > file > default."
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "PGENRICH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to accept client connections on [default: 127.0.0.1:6432].
+    #[arg(long, env = "PGENRICH_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// The PostgreSQL server to relay to (host name resolved per connection).
+    #[arg(long, env = "PGENRICH_UPSTREAM", value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
+    /// Also listen on a Unix socket `<dir>/.s.PGSQL.<listen port>` (libpq `host=<dir>`).
+    #[arg(long, env = "PGENRICH_UNIX_SOCKET_DIR", value_name = "DIR")]
+    pub unix_socket_dir: Option<String>,
+    /// PEM certificate chain offered to clients that request TLS (with --tls-key-file).
+    #[arg(long, env = "PGENRICH_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key for --tls-cert-file.
+    #[arg(long, env = "PGENRICH_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<String>,
+    /// TLS to the upstream: disable, prefer, require, verify-ca or verify-full [default: prefer].
+    #[arg(long, env = "PGENRICH_UPSTREAM_TLS_MODE", value_name = "MODE")]
+    pub upstream_tls_mode: Option<String>,
+    /// PEM CA bundle for verify-ca / verify-full (e.g. the RDS bundle) [default: system roots].
+    #[arg(long, env = "PGENRICH_UPSTREAM_TLS_CA_FILE", value_name = "FILE")]
+    pub upstream_tls_ca_file: Option<String>,
+    /// Name checked against the upstream certificate in verify-full [default: upstream host].
+    #[arg(long, env = "PGENRICH_UPSTREAM_TLS_SERVER_NAME", value_name = "NAME")]
+    pub upstream_tls_server_name: Option<String>,
+    /// Maximum concurrent client sessions; more get FATAL 53300 [default: 1000].
+    #[arg(long, env = "PGENRICH_MAX_CLIENT_CONNECTIONS", value_name = "N")]
+    pub max_client_connections: Option<String>,
+    /// Time a client has to finish startup and authentication [default: 30s].
+    #[arg(long, env = "PGENRICH_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Close sessions idle outside a transaction this long with FATAL 57P05; 0 disables [default: 0].
+    #[arg(long, env = "PGENRICH_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// On SIGTERM/SIGINT, how long busy sessions may finish before FATAL 57P01 [default: 30s].
+    #[arg(long, env = "PGENRICH_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Timeout for connecting to the upstream, TLS included [default: 10s].
+    #[arg(long, env = "PGENRICH_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub upstream_connect_timeout: Option<String>,
+    /// Largest Query/Parse message text pgenrich inspects; longer ones get 54000 [default: 64MiB].
+    #[arg(long, env = "PGENRICH_MAX_QUERY_BYTES", value_name = "BYTES")]
+    pub max_query_bytes: Option<String>,
+    /// Log format: text or json (level filter from RUST_LOG) [default: text].
+    #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The config file: the same keys, with TOML types.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    upstream: Option<String>,
+    unix_socket_dir: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    upstream_tls_mode: Option<String>,
+    upstream_tls_ca_file: Option<String>,
+    upstream_tls_server_name: Option<String>,
+    max_client_connections: Option<toml::Value>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    max_query_bytes: Option<toml::Value>,
+    log_format: Option<String>,
+}
+
+/// TLS towards the upstream, with libpq's `sslmode` meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTlsMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `host:port` as configured; resolved for every new session.
+    pub upstream: String,
+    pub upstream_host: String,
+    pub unix_socket_dir: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub upstream_tls_mode: UpstreamTlsMode,
+    pub upstream_tls_ca_file: Option<PathBuf>,
+    pub upstream_tls_server_name: Option<String>,
+    pub max_client_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub max_query_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Settings for tests and embedding: defaults plus the two addresses.
+    pub fn new(listen: SocketAddr, upstream: &str) -> Result<Config, ConfigError> {
+        Self::resolve(
+            Cli {
+                listen: Some(listen.to_string()),
+                upstream: Some(upstream.to_owned()),
+                ..Cli::default()
+            },
+            FileConfig::default(),
+        )
+    }
+
+    /// Merges the command line (which already carries the environment) over the config file.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(cli, file)
+    }
+
+    fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen_text = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:6432".to_owned());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen", format!("`{listen_text}`: {e} (expected ADDR:PORT)")))?;
+        let upstream = cli.upstream.or(file.upstream).ok_or(ConfigError::Missing {
+            key: "upstream",
+            flag: "upstream",
+            env: "UPSTREAM",
+        })?;
+        let upstream_host = upstream_host(&upstream)?;
+        let tls_cert_file = cli.tls_cert_file.or(file.tls_cert_file).map(PathBuf::from);
+        let tls_key_file = cli.tls_key_file.or(file.tls_key_file).map(PathBuf::from);
+        match (&tls_cert_file, &tls_key_file) {
+            (Some(_), None) => return Err(invalid("tls_key_file", "required with tls_cert_file")),
+            (None, Some(_)) => return Err(invalid("tls_cert_file", "required with tls_key_file")),
+            _ => {}
+        }
+        let mode_text = cli.upstream_tls_mode.or(file.upstream_tls_mode);
+        let upstream_tls_mode = match mode_text.as_deref().unwrap_or("prefer") {
+            "disable" => UpstreamTlsMode::Disable,
+            "prefer" => UpstreamTlsMode::Prefer,
+            "require" => UpstreamTlsMode::Require,
+            "verify-ca" => UpstreamTlsMode::VerifyCa,
+            "verify-full" => UpstreamTlsMode::VerifyFull,
+            other => {
+                return Err(invalid(
+                    "upstream_tls_mode",
+                    format!("`{other}` (expected disable, prefer, require, verify-ca or verify-full)"),
+                ))
+            }
+        };
+        let log_format = match cli.log_format.or(file.log_format).as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log_format", format!("`{other}` (expected text or json)"))),
+        };
+        let max_client_connections = number(
+            "max_client_connections",
+            cli.max_client_connections,
+            file.max_client_connections,
+            1000,
+        )?;
+        if max_client_connections == 0 {
+            return Err(invalid("max_client_connections", "must be at least 1"));
+        }
+        let max_query_bytes =
+            number("max_query_bytes", cli.max_query_bytes, file.max_query_bytes, 64 << 20)?;
+        if !(1024..=1 << 30).contains(&max_query_bytes) {
+            return Err(invalid("max_query_bytes", "must be between 1024 and 1073741824"));
+        }
+        let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
+        Ok(Config {
+            listen,
+            upstream,
+            upstream_host,
+            unix_socket_dir: cli.unix_socket_dir.or(file.unix_socket_dir).map(PathBuf::from),
+            tls_cert_file,
+            tls_key_file,
+            upstream_tls_mode,
+            upstream_tls_ca_file: cli
+                .upstream_tls_ca_file
+                .or(file.upstream_tls_ca_file)
+                .map(PathBuf::from),
+            upstream_tls_server_name: cli
+                .upstream_tls_server_name
+                .or(file.upstream_tls_server_name),
+            max_client_connections,
+            handshake_timeout: nonzero(
+                "handshake_timeout",
+                duration("handshake_timeout", cli.handshake_timeout, file.handshake_timeout, "30s")?,
+            )?,
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            drain_timeout: duration("drain_timeout", cli.drain_timeout, file.drain_timeout, "30s")?,
+            upstream_connect_timeout: nonzero(
+                "upstream_connect_timeout",
+                duration(
+                    "upstream_connect_timeout",
+                    cli.upstream_connect_timeout,
+                    file.upstream_connect_timeout,
+                    "10s",
+                )?,
+            )?,
+            max_query_bytes,
+            log_format,
+        })
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: shown,
+        message: e.to_string(),
+    })
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The host part of `host:port` (IPv6 literals in brackets), checking the port.
+fn upstream_host(upstream: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| invalid("upstream", format!("`{upstream}`: {why} (expected HOST:PORT)"));
+    let (host, port) = upstream.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    port.parse::<u16>().map_err(|_| bad("invalid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    Ok(host.to_owned())
+}
+
+fn number(
+    key: &'static str,
+    cli: Option<String>,
+    file: Option<toml::Value>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let text = match (cli, file) {
+        (Some(text), _) => text,
+        (None, Some(toml::Value::Integer(n))) => n.to_string(),
+        (None, Some(toml::Value::String(text))) => text,
+        (None, Some(other)) => return Err(invalid(key, format!("`{other:?}` is not a number"))),
+        (None, None) => return Ok(default),
+    };
+    parse_size(&text).ok_or_else(|| invalid(key, format!("`{text}` is not a non-negative number")))
+}
+
+/// `1048576`, `64KiB`, `16MiB`, `1GiB`.
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: usize = digits.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "kB" | "KB" => 1 << 10,
+        "MiB" | "MB" => 1 << 20,
+        "GiB" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+fn duration(
+    key: &'static str,
+    cli: Option<String>,
+    file: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = cli.or(file).unwrap_or_else(|| default.to_owned());
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, format!("`{text}`: {e} (expected e.g. 500ms, 30s, 5m)")))
+}
+
+fn nonzero(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(invalid(key, "must be greater than zero"))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["pgenrich"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("valid command line")
+    }
+
+    #[test]
+    fn defaults_apply_and_upstream_is_required() {
+        let config = Config::load(cli(&["--upstream", "db.example:5432"])).expect("config");
+        assert_eq!(config.listen, "127.0.0.1:6432".parse().expect("addr"));
+        assert_eq!(config.upstream_host, "db.example");
+        assert_eq!(config.upstream_tls_mode, UpstreamTlsMode::Prefer);
+        assert_eq!(config.max_client_connections, 1000);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(30));
+        assert_eq!(config.idle_timeout, None);
+        assert_eq!(config.max_query_bytes, 64 << 20);
+        let missing = Config::resolve(Cli::default(), FileConfig::default()).expect_err("missing");
+        assert!(missing.to_string().contains("`upstream`"), "{missing}");
+    }
+
+    #[test]
+    fn command_line_wins_over_file() {
+        let file: FileConfig = toml::from_str(
+            "upstream = \"file:1\"\nlisten = \"127.0.0.1:7000\"\nmax_query_bytes = \"2MiB\"\nidle_timeout = \"5m\"",
+        )
+        .expect("toml");
+        let config = Config::resolve(cli(&["--upstream", "cli:2"]), file).expect("config");
+        assert_eq!(config.upstream, "cli:2");
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.max_query_bytes, 2 << 20);
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases: [(&[&str], &str); 7] = [
+            (&["--upstream", "nohostport"], "`upstream`"),
+            (&["--upstream", "h:1", "--listen", "nowhere"], "`listen`"),
+            (&["--upstream", "h:1", "--upstream-tls-mode", "maybe"], "`upstream_tls_mode`"),
+            (&["--upstream", "h:1", "--handshake-timeout", "soon"], "`handshake_timeout`"),
+            (&["--upstream", "h:1", "--max-client-connections", "0"], "`max_client_connections`"),
+            (&["--upstream", "h:1", "--tls-cert-file", "c.pem"], "`tls_key_file`"),
+            (&["--upstream", "h:1", "--log-format", "xml"], "`log_format`"),
+        ];
+        for (args, key) in cases {
+            let error = Config::load(cli(args)).expect_err("invalid");
+            assert!(error.to_string().contains(key), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let error = toml::from_str::<FileConfig>("lisen = \"x\"").expect_err("typo");
+        assert!(error.to_string().contains("lisen"), "{error}");
+    }
+}

@@ -1,0 +1,29 @@
+//! pgenrich: a PostgreSQL wire-protocol sidecar that relays sessions to the upstream database and
+//! intervenes only in statements calling ML pseudo-functions (`aws_comprehend.*`,
+//! `aws_sagemaker.*`).
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings from flags, `PGENRICH_*` variables and the TOML file.
+//! - [`error`]: errors per layer and the one SQLSTATE table.
+//! - [`server`]: listeners, connection limit, graceful drain.
+//! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting.
+//! - [`protocol`]: frame headers and messages pgenrich builds (pgwire's codec); no I/O.
+//! - [`sql`]: the ML hook — does a statement call an ML function?
+//! - [`upstream`]: connecting to the database (TLS modes) and forwarding cancel requests.
+//! - [`cancel`]: client-facing cancel keys and where they lead.
+//! - [`tls`]: rustls configuration for both legs.
+//! - [`stream`]: the client and upstream stream types.
+//! - [`telemetry`]: tracing subscriber set-up.
+
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod sql;
+pub mod stream;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,163 @@
+//! Listeners, the accept loop, the connection limit and graceful drain.
+//!
+//! `Server::bind` opens the TCP listener (and the Unix socket if configured); `Server::run`
+//! accepts until its shutdown token is cancelled, then stops accepting, lets sessions finish
+//! (idle ones close at once with FATAL 57P01) and, after `drain_timeout`, terminates the rest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::session::{self, SessionContext};
+use crate::stream::ClientStream;
+use crate::upstream::Upstream;
+
+/// Time sessions get to write their goodbye after the drain timeout, before the server returns.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("could not listen on {what}: {source}")]
+    Listen {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server {
+    tcp: TcpListener,
+    unix: Option<(UnixListener, PathBuf)>,
+    ctx: Arc<SessionContext>,
+    limit: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Validates TLS material and opens the listeners. `listen` may use port 0.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let tls = crate::tls::server_config(&config)?.map(TlsAcceptor::from);
+        let upstream = Upstream::new(&config)?;
+        let tcp = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                what: config.listen.to_string(),
+                source,
+            })?;
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
+        let unix = match &config.unix_socket_dir {
+            Some(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                // A socket file left by a previous run that did not shut down cleanly.
+                let _ = std::fs::remove_file(&path);
+                let listener = UnixListener::bind(&path).map_err(|source| StartError::Listen {
+                    what: path.display().to_string(),
+                    source,
+                })?;
+                Some((listener, path))
+            }
+            None => None,
+        };
+        let limit = Arc::new(Semaphore::new(config.max_client_connections));
+        Ok(Server {
+            tcp,
+            unix,
+            limit,
+            ctx: Arc::new(SessionContext {
+                config,
+                upstream,
+                tls,
+                cancels: CancelRegistry::new(),
+                draining: CancellationToken::new(),
+                terminate: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().unwrap_or(self.ctx.config.listen)
+    }
+
+    /// Accepts sessions until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let sessions = TaskTracker::new();
+        info!(
+            listen = %self.local_addr(),
+            unix = ?self.unix.as_ref().map(|(_, p)| p.display().to_string()),
+            upstream = %self.ctx.config.upstream,
+            "pgenrich accepting connections"
+        );
+        let mut next_id: u64 = 0;
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                tcp = self.tcp.accept() => tcp.map(|(stream, peer)| {
+                    // Small request/response messages dominate; Nagle would delay each one.
+                    let _ = stream.set_nodelay(true);
+                    (ClientStream::Tcp(stream), peer.to_string())
+                }),
+                unix = accept_unix(&self.unix) => unix.map(|stream| (ClientStream::Unix(stream), "unix".to_owned())),
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            next_id += 1;
+            let permit = Arc::clone(&self.limit).try_acquire_owned().ok();
+            let span = tracing::info_span!(
+                "session",
+                session_id = next_id,
+                %peer,
+                user = tracing::field::Empty,
+                database = tracing::field::Empty,
+            );
+            let ctx = Arc::clone(&self.ctx);
+            sessions.spawn(
+                async move {
+                    session::run(ctx, stream, permit.is_some()).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        drop(self.tcp);
+        if let Some((listener, path)) = self.unix {
+            drop(listener);
+            let _ = std::fs::remove_file(path);
+        }
+        sessions.close();
+        info!(sessions = sessions.len(), "shutting down: draining sessions");
+        self.ctx.draining.cancel();
+        let drain = self.ctx.config.drain_timeout;
+        if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+            warn!(sessions = sessions.len(), "drain timeout: terminating remaining sessions");
+            self.ctx.terminate.cancel();
+            let _ = tokio::time::timeout(TERMINATE_GRACE, sessions.wait()).await;
+        }
+        info!("pgenrich stopped");
+    }
+}
+
+async fn accept_unix(unix: &Option<(UnixListener, PathBuf)>) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some((listener, _)) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}

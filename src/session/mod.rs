@@ -1,0 +1,269 @@
+//! One client session: pre-startup negotiation (SSL, GSSENC, cancel requests), connecting the
+//! upstream, then the relay loop with its timeouts, draining and closing.
+
+pub mod relay;
+pub mod tracker;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, Span};
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::error::SessionError;
+use crate::protocol::frontend;
+use crate::protocol::startup::{self, StartupError, StartupPacket};
+use crate::stream::ClientStream;
+use crate::upstream::Upstream;
+use relay::{Event, Relay, RelayContext};
+
+/// How long pgenrich keeps trying to deliver its last words to a closing session.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Shared by all sessions of a server.
+pub struct SessionContext {
+    pub config: Config,
+    pub upstream: Arc<Upstream>,
+    pub tls: Option<TlsAcceptor>,
+    pub cancels: Arc<CancelRegistry>,
+    /// Cancelled on SIGTERM/SIGINT: sessions close as soon as they are idle.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain timeout expires: sessions close now.
+    pub terminate: CancellationToken,
+}
+
+/// Runs a client connection to its end. `admitted` is false when the connection limit is reached.
+pub async fn run(ctx: Arc<SessionContext>, stream: ClientStream, admitted: bool) {
+    match session(&ctx, stream, admitted).await {
+        Ok(()) => debug!("session ended"),
+        Err(error @ (SessionError::ClientIo(_) | SessionError::Shutdown)) => {
+            debug!(%error, "session closed")
+        }
+        Err(error) => info!(%error, "session ended with an error"),
+    }
+}
+
+async fn session(
+    ctx: &SessionContext,
+    mut stream: ClientStream,
+    admitted: bool,
+) -> Result<(), SessionError> {
+    let deadline = Instant::now() + ctx.config.handshake_timeout;
+    // Pre-startup packets: answer SSL/GSSENC requests until the StartupMessage arrives.
+    let raw_startup = loop {
+        let packet = match timeout_at(deadline, read_startup_packet(&mut stream)).await {
+            Ok(Ok(packet)) => packet,
+            Ok(Err(error)) => return fail(stream, error).await,
+            Err(_) => return fail(stream, SessionError::HandshakeTimeout).await,
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                stream = match (stream, &ctx.tls) {
+                    (ClientStream::Tcp(mut tcp), Some(acceptor)) => {
+                        tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
+                        let tls = timeout_at(deadline, acceptor.accept(tcp))
+                            .await
+                            .map_err(|_| SessionError::HandshakeTimeout)?
+                            .map_err(SessionError::ClientTls)?;
+                        ClientStream::Tls(Box::new(tls))
+                    }
+                    (mut other, _) => {
+                        other.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                        other
+                    }
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                stream.write_all(b"N").await.map_err(SessionError::ClientIo)?
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                forward_cancel(ctx, pid, &secret).await;
+                return Ok(());
+            }
+            StartupPacket::Startup { params, raw, .. } => {
+                let span = Span::current();
+                for (name, value) in &params {
+                    match name.as_str() {
+                        "user" => span.record("user", value.as_str()),
+                        "database" => span.record("database", value.as_str()),
+                        _ => &span,
+                    };
+                }
+                break raw;
+            }
+        }
+    };
+    if !admitted {
+        return fail(stream, SessionError::TooManyConnections).await;
+    }
+    if ctx.draining.is_cancelled() {
+        return fail(stream, SessionError::Shutdown).await;
+    }
+    let (upstream, upstream_addr) = match ctx.upstream.connect().await {
+        Ok(connected) => connected,
+        Err(error) => return fail(stream, error).await,
+    };
+    debug!(%upstream_addr, tls = stream.is_tls(), "connected upstream");
+    let mut relay = Relay::new(
+        stream,
+        upstream,
+        RelayContext {
+            max_query_bytes: ctx.config.max_query_bytes,
+            cancels: Arc::clone(&ctx.cancels),
+            upstream_addr,
+        },
+    );
+    relay.send_upstream(raw_startup);
+    let result = relay_loop(ctx, &mut relay, deadline).await;
+    close(ctx, relay, result).await
+}
+
+/// Pumps until the session ends, honouring the handshake deadline, the idle timeout, draining
+/// and termination.
+async fn relay_loop(
+    ctx: &SessionContext,
+    relay: &mut Relay,
+    handshake_deadline: Instant,
+) -> Result<(), SessionError> {
+    let idle_timeout = ctx.config.idle_timeout;
+    loop {
+        let idle_deadline = idle_timeout.map(|t| Instant::from_std(relay.last_client_activity) + t);
+        tokio::select! {
+            event = poll_fn(|cx| relay.poll_progress(cx)) => match event? {
+                // After the client's Terminate both sides simply hang up.
+                Event::ClientClosed | Event::UpstreamClosed if relay.client_terminated() => {
+                    return Ok(())
+                }
+                Event::ClientClosed => return Err(SessionError::ClientIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )),
+                Event::UpstreamClosed => return Err(SessionError::UpstreamIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )),
+                Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
+            },
+            _ = sleep_until(handshake_deadline), if !relay.ready => {
+                return Err(SessionError::HandshakeTimeout);
+            }
+            _ = sleep_until(idle_deadline.unwrap_or(handshake_deadline)),
+                if idle_deadline.is_some() && relay.ready =>
+            {
+                let idle_for = relay.last_client_activity.elapsed();
+                if relay.tracker.is_quiescent() && idle_timeout.is_some_and(|t| idle_for >= t) {
+                    return Err(SessionError::IdleTimeout);
+                }
+            }
+            _ = ctx.draining.cancelled(), if !relay.draining => relay.draining = true,
+            _ = ctx.terminate.cancelled(), if !relay.terminating => relay.terminating = true,
+        }
+    }
+}
+
+/// Ends a relayed session: tells the client why (when it can still parse a message), stops the
+/// upstream's work if the client vanished mid-query, and closes both connections.
+async fn close(
+    ctx: &SessionContext,
+    mut relay: Relay,
+    result: Result<(), SessionError>,
+) -> Result<(), SessionError> {
+    let error = match result {
+        Ok(()) => {
+            let _ = timeout(CLOSE_FLUSH_TIMEOUT, poll_fn(|cx| relay.poll_flush_all(cx))).await;
+            return Ok(());
+        }
+        Err(error) => error,
+    };
+    let client_gone = matches!(error, SessionError::ClientIo(_) | SessionError::ClientTls(_));
+    if client_gone && !relay.tracker.is_idle() {
+        // PostgreSQL notices a vanished client only when it next writes; a long query would keep
+        // running (and holding locks) until then.
+        if let Some(target) = relay.cancel_target.clone() {
+            let upstream = Arc::clone(&ctx.upstream);
+            tokio::spawn(async move {
+                let _ = upstream
+                    .cancel(target.upstream_addr, target.upstream_pid, &target.upstream_secret)
+                    .await;
+            });
+        }
+    }
+    let upstream_gone = matches!(error, SessionError::UpstreamIo(_));
+    relay.discard_pending_input();
+    let says_why = !(upstream_gone && relay.upstream_sent_error_last());
+    if !client_gone && says_why && relay.client_at_boundary() {
+        if let Some(message) = error.to_client() {
+            relay.push_to_client(message.encode());
+        }
+    }
+    if !upstream_gone && relay.upstream_at_boundary() {
+        relay.push_to_upstream(terminate_message());
+    }
+    let _ = timeout(CLOSE_FLUSH_TIMEOUT, poll_fn(|cx| relay.poll_flush_all(cx))).await;
+    let _ = timeout(CLOSE_FLUSH_TIMEOUT, relay.client.shutdown()).await;
+    let _ = timeout(CLOSE_FLUSH_TIMEOUT, relay.upstream.shutdown()).await;
+    if client_gone && relay.tracker.is_idle() {
+        return Ok(());
+    }
+    Err(error)
+}
+
+fn terminate_message() -> Bytes {
+    Bytes::from_static(&[frontend::TERMINATE, 0, 0, 0, 4])
+}
+
+/// Sends a FATAL for `error` (if it has one) on a session that never reached the relay.
+async fn fail(mut stream: ClientStream, error: SessionError) -> Result<(), SessionError> {
+    if let Some(message) = error.to_client() {
+        let _ = timeout(CLOSE_FLUSH_TIMEOUT, async {
+            stream.write_all(&message.encode()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+    Err(error)
+}
+
+async fn read_startup_packet(stream: &mut ClientStream) -> Result<StartupPacket, SessionError> {
+    let len = stream.read_u32().await.map_err(SessionError::ClientIo)?;
+    let len = startup::check_length(len).map_err(startup_error)?;
+    let mut raw = BytesMut::zeroed(len);
+    raw[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    stream
+        .read_exact(&mut raw[4..])
+        .await
+        .map_err(SessionError::ClientIo)?;
+    startup::decode(raw.freeze()).map_err(startup_error)
+}
+
+fn startup_error(error: StartupError) -> SessionError {
+    match error {
+        StartupError::BadLength(len) => SessionError::BadStartup(format!("invalid length of startup packet ({len})")),
+        StartupError::UnsupportedProtocol { major, minor } => {
+            SessionError::UnsupportedProtocol { major, minor }
+        }
+        StartupError::Malformed(why) => SessionError::BadStartup(why.to_owned()),
+    }
+}
+
+/// Forwards a client's cancel request to the upstream backend its key stands for. Unknown keys
+/// are ignored silently, as PostgreSQL does.
+async fn forward_cancel(ctx: &SessionContext, pid: i32, secret: &[u8]) {
+    let Some(target) = ctx.cancels.lookup(pid, secret) else {
+        debug!("cancel request with an unknown key ignored");
+        return;
+    };
+    match ctx
+        .upstream
+        .cancel(target.upstream_addr, target.upstream_pid, &target.upstream_secret)
+        .await
+    {
+        Ok(()) => debug!("cancel request forwarded"),
+        Err(error) => info!(%error, "could not forward a cancel request"),
+    }
+}

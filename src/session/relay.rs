@@ -1,0 +1,525 @@
+//! The byte pump between one client and its upstream connection.
+//!
+//! Both directions are driven from one task by [`Relay::poll_progress`], which never blocks one
+//! direction on the other: bytes are read into large reusable buffers, frame headers are hopped
+//! over, and whole byte ranges are queued for writing as shared slices of the read buffer (no
+//! copy), written with one vectored write per wake-up. Only the messages the relay must look at are
+//! assembled: Query and Parse from the client (for the ML hook), and ReadyForQuery,
+//! BackendKeyData and stand-in errors from the upstream. A message too large for one read streams
+//! through in pieces.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
+use crate::error::{SessionError, SqlState};
+use crate::protocol::{self, backend, frontend, header, ErrorMessage, HEADER_LEN};
+use crate::session::tracker::{Tracker, STANDIN_NAME};
+use crate::sql::{self, Verdict};
+use crate::stream::{ClientStream, UpstreamStream};
+
+/// Read buffers grow by this much when they run low.
+const READ_CHUNK: usize = 128 * 1024;
+/// Stop reading from one side while this much is queued for the other (back-pressure).
+const HIGH_WATER: usize = 1024 * 1024;
+/// At most this many slices per vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Why [`Relay::poll_progress`] returned.
+#[derive(Debug)]
+pub enum Event {
+    ClientClosed,
+    UpstreamClosed,
+    /// Draining, and the session is idle outside a transaction: it can close now.
+    Quiescent,
+    /// Terminating, and the response stream is at a message boundary: it can close now.
+    AtBoundary,
+}
+
+/// Bytes read from one side, with the framing state of the message being passed through.
+#[derive(Default)]
+struct Inbound {
+    buf: BytesMut,
+    /// Bytes at the front of `buf` that are framed and may be forwarded as they are.
+    ready: usize,
+    /// Bytes of the current message, not yet read, that pass through without inspection.
+    body_left: usize,
+    /// Bytes of the current message, not yet read, to drop (a rejected oversized statement).
+    discard_left: usize,
+}
+
+impl Inbound {
+    fn available(&self) -> usize {
+        self.buf.len() - self.ready
+    }
+
+    /// At a message boundary: nothing half-forwarded or half-dropped.
+    fn at_boundary(&self) -> bool {
+        self.body_left == 0 && self.discard_left == 0
+    }
+
+    /// Passes bytes of the current pass-through message; true when it is complete.
+    fn pass_body(&mut self) -> bool {
+        let n = self.body_left.min(self.available());
+        self.ready += n;
+        self.body_left -= n;
+        self.body_left == 0
+    }
+
+    /// Queues the framed bytes for the other side.
+    fn release(&mut self, out: &mut Outbound) {
+        if self.ready > 0 {
+            out.push(self.buf.split_to(self.ready).freeze());
+            self.ready = 0;
+        }
+    }
+}
+
+/// Bytes queued for one side.
+#[derive(Default)]
+struct Outbound {
+    queue: VecDeque<Bytes>,
+    len: usize,
+    needs_flush: bool,
+}
+
+impl Outbound {
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.queue.push_back(bytes);
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Writes as much as the socket takes; Ok(true) if anything was written.
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> io::Result<bool> {
+        let mut wrote = false;
+        while !self.queue.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .queue
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.consume(n);
+                    wrote = true;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        if self.queue.is_empty() && self.needs_flush {
+            // TLS streams buffer records internally; TCP flush is free.
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(wrote)
+    }
+}
+
+/// Everything the relay needs besides the two streams.
+pub struct RelayContext {
+    pub max_query_bytes: usize,
+    pub cancels: Arc<CancelRegistry>,
+    pub upstream_addr: std::net::SocketAddr,
+}
+
+pub struct Relay {
+    pub(crate) client: ClientStream,
+    pub(crate) upstream: UpstreamStream,
+    from_client: Inbound,
+    from_upstream: Inbound,
+    to_upstream: Outbound,
+    to_client: Outbound,
+    pub(crate) tracker: Tracker,
+    ctx: RelayContext,
+    /// The first ReadyForQuery has arrived: authentication is over.
+    pub(crate) ready: bool,
+    pub(crate) draining: bool,
+    pub(crate) terminating: bool,
+    client_terminated: bool,
+    last_backend_kind: u8,
+    pub(crate) last_client_activity: Instant,
+    pub(crate) cancel_target: Option<CancelTarget>,
+    cancel_key: Option<CancelKeyGuard>,
+}
+
+impl Relay {
+    pub fn new(client: ClientStream, upstream: UpstreamStream, ctx: RelayContext) -> Relay {
+        Relay {
+            client,
+            upstream,
+            from_client: Inbound::default(),
+            from_upstream: Inbound::default(),
+            to_upstream: Outbound::default(),
+            to_client: Outbound::default(),
+            tracker: Tracker::default(),
+            ctx,
+            ready: false,
+            draining: false,
+            terminating: false,
+            client_terminated: false,
+            last_backend_kind: 0,
+            last_client_activity: Instant::now(),
+            cancel_target: None,
+            cancel_key: None,
+        }
+    }
+
+    /// Queues bytes for the upstream (the startup packet).
+    pub fn send_upstream(&mut self, bytes: Bytes) {
+        self.to_upstream.push(bytes);
+    }
+
+    /// Moves both directions forward until an [`Event`] or until nothing can progress.
+    pub fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, SessionError>> {
+        loop {
+            if self.terminating && self.from_upstream.at_boundary() {
+                return Poll::Ready(Ok(Event::AtBoundary));
+            }
+            if self.draining
+                && self.ready
+                && self.tracker.is_quiescent()
+                && self.from_client.at_boundary()
+                && self.from_client.buf.is_empty()
+            {
+                return Poll::Ready(Ok(Event::Quiescent));
+            }
+            let mut progress = self
+                .to_upstream
+                .poll_write(&mut self.upstream, cx)
+                .map_err(SessionError::UpstreamIo)?;
+            progress |= self
+                .to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+
+            if self.to_upstream.len < HIGH_WATER && !self.terminating && !self.client_terminated {
+                reserve(&mut self.from_client.buf);
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
+                    Poll::Ready(Ok(_)) => {
+                        self.last_client_activity = Instant::now();
+                        self.process_client()?;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if self.to_client.len < HIGH_WATER {
+                reserve(&mut self.from_upstream.buf);
+                match poll_read_buf(Pin::new(&mut self.upstream), cx, &mut self.from_upstream.buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::UpstreamClosed)),
+                    Poll::Ready(Ok(_)) => {
+                        self.process_upstream()?;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Frames client bytes: passes everything through except Query/Parse texts that the ML hook
+    /// rejects, which are replaced by a stand-in.
+    fn process_client(&mut self) -> Result<(), SessionError> {
+        loop {
+            let inbound = &mut self.from_client;
+            if inbound.discard_left > 0 {
+                inbound.release(&mut self.to_upstream);
+                let n = inbound.discard_left.min(inbound.buf.len());
+                inbound.buf.advance(n);
+                inbound.discard_left -= n;
+                if inbound.discard_left > 0 {
+                    break;
+                }
+                continue;
+            }
+            if inbound.body_left > 0 {
+                if !inbound.pass_body() {
+                    break;
+                }
+                continue;
+            }
+            let (kind, len) = match header(&inbound.buf[inbound.ready..]) {
+                None => break,
+                Some(Err(bad)) => return Err(SessionError::BadMessageLength(bad.0)),
+                Some(Ok(frame)) => frame,
+            };
+            let total = 1 + len;
+            if !self.ready || (kind != frontend::QUERY && kind != frontend::PARSE) {
+                self.tracker.on_client(kind);
+                if kind == frontend::TERMINATE {
+                    self.client_terminated = true;
+                }
+                let n = total.min(inbound.available());
+                inbound.ready += n;
+                inbound.body_left = total - n;
+                continue;
+            }
+            if len - 4 > self.ctx.max_query_bytes {
+                inbound.release(&mut self.to_upstream);
+                let n = total.min(inbound.buf.len());
+                inbound.buf.advance(n);
+                inbound.discard_left = total - n;
+                let error = ErrorMessage::error(
+                    SqlState::ProgramLimitExceeded,
+                    format!(
+                        "statement text of {} bytes exceeds pgenrich's max_query_bytes ({})",
+                        len - 4,
+                        self.ctx.max_query_bytes
+                    ),
+                )
+                .with_hint("Raise max_query_bytes, or send large values as parameters.");
+                self.reject(kind, error);
+                continue;
+            }
+            if inbound.available() < total {
+                inbound.buf.reserve(total - inbound.available());
+                break;
+            }
+            let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
+            match inspect(kind, body) {
+                Verdict::Relay => {
+                    self.tracker.on_client(kind);
+                    inbound.ready += total;
+                }
+                Verdict::Ml { function } => {
+                    inbound.release(&mut self.to_upstream);
+                    inbound.buf.advance(total);
+                    tracing::info!(%function, "rejected an ML statement");
+                    let error = ErrorMessage::error(
+                        SqlState::FeatureNotSupported,
+                        format!("pgenrich cannot evaluate {function} yet"),
+                    )
+                    .with_detail("The statement was not sent to the database.")
+                    .with_hint(
+                        "This pgenrich build relays plain SQL only; ML function evaluation \
+                         arrives in a later version.",
+                    );
+                    self.reject(kind, error);
+                }
+            }
+        }
+        self.from_client.release(&mut self.to_upstream);
+        Ok(())
+    }
+
+    /// Sends the upstream a stand-in for a rejected Query or Parse: a message that fails exactly
+    /// where the original would have (aborting a transaction block, skipping to Sync, or not
+    /// running at all in an already failed transaction), and whose error is replaced by `error`.
+    fn reject(&mut self, kind: u8, error: ErrorMessage) {
+        let standin = if kind == frontend::QUERY {
+            let mut text = format!("EXECUTE \"{STANDIN_NAME}\"").into_bytes();
+            text.push(0);
+            frame(frontend::QUERY, &text)
+        } else {
+            let mut body = STANDIN_NAME.as_bytes().to_vec();
+            body.push(0);
+            body.extend_from_slice(&0i32.to_be_bytes());
+            frame(frontend::EXECUTE, &body)
+        };
+        let standin_kind = if kind == frontend::QUERY {
+            frontend::QUERY
+        } else {
+            frontend::EXECUTE
+        };
+        self.tracker.on_client(standin_kind);
+        self.tracker.substitute_next_standin_error(error.encode());
+        self.to_upstream.push(standin);
+    }
+
+    /// Frames upstream bytes, tracking completions and the transaction status, minting the
+    /// client's cancel key and swapping stand-in errors.
+    fn process_upstream(&mut self) -> Result<(), SessionError> {
+        loop {
+            let inbound = &mut self.from_upstream;
+            if inbound.body_left > 0 {
+                if !inbound.pass_body() {
+                    break;
+                }
+                continue;
+            }
+            if self.terminating {
+                break;
+            }
+            let (kind, len) = match header(&inbound.buf[inbound.ready..]) {
+                None => break,
+                Some(Err(bad)) => {
+                    return Err(SessionError::UpstreamIo(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("invalid message length {} from upstream", bad.0),
+                    )))
+                }
+                Some(Ok(frame)) => frame,
+            };
+            let total = 1 + len;
+            self.last_backend_kind = kind;
+            let is_key = kind == backend::BACKEND_KEY_DATA && !self.ready;
+            if !is_key && !self.tracker.wants_body(kind) {
+                self.tracker.on_backend(kind, None);
+                let n = total.min(inbound.available());
+                inbound.ready += n;
+                inbound.body_left = total - n;
+                continue;
+            }
+            if inbound.available() < total {
+                inbound.buf.reserve(total - inbound.available());
+                break;
+            }
+            let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
+            let replacement = if is_key {
+                let body = body.to_vec();
+                self.mint_cancel_key(&body)
+            } else {
+                if kind == backend::READY_FOR_QUERY {
+                    self.ready = true;
+                }
+                self.tracker.on_backend(kind, Some(body))
+            };
+            match replacement {
+                Some(bytes) => {
+                    let inbound = &mut self.from_upstream;
+                    inbound.release(&mut self.to_client);
+                    inbound.buf.advance(total);
+                    self.to_client.push(bytes);
+                }
+                None => self.from_upstream.ready += total,
+            }
+        }
+        self.from_upstream.release(&mut self.to_client);
+        Ok(())
+    }
+
+    /// Replaces the upstream's BackendKeyData with a key of pgenrich's own.
+    fn mint_cancel_key(&mut self, body: &[u8]) -> Option<Bytes> {
+        if body.len() < 8 {
+            return None;
+        }
+        let target = CancelTarget {
+            upstream_addr: self.ctx.upstream_addr,
+            upstream_pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+            upstream_secret: Bytes::copy_from_slice(&body[4..]),
+        };
+        self.cancel_target = Some(target.clone());
+        let (guard, pid, secret) = self.ctx.cancels.register(target)?;
+        self.cancel_key = Some(guard);
+        let mut payload = pid.to_be_bytes().to_vec();
+        payload.extend_from_slice(&secret);
+        Some(frame(backend::BACKEND_KEY_DATA, &payload))
+    }
+
+    /// The client sent Terminate: the session ends normally when either side hangs up.
+    pub fn client_terminated(&self) -> bool {
+        self.client_terminated
+    }
+
+    /// Whether the upstream's last message was an error (then it has told the client why it
+    /// closed, and pgenrich adds nothing).
+    pub fn upstream_sent_error_last(&self) -> bool {
+        self.last_backend_kind == backend::ERROR_RESPONSE
+    }
+
+    /// Client-bound bytes end at a message boundary, so a message of pgenrich's may follow.
+    pub fn client_at_boundary(&self) -> bool {
+        self.from_upstream.at_boundary()
+    }
+
+    /// Upstream-bound bytes end at a message boundary.
+    pub fn upstream_at_boundary(&self) -> bool {
+        self.from_client.at_boundary()
+    }
+
+    pub fn push_to_client(&mut self, bytes: Bytes) {
+        self.to_client.push(bytes);
+    }
+
+    /// Drops whatever the client sent that was not forwarded yet (used when closing).
+    pub fn discard_pending_input(&mut self) {
+        self.from_client.buf.clear();
+        self.from_client.ready = 0;
+        self.from_upstream.buf.clear();
+        self.from_upstream.ready = 0;
+    }
+
+    pub fn push_to_upstream(&mut self, bytes: Bytes) {
+        self.to_upstream.push(bytes);
+    }
+
+    /// Writes out both queues; Ready when they are empty and flushed.
+    pub fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let up = self.to_upstream.poll_write(&mut self.upstream, cx);
+        let down = self.to_client.poll_write(&mut self.client, cx);
+        up?;
+        down?;
+        let done = |o: &Outbound| o.queue.is_empty() && !o.needs_flush;
+        if done(&self.to_upstream) && done(&self.to_client) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Runs the ML hook on a Query or Parse body.
+fn inspect(kind: u8, body: &[u8]) -> Verdict {
+    match protocol::statement_text(kind, body) {
+        Some(text) if sql::mentions_ml_schema(text) => sql::inspect(&String::from_utf8_lossy(text)),
+        _ => Verdict::Relay,
+    }
+}
+
+/// One message: type byte, length, body.
+fn frame(kind: u8, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.push(kind);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}

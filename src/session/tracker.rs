@@ -1,0 +1,262 @@
+//! Response accounting for one session: which client requests the upstream has yet to answer.
+//!
+//! The relay forwards messages as they come and learns their outcome only from the response
+//! stream, so it keeps a queue of *segments*: a Query or FunctionCall (answered up to its
+//! ReadyForQuery), or a run of extended-protocol messages (each answered by one completion or
+//! error message, closed by Sync and its ReadyForQuery). PostgreSQL answers strictly in order, so
+//! the front segment is always the one being answered. This tells the session when the upstream
+//! is idle (for draining and idle timeouts), the transaction status, and which upstream error is
+//! the answer to a stand-in message whose error pgenrich replaces with its own.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::protocol::{error_fields, frontend};
+
+/// Name of the prepared statement / portal that stand-in messages refer to. It never exists, so
+/// the upstream answers with an error exactly where PostgreSQL would have rejected the original
+/// message, and pgenrich swaps that error for its own.
+pub const STANDIN_NAME: &str = "pgenrich.rejected";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A Query or FunctionCall: answered by everything up to one ReadyForQuery.
+    Simple,
+    /// Extended-protocol messages: `pending` completions due, then a ReadyForQuery if `synced`.
+    Extended,
+}
+
+#[derive(Debug)]
+struct Segment {
+    kind: Kind,
+    pending: u32,
+    synced: bool,
+    /// The upstream already reported an error here and skips until Sync.
+    failed: bool,
+    /// Errors to send instead of the upstream's answers to stand-in messages, in order.
+    substitutions: VecDeque<Bytes>,
+}
+
+impl Segment {
+    fn new(kind: Kind) -> Segment {
+        Segment {
+            kind,
+            pending: 0,
+            synced: false,
+            failed: false,
+            substitutions: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    segments: VecDeque<Segment>,
+    status: u8,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            segments: VecDeque::new(),
+            status: b'I',
+        }
+    }
+}
+
+impl Tracker {
+    /// Transaction status of the last ReadyForQuery (`I`, `T` or `E`).
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Everything forwarded has been answered.
+    pub fn is_idle(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Idle and outside a transaction block: the session can be closed without losing work.
+    pub fn is_quiescent(&self) -> bool {
+        self.is_idle() && self.status == b'I'
+    }
+
+    fn open_extended(&mut self) -> &mut Segment {
+        let reuse = matches!(
+            self.segments.back(),
+            Some(Segment { kind: Kind::Extended, synced: false, .. })
+        );
+        if !reuse {
+            self.segments.push_back(Segment::new(Kind::Extended));
+        }
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    /// A client message of type `kind` was forwarded to the upstream.
+    pub fn on_client(&mut self, kind: u8) {
+        match kind {
+            frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.segments.push_back(Segment::new(Kind::Simple))
+            }
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::CLOSE => self.open_extended().pending += 1,
+            frontend::SYNC => self.open_extended().synced = true,
+            // Flush, CopyData/Done/Fail, Terminate and authentication messages get no reply of
+            // their own.
+            _ => {}
+        }
+    }
+
+    /// Registers the error to send in place of the upstream's answer to the stand-in message just
+    /// passed to [`Tracker::on_client`].
+    pub fn substitute_next_standin_error(&mut self, error: Bytes) {
+        if let Some(segment) = self.segments.back_mut() {
+            segment.substitutions.push_back(error);
+        }
+    }
+
+    /// Whether the relay must assemble a backend message of this type and pass its body to
+    /// [`Tracker::on_backend`].
+    pub fn wants_body(&self, kind: u8) -> bool {
+        match kind {
+            b'Z' => true,
+            b'E' => self
+                .segments
+                .front()
+                .is_some_and(|s| !s.substitutions.is_empty()),
+            _ => false,
+        }
+    }
+
+    /// A backend message of type `kind` passed by; `body` is given when [`Tracker::wants_body`]
+    /// asked for it. Returns a replacement for the message, if it is a stand-in's error.
+    pub fn on_backend(&mut self, kind: u8, body: Option<&[u8]>) -> Option<Bytes> {
+        match kind {
+            b'Z' => {
+                if let Some(&status) = body.and_then(|b| b.first()) {
+                    self.status = status;
+                }
+                // A Query sent before a Sync implicitly ends the open extended run.
+                while let Some(segment) = self.segments.pop_front() {
+                    if segment.kind == Kind::Simple || segment.synced {
+                        break;
+                    }
+                }
+                None
+            }
+            b'E' => {
+                let front = self.segments.front_mut()?;
+                let replacement = match body {
+                    Some(body) if is_standin_error(body) => front.substitutions.pop_front(),
+                    _ => None,
+                };
+                if front.kind == Kind::Extended {
+                    front.pending = 0;
+                    front.failed = true;
+                }
+                replacement
+            }
+            // Completions of extended-protocol messages (in a Query's answer these are not final).
+            b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's' => {
+                if let Some(front) = self.segments.front_mut() {
+                    if front.kind == Kind::Extended {
+                        front.pending = front.pending.saturating_sub(1);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn is_standin_error(body: &[u8]) -> bool {
+    let (code, message) = error_fields(body);
+    matches!(code, Some(b"26000") | Some(b"34000"))
+        && message.is_some_and(|m| {
+            memchr::memmem::find(m, STANDIN_NAME.as_bytes()).is_some()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::SqlState;
+    use crate::protocol::ErrorMessage;
+
+    fn standin_error(code: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (field, value) in [
+            (b'S', "ERROR".to_owned()),
+            (b'C', code.to_owned()),
+            (b'M', format!("portal \"{STANDIN_NAME}\" does not exist")),
+        ] {
+            body.push(field);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn simple_queries_are_answered_by_ready_for_query() {
+        let mut t = Tracker::default();
+        t.on_client(b'Q');
+        t.on_client(b'Q');
+        assert!(!t.is_idle());
+        for kind in [b'T', b'D', b'C'] {
+            t.on_backend(kind, None);
+        }
+        t.on_backend(b'Z', Some(b"T"));
+        assert!(!t.is_idle());
+        assert_eq!(t.status(), b'T');
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_quiescent());
+    }
+
+    #[test]
+    fn extended_runs_end_at_sync_and_errors_skip_the_rest() {
+        let mut t = Tracker::default();
+        for kind in [b'P', b'B', b'D', b'E', b'S'] {
+            t.on_client(kind);
+        }
+        t.on_backend(b'1', None);
+        t.on_backend(b'E', None);
+        assert!(!t.is_idle(), "the Sync's ReadyForQuery is still due");
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn standin_errors_are_replaced_once_in_order() {
+        let mut t = Tracker::default();
+        t.on_client(b'P');
+        t.on_client(b'E');
+        let ours = ErrorMessage::error(SqlState::FeatureNotSupported, "no").encode();
+        t.substitute_next_standin_error(ours.clone());
+        t.on_client(b'S');
+        t.on_backend(b'1', None);
+        assert!(t.wants_body(b'E'));
+        assert_eq!(t.on_backend(b'E', Some(&standin_error("34000"))), Some(ours));
+        assert!(!t.wants_body(b'E'));
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn other_errors_pass_and_unused_substitutions_expire() {
+        let mut t = Tracker::default();
+        t.on_client(b'Q');
+        t.substitute_next_standin_error(Bytes::from_static(b"ours"));
+        // In an aborted transaction the upstream answers 25P02 instead: relay that one.
+        assert_eq!(t.on_backend(b'E', Some(&standin_error("25P02"))), None);
+        t.on_backend(b'Z', Some(b"E"));
+        t.on_client(b'Q');
+        assert!(!t.wants_body(b'E'), "substitutions never leak into later statements");
+    }
+}
