@@ -28,7 +28,10 @@ impl CancelRegistry {
 
     /// Mints a fresh client-facing key for `target`: a process id unique among live sessions and
     /// a random secret as long as the upstream's. The guard removes it when the session ends.
-    pub fn register(self: &Arc<Self>, target: CancelTarget) -> Option<(CancelKeyGuard, i32, Bytes)> {
+    pub fn register(
+        self: &Arc<Self>,
+        target: CancelTarget,
+    ) -> Option<(CancelKeyGuard, i32, Bytes)> {
         let mut secret = vec![0u8; target.upstream_secret.len().max(4)];
         getrandom::fill(&mut secret).ok()?;
         let secret = Bytes::from(secret);
@@ -96,8 +99,15 @@ mod tests {
         let registry = CancelRegistry::new();
         let (guard, pid, secret) = registry.register(target()).expect("register");
         assert_eq!(secret.len(), 4);
-        assert_ne!(&secret[..], b"\x01\x02\x03\x04", "the upstream secret is never handed out");
-        assert_eq!(registry.lookup(pid, &secret).map(|t| t.upstream_pid), Some(42));
+        assert_ne!(
+            &secret[..],
+            b"\x01\x02\x03\x04",
+            "the upstream secret is never handed out"
+        );
+        assert_eq!(
+            registry.lookup(pid, &secret).map(|t| t.upstream_pid),
+            Some(42)
+        );
         assert!(registry.lookup(pid, b"\0\0\0\0").is_none() || &secret[..] == b"\0\0\0\0");
         assert!(registry.lookup(pid, &secret[..3]).is_none());
         drop(guard);

@@ -64,7 +64,11 @@ pub struct Cli {
     #[arg(long, env = "PGENRICH_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
     /// Timeout for connecting to the upstream, TLS included [default: 10s].
-    #[arg(long, env = "PGENRICH_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "PGENRICH_UPSTREAM_CONNECT_TIMEOUT",
+        value_name = "DURATION"
+    )]
     pub upstream_connect_timeout: Option<String>,
     /// Largest Query/Parse message text pgenrich inspects; longer ones get 54000 [default: 64MiB].
     #[arg(long, env = "PGENRICH_MAX_QUERY_BYTES", value_name = "BYTES")]
@@ -160,9 +164,12 @@ impl Config {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:6432".to_owned());
-        let listen = listen_text
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("listen", format!("`{listen_text}`: {e} (expected ADDR:PORT)")))?;
+        let listen = listen_text.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen",
+                format!("`{listen_text}`: {e} (expected ADDR:PORT)"),
+            )
+        })?;
         let upstream = cli.upstream.or(file.upstream).ok_or(ConfigError::Missing {
             key: "upstream",
             flag: "upstream",
@@ -186,14 +193,26 @@ impl Config {
             other => {
                 return Err(invalid(
                     "upstream_tls_mode",
-                    format!("`{other}` (expected disable, prefer, require, verify-ca or verify-full)"),
+                    format!(
+                        "`{other}` (expected disable, prefer, require, verify-ca or verify-full)"
+                    ),
                 ))
             }
         };
-        let log_format = match cli.log_format.or(file.log_format).as_deref().unwrap_or("text") {
+        let log_format = match cli
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(invalid("log_format", format!("`{other}` (expected text or json)"))),
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("`{other}` (expected text or json)"),
+                ))
+            }
         };
         let max_client_connections = number(
             "max_client_connections",
@@ -204,17 +223,27 @@ impl Config {
         if max_client_connections == 0 {
             return Err(invalid("max_client_connections", "must be at least 1"));
         }
-        let max_query_bytes =
-            number("max_query_bytes", cli.max_query_bytes, file.max_query_bytes, 64 << 20)?;
+        let max_query_bytes = number(
+            "max_query_bytes",
+            cli.max_query_bytes,
+            file.max_query_bytes,
+            64 << 20,
+        )?;
         if !(1024..=1 << 30).contains(&max_query_bytes) {
-            return Err(invalid("max_query_bytes", "must be between 1024 and 1073741824"));
+            return Err(invalid(
+                "max_query_bytes",
+                "must be between 1024 and 1073741824",
+            ));
         }
         let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
         Ok(Config {
             listen,
             upstream,
             upstream_host,
-            unix_socket_dir: cli.unix_socket_dir.or(file.unix_socket_dir).map(PathBuf::from),
+            unix_socket_dir: cli
+                .unix_socket_dir
+                .or(file.unix_socket_dir)
+                .map(PathBuf::from),
             tls_cert_file,
             tls_key_file,
             upstream_tls_mode,
@@ -228,10 +257,20 @@ impl Config {
             max_client_connections,
             handshake_timeout: nonzero(
                 "handshake_timeout",
-                duration("handshake_timeout", cli.handshake_timeout, file.handshake_timeout, "30s")?,
+                duration(
+                    "handshake_timeout",
+                    cli.handshake_timeout,
+                    file.handshake_timeout,
+                    "30s",
+                )?,
             )?,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
-            drain_timeout: duration("drain_timeout", cli.drain_timeout, file.drain_timeout, "30s")?,
+            drain_timeout: duration(
+                "drain_timeout",
+                cli.drain_timeout,
+                file.drain_timeout,
+                "30s",
+            )?,
             upstream_connect_timeout: nonzero(
                 "upstream_connect_timeout",
                 duration(
@@ -268,7 +307,12 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 
 /// The host part of `host:port` (IPv6 literals in brackets), checking the port.
 fn upstream_host(upstream: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| invalid("upstream", format!("`{upstream}`: {why} (expected HOST:PORT)"));
+    let bad = |why: &str| {
+        invalid(
+            "upstream",
+            format!("`{upstream}`: {why} (expected HOST:PORT)"),
+        )
+    };
     let (host, port) = upstream.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     port.parse::<u16>().map_err(|_| bad("invalid port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -297,7 +341,10 @@ fn number(
 /// `1048576`, `64KiB`, `16MiB`, `1GiB`.
 fn parse_size(text: &str) -> Option<usize> {
     let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: usize = digits.parse().ok()?;
     let scale = match unit.trim() {
         "" | "B" => 1,
@@ -373,11 +420,26 @@ mod tests {
         let cases: [(&[&str], &str); 7] = [
             (&["--upstream", "nohostport"], "`upstream`"),
             (&["--upstream", "h:1", "--listen", "nowhere"], "`listen`"),
-            (&["--upstream", "h:1", "--upstream-tls-mode", "maybe"], "`upstream_tls_mode`"),
-            (&["--upstream", "h:1", "--handshake-timeout", "soon"], "`handshake_timeout`"),
-            (&["--upstream", "h:1", "--max-client-connections", "0"], "`max_client_connections`"),
-            (&["--upstream", "h:1", "--tls-cert-file", "c.pem"], "`tls_key_file`"),
-            (&["--upstream", "h:1", "--log-format", "xml"], "`log_format`"),
+            (
+                &["--upstream", "h:1", "--upstream-tls-mode", "maybe"],
+                "`upstream_tls_mode`",
+            ),
+            (
+                &["--upstream", "h:1", "--handshake-timeout", "soon"],
+                "`handshake_timeout`",
+            ),
+            (
+                &["--upstream", "h:1", "--max-client-connections", "0"],
+                "`max_client_connections`",
+            ),
+            (
+                &["--upstream", "h:1", "--tls-cert-file", "c.pem"],
+                "`tls_key_file`",
+            ),
+            (
+                &["--upstream", "h:1", "--log-format", "xml"],
+                "`log_format`",
+            ),
         ];
         for (args, key) in cases {
             let error = Config::load(cli(args)).expect_err("invalid");

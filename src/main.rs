@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         }
     };
     pgenrich::telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("pgenrich: cannot start the runtime: {error}");
@@ -43,8 +46,10 @@ fn main() -> ExitCode {
 
 /// The first SIGTERM or SIGINT starts a graceful drain; a second one exits at once.
 async fn watch_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

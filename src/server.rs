@@ -56,7 +56,10 @@ impl Server {
                 what: config.listen.to_string(),
                 source,
             })?;
-        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(config.listen.port());
+        let port = tcp
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(config.listen.port());
         let unix = match &config.unix_socket_dir {
             Some(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -143,11 +146,17 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         sessions.close();
-        info!(sessions = sessions.len(), "shutting down: draining sessions");
+        info!(
+            sessions = sessions.len(),
+            "shutting down: draining sessions"
+        );
         self.ctx.draining.cancel();
         let drain = self.ctx.config.drain_timeout;
         if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
-            warn!(sessions = sessions.len(), "drain timeout: terminating remaining sessions");
+            warn!(
+                sessions = sessions.len(),
+                "drain timeout: terminating remaining sessions"
+            );
             self.ctx.terminate.cancel();
             let _ = tokio::time::timeout(TERMINATE_GRACE, sessions.wait()).await;
         }
@@ -155,7 +164,9 @@ impl Server {
     }
 }
 
-async fn accept_unix(unix: &Option<(UnixListener, PathBuf)>) -> std::io::Result<tokio::net::UnixStream> {
+async fn accept_unix(
+    unix: &Option<(UnixListener, PathBuf)>,
+) -> std::io::Result<tokio::net::UnixStream> {
     match unix {
         Some((listener, _)) => listener.accept().await.map(|(stream, _)| stream),
         None => std::future::pending().await,

@@ -94,15 +94,20 @@ impl Upstream {
             }
             b'N' if self.mode == UpstreamTlsMode::Prefer => Ok(UpstreamStream::Tcp(tcp)),
             b'N' => Err(self.connect_error("the server does not support TLS")),
-            other => Err(self.connect_error(format!(
-                "unexpected answer {other:#04x} to SSLRequest"
-            ))),
+            other => {
+                Err(self.connect_error(format!("unexpected answer {other:#04x} to SSLRequest")))
+            }
         }
     }
 
     /// Sends a CancelRequest for upstream backend `pid`/`secret` to `addr`. PostgreSQL never
     /// answers a cancel request, so success means "delivered".
-    pub async fn cancel(&self, addr: SocketAddr, pid: i32, secret: &[u8]) -> Result<(), SessionError> {
+    pub async fn cancel(
+        &self,
+        addr: SocketAddr,
+        pid: i32,
+        secret: &[u8],
+    ) -> Result<(), SessionError> {
         let attempt = async {
             let (mut stream, _) = self.connect_inner(Some(addr)).await?;
             let mut packet = BytesMut::with_capacity(12 + secret.len());

@@ -32,6 +32,7 @@ pub mod backend {
     pub const READY_FOR_QUERY: u8 = b'Z';
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const AUTHENTICATION: u8 = b'R';
 }
 
 /// Length of a frame header: type byte plus the 4-byte length.
@@ -165,6 +166,47 @@ impl ErrorMessage {
     }
 }
 
+/// SASL mechanism that binds authentication to the TLS certificate of the server.
+const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+
+/// Rewrites an AuthenticationSASL body (`R`, code 10) without `SCRAM-SHA-256-PLUS`; `None` for
+/// any other authentication message, which then passes unchanged.
+///
+/// Channel binding ties SCRAM to the certificate of the TLS connection the client sees. Through
+/// pgenrich that is never the upstream's connection, so a bound exchange cannot succeed, and libpq
+/// refuses outright when the mechanism is offered over a connection that is not TLS at all (the
+/// usual sidecar set-up: plain on loopback, TLS to the database). Offering only plain SCRAM keeps
+/// password authentication end-to-end between client and database.
+pub fn without_channel_binding(body: &[u8]) -> Option<Bytes> {
+    let (code, mut rest) = body.split_first_chunk::<4>()?;
+    if u32::from_be_bytes(*code) != 10 {
+        return None;
+    }
+    let mut kept = BytesMut::with_capacity(body.len());
+    kept.extend_from_slice(b"R\0\0\0\0");
+    kept.extend_from_slice(code);
+    let mut stripped = false;
+    while let Some((mechanism, tail)) = split_cstr(rest) {
+        rest = tail;
+        if mechanism.is_empty() {
+            break;
+        }
+        if mechanism == SCRAM_PLUS {
+            stripped = true;
+            continue;
+        }
+        kept.extend_from_slice(mechanism);
+        kept.extend_from_slice(b"\0");
+    }
+    if !stripped {
+        return None;
+    }
+    kept.extend_from_slice(b"\0");
+    let len = (kept.len() - 1) as u32;
+    kept[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(kept.freeze())
+}
+
 /// Reads the SQLSTATE and message fields of an ErrorResponse body (after the header).
 pub fn error_fields(body: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let (mut code, mut message) = (None, None);
@@ -220,6 +262,23 @@ mod tests {
         let (code, message) = error_fields(&bytes[5..]);
         assert_eq!(code, Some(&b"0A000"[..]));
         assert_eq!(message, Some(&b"no ML yet"[..]));
+    }
+
+    #[test]
+    fn channel_binding_is_removed_from_sasl_offers_only() {
+        let offer = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+        let rewritten = without_channel_binding(offer).expect("rewritten");
+        assert_eq!(&rewritten[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0");
+        assert_eq!(
+            without_channel_binding(b"\0\0\0\x0aSCRAM-SHA-256\0\0"),
+            None
+        );
+        assert_eq!(
+            without_channel_binding(b"\0\0\0\x05salt"),
+            None,
+            "md5 passes"
+        );
+        assert_eq!(without_channel_binding(b"\0\0"), None);
     }
 
     #[test]

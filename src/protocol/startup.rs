@@ -16,7 +16,10 @@ pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: Bytes },
+    Cancel {
+        pid: i32,
+        secret: Bytes,
+    },
     /// A StartupMessage; `raw` is the whole packet, relayed to the upstream unchanged.
     Startup {
         major: u16,
@@ -112,13 +115,30 @@ mod tests {
 
     #[test]
     fn decodes_each_packet_kind() {
-        assert_eq!(decode(packet(SSL_REQUEST_CODE, b"")), Ok(StartupPacket::SslRequest));
-        assert_eq!(decode(packet(GSSENC_REQUEST_CODE, b"")), Ok(StartupPacket::GssEncRequest));
+        assert_eq!(
+            decode(packet(SSL_REQUEST_CODE, b"")),
+            Ok(StartupPacket::SslRequest)
+        );
+        assert_eq!(
+            decode(packet(GSSENC_REQUEST_CODE, b"")),
+            Ok(StartupPacket::GssEncRequest)
+        );
         let cancel = decode(packet(CANCEL_REQUEST_CODE, b"\0\0\0\x07abcd")).expect("cancel");
-        assert_eq!(cancel, StartupPacket::Cancel { pid: 7, secret: Bytes::from_static(b"abcd") });
+        assert_eq!(
+            cancel,
+            StartupPacket::Cancel {
+                pid: 7,
+                secret: Bytes::from_static(b"abcd")
+            }
+        );
         let raw = packet(196_608, b"user\0alice\0database\0db\0\0");
         match decode(raw.clone()).expect("startup") {
-            StartupPacket::Startup { major, minor, params, raw: r } => {
+            StartupPacket::Startup {
+                major,
+                minor,
+                params,
+                raw: r,
+            } => {
                 assert_eq!((major, minor), (3, 0));
                 assert_eq!(params[0], ("user".into(), "alice".into()));
                 assert_eq!(params[1], ("database".into(), "db".into()));
@@ -134,8 +154,14 @@ mod tests {
             decode(packet(0x0002_0000, b"")),
             Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 })
         );
-        assert!(matches!(decode(packet(196_608, b"user\0alice")), Err(StartupError::Malformed(_))));
-        assert!(matches!(decode(packet(CANCEL_REQUEST_CODE, b"\0\0")), Err(StartupError::Malformed(_))));
+        assert!(matches!(
+            decode(packet(196_608, b"user\0alice")),
+            Err(StartupError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(packet(CANCEL_REQUEST_CODE, b"\0\0")),
+            Err(StartupError::Malformed(_))
+        ));
         assert_eq!(check_length(4), Err(StartupError::BadLength(4)));
         assert_eq!(check_length(20_000), Err(StartupError::BadLength(20_000)));
         assert_eq!(check_length(8), Ok(8));

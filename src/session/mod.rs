@@ -75,14 +75,18 @@ async fn session(
                         ClientStream::Tls(Box::new(tls))
                     }
                     (mut other, _) => {
-                        other.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                        other
+                            .write_all(b"N")
+                            .await
+                            .map_err(SessionError::ClientIo)?;
                         other
                     }
                 }
             }
-            StartupPacket::GssEncRequest => {
-                stream.write_all(b"N").await.map_err(SessionError::ClientIo)?
-            }
+            StartupPacket::GssEncRequest => stream
+                .write_all(b"N")
+                .await
+                .map_err(SessionError::ClientIo)?,
             StartupPacket::Cancel { pid, secret } => {
                 forward_cancel(ctx, pid, &secret).await;
                 return Ok(());
@@ -150,7 +154,11 @@ async fn relay_loop(
                 Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
             },
             _ = sleep_until(handshake_deadline), if !relay.ready => {
-                return Err(SessionError::HandshakeTimeout);
+                // The condition was read when this select began; authentication may have
+                // finished since.
+                if !relay.ready {
+                    return Err(SessionError::HandshakeTimeout);
+                }
             }
             _ = sleep_until(idle_deadline.unwrap_or(handshake_deadline)),
                 if idle_deadline.is_some() && relay.ready =>
@@ -180,7 +188,10 @@ async fn close(
         }
         Err(error) => error,
     };
-    let client_gone = matches!(error, SessionError::ClientIo(_) | SessionError::ClientTls(_));
+    let client_gone = matches!(
+        error,
+        SessionError::ClientIo(_) | SessionError::ClientTls(_)
+    );
     if client_gone && !relay.tracker.is_idle() {
         // PostgreSQL notices a vanished client only when it next writes; a long query would keep
         // running (and holding locks) until then.
@@ -188,7 +199,11 @@ async fn close(
             let upstream = Arc::clone(&ctx.upstream);
             tokio::spawn(async move {
                 let _ = upstream
-                    .cancel(target.upstream_addr, target.upstream_pid, &target.upstream_secret)
+                    .cancel(
+                        target.upstream_addr,
+                        target.upstream_pid,
+                        &target.upstream_secret,
+                    )
                     .await;
             });
         }
@@ -243,7 +258,9 @@ async fn read_startup_packet(stream: &mut ClientStream) -> Result<StartupPacket,
 
 fn startup_error(error: StartupError) -> SessionError {
     match error {
-        StartupError::BadLength(len) => SessionError::BadStartup(format!("invalid length of startup packet ({len})")),
+        StartupError::BadLength(len) => {
+            SessionError::BadStartup(format!("invalid length of startup packet ({len})"))
+        }
         StartupError::UnsupportedProtocol { major, minor } => {
             SessionError::UnsupportedProtocol { major, minor }
         }
@@ -260,7 +277,11 @@ async fn forward_cancel(ctx: &SessionContext, pid: i32, secret: &[u8]) {
     };
     match ctx
         .upstream
-        .cancel(target.upstream_addr, target.upstream_pid, &target.upstream_secret)
+        .cancel(
+            target.upstream_addr,
+            target.upstream_pid,
+            &target.upstream_secret,
+        )
         .await
     {
         Ok(()) => debug!("cancel request forwarded"),

@@ -244,7 +244,11 @@ impl Relay {
             }
             if self.to_client.len < HIGH_WATER {
                 reserve(&mut self.from_upstream.buf);
-                match poll_read_buf(Pin::new(&mut self.upstream), cx, &mut self.from_upstream.buf) {
+                match poll_read_buf(
+                    Pin::new(&mut self.upstream),
+                    cx,
+                    &mut self.from_upstream.buf,
+                ) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::UpstreamClosed)),
                     Poll::Ready(Ok(_)) => {
                         self.process_upstream()?;
@@ -396,7 +400,8 @@ impl Relay {
             let total = 1 + len;
             self.last_backend_kind = kind;
             let is_key = kind == backend::BACKEND_KEY_DATA && !self.ready;
-            if !is_key && !self.tracker.wants_body(kind) {
+            let is_auth = kind == backend::AUTHENTICATION && !self.ready;
+            if !is_key && !is_auth && !self.tracker.wants_body(kind) {
                 self.tracker.on_backend(kind, None);
                 let n = total.min(inbound.available());
                 inbound.ready += n;
@@ -411,6 +416,8 @@ impl Relay {
             let replacement = if is_key {
                 let body = body.to_vec();
                 self.mint_cancel_key(&body)
+            } else if is_auth {
+                protocol::without_channel_binding(body)
             } else {
                 if kind == backend::READY_FOR_QUERY {
                     self.ready = true;

@@ -84,7 +84,11 @@ impl Tracker {
     fn open_extended(&mut self) -> &mut Segment {
         let reuse = matches!(
             self.segments.back(),
-            Some(Segment { kind: Kind::Extended, synced: false, .. })
+            Some(Segment {
+                kind: Kind::Extended,
+                synced: false,
+                ..
+            })
         );
         if !reuse {
             self.segments.push_back(Segment::new(Kind::Extended));
@@ -177,9 +181,7 @@ impl Tracker {
 fn is_standin_error(body: &[u8]) -> bool {
     let (code, message) = error_fields(body);
     matches!(code, Some(b"26000") | Some(b"34000"))
-        && message.is_some_and(|m| {
-            memchr::memmem::find(m, STANDIN_NAME.as_bytes()).is_some()
-        })
+        && message.is_some_and(|m| memchr::memmem::find(m, STANDIN_NAME.as_bytes()).is_some())
 }
 
 #[cfg(test)]
@@ -242,7 +244,10 @@ mod tests {
         t.on_client(b'S');
         t.on_backend(b'1', None);
         assert!(t.wants_body(b'E'));
-        assert_eq!(t.on_backend(b'E', Some(&standin_error("34000"))), Some(ours));
+        assert_eq!(
+            t.on_backend(b'E', Some(&standin_error("34000"))),
+            Some(ours)
+        );
         assert!(!t.wants_body(b'E'));
         t.on_backend(b'Z', Some(b"I"));
         assert!(t.is_idle());
@@ -257,6 +262,9 @@ mod tests {
         assert_eq!(t.on_backend(b'E', Some(&standin_error("25P02"))), None);
         t.on_backend(b'Z', Some(b"E"));
         t.on_client(b'Q');
-        assert!(!t.wants_body(b'E'), "substitutions never leak into later statements");
+        assert!(
+            !t.wants_body(b'E'),
+            "substitutions never leak into later statements"
+        );
     }
 }

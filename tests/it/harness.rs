@@ -1,0 +1,539 @@
+//! Shared test harness: a throw-away PostgreSQL server started from the installed binaries (once
+//! per test binary), pgenrich started in-process on port 0, TLS material, and a minimal raw
+//! protocol client for malformed-input and pipelining tests.
+//!
+//! The server runs in a temp directory on a free loopback port with SCRAM authentication (plus
+//! one role per other method), TLS enabled with a certificate made by the test. A watchdog shell
+//! stops it and removes the directory when the test process exits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgenrich::config::{Config, UpstreamTlsMode};
+use pgenrich::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+pub const DATABASE: &str = "pgenrich_test";
+/// SCRAM-authenticated application role.
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "alice-secret";
+pub const SUPERUSER_PASSWORD: &str = "postgres-secret";
+
+pub struct Postgres {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub tls: TlsFiles,
+}
+
+/// PEM files of a test CA and certificates it signed for 127.0.0.1 / localhost.
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// The shared PostgreSQL server, started on first use.
+pub fn postgres() -> &'static Postgres {
+    static PG: OnceLock<Postgres> = OnceLock::new();
+    PG.get_or_init(start_postgres)
+}
+
+fn server_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    match candidates.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin. Install them \
+             with `apt-get install -y postgresql postgresql-client` (or point PG_BIN at the \
+             directory holding initdb and postgres)."
+        ),
+    }
+}
+
+/// Runs as this OS user when the tests run as root (initdb and postgres refuse root).
+fn os_user() -> Option<(u32, u32)> {
+    let euid = String::from_utf8(Command::new("id").arg("-u").output().ok()?.stdout).ok()?;
+    if euid.trim() != "0" {
+        return None;
+    }
+    let id = |flag: &str, name: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, name]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    for name in ["postgres", "nobody"] {
+        if let (Some(uid), Some(gid)) = (id("-u", name), id("-g", name)) {
+            return Some((uid, gid));
+        }
+    }
+    panic!(
+        "running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL"
+    );
+}
+
+fn run_as(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn chown(path: &Path, user: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+// PostgreSQL and its watchdog outlive every test by design; the watchdog stops the server when
+// this process exits, and init reaps both.
+#[allow(clippy::zombie_processes)]
+fn start_postgres() -> Postgres {
+    let bin = server_bin_dir();
+    let user = os_user();
+    let dir = tempfile::Builder::new()
+        .prefix("pgenrich-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    chown(&dir, user);
+    let data = dir.join("data");
+    let pwfile = dir.join("pwfile");
+    std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("pwfile");
+    chown(&pwfile, user);
+    let status = run_as(&mut Command::new(bin.join("initdb")), user)
+        .args([
+            "-D",
+            data.to_str().expect("utf8"),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ])
+        .args(["--auth=scram-sha-256", "--auth-local=trust"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .output()
+        .expect("run initdb");
+    assert!(
+        status.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let tls = write_tls_files(&dir, &data, user);
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\n\
+         host all trust_user 127.0.0.1/32 trust\n\
+         host all md5_user 127.0.0.1/32 md5\n\
+         host all password_user 127.0.0.1/32 password\n\
+         host all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .expect("pg_hba");
+
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("postgres.log")).expect("log");
+    let child = run_as(&mut Command::new(bin.join("postgres")), user)
+        .args(["-D", data.to_str().expect("utf8")])
+        .args(["-p", &port.to_string(), "-k", dir.to_str().expect("utf8")])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+        .args(["-c", "max_connections=200", "-c", "fsync=off"])
+        .args(["-c", "shared_buffers=64MB", "-c", "max_wal_senders=4"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start postgres");
+    watchdog(child.id(), &dir);
+
+    let pg = Postgres {
+        port,
+        dir,
+        bin,
+        tls,
+    };
+    pg.wait_ready();
+    pg.psql_super(&format!(
+        "CREATE DATABASE {DATABASE};
+         CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}';
+         CREATE ROLE trust_user LOGIN;
+         CREATE ROLE password_user LOGIN PASSWORD 'plain-secret';
+         SET password_encryption = 'md5';
+         CREATE ROLE md5_user LOGIN PASSWORD 'md5-secret';
+         GRANT ALL ON DATABASE {DATABASE} TO {USER}, trust_user, md5_user, password_user;
+         ALTER DATABASE {DATABASE} OWNER TO {USER};
+         \\c {DATABASE}
+         GRANT CREATE ON SCHEMA public TO PUBLIC;"
+    ));
+    pg
+}
+
+/// Stops PostgreSQL (immediate shutdown) and removes its directory once this process is gone.
+#[allow(clippy::zombie_processes)] // see start_postgres
+fn watchdog(postgres_pid: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {postgres_pid} 2>/dev/null; \
+         for i in $(seq 50); do kill -0 {postgres_pid} 2>/dev/null || break; sleep 0.1; done; \
+         rm -rf '{dir}'",
+        me = std::process::id(),
+        dir = dir.display(),
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start watchdog");
+}
+
+impl Postgres {
+    fn wait_ready(&self) {
+        for _ in 0..300 {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        panic!("PostgreSQL did not become ready; its log:\n{log}");
+    }
+
+    pub fn upstream(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs SQL as the superuser over the Unix socket (bypassing pgenrich).
+    /// Statements are read as a script, so each runs in its own transaction.
+    pub fn psql_super(&self, sql: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(psql_path())
+            .args([
+                "-h",
+                self.dir.to_str().expect("utf8"),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(sql.as_bytes())
+            .expect("write script");
+        let out = child.wait_with_output().expect("psql output");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A connection string straight to PostgreSQL (no pgenrich).
+    pub fn direct_conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE}",
+            self.port
+        )
+    }
+}
+
+/// psql from the client package (Debian: /usr/bin/psql) or the server bin directory.
+pub fn psql_path() -> PathBuf {
+    let in_bin = server_bin_dir().join("psql");
+    if in_bin.exists() {
+        return in_bin;
+    }
+    PathBuf::from("psql")
+}
+
+fn write_tls_files(dir: &Path, data: &Path, user: Option<(u32, u32)>) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pgenrich test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+
+    let files = TlsFiles {
+        ca_cert: dir.join("ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+    };
+    std::fs::write(&files.ca_cert, ca_cert.pem()).expect("write");
+    std::fs::write(&files.server_cert, cert.pem()).expect("write");
+    std::fs::write(&files.server_key, key.serialize_pem()).expect("write");
+    // PostgreSQL insists on a key readable only by its owner.
+    for (name, pem) in [
+        ("server.crt", cert.pem()),
+        ("server.key", key.serialize_pem()),
+    ] {
+        let path = data.join(name);
+        std::fs::write(&path, pem).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        chown(&path, user);
+    }
+    files
+}
+
+/// A pgenrich server running in-process on the current runtime.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts pgenrich in front of the shared PostgreSQL with default settings.
+    pub async fn start() -> Proxy {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts pgenrich after `adjust` has changed its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Proxy {
+        let pg = postgres();
+        let mut config =
+            Config::new("127.0.0.1:0".parse().expect("addr"), &pg.upstream()).expect("config");
+        config.upstream_tls_mode = UpstreamTlsMode::Prefer;
+        adjust(&mut config);
+        let server = Server::bind(config).await.expect("pgenrich starts");
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Proxy {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn conninfo(&self, user: &str, password: &str) -> String {
+        let password = if password.is_empty() {
+            String::new()
+        } else {
+            format!(" password={password}")
+        };
+        format!(
+            "host=127.0.0.1 port={} user={user}{password} dbname={DATABASE}",
+            self.addr.port()
+        )
+    }
+
+    /// Connects as the SCRAM role and drives the connection in the background.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        connect(&self.conninfo(USER, PASSWORD)).await
+    }
+}
+
+pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// The SQLSTATE of a tokio-postgres error.
+pub fn sqlstate(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
+}
+
+/// A bare protocol client for sending exactly the bytes a test wants.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+        }
+    }
+
+    /// Connects and authenticates as `trust_user`, returning after the first ReadyForQuery.
+    pub async fn startup(addr: SocketAddr) -> RawClient {
+        let mut client = Self::connect(addr).await;
+        client
+            .send_startup(&[("user", "trust_user"), ("database", DATABASE)])
+            .await;
+        loop {
+            let (kind, body) = client.recv().await.expect("startup reply");
+            assert_ne!(
+                kind,
+                b'E',
+                "startup failed: {}",
+                String::from_utf8_lossy(&body)
+            );
+            if kind == b'Z' {
+                return client;
+            }
+        }
+    }
+
+    pub async fn send_startup(&mut self, params: &[(&str, &str)]) {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        self.stream.write_all(&packet).await.expect("send");
+    }
+
+    pub async fn send(&mut self, kind: u8, body: &[u8]) {
+        self.stream
+            .write_all(&message(kind, body))
+            .await
+            .expect("send");
+    }
+
+    /// The next message, or `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        let read = async {
+            let mut head = [0u8; 5];
+            self.stream.read_exact(&mut head).await.ok()?;
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len.checked_sub(4)?];
+            self.stream.read_exact(&mut body).await.ok()?;
+            Some((head[0], body))
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("no reply within 20s")
+    }
+
+    /// Messages up to and including the next ReadyForQuery.
+    pub async fn recv_until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some((kind, body)) = self.recv().await {
+            out.push((kind, body));
+            if kind == b'Z' {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// One frontend message.
+pub fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Parse, Bind (no parameters, text results), Execute for an unnamed statement.
+pub fn parse_bind_execute(sql: &str) -> Vec<u8> {
+    let mut parse = cstr("");
+    parse.extend(cstr(sql));
+    parse.extend(0u16.to_be_bytes());
+    let mut bind = cstr("");
+    bind.extend(cstr(""));
+    bind.extend([0u8; 6]);
+    let mut execute = cstr("");
+    execute.extend(0i32.to_be_bytes());
+    [
+        message(b'P', &parse),
+        message(b'B', &bind),
+        message(b'E', &execute),
+    ]
+    .concat()
+}
+
+/// The SQLSTATE field of an ErrorResponse body.
+pub fn error_code(body: &[u8]) -> String {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if field == b'C' {
+            return String::from_utf8_lossy(&tail[..end]).into_owned();
+        }
+        rest = &tail[(end + 1).min(tail.len())..];
+    }
+    String::new()
+}
+
+/// The message types of a reply, as a string (`"12DCZ"`), for compact assertions.
+pub fn kinds(messages: &[(u8, Vec<u8>)]) -> String {
+    messages.iter().map(|(k, _)| *k as char).collect()
+}
+
+impl RawClient {
+    pub async fn stream_write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+}

@@ -1,0 +1,266 @@
+//! Session lifecycle: cancel requests, disconnects on either side, limits, timeouts and the
+//! graceful drain on shutdown.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{connect, error_code, postgres, sqlstate, Proxy, RawClient};
+
+/// Polls `check` until it holds or `limit` passes.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_reaches_the_right_backend() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    let bystander = proxy.connect().await;
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancelled query returns")
+        .expect("join");
+    let error = result.expect_err("query was cancelled");
+    assert_eq!(sqlstate(&error), "57014", "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Only that backend was cancelled.
+    let row = bystander
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("bystander unaffected");
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+async fn backends_named(app: &str) -> i64 {
+    let direct = connect(&postgres().direct_conninfo()).await;
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_mid_result_frees_the_upstream_backend() {
+    let proxy = Proxy::start().await;
+    let app = "pgenrich-disconnect-test";
+    let mut raw = RawClient::connect(proxy.addr).await;
+    raw.send_startup(&[
+        ("user", "trust_user"),
+        ("database", crate::harness::DATABASE),
+        ("application_name", app),
+    ])
+    .await;
+    while raw.recv().await.expect("startup").0 != b'Z' {}
+    raw.send(
+        b'Q',
+        &crate::harness::cstr("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)"),
+    )
+    .await;
+    // Read a little of the result, then vanish.
+    for _ in 0..10 {
+        assert_ne!(raw.recv().await.expect("rows").0, b'E');
+    }
+    assert_eq!(backends_named(app).await, 1);
+    drop(raw);
+    assert!(
+        eventually(Duration::from_secs(10), async || backends_named(app).await
+            == 0)
+        .await,
+        "upstream backend still present after the client left"
+    );
+    // Same for a client that vanishes while the upstream is busy and silent.
+    let app = "pgenrich-disconnect-sleep";
+    let mut raw = RawClient::connect(proxy.addr).await;
+    raw.send_startup(&[
+        ("user", "trust_user"),
+        ("database", crate::harness::DATABASE),
+        ("application_name", app),
+    ])
+    .await;
+    while raw.recv().await.expect("startup").0 != b'Z' {}
+    raw.send(b'Q', &crate::harness::cstr("SELECT pg_sleep(60)"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(raw);
+    assert!(
+        eventually(Duration::from_secs(10), async || backends_named(app).await
+            == 0)
+        .await,
+        "sleeping upstream backend still present after the client left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_termination_reaches_the_client_and_others_continue() {
+    let proxy = Proxy::start().await;
+    let victim = proxy.connect().await;
+    let other = proxy.connect().await;
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let direct = connect(&postgres().direct_conninfo()).await;
+    direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminate");
+    let error = victim
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("terminated");
+    // PostgreSQL's own FATAL 57P01 is relayed, or the closed connection is reported.
+    assert!(
+        error.code().map(|c| c.code()) == Some("57P01") || error.is_closed(),
+        "{error}"
+    );
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("other session unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_answers_53300() {
+    let proxy = Proxy::start_with(|c| c.max_client_connections = 2).await;
+    let _a = proxy.connect().await;
+    let _b = proxy.connect().await;
+    let error = tokio_postgres::connect(
+        &proxy.conninfo(crate::harness::USER, crate::harness::PASSWORD),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("third connection refused");
+    assert_eq!(sqlstate(&error), "53300", "{error}");
+    drop(_a);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            tokio_postgres::connect(
+                &proxy.conninfo(crate::harness::USER, crate::harness::PASSWORD),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .is_ok()
+        })
+        .await,
+        "a slot frees up when a session ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_idle_timeouts_close_sessions_with_fatal() {
+    let proxy = Proxy::start_with(|c| {
+        c.handshake_timeout = Duration::from_millis(500);
+        c.idle_timeout = Some(Duration::from_millis(700));
+    })
+    .await;
+    // A client that connects and says nothing.
+    let mut silent = RawClient::connect(proxy.addr).await;
+    let (kind, body) = silent.recv().await.expect("FATAL before closing");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "57014"));
+    assert!(silent.recv().await.is_none(), "closed after the FATAL");
+
+    // An authenticated session left idle.
+    let mut idle = RawClient::startup(proxy.addr).await;
+    let (kind, body) = idle.recv().await.expect("FATAL before closing");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "57P05"));
+    assert!(idle.recv().await.is_none());
+
+    // A session inside a transaction block is not idle-closed.
+    let mut busy = RawClient::startup(proxy.addr).await;
+    busy.send(b'Q', &crate::harness::cstr("BEGIN")).await;
+    busy.recv_until_ready().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    busy.send(b'Q', &crate::harness::cstr("COMMIT")).await;
+    let reply = busy.recv_until_ready().await;
+    assert_eq!(crate::harness::kinds(&reply), "CZ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_busy_sessions_and_closes_idle_ones() {
+    let proxy = Proxy::start_with(|c| c.drain_timeout = Duration::from_secs(20)).await;
+    let mut idle = RawClient::startup(proxy.addr).await;
+    let mut busy = RawClient::startup(proxy.addr).await;
+    busy.send(b'Q', &crate::harness::cstr("SELECT pg_sleep(1.5), 'done'"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.shutdown.cancel();
+
+    let (kind, body) = idle.recv().await.expect("idle session told");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "57P01"));
+    assert!(idle.recv().await.is_none());
+    // New connections are no longer accepted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "listener closed"
+    );
+
+    // The busy session gets its full result, then the FATAL.
+    let reply = busy.recv_until_ready().await;
+    assert_eq!(crate::harness::kinds(&reply), "TDCZ", "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply[1].1).contains("done"));
+    let (kind, body) = busy
+        .recv()
+        .await
+        .expect("busy session told after finishing");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "57P01"));
+    tokio::time::timeout(Duration::from_secs(10), proxy.task)
+        .await
+        .expect("server stops once drained")
+        .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_terminates_long_sessions() {
+    let proxy = Proxy::start_with(|c| c.drain_timeout = Duration::from_millis(500)).await;
+    let mut busy = RawClient::startup(proxy.addr).await;
+    busy.send(b'Q', &crate::harness::cstr("BEGIN")).await;
+    busy.recv_until_ready().await;
+    let started = Instant::now();
+    proxy.shutdown.cancel();
+    let (kind, body) = busy.recv().await.expect("terminated");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "57P01"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "waited for the drain timeout"
+    );
+    tokio::time::timeout(Duration::from_secs(10), proxy.task)
+        .await
+        .expect("server stops")
+        .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_gives_08006() {
+    let port = crate::harness::free_port();
+    let proxy = Proxy::start_with(|c| c.upstream = format!("127.0.0.1:{port}")).await;
+    let mut raw = RawClient::connect(proxy.addr).await;
+    raw.send_startup(&[("user", "alice")]).await;
+    let (kind, body) = raw.recv().await.expect("error");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "08006"));
+    assert!(!String::from_utf8_lossy(&body).contains("secret"));
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real PostgreSQL, pgenrich in-process, real clients (tokio-postgres, psql,
+//! raw protocol bytes).
+
+mod harness;
+
+mod auth;
+mod lifecycle;
+mod malformed;
+mod ml_hook;
+mod psql;
+mod queries;
+mod tls;

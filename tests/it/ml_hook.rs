@@ -1,0 +1,137 @@
+//! Statements calling ML functions are recognised in both protocols and, until ML evaluation
+//! lands, answered with 0A000 exactly where PostgreSQL would report an error: the session stays
+//! usable, transaction blocks become aborted, and pipelined work in the same implicit transaction
+//! is rolled back.
+
+use crate::harness::{
+    cstr, error_code, kinds, message, parse_bind_execute, sqlstate, Proxy, RawClient,
+};
+
+const ML_QUERIES: [&str; 5] = [
+    "SELECT aws_comprehend.detect_sentiment('I love it', 'en')",
+    "SELECT * FROM aws_comprehend.detect_sentiment('I love it', 'en')",
+    "SELECT x FROM (VALUES (1)) v(x) WHERE aws_sagemaker.invoke_endpoint('m', NULL, x)::int > 0",
+    "SELECT (aws_comprehend.detect_sentiment('x', 'en')).*",
+    "SELECT aws_sagemaker.invoke_endpoint('m', NULL, VARIADIC ARRAY[1, 2])",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_statements_get_0a000_and_the_session_goes_on() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    for sql in ML_QUERIES {
+        let simple = client.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&simple), "0A000", "simple: {sql}: {simple}");
+        let extended = client.prepare(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&extended), "0A000", "extended: {sql}: {extended}");
+        let db_error = extended.as_db_error().expect("db error");
+        assert!(
+            db_error.message().contains("aws_"),
+            "{}",
+            db_error.message()
+        );
+        assert!(db_error.hint().is_some());
+        let row = client
+            .query_one("SELECT 7", &[])
+            .await
+            .expect("next statement works");
+        assert_eq!(row.get::<_, i32>(0), 7);
+    }
+    // Look-alikes that are not calls pass through to PostgreSQL.
+    let row = client
+        .query_one(
+            "SELECT 'aws_comprehend.detect_sentiment(x)' /* aws_sagemaker.f(1) */",
+            &[],
+        )
+        .await
+        .expect("literal relayed");
+    assert_eq!(
+        row.get::<_, String>(0),
+        "aws_comprehend.detect_sentiment(x)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_error_inside_a_transaction_aborts_it_like_a_native_error() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS ml_tx (id int); TRUNCATE ml_tx")
+        .await
+        .expect("setup");
+    for extended in [false, true] {
+        client
+            .batch_execute("BEGIN; INSERT INTO ml_tx VALUES (1)")
+            .await
+            .expect("begin");
+        let error = if extended {
+            client.prepare(ML_QUERIES[0]).await.expect_err("ml")
+        } else {
+            client.simple_query(ML_QUERIES[0]).await.expect_err("ml")
+        };
+        assert_eq!(sqlstate(&error), "0A000");
+        let aborted = client.simple_query("SELECT 1").await.expect_err("aborted");
+        assert_eq!(sqlstate(&aborted), "25P02", "{aborted}");
+        // In an aborted transaction PostgreSQL answers 25P02 even for the ML statement.
+        let again = client
+            .simple_query(ML_QUERIES[0])
+            .await
+            .expect_err("still aborted");
+        assert_eq!(sqlstate(&again), "25P02", "{again}");
+        client.batch_execute("ROLLBACK").await.expect("rollback");
+        let count: i64 = client
+            .query_one("SELECT count(*) FROM ml_tx", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(count, 0, "the insert was rolled back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_parse_in_a_pipeline_fails_there_and_skips_to_sync() {
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    raw.send(
+        b'Q',
+        &cstr("CREATE TABLE IF NOT EXISTS ml_pipe (id int); TRUNCATE ml_pipe"),
+    )
+    .await;
+    raw.recv_until_ready().await;
+
+    // INSERT, then an ML statement, then a SELECT, all before one Sync: PostgreSQL would run the
+    // INSERT, fail at the ML Parse, skip the rest and roll the implicit transaction back.
+    let mut pipeline = parse_bind_execute("INSERT INTO ml_pipe VALUES (1)");
+    pipeline.extend(parse_bind_execute(
+        "SELECT aws_comprehend.detect_sentiment('x', 'en')",
+    ));
+    pipeline.extend(parse_bind_execute("SELECT 1"));
+    pipeline.extend(message(b'S', &[]));
+    raw.stream_write(&pipeline).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "12CEZ", "{reply:?}");
+    assert_eq!(error_code(&reply[3].1), "0A000");
+    assert_eq!(reply[4].1, b"I");
+
+    raw.send(b'Q', &cstr("SELECT count(*) FROM ml_pipe")).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "TDCZ");
+    assert_eq!(
+        &reply[1].1[6..],
+        b"0",
+        "the pipelined INSERT was rolled back: {reply:?}"
+    );
+
+    // Several statements in one Query message: none of them runs.
+    raw.send(
+        b'Q',
+        &cstr("INSERT INTO ml_pipe VALUES (2); SELECT aws_sagemaker.invoke_endpoint('m', 1, 2)"),
+    )
+    .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "EZ");
+    assert_eq!(error_code(&reply[0].1), "0A000");
+    raw.send(b'Q', &cstr("SELECT count(*) FROM ml_pipe")).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(&reply[1].1[6..], b"0");
+}

@@ -1,0 +1,135 @@
+//! psql through pgenrich: multi-statement commands and `\copy` in both directions.
+
+use std::process::Output;
+
+use crate::harness::{postgres, psql_path, Proxy, DATABASE, PASSWORD, USER};
+
+async fn psql(proxy: &Proxy, args: &[&str]) -> Output {
+    let out = tokio::process::Command::new(psql_path())
+        .args(["-h", "127.0.0.1", "-p", &proxy.addr.port().to_string()])
+        .args([
+            "-U",
+            USER,
+            "-d",
+            DATABASE,
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-A",
+            "-t",
+        ])
+        .args(args)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .await
+        .expect("psql runs (install it with `apt-get install -y postgresql-client`)");
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_multi_statement_and_copy_round_trip() {
+    let proxy = Proxy::start().await;
+    let out = psql(
+        &proxy,
+        &["-c", "CREATE TABLE IF NOT EXISTS psql_copy (id int, note text); TRUNCATE psql_copy; SELECT 'ready'"],
+    )
+    .await;
+    assert_eq!(stdout(&out).trim(), "CREATE TABLE\nTRUNCATE TABLE\nready");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let input = dir.path().join("in.csv");
+    let mut csv = String::new();
+    for i in 1..=5000 {
+        csv.push_str(&format!("{i},\"note, with comma \"\"{i}\"\"\"\n"));
+    }
+    std::fs::write(&input, &csv).expect("write csv");
+    let out = psql(
+        &proxy,
+        &[
+            "-c",
+            &format!(
+                "\\copy psql_copy FROM '{}' WITH (FORMAT csv)",
+                input.display()
+            ),
+        ],
+    )
+    .await;
+    assert!(stdout(&out).contains("COPY 5000"), "{}", stdout(&out));
+
+    // The rows are really in PostgreSQL.
+    let direct = postgres().psql_super(&format!(
+        "\\c {DATABASE}\nSELECT count(*), sum(id) FROM psql_copy"
+    ));
+    assert_eq!(direct.trim(), "5000|12502500");
+
+    let output = dir.path().join("out.csv");
+    let out = psql(
+        &proxy,
+        &[
+            "-c",
+            &format!(
+                "\\copy (SELECT id, note FROM psql_copy ORDER BY id) TO '{}' WITH (FORMAT csv)",
+                output.display()
+            ),
+        ],
+    )
+    .await;
+    stdout(&out);
+    assert_eq!(std::fs::read_to_string(&output).expect("read"), csv);
+
+    // A failing COPY reports PostgreSQL's error and the session stays usable.
+    std::fs::write(&input, "not-a-number,x\n").expect("write");
+    let out = psql(
+        &proxy,
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-c",
+            &format!(
+                "\\copy psql_copy FROM '{}' WITH (FORMAT csv)",
+                input.display()
+            ),
+            "-c",
+            "SELECT count(*) FROM psql_copy",
+        ],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid input syntax"),
+        "{out:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_reports_the_ml_error_and_continues() {
+    let proxy = Proxy::start().await;
+    let out = psql(
+        &proxy,
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-c",
+            "SELECT aws_comprehend.detect_sentiment('great', 'en')",
+            "-c",
+            "SELECT 'after'",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("aws_comprehend.detect_sentiment"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after");
+}
