@@ -1,1 +1,89 @@
-fn main() {}
+//! Criterion benches for the code every relayed message touches: the ML hook's decision, frame
+//! header hopping over a result stream, and response accounting.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgenrich::protocol::header;
+use pgenrich::session::tracker::Tracker;
+use pgenrich::sql;
+
+fn ml_hook(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ml_hook");
+    let cases = [
+        (
+            "plain_select",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        ),
+        (
+            "plain_update",
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        ),
+        (
+            "literal_lookalike",
+            "SELECT 'aws_comprehend.detect_sentiment(x)' FROM pgbench_branches",
+        ),
+        (
+            "ml_call",
+            "SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM reviews WHERE id < 100",
+        ),
+    ];
+    for (name, text) in cases {
+        group.bench_function(name, |b| b.iter(|| sql::inspect(black_box(text))));
+    }
+    group.finish();
+}
+
+/// 1 MiB of DataRow messages of 100 bytes, as a large result arrives from the upstream.
+fn data_rows() -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 << 20);
+    while out.len() < (1 << 20) - 101 {
+        out.push(b'D');
+        out.extend_from_slice(&100u32.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&90u32.to_be_bytes());
+        out.extend_from_slice(&[b'x'; 90]);
+    }
+    out
+}
+
+fn framing(c: &mut Criterion) {
+    let rows = data_rows();
+    let mut group = c.benchmark_group("framing");
+    group.throughput(Throughput::Bytes(rows.len() as u64));
+    group.bench_function("hop_data_rows_1MiB", |b| {
+        b.iter(|| {
+            let mut tracker = Tracker::default();
+            let mut at = 0;
+            let mut count = 0u32;
+            while let Some(Ok((kind, len))) = header(&rows[at..]) {
+                if !tracker.wants_body(kind) {
+                    tracker.on_backend(kind, None);
+                }
+                at += 1 + len;
+                count += 1;
+            }
+            black_box(count)
+        })
+    });
+    group.finish();
+}
+
+fn accounting(c: &mut Criterion) {
+    c.bench_function("tracker_extended_round_trip", |b| {
+        b.iter(|| {
+            let mut tracker = Tracker::default();
+            for kind in [b'P', b'B', b'D', b'E', b'S'] {
+                tracker.on_client(black_box(kind));
+            }
+            for kind in [b'1', b'2', b'T', b'D', b'C'] {
+                tracker.on_backend(black_box(kind), None);
+            }
+            tracker.on_backend(b'Z', Some(b"I"));
+            black_box(tracker.is_idle())
+        })
+    });
+}
+
+criterion_group!(benches, ml_hook, framing, accounting);
+criterion_main!(benches);

@@ -448,6 +448,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_shows_the_defaults() {
+        let file: FileConfig = toml::from_str(include_str!("../config/pgenrich.example.toml"))
+            .expect("example parses");
+        let from_file = Config::resolve(Cli::default(), file).expect("example is valid");
+        let defaults = Config::load(cli(&["--upstream", &from_file.upstream])).expect("defaults");
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected() {
         let error = toml::from_str::<FileConfig>("lisen = \"x\"").expect_err("typo");
         assert!(error.to_string().contains("lisen"), "{error}");

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs pgenrich's whole test suite. On a fresh Debian or Ubuntu machine with Rust it first
+# installs what the tests need: the PostgreSQL server and client (the integration tests start
+# their own throw-away server from these binaries) and pgbouncer (for benches/e2e_relay.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || [ -n "${PG_BIN:-}" ] || missing+=(postgresql)
+command -v psql >/dev/null || missing+=(postgresql-client)
+command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,163 @@
+//! The `pgenrich` binary itself: configuration errors name their key, settings come from flags,
+//! environment and file with that precedence, and SIGTERM drains and exits cleanly.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::harness::{connect, free_port, postgres, DATABASE, PASSWORD, USER};
+
+fn pgenrich() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgenrich"));
+    cmd.env_remove("RUST_LOG").kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PGENRICH_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_stop_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "upstream = \"127.0.0.1:5432\"\ndrain_timeout = \"forever\"\n",
+    )
+    .expect("write");
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![], vec![], "`upstream`"),
+        (
+            vec!["--upstream".into(), "no-port".into()],
+            vec![],
+            "`upstream`",
+        ),
+        (
+            vec!["--upstream".into(), "h:1".into()],
+            vec![("PGENRICH_MAX_CLIENT_CONNECTIONS", "lots")],
+            "`max_client_connections`",
+        ),
+        (
+            vec!["--config".into(), file.display().to_string()],
+            vec![],
+            "`drain_timeout`",
+        ),
+        (
+            vec![
+                "--upstream".into(),
+                "h:1".into(),
+                "--tls-cert-file".into(),
+                "/nonexistent.pem".into(),
+                "--tls-key-file".into(),
+                "/nonexistent.key".into(),
+            ],
+            vec![],
+            "`tls_cert_file`",
+        ),
+    ];
+    for (args, env, key) in cases {
+        let out = pgenrich()
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .await
+            .expect("run pgenrich");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{args:?}: expected {key} in: {stderr}"
+        );
+    }
+    let help = pgenrich().arg("--help").output().await.expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--listen",
+        "--upstream",
+        "--config",
+        "--upstream-tls-mode",
+        "--drain-timeout",
+        "PGENRICH_IDLE_TIMEOUT",
+    ] {
+        assert!(help.contains(flag), "--help documents {flag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
+    let pg = postgres();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let file = dir.path().join("pgenrich.toml");
+    // The file names a wrong upstream; the environment overrides it, the flag sets the port.
+    std::fs::write(
+        &file,
+        "upstream = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n",
+    )
+    .expect("write");
+    let mut child = pgenrich()
+        .args([
+            "--config",
+            &file.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("PGENRICH_UPSTREAM", pg.upstream())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgenrich");
+    let conninfo =
+        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok((c, conn)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client.expect("pgenrich binary accepts connections");
+    let row = client.query_one("SELECT 1 + 1", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 2);
+    let _ = connect(&pg.direct_conninfo()).await;
+
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("pgenrich exits after SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    // The idle session was closed with 57P01.
+    let error = client.simple_query("SELECT 1").await.expect_err("closed");
+    assert!(
+        error.is_closed() || error.code().map(|c| c.code()) == Some("57P01"),
+        "{error}"
+    );
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("read logs");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("pgenrich stopped")),
+        "JSON logs: {stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "no secrets in logs");
+}
