@@ -123,13 +123,13 @@ impl Outbound {
     ) -> io::Result<bool> {
         let mut wrote = false;
         while !self.queue.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .queue
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
+            }
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.consume(n);
