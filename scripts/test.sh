@@ -16,4 +16,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"

@@ -11,6 +11,8 @@ use bytes::Bytes;
 /// Where a session's queries run, for cancelling them.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
+    /// Wakes the session so it stops ML work in progress.
+    pub session: Arc<tokio::sync::Notify>,
     pub upstream_addr: SocketAddr,
     pub upstream_pid: i32,
     pub upstream_secret: Bytes,
@@ -88,6 +90,7 @@ mod tests {
 
     fn target() -> CancelTarget {
         CancelTarget {
+            session: Arc::new(tokio::sync::Notify::new()),
             upstream_addr: "127.0.0.1:5432".parse().expect("addr"),
             upstream_pid: 42,
             upstream_secret: Bytes::from_static(b"\x01\x02\x03\x04"),

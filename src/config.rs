@@ -76,6 +76,43 @@ pub struct Cli {
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// AWS region for Comprehend and SageMaker [default: from the AWS chain, e.g. AWS_REGION].
+    #[arg(long, env = "PGENRICH_AWS_REGION", value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// SageMaker Runtime endpoint URL [default: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME or the regional endpoint].
+    #[arg(long, env = "PGENRICH_SAGEMAKER_ENDPOINT_URL", value_name = "URL")]
+    pub sagemaker_endpoint_url: Option<String>,
+    /// Comprehend endpoint URL [default: AWS_ENDPOINT_URL_COMPREHEND or the regional endpoint].
+    #[arg(long, env = "PGENRICH_COMPREHEND_ENDPOINT_URL", value_name = "URL")]
+    pub comprehend_endpoint_url: Option<String>,
+    /// AWS SDK retry mode: standard or adaptive [default: standard].
+    #[arg(long, env = "PGENRICH_AWS_RETRY_MODE", value_name = "MODE")]
+    pub aws_retry_mode: Option<String>,
+    /// Attempts per inference call, first try included [default: 3].
+    #[arg(long, env = "PGENRICH_AWS_MAX_ATTEMPTS", value_name = "N")]
+    pub aws_max_attempts: Option<String>,
+    /// Timeout of one inference call attempt [default: 30s].
+    #[arg(long, env = "PGENRICH_INFERENCE_TIMEOUT", value_name = "DURATION")]
+    pub inference_timeout: Option<String>,
+    /// Rows fetched from the database per chunk of an ML statement [default: 1000].
+    #[arg(long, env = "PGENRICH_CHUNK_ROWS", value_name = "N")]
+    pub chunk_rows: Option<String>,
+    /// Rows per InvokeEndpoint call when max_rows_per_batch is NULL [default: 500].
+    #[arg(long, env = "PGENRICH_DEFAULT_BATCH_ROWS", value_name = "N")]
+    pub default_batch_rows: Option<String>,
+    /// Inference calls in flight at once, all sessions together [default: 16].
+    #[arg(long, env = "PGENRICH_MAX_CONCURRENT_CALLS", value_name = "N")]
+    pub max_concurrent_calls: Option<String>,
+    /// Inference calls in flight at once per endpoint / language [default: 8].
+    #[arg(
+        long,
+        env = "PGENRICH_MAX_CONCURRENT_CALLS_PER_ENDPOINT",
+        value_name = "N"
+    )]
+    pub max_concurrent_calls_per_endpoint: Option<String>,
+    /// Cut Comprehend documents over 5,000 bytes instead of failing: true or false [default: false].
+    #[arg(long, env = "PGENRICH_COMPREHEND_TRUNCATE", value_name = "BOOL")]
+    pub comprehend_truncate: Option<String>,
 }
 
 /// The config file: the same keys, with TOML types.
@@ -97,6 +134,40 @@ struct FileConfig {
     upstream_connect_timeout: Option<String>,
     max_query_bytes: Option<toml::Value>,
     log_format: Option<String>,
+    aws_region: Option<String>,
+    sagemaker_endpoint_url: Option<String>,
+    comprehend_endpoint_url: Option<String>,
+    aws_retry_mode: Option<String>,
+    aws_max_attempts: Option<toml::Value>,
+    inference_timeout: Option<String>,
+    chunk_rows: Option<toml::Value>,
+    default_batch_rows: Option<toml::Value>,
+    max_concurrent_calls: Option<toml::Value>,
+    max_concurrent_calls_per_endpoint: Option<toml::Value>,
+    comprehend_truncate: Option<toml::Value>,
+}
+
+/// The AWS SDK's retry modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryMode {
+    Standard,
+    Adaptive,
+}
+
+/// Settings of the inference path.
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    pub aws_region: Option<String>,
+    pub sagemaker_endpoint_url: Option<String>,
+    pub comprehend_endpoint_url: Option<String>,
+    pub retry_mode: RetryMode,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub chunk_rows: usize,
+    pub default_batch_rows: usize,
+    pub max_concurrent_calls: usize,
+    pub max_concurrent_calls_per_endpoint: usize,
+    pub comprehend_truncate: bool,
 }
 
 /// TLS towards the upstream, with libpq's `sslmode` meanings.
@@ -135,6 +206,7 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub max_query_bytes: usize,
     pub log_format: LogFormat,
+    pub inference: InferenceConfig,
 }
 
 impl Config {
@@ -236,6 +308,75 @@ impl Config {
             ));
         }
         let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
+        let positive =
+            |key: &'static str, cli: Option<String>, file: Option<toml::Value>, default: usize| {
+                let n = number(key, cli, file, default)?;
+                if n == 0 {
+                    Err(invalid(key, "must be at least 1"))
+                } else {
+                    Ok(n)
+                }
+            };
+        let inference = InferenceConfig {
+            aws_region: cli.aws_region.or(file.aws_region),
+            sagemaker_endpoint_url: cli.sagemaker_endpoint_url.or(file.sagemaker_endpoint_url),
+            comprehend_endpoint_url: cli.comprehend_endpoint_url.or(file.comprehend_endpoint_url),
+            retry_mode: match cli
+                .aws_retry_mode
+                .or(file.aws_retry_mode)
+                .as_deref()
+                .unwrap_or("standard")
+            {
+                "standard" => RetryMode::Standard,
+                "adaptive" => RetryMode::Adaptive,
+                other => {
+                    return Err(invalid(
+                        "aws_retry_mode",
+                        format!("`{other}` (expected standard or adaptive)"),
+                    ))
+                }
+            },
+            max_attempts: u32::try_from(positive(
+                "aws_max_attempts",
+                cli.aws_max_attempts,
+                file.aws_max_attempts,
+                3,
+            )?)
+            .map_err(|_| invalid("aws_max_attempts", "too large"))?,
+            timeout: nonzero(
+                "inference_timeout",
+                duration(
+                    "inference_timeout",
+                    cli.inference_timeout,
+                    file.inference_timeout,
+                    "30s",
+                )?,
+            )?,
+            chunk_rows: positive("chunk_rows", cli.chunk_rows, file.chunk_rows, 1000)?,
+            default_batch_rows: positive(
+                "default_batch_rows",
+                cli.default_batch_rows,
+                file.default_batch_rows,
+                500,
+            )?,
+            max_concurrent_calls: positive(
+                "max_concurrent_calls",
+                cli.max_concurrent_calls,
+                file.max_concurrent_calls,
+                16,
+            )?,
+            max_concurrent_calls_per_endpoint: positive(
+                "max_concurrent_calls_per_endpoint",
+                cli.max_concurrent_calls_per_endpoint,
+                file.max_concurrent_calls_per_endpoint,
+                8,
+            )?,
+            comprehend_truncate: boolean(
+                "comprehend_truncate",
+                cli.comprehend_truncate,
+                file.comprehend_truncate,
+            )?,
+        };
         Ok(Config {
             listen,
             upstream,
@@ -282,6 +423,7 @@ impl Config {
             )?,
             max_query_bytes,
             log_format,
+            inference,
         })
     }
 }
@@ -354,6 +496,26 @@ fn parse_size(text: &str) -> Option<usize> {
         _ => return None,
     };
     n.checked_mul(scale)
+}
+
+fn boolean(
+    key: &'static str,
+    cli: Option<String>,
+    file: Option<toml::Value>,
+) -> Result<bool, ConfigError> {
+    match (cli, file) {
+        (Some(text), _) => match text.trim() {
+            "true" | "on" | "1" => Ok(true),
+            "false" | "off" | "0" => Ok(false),
+            other => Err(invalid(key, format!("`{other}` (expected true or false)"))),
+        },
+        (None, Some(toml::Value::Boolean(b))) => Ok(b),
+        (None, Some(other)) => Err(invalid(
+            key,
+            format!("`{other:?}` (expected true or false)"),
+        )),
+        (None, None) => Ok(false),
+    }
 }
 
 fn duration(

@@ -26,8 +26,29 @@ pub enum SqlState {
     AdminShutdown,
     /// 57P05 — a session idle for longer than `idle_timeout`.
     IdleSessionTimeout,
-    /// 57014 — the handshake did not finish within `handshake_timeout`.
+    /// 57014 — the handshake did not finish within `handshake_timeout`; an inference call timed
+    /// out.
     QueryCanceled,
+    /// 38000 — the inference service or model failed, or answered something unusable.
+    ExternalRoutineException,
+    /// 53000 — the inference service kept throttling past the retry budget.
+    InsufficientResources,
+    /// 58000 — the inference service could not be reached.
+    SystemError,
+    /// 42501 — the AWS credentials were refused.
+    InsufficientPrivilege,
+    /// 22023 — an ML argument is invalid (language, batch size, endpoint name).
+    InvalidParameterValue,
+    /// 22001 — a document exceeds the service's size limit.
+    StringDataRightTruncation,
+    /// 42883 — an ML function or argument list that does not exist.
+    UndefinedFunction,
+    /// 42703 — a field of an ML result that does not exist.
+    UndefinedColumn,
+    /// 42601 — an ML statement pgenrich cannot parse.
+    SyntaxError,
+    /// 42809 — a field selection from a result that has no fields.
+    WrongObjectType,
 }
 
 impl SqlState {
@@ -41,6 +62,16 @@ impl SqlState {
             SqlState::AdminShutdown => "57P01",
             SqlState::IdleSessionTimeout => "57P05",
             SqlState::QueryCanceled => "57014",
+            SqlState::ExternalRoutineException => "38000",
+            SqlState::InsufficientResources => "53000",
+            SqlState::SystemError => "58000",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::InvalidParameterValue => "22023",
+            SqlState::StringDataRightTruncation => "22001",
+            SqlState::UndefinedFunction => "42883",
+            SqlState::UndefinedColumn => "42703",
+            SqlState::SyntaxError => "42601",
+            SqlState::WrongObjectType => "42809",
         }
     }
 }
@@ -136,6 +167,116 @@ impl SessionError {
                 AdminShutdown,
                 "terminating connection due to administrator command",
             )),
+        }
+    }
+}
+
+/// A failed inference call or invalid ML input, before the statement context is added.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferenceError {
+    #[error("the service returned {code}: {message}")]
+    Service {
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("the service kept throttling requests after all retries")]
+    Throttled { request_id: Option<String> },
+    #[error("the call timed out")]
+    Timeout,
+    #[error("the service could not be reached: {message}")]
+    Transport { message: String },
+    #[error("the credentials were refused ({code}): {message}")]
+    AccessDenied {
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("unsupported language: {message}")]
+    UnsupportedLanguage {
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("a document exceeds the service's limit of {limit} bytes")]
+    DocumentTooLarge { limit: usize },
+    #[error("one model input of {bytes} bytes exceeds the {limit}-byte payload limit")]
+    PayloadTooLarge { bytes: usize, limit: usize },
+    #[error("document {index} of the batch failed with {code}: {message}")]
+    Item {
+        index: i32,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("malformed response: {message}")]
+    Malformed {
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl InferenceError {
+    /// The one SQLSTATE table for inference failures.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            InferenceError::Service { .. }
+            | InferenceError::Item { .. }
+            | InferenceError::Malformed { .. } => SqlState::ExternalRoutineException,
+            InferenceError::Throttled { .. } => SqlState::InsufficientResources,
+            InferenceError::Timeout => SqlState::QueryCanceled,
+            InferenceError::Transport { .. } => SqlState::SystemError,
+            InferenceError::AccessDenied { .. } => SqlState::InsufficientPrivilege,
+            InferenceError::UnsupportedLanguage { .. } | InferenceError::InvalidArgument(_) => {
+                SqlState::InvalidParameterValue
+            }
+            InferenceError::DocumentTooLarge { .. } => SqlState::StringDataRightTruncation,
+            InferenceError::PayloadTooLarge { .. } => SqlState::ProgramLimitExceeded,
+        }
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            InferenceError::Service { request_id, .. }
+            | InferenceError::Throttled { request_id }
+            | InferenceError::AccessDenied { request_id, .. }
+            | InferenceError::UnsupportedLanguage { request_id, .. }
+            | InferenceError::Item { request_id, .. }
+            | InferenceError::Malformed { request_id, .. } => request_id.as_deref(),
+            InferenceError::Timeout
+            | InferenceError::Transport { .. }
+            | InferenceError::DocumentTooLarge { .. }
+            | InferenceError::PayloadTooLarge { .. }
+            | InferenceError::InvalidArgument(_) => None,
+        }
+    }
+
+    /// The ErrorResponse for a statement whose call of `function` (on `target`, an endpoint name
+    /// or language) failed: the function and target in the message, the AWS request id in DETAIL.
+    pub fn to_client(&self, function: &str, target: &str) -> ErrorMessage {
+        let mut message = ErrorMessage::error(
+            self.sqlstate(),
+            format!("{function} failed for \"{target}\": {self}"),
+        );
+        if let Some(id) = self.request_id() {
+            message = message.with_detail(format!("AWS request id: {id}"));
+        }
+        let hint = match self {
+            InferenceError::Throttled { .. } => {
+                Some("Lower max_rows_per_batch or pgenrich's concurrency limits, or raise aws_max_attempts.")
+            }
+            InferenceError::DocumentTooLarge { .. } => {
+                Some("Shorten the text, or set comprehend_truncate = true to cut documents at 5,000 bytes.")
+            }
+            InferenceError::AccessDenied { .. } => {
+                Some("Check the AWS credentials pgenrich runs with (environment, profile, IRSA or instance role).")
+            }
+            _ => None,
+        };
+        match hint {
+            Some(hint) => message.with_hint(hint),
+            None => message,
         }
     }
 }

@@ -10,14 +10,18 @@
 //! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting.
 //! - [`protocol`]: frame headers and messages pgenrich builds (pgwire's codec); no I/O.
 //! - [`sql`]: the ML hook — does a statement call an ML function?
+//! - [`enrich`]: the inference executor — batching, de-duplication, concurrency, ordering.
+//! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK.
 //! - [`upstream`]: connecting to the database (TLS modes) and forwarding cancel requests.
 //! - [`cancel`]: client-facing cancel keys and where they lead.
 //! - [`tls`]: rustls configuration for both legs.
 //! - [`stream`]: the client and upstream stream types.
 //! - [`telemetry`]: tracing subscriber set-up.
 
+pub mod backends;
 pub mod cancel;
 pub mod config;
+pub mod enrich;
 pub mod error;
 pub mod protocol;
 pub mod server;

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::backends::Backends;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::enrich::{Executor, ExecutorConfig};
 use crate::error::ConfigError;
 use crate::session::{self, SessionContext};
 use crate::stream::ClientStream;
@@ -48,6 +50,23 @@ pub struct Server {
 impl Server {
     /// Validates TLS material and opens the listeners. `listen` may use port 0.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let backends = crate::backends::aws(&config.inference, None).await;
+        Self::bind_with(config, backends).await
+    }
+
+    /// Like [`Server::bind`], with the inference backends given (tests, embedding).
+    pub async fn bind_with(config: Config, backends: Backends) -> Result<Server, StartError> {
+        let executor = Executor::new(
+            backends,
+            ExecutorConfig {
+                default_batch_rows: config.inference.default_batch_rows,
+                max_concurrent_calls: config.inference.max_concurrent_calls,
+                max_concurrent_calls_per_endpoint: config
+                    .inference
+                    .max_concurrent_calls_per_endpoint,
+                comprehend_truncate: config.inference.comprehend_truncate,
+            },
+        );
         let tls = crate::tls::server_config(&config)?.map(TlsAcceptor::from);
         let upstream = Upstream::new(&config)?;
         let tcp = TcpListener::bind(config.listen)
@@ -83,6 +102,7 @@ impl Server {
                 upstream,
                 tls,
                 cancels: CancelRegistry::new(),
+                executor,
                 draining: CancellationToken::new(),
                 terminate: CancellationToken::new(),
             }),

@@ -1,6 +1,7 @@
 //! One client session: pre-startup negotiation (SSL, GSSENC, cancel requests), connecting the
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
+pub mod ml;
 pub mod relay;
 pub mod tracker;
 
@@ -33,6 +34,7 @@ pub struct SessionContext {
     pub upstream: Arc<Upstream>,
     pub tls: Option<TlsAcceptor>,
     pub cancels: Arc<CancelRegistry>,
+    pub executor: Arc<crate::enrich::Executor>,
     /// Cancelled on SIGTERM/SIGINT: sessions close as soon as they are idle.
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: sessions close now.
@@ -120,6 +122,7 @@ async fn session(
         upstream,
         RelayContext {
             max_query_bytes: ctx.config.max_query_bytes,
+            cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: Arc::clone(&ctx.cancels),
             upstream_addr,
         },
@@ -152,6 +155,24 @@ async fn relay_loop(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 )),
                 Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
+                Event::Ml(plan) => {
+                    let started = std::time::Instant::now();
+                    let outcome = ml::run_query(
+                        relay,
+                        &ctx.executor,
+                        ctx.config.inference.chunk_rows,
+                        *plan,
+                    )
+                    .await?;
+                    info!(
+                        rows = outcome.rows,
+                        inputs = outcome.stats.rows,
+                        calls = outcome.stats.calls,
+                        duplicates_saved = outcome.stats.duplicates_saved,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "ML statement"
+                    );
+                }
             },
             _ = sleep_until(handshake_deadline), if !relay.ready => {
                 // The condition was read when this select began; authentication may have
@@ -275,6 +296,7 @@ async fn forward_cancel(ctx: &SessionContext, pid: i32, secret: &[u8]) {
         debug!("cancel request with an unknown key ignored");
         return;
     };
+    target.session.notify_one();
     match ctx
         .upstream
         .cancel(

@@ -23,6 +23,7 @@ use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{self, backend, frontend, header, ErrorMessage, HEADER_LEN};
 use crate::session::tracker::{Tracker, STANDIN_NAME};
+use crate::sql::plan::{self, StreamingPlan};
 use crate::sql::{self, Verdict};
 use crate::stream::{ClientStream, UpstreamStream};
 
@@ -42,6 +43,8 @@ pub enum Event {
     Quiescent,
     /// Terminating, and the response stream is at a message boundary: it can close now.
     AtBoundary,
+    /// An ML statement to run; everything before it has been answered and client input is held.
+    Ml(Box<StreamingPlan>),
 }
 
 /// Bytes read from one side, with the framing state of the message being passed through.
@@ -155,6 +158,8 @@ impl Outbound {
 /// Everything the relay needs besides the two streams.
 pub struct RelayContext {
     pub max_query_bytes: usize,
+    /// Woken by a cancel request for this session (stops ML work in progress).
+    pub cancel_notify: Arc<tokio::sync::Notify>,
     pub cancels: Arc<CancelRegistry>,
     pub upstream_addr: std::net::SocketAddr,
 }
@@ -177,6 +182,12 @@ pub struct Relay {
     pub(crate) last_client_activity: Instant,
     pub(crate) cancel_target: Option<CancelTarget>,
     cancel_key: Option<CancelKeyGuard>,
+    /// An ML statement waiting for the upstream to answer everything before it.
+    pending_ml: Option<Box<StreamingPlan>>,
+    /// Client bytes were left unprocessed while an ML statement ran.
+    reprocess_client: bool,
+    /// A CommandComplete held back until the last enriched rows are out.
+    held_completion: Option<Bytes>,
 }
 
 impl Relay {
@@ -198,6 +209,9 @@ impl Relay {
             last_client_activity: Instant::now(),
             cancel_target: None,
             cancel_key: None,
+            pending_ml: None,
+            reprocess_client: false,
+            held_completion: None,
         }
     }
 
@@ -211,6 +225,15 @@ impl Relay {
         loop {
             if self.terminating && self.from_upstream.at_boundary() {
                 return Poll::Ready(Ok(Event::AtBoundary));
+            }
+            if self.pending_ml.is_some() && self.tracker.is_idle() {
+                if let Some(plan) = self.pending_ml.take() {
+                    return Poll::Ready(Ok(Event::Ml(plan)));
+                }
+            }
+            if self.reprocess_client && self.pending_ml.is_none() {
+                self.reprocess_client = false;
+                self.process_client()?;
             }
             if self.draining
                 && self.ready
@@ -229,7 +252,12 @@ impl Relay {
                 .poll_write(&mut self.client, cx)
                 .map_err(SessionError::ClientIo)?;
 
-            if self.to_upstream.len < HIGH_WATER && !self.terminating && !self.client_terminated {
+            let holding = self.pending_ml.is_some();
+            if self.to_upstream.len < HIGH_WATER
+                && !self.terminating
+                && !self.client_terminated
+                && !holding
+            {
                 reserve(&mut self.from_client.buf);
                 match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
@@ -323,7 +351,30 @@ impl Relay {
                 break;
             }
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
-            match inspect(kind, body) {
+            let verdict = inspect(kind, body);
+            if let (Verdict::Ml { .. }, frontend::QUERY) = (&verdict, kind) {
+                let text = protocol::statement_text(kind, body).unwrap_or_default();
+                let planned = plan::plan(&String::from_utf8_lossy(text));
+                inbound.release(&mut self.to_upstream);
+                inbound.buf.advance(total);
+                match planned {
+                    Ok(plan) => {
+                        // Everything after this statement waits until it has run.
+                        self.pending_ml = Some(Box::new(plan));
+                        self.reprocess_client = true;
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        let mut message = ErrorMessage::error(error.code, error.message);
+                        if let Some(hint) = error.hint {
+                            message = message.with_hint(hint);
+                        }
+                        self.reject(kind, message);
+                        continue;
+                    }
+                }
+            }
+            match verdict {
                 Verdict::Relay => {
                     self.tracker.on_client(kind);
                     inbound.ready += total;
@@ -334,12 +385,15 @@ impl Relay {
                     tracing::info!(%function, "rejected an ML statement");
                     let error = ErrorMessage::error(
                         SqlState::FeatureNotSupported,
-                        format!("pgenrich cannot evaluate {function} yet"),
+                        format!(
+                            "pgenrich cannot evaluate {function} in the extended query protocol yet"
+                        ),
                     )
                     .with_detail("The statement was not sent to the database.")
                     .with_hint(
-                        "This pgenrich build relays plain SQL only; ML function evaluation \
-                         arrives in a later version.",
+                        "Send ML statements with the simple query protocol for now (psql does; \
+                         in drivers use their simple-query call, e.g. simple_query or \
+                         prepare_threshold=None).",
                     );
                     self.reject(kind, error);
                 }
@@ -444,6 +498,7 @@ impl Relay {
             return None;
         }
         let target = CancelTarget {
+            session: Arc::clone(&self.ctx.cancel_notify),
             upstream_addr: self.ctx.upstream_addr,
             upstream_pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
             upstream_secret: Bytes::copy_from_slice(&body[4..]),
@@ -459,6 +514,133 @@ impl Relay {
     /// The client sent Terminate: the session ends normally when either side hangs up.
     pub fn client_terminated(&self) -> bool {
         self.client_terminated
+    }
+
+    /// Queues bytes for the upstream and waits until they are written.
+    pub async fn send_upstream_now(&mut self, bytes: Bytes) -> Result<(), SessionError> {
+        self.to_upstream.push(bytes);
+        std::future::poll_fn(|cx| {
+            let _ = self
+                .to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            self.to_upstream
+                .poll_write(&mut self.upstream, cx)
+                .map_err(SessionError::UpstreamIo)?;
+            if self.to_upstream.queue.is_empty() && !self.to_upstream.needs_flush {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Waits until everything queued for the client is written.
+    pub async fn flush_client(&mut self) -> Result<(), SessionError> {
+        std::future::poll_fn(|cx| {
+            self.to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            if self.to_client.queue.is_empty() && !self.to_client.needs_flush {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Writes what the client socket takes now; waits only when much is queued (back-pressure).
+    pub async fn flush_client_soft(&mut self) -> Result<(), SessionError> {
+        if self.to_client.len >= HIGH_WATER {
+            return self.flush_client().await;
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        self.to_client
+            .poll_write(&mut self.client, &mut cx)
+            .map_err(SessionError::ClientIo)?;
+        Ok(())
+    }
+
+    /// The next whole message from the upstream (type and body), for statements pgenrich runs
+    /// itself. Bytes of a message already being passed through go to the client first.
+    pub async fn next_upstream_message(&mut self) -> Result<(u8, Bytes), SessionError> {
+        std::future::poll_fn(|cx| self.poll_upstream_message(cx)).await
+    }
+
+    fn poll_upstream_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(u8, Bytes), SessionError>> {
+        loop {
+            self.to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            let inbound = &mut self.from_upstream;
+            if inbound.body_left > 0 {
+                inbound.pass_body();
+                inbound.release(&mut self.to_client);
+            } else {
+                inbound.release(&mut self.to_client);
+                match header(&inbound.buf) {
+                    Some(Err(bad)) => {
+                        return Poll::Ready(Err(SessionError::UpstreamIo(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("invalid message length {} from upstream", bad.0),
+                        ))))
+                    }
+                    Some(Ok((kind, len))) if inbound.buf.len() > len => {
+                        let message = inbound.buf.split_to(1 + len).freeze();
+                        return Poll::Ready(Ok((kind, message.slice(HEADER_LEN..))));
+                    }
+                    Some(Ok((_, len))) => inbound.buf.reserve(1 + len - inbound.buf.len()),
+                    None => {}
+                }
+            }
+            reserve(&mut self.from_upstream.buf);
+            match poll_read_buf(
+                Pin::new(&mut self.upstream),
+                cx,
+                &mut self.from_upstream.buf,
+            ) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(SessionError::UpstreamIo(
+                        io::ErrorKind::UnexpectedEof.into(),
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Records the status of a ReadyForQuery pgenrich read itself.
+    pub fn note_ready(&mut self, body: &[u8]) {
+        if let Some(&status) = body.first() {
+            self.tracker.set_status(status);
+        }
+    }
+
+    pub fn hold_completion(&mut self, bytes: Bytes) {
+        self.held_completion = Some(bytes);
+    }
+
+    pub fn release_held_completion(&mut self) {
+        if let Some(bytes) = self.held_completion.take() {
+            self.to_client.push(bytes);
+        }
+    }
+
+    pub fn drop_held_completion(&mut self) {
+        self.held_completion = None;
+    }
+
+    /// Notified when a cancel request for this session arrives.
+    pub fn cancel_notify(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.ctx.cancel_notify)
     }
 
     /// Whether the upstream's last message was an error (then it has told the client why it

@@ -71,6 +71,11 @@ impl Tracker {
         self.status
     }
 
+    /// Records a transaction status pgenrich read itself (while running an ML statement).
+    pub fn set_status(&mut self, status: u8) {
+        self.status = status;
+    }
+
     /// Everything forwarded has been answered.
     pub fn is_idle(&self) -> bool {
         self.segments.is_empty()

@@ -7,6 +7,8 @@
 //! to a token-level check, because some forms PostgreSQL accepts (`VARIADIC ARRAY[...]`,
 //! `(f(x)).*`) are beyond sqlparser 0.64.
 
+pub mod plan;
+
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{Expr, ObjectName, ObjectNamePart, TableFactor, Visit, Visitor};

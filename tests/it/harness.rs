@@ -333,11 +333,35 @@ fn write_tls_files(dir: &Path, data: &Path, user: Option<(u32, u32)>) -> TlsFile
     files
 }
 
-/// A pgenrich server running in-process on the current runtime.
+/// A pgenrich server running in-process on the current runtime, with its own mock AWS server.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
+    pub mock: mock_aws::MockAws,
+}
+
+/// The real AWS SDK backends pointed at `url`, with pinned static credentials and region so
+/// nothing probes the environment or IMDS.
+pub async fn backends_for(config: &Config, url: &str) -> pgenrich::backends::Backends {
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_credential_types::Credentials;
+    let mut inference = config.inference.clone();
+    inference.aws_region = Some("us-east-1".into());
+    inference.sagemaker_endpoint_url = Some(url.to_owned());
+    inference.comprehend_endpoint_url = Some(url.to_owned());
+    let credentials = Credentials::new(
+        "AKIDPGENRICHTEST",
+        "pgenrich-test-secret",
+        None,
+        None,
+        "pgenrich-tests",
+    );
+    pgenrich::backends::aws(
+        &inference,
+        Some(SharedCredentialsProvider::new(credentials)),
+    )
+    .await
 }
 
 impl Proxy {
@@ -352,8 +376,14 @@ impl Proxy {
         let mut config =
             Config::new("127.0.0.1:0".parse().expect("addr"), &pg.upstream()).expect("config");
         config.upstream_tls_mode = UpstreamTlsMode::Prefer;
+        // Few retries, so fault tests stay quick.
+        config.inference.max_attempts = 2;
         adjust(&mut config);
-        let server = Server::bind(config).await.expect("pgenrich starts");
+        let mock = mock_aws::MockAws::start().await.expect("mock AWS starts");
+        let backends = backends_for(&config, &mock.url()).await;
+        let server = Server::bind_with(config, backends)
+            .await
+            .expect("pgenrich starts");
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
@@ -361,6 +391,7 @@ impl Proxy {
             addr,
             shutdown,
             task,
+            mock,
         }
     }
 

@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod lifecycle;
 mod malformed;
+mod ml;
 mod ml_hook;
 mod psql;
 mod queries;

@@ -1,7 +1,8 @@
-//! Statements calling ML functions are recognised in both protocols and, until ML evaluation
-//! lands, answered with 0A000 exactly where PostgreSQL would report an error: the session stays
-//! usable, transaction blocks become aborted, and pipelined work in the same implicit transaction
-//! is rolled back.
+//! Statements calling ML functions are recognised in both protocols. Those pgenrich cannot run
+//! (any ML statement in the extended protocol for now, and forms the planner refuses) are answered
+//! with 0A000 exactly where PostgreSQL would report an error: the session stays usable,
+//! transaction blocks become aborted, and pipelined work in the same implicit transaction is
+//! rolled back.
 
 use crate::harness::{
     cstr, error_code, kinds, message, parse_bind_execute, sqlstate, Proxy, RawClient,
@@ -20,8 +21,10 @@ async fn ml_statements_get_0a000_and_the_session_goes_on() {
     let proxy = Proxy::start().await;
     let client = proxy.connect().await;
     for sql in ML_QUERIES {
-        let simple = client.simple_query(sql).await.expect_err(sql);
-        assert_eq!(sqlstate(&simple), "0A000", "simple: {sql}: {simple}");
+        if sql.contains("WHERE") {
+            let simple = client.simple_query(sql).await.expect_err(sql);
+            assert_eq!(sqlstate(&simple), "0A000", "simple: {sql}: {simple}");
+        }
         let extended = client.prepare(sql).await.expect_err(sql);
         assert_eq!(sqlstate(&extended), "0A000", "extended: {sql}: {extended}");
         let db_error = extended.as_db_error().expect("db error");
@@ -67,7 +70,7 @@ async fn ml_error_inside_a_transaction_aborts_it_like_a_native_error() {
         let error = if extended {
             client.prepare(ML_QUERIES[0]).await.expect_err("ml")
         } else {
-            client.simple_query(ML_QUERIES[0]).await.expect_err("ml")
+            client.simple_query(ML_QUERIES[2]).await.expect_err("ml")
         };
         assert_eq!(sqlstate(&error), "0A000");
         let aborted = client.simple_query("SELECT 1").await.expect_err("aborted");

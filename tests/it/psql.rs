@@ -112,7 +112,7 @@ async fn psql_multi_statement_and_copy_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_reports_the_ml_error_and_continues() {
+async fn psql_runs_ml_statements_and_reports_refused_forms() {
     let proxy = Proxy::start().await;
     let out = psql(
         &proxy,
@@ -122,14 +122,15 @@ async fn psql_reports_the_ml_error_and_continues() {
             "-c",
             "SELECT aws_comprehend.detect_sentiment('great', 'en')",
             "-c",
-            "SELECT 'after'",
+            "SELECT 1 WHERE (aws_comprehend.detect_sentiment('great', 'en')).sentiment = 'x'",
+            "-c",
+            "SELECT * FROM aws_comprehend.detect_sentiment('I love it, great', 'en')",
         ],
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("aws_comprehend.detect_sentiment"),
-        "{stderr}"
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after");
+    assert!(stderr.contains("not supported"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, ["(POSITIVE,0.6666667)", "POSITIVE|0.75"], "{stdout}");
 }

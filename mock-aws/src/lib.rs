@@ -1,0 +1,451 @@
+//! A local server speaking the real AWS wire protocols of the two services pgenrich calls:
+//! SageMaker Runtime `InvokeEndpoint` (restJson1: `POST /endpoints/{name}/invocations`) and
+//! Comprehend `DetectSentiment` / `BatchDetectSentiment` (awsJson1_1: `POST /` with
+//! `X-Amz-Target: Comprehend_20171127.<Operation>`). The official AWS SDK clients reach it
+//! through the standard endpoint overrides (`AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`,
+//! `AWS_ENDPOINT_URL_COMPREHEND`, or `endpoint_url` in code).
+//!
+//! Models are deterministic ([`models`]). Faults are injected by input or by knob:
+//! - endpoint names starting with `model-error` answer `ModelError` (424), `short` answer one
+//!   record too few, `echo` return each input record unchanged, `bad-csv` return an unterminated
+//!   quoted field;
+//! - texts containing `ITEM_ERROR` get a per-item `ErrorList` entry; languages outside
+//!   Comprehend's list get `UnsupportedLanguageException`; oversize texts or batches get the
+//!   service's size errors;
+//! - [`MockAws::throttle_next`] and [`MockAws::fail_next`] make the next calls answer
+//!   `ThrottlingException` / HTTP 500; [`MockAws::set_latency`] delays every answer.
+//!
+//! Counters of calls, batch sizes and peak concurrency are read with [`MockAws::stats`].
+
+pub mod models;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// Languages Comprehend's sentiment detection accepts.
+pub const LANGUAGES: &[&str] = &[
+    "en", "es", "fr", "de", "it", "pt", "ar", "hi", "ja", "ko", "zh", "zh-TW",
+];
+
+/// What the mock has seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sagemaker_calls: u64,
+    pub comprehend_calls: u64,
+    /// Records per InvokeEndpoint call / documents per Comprehend call, in arrival order.
+    pub sagemaker_batch_sizes: Vec<usize>,
+    pub comprehend_batch_sizes: Vec<usize>,
+    /// Highest number of requests in flight at once.
+    pub peak_concurrency: usize,
+    /// Requests rejected for a missing SigV4 signature.
+    pub unsigned: u64,
+}
+
+#[derive(Default)]
+struct State {
+    latency_ms: AtomicU64,
+    throttle_next: AtomicU64,
+    fail_next: AtomicU64,
+    in_flight: AtomicUsize,
+    request_ids: AtomicU64,
+    stats: Mutex<Stats>,
+}
+
+/// A running mock; it stops when dropped.
+pub struct MockAws {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockAws {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockAws {
+    /// Starts on a free loopback port.
+    pub async fn start() -> std::io::Result<MockAws> {
+        Self::start_on("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<MockAws> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let task = tokio::spawn(serve(listener, Arc::clone(&state)));
+        Ok(MockAws { addr, state, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint URL to give the SDK clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.state
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next `n` requests answer `ThrottlingException`.
+    pub fn throttle_next(&self, n: u64) {
+        self.state.throttle_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` requests answer HTTP 500.
+    pub fn fail_next(&self, n: u64) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn reset_stats(&self) {
+        if let Ok(mut stats) = self.state.stats.lock() {
+            *stats = Stats::default();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(Arc::clone(&state), req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, request_id: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("x-amzn-RequestId", request_id);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// An error in the form the protocol uses: restJson1 names it in a header, awsJson1_1 in
+/// `__type`; both SDKs read either.
+fn error(status: StatusCode, request_id: &str, code: &str, message: &str, extra: Value) -> Reply {
+    let mut body = json!({ "__type": code, "message": message, "Message": message });
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    reply(
+        status,
+        request_id,
+        &[
+            ("x-amzn-ErrorType", code),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from(body.to_string()),
+    )
+}
+
+struct InFlight<'a>(&'a State);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn take_one(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = InFlight(&state);
+    if let Ok(mut stats) = state.stats.lock() {
+        stats.peak_concurrency = stats.peak_concurrency.max(now);
+    }
+    let request_id = format!(
+        "mock-{:08}",
+        state.request_ids.fetch_add(1, Ordering::SeqCst) + 1
+    );
+    let path = req.uri().path().to_owned();
+    let target = header(&req, "x-amz-target");
+    let signed = header(&req, "authorization").starts_with("AWS4-HMAC-SHA256 Credential=");
+    let accept = header(&req, "accept");
+    let body = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let latency = state.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if !signed {
+        if let Ok(mut stats) = state.stats.lock() {
+            stats.unsigned += 1;
+        }
+        return Ok(error(
+            StatusCode::FORBIDDEN,
+            &request_id,
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+            Value::Null,
+        ));
+    }
+    let endpoint = path
+        .strip_prefix("/endpoints/")
+        .and_then(|rest| rest.strip_suffix("/invocations"))
+        .map(|name| name.to_owned());
+    let is_comprehend = target.starts_with("Comprehend_20171127.");
+    if endpoint.is_none() && !is_comprehend {
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            &request_id,
+            "UnknownOperationException",
+            "unknown operation",
+            Value::Null,
+        ));
+    }
+    if take_one(&state.throttle_next) {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            &request_id,
+            "ThrottlingException",
+            "Rate exceeded",
+            Value::Null,
+        ));
+    }
+    if take_one(&state.fail_next) {
+        let code = if is_comprehend {
+            "InternalServerException"
+        } else {
+            "InternalFailure"
+        };
+        return Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &request_id,
+            code,
+            "injected failure",
+            Value::Null,
+        ));
+    }
+    Ok(match endpoint {
+        Some(endpoint) => invoke_endpoint(&state, &request_id, &endpoint, &accept, &body),
+        None => comprehend(&state, &request_id, &target, &body),
+    })
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn invoke_endpoint(
+    state: &State,
+    request_id: &str,
+    endpoint: &str,
+    accept: &str,
+    body: &[u8],
+) -> Reply {
+    let text = String::from_utf8_lossy(body);
+    let records = match models::parse_csv(&text) {
+        Ok(records) => records,
+        Err(why) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                request_id,
+                "ValidationError",
+                &why,
+                Value::Null,
+            )
+        }
+    };
+    if let Ok(mut stats) = state.stats.lock() {
+        stats.sagemaker_calls += 1;
+        stats.sagemaker_batch_sizes.push(records.len());
+    }
+    if endpoint.starts_with("model-error") {
+        return error(
+            StatusCode::FAILED_DEPENDENCY,
+            request_id,
+            "ModelError",
+            "Received server error (500) from primary with message \"model crashed\"",
+            json!({ "OriginalStatusCode": 500, "OriginalMessage": "model crashed" }),
+        );
+    }
+    let mut out = String::new();
+    let keep = if endpoint.starts_with("short") {
+        records.len().saturating_sub(1)
+    } else {
+        records.len()
+    };
+    for record in records.iter().take(keep) {
+        if endpoint.starts_with("echo") {
+            for (i, field) in record.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                models::csv_field(&mut out, field);
+            }
+        } else if endpoint.starts_with("bad-csv") {
+            out.push_str("\"unterminated");
+        } else {
+            out.push_str(&models::score(record));
+        }
+        out.push('\n');
+    }
+    let content_type = if accept.is_empty() {
+        "text/csv"
+    } else {
+        accept
+    };
+    reply(
+        StatusCode::OK,
+        request_id,
+        &[
+            ("content-type", content_type),
+            ("x-Amzn-Invoked-Production-Variant", "AllTraffic"),
+        ],
+        Bytes::from(out),
+    )
+}
+
+fn sentiment_json(text: &str) -> Value {
+    let s = models::sentiment(text);
+    json!({
+        "Sentiment": s.label,
+        "SentimentScore": {
+            "Positive": s.positive, "Negative": s.negative, "Neutral": s.neutral, "Mixed": s.mixed
+        }
+    })
+}
+
+fn comprehend(state: &State, request_id: &str, target: &str, body: &[u8]) -> Reply {
+    let bad = |message: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "InvalidRequestException",
+            message,
+            Value::Null,
+        )
+    };
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return bad("request body is not JSON");
+    };
+    let language = request["LanguageCode"].as_str().unwrap_or_default();
+    let texts: Vec<String> = match target {
+        "Comprehend_20171127.BatchDetectSentiment" => match request["TextList"].as_array() {
+            Some(list) => list
+                .iter()
+                .map(|t| t.as_str().unwrap_or_default().to_owned())
+                .collect(),
+            None => return bad("TextList is required"),
+        },
+        "Comprehend_20171127.DetectSentiment" => match request["Text"].as_str() {
+            Some(text) => vec![text.to_owned()],
+            None => return bad("Text is required"),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                request_id,
+                "UnknownOperationException",
+                target,
+                Value::Null,
+            )
+        }
+    };
+    if let Ok(mut stats) = state.stats.lock() {
+        stats.comprehend_calls += 1;
+        stats.comprehend_batch_sizes.push(texts.len());
+    }
+    if !LANGUAGES.contains(&language) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "UnsupportedLanguageException",
+            &format!("Language code '{language}' is not supported"),
+            Value::Null,
+        );
+    }
+    if texts.len() > 25 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "BatchSizeLimitExceededException",
+            "at most 25 documents",
+            Value::Null,
+        );
+    }
+    if texts.iter().any(|t| t.len() > 5000 || t.is_empty()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "TextSizeLimitExceededException",
+            "Input text size exceeds limit. Max length of request text allowed is 5000 bytes",
+            Value::Null,
+        );
+    }
+    let body = if target.ends_with(".DetectSentiment") {
+        sentiment_json(&texts[0])
+    } else {
+        let (mut results, mut errors) = (Vec::new(), Vec::new());
+        for (index, text) in texts.iter().enumerate() {
+            if text.contains("ITEM_ERROR") {
+                errors.push(json!({
+                    "Index": index, "ErrorCode": "INTERNAL_SERVER_ERROR",
+                    "ErrorMessage": "Internal server error for this document"
+                }));
+            } else {
+                let mut result = sentiment_json(text);
+                result["Index"] = json!(index);
+                results.push(result);
+            }
+        }
+        json!({ "ResultList": results, "ErrorList": errors })
+    };
+    reply(
+        StatusCode::OK,
+        request_id,
+        &[("content-type", "application/x-amz-json-1.1")],
+        Bytes::from(body.to_string()),
+    )
+}

@@ -1,0 +1,220 @@
+//! Inference backends. Each one only translates a batch into one service call; batching,
+//! de-duplication, concurrency limits and error mapping live in [`crate::enrich`].
+//!
+//! - [`comprehend`]: Amazon Comprehend `BatchDetectSentiment` through aws-sdk-comprehend.
+//! - [`sagemaker`]: SageMaker Runtime `InvokeEndpoint` (text/csv) through
+//!   aws-sdk-sagemakerruntime.
+//!
+//! Both are configured from the standard AWS chain (environment, shared config and credential
+//! files, web identity / IRSA, IMDS), including service endpoint overrides such as
+//! `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME` and `AWS_ENDPOINT_URL_COMPREHEND`, with the SDK's own
+//! retry modes and timeouts.
+
+pub mod comprehend;
+pub mod sagemaker;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aws_sdk_sagemakerruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sagemakerruntime::operation::RequestId;
+
+use crate::error::InferenceError;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Comprehend's sentiment labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SentimentLabel {
+    Positive,
+    Negative,
+    Neutral,
+    Mixed,
+}
+
+impl SentimentLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SentimentLabel::Positive => "POSITIVE",
+            SentimentLabel::Negative => "NEGATIVE",
+            SentimentLabel::Neutral => "NEUTRAL",
+            SentimentLabel::Mixed => "MIXED",
+        }
+    }
+}
+
+/// One document's sentiment: the label and the score of that label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sentiment {
+    pub label: SentimentLabel,
+    pub confidence: f32,
+}
+
+/// Detects the sentiment of a batch of documents.
+pub trait SentimentBackend: Send + Sync {
+    /// Most documents per call.
+    fn max_batch(&self) -> usize;
+    /// One result per text, in input order.
+    fn detect<'a>(
+        &'a self,
+        language: &'a str,
+        texts: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Sentiment>, InferenceError>>;
+}
+
+/// A model endpoint taking and returning `text/csv`.
+pub trait EndpointBackend: Send + Sync {
+    /// The response body and the service's request id.
+    fn invoke<'a>(
+        &'a self,
+        endpoint: &'a str,
+        body: String,
+    ) -> BoxFuture<'a, Result<(String, Option<String>), InferenceError>>;
+}
+
+/// The backends the executor dispatches to.
+#[derive(Clone)]
+pub struct Backends {
+    pub sentiment: Arc<dyn SentimentBackend>,
+    pub endpoints: Arc<dyn EndpointBackend>,
+}
+
+/// Error codes the SDK's retry classifier also treats as throttling.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+
+const ACCESS_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "MissingAuthenticationTokenException",
+    "IncompleteSignature",
+];
+
+/// Turns an SDK failure (after the SDK's own retries) into an [`InferenceError`]. Messages come
+/// from the service and never carry credentials.
+pub(crate) fn classify<E, R>(error: SdkError<E, R>) -> InferenceError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    SdkError<E, R>: RequestId,
+    R: std::fmt::Debug,
+{
+    let request_id = error.request_id().map(str::to_owned);
+    let context = aws_smithy_error_context(&error);
+    match error {
+        SdkError::TimeoutError(_) => InferenceError::Timeout,
+        SdkError::DispatchFailure(failure) => InferenceError::Transport {
+            message: if failure.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                context
+            },
+        },
+        SdkError::ResponseError(_) => InferenceError::Malformed {
+            message: "the service's response could not be read".into(),
+            request_id,
+        },
+        SdkError::ServiceError(context) => {
+            let service = context.err();
+            let code = service.code().unwrap_or("Unknown").to_owned();
+            let message = service.message().unwrap_or_default().to_owned();
+            if THROTTLING_CODES.contains(&code.as_str()) {
+                InferenceError::Throttled { request_id }
+            } else if ACCESS_CODES.contains(&code.as_str()) {
+                InferenceError::AccessDenied {
+                    code,
+                    message,
+                    request_id,
+                }
+            } else if code == "UnsupportedLanguageException" {
+                InferenceError::UnsupportedLanguage {
+                    message,
+                    request_id,
+                }
+            } else if code == "TextSizeLimitExceededException" {
+                InferenceError::DocumentTooLarge { limit: 5000 }
+            } else {
+                InferenceError::Service {
+                    code,
+                    message,
+                    request_id,
+                }
+            }
+        }
+        _ => InferenceError::Transport { message: context },
+    }
+}
+
+/// The error and its sources on one line (the SDK's Display shows only the outermost).
+fn aws_smithy_error_context(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Builds the AWS backends from the standard AWS configuration chain, with pgenrich's retry,
+/// timeout, region and endpoint settings on top. `credentials` replaces the chain's credential
+/// providers (tests pin static credentials so nothing probes IMDS).
+pub async fn aws(
+    config: &crate::config::InferenceConfig,
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+) -> Backends {
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    let retry = match config.retry_mode {
+        crate::config::RetryMode::Standard => RetryConfig::standard(),
+        crate::config::RetryMode::Adaptive => RetryConfig::adaptive(),
+    }
+    .with_max_attempts(config.max_attempts);
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(retry)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(config.timeout)
+                .build(),
+        );
+    if let Some(region) = &config.aws_region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(credentials) = credentials {
+        loader = loader.credentials_provider(credentials);
+    }
+    let sdk = loader.load().await;
+    let mut sagemaker = aws_sdk_sagemakerruntime::config::Builder::from(&sdk);
+    if let Some(url) = &config.sagemaker_endpoint_url {
+        sagemaker = sagemaker.endpoint_url(url);
+    }
+    let mut comprehend = aws_sdk_comprehend::config::Builder::from(&sdk);
+    if let Some(url) = &config.comprehend_endpoint_url {
+        comprehend = comprehend.endpoint_url(url);
+    }
+    Backends {
+        sentiment: Arc::new(comprehend::ComprehendBackend::new(
+            aws_sdk_comprehend::Client::from_conf(comprehend.build()),
+        )),
+        endpoints: Arc::new(sagemaker::SageMakerBackend::new(
+            aws_sdk_sagemakerruntime::Client::from_conf(sagemaker.build()),
+        )),
+    }
+}

@@ -1,0 +1,1126 @@
+//! Planning ML statements for streaming enrichment, as plain data.
+//!
+//! [`plan`] turns a statement whose ML calls sit in the outermost select list (bare, with a field
+//! selection, or `(…).*`) or are table functions in its FROM list (`FROM r,
+//! aws_comprehend.detect_sentiment(r.body, 'en') s` with `s.sentiment`, `s.*`, or `*`) into a
+//! [`StreamingPlan`]: the *base* statement PostgreSQL runs — the original with every ML call
+//! replaced by its argument expressions, which come first as extra columns — and where each ML
+//! result goes. The base keeps every other item, FROM entry, filter, sort and limit, so
+//! PostgreSQL computes all of the SQL and inference only sees the rows the statement yields.
+//!
+//! ML calls anywhere else (WHERE, ORDER BY, inside other expressions, CTEs, subqueries, …), and
+//! ML calls in statements other than SELECT, are refused with a [`PlanError`] saying what to write
+//! instead; they are never guessed at.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName,
+    ObjectNamePart, OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind,
+    SetExpr, Statement, TableFactor, Value, Visit, Visitor, WildcardAdditionalOptions,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use super::ML_SCHEMAS;
+use crate::error::SqlState;
+
+/// The functions pgenrich evaluates, with Aurora's signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlFunction {
+    /// `aws_comprehend.detect_sentiment(text, language [, max_rows_per_batch])`
+    /// → `(sentiment varchar, confidence real)`
+    DetectSentiment,
+    /// `aws_sagemaker.invoke_endpoint(endpoint, max_rows_per_batch, VARIADIC inputs)` → varchar
+    InvokeEndpoint,
+}
+
+impl MlFunction {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlFunction::DetectSentiment => "aws_comprehend.detect_sentiment",
+            MlFunction::InvokeEndpoint => "aws_sagemaker.invoke_endpoint",
+        }
+    }
+}
+
+/// Which part of a call's result a client column shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// detect_sentiment's whole `record`.
+    Record,
+    Sentiment,
+    Confidence,
+    /// invoke_endpoint's text.
+    Text,
+}
+
+/// One ML call site: its arguments are base columns `first_arg .. first_arg + arg_count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub function: MlFunction,
+    pub first_arg: usize,
+    pub arg_count: usize,
+}
+
+/// A base column standing for an ML result: the base statement has `NULL AS "pgenrich:N"` where
+/// the client's column goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    pub call: usize,
+    pub field: Field,
+    /// The client's column name (alias, or what PostgreSQL would name it).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamingPlan {
+    /// The statement PostgreSQL runs.
+    pub base_sql: String,
+    /// Leading base columns holding ML arguments (not sent to the client).
+    pub arg_columns: usize,
+    pub calls: Vec<Call>,
+    pub placeholders: Vec<Placeholder>,
+}
+
+/// Column name prefix marking placeholders in the base statement's row description.
+pub const PLACEHOLDER_PREFIX: &str = "pgenrich:";
+
+impl StreamingPlan {
+    /// The placeholder a base column name stands for, if any.
+    pub fn placeholder(&self, column_name: &[u8]) -> Option<&Placeholder> {
+        let index = std::str::from_utf8(column_name.strip_prefix(PLACEHOLDER_PREFIX.as_bytes())?)
+            .ok()?
+            .parse::<usize>()
+            .ok()?;
+        self.placeholders.get(index)
+    }
+}
+
+/// Why a statement cannot be planned; reported as an ERROR with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    /// `0A000` for forms not supported, `42883` for a function or argument list that does not
+    /// exist, `42601` for syntax errors in ML statements.
+    pub code: SqlState,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn unsupported(message: impl Into<String>, hint: &str) -> PlanError {
+    PlanError {
+        code: SqlState::FeatureNotSupported,
+        message: message.into(),
+        hint: Some(hint.to_owned()),
+    }
+}
+
+const LATER_HINT: &str = "pgenrich evaluates ML calls in the outermost SELECT list and as table \
+functions in its FROM list; filter, sort or compute on their results in an outer query over a \
+subquery that selects them is not supported yet either, so select the ML results and process them \
+in the application.";
+
+/// Marker appended to a function name by the `(f(…)).*` rewrite (sqlparser cannot parse that).
+const ALL_FIELDS_SUFFIX: &str = "__pgenrich_all_fields";
+
+/// Plans one Query or Parse text known to call an ML function.
+pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
+    let text = rewrite_unparsable_forms(sql);
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| PlanError {
+        code: SqlState::SyntaxError,
+        message: format!("pgenrich could not parse this ML statement: {e}"),
+        hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),
+    })?;
+    if statements.len() != 1 {
+        return Err(unsupported(
+            "several statements in one Query message together with ML calls are not supported yet",
+            "Send the statement that calls the ML function in a Query message of its own.",
+        ));
+    }
+    let Some(Statement::Query(mut query)) = statements.pop() else {
+        return Err(unsupported(
+            "ML functions can only be called in SELECT statements through pgenrich",
+            "Run the SELECT through pgenrich and write its results with a separate statement.",
+        ));
+    };
+    plan_query(&mut query)?;
+    let planner = Planner::default();
+    planner.finish(&mut query)
+}
+
+/// Refuses ML calls outside the places streaming enrichment handles.
+fn plan_query(query: &mut Query) -> Result<(), PlanError> {
+    if let Some(with) = &query.with {
+        if has_ml(with) {
+            return Err(unsupported(
+                "ML calls inside WITH queries are not supported yet",
+                LATER_HINT,
+            ));
+        }
+    }
+    if !matches!(*query.body, SetExpr::Select(_)) {
+        return Err(unsupported(
+            "ML calls in UNION, INTERSECT, EXCEPT or VALUES are not supported yet",
+            LATER_HINT,
+        ));
+    }
+    if has_ml(&query.order_by) || has_ml(&query.limit_clause) || has_ml(&query.fetch) {
+        return Err(unsupported(
+            "ML calls in ORDER BY, LIMIT or FETCH are not supported yet",
+            LATER_HINT,
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Planner {
+    args: Vec<Expr>,
+    calls: Vec<Call>,
+    placeholders: Vec<Placeholder>,
+}
+
+/// An ML table function in FROM, by the name its columns are qualified with.
+struct TableFunction {
+    alias: String,
+    call: usize,
+    sentiment_name: String,
+    confidence_name: String,
+}
+
+impl Planner {
+    fn finish(mut self, query: &mut Query) -> Result<StreamingPlan, PlanError> {
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return Err(unsupported("unexpected statement shape", LATER_HINT));
+        };
+        let select: &mut Select = select;
+        for clause in [
+            has_ml(&select.selection),
+            has_ml(&select.having),
+            has_ml(&select.qualify),
+            has_ml(&select.named_window),
+            has_ml(&select.group_by),
+            has_ml(&select.sort_by),
+        ] {
+            if clause {
+                return Err(unsupported(
+                    "ML calls in WHERE, GROUP BY, HAVING or window clauses are not supported yet",
+                    LATER_HINT,
+                ));
+            }
+        }
+        // FROM: take ML table functions out, remember their place for `*`.
+        let mut functions = Vec::new();
+        let mut star_parts: Vec<Option<String>> = Vec::new(); // Some(alias.*) or None for a function
+        let mut star_expandable = true;
+        let mut from = Vec::new();
+        for item in std::mem::take(&mut select.from) {
+            if item.joins.is_empty() {
+                if let Some((name, args, alias)) = ml_table_function(&item.relation) {
+                    let function = function_of(&name)?;
+                    if function != MlFunction::DetectSentiment {
+                        return Err(unsupported(
+                            "aws_sagemaker.invoke_endpoint is supported in the SELECT list only",
+                            "Write SELECT aws_sagemaker.invoke_endpoint(...) instead of selecting FROM it.",
+                        ));
+                    }
+                    let call = self.add_call(function, args)?;
+                    let default = function_short_name(function).to_owned();
+                    let (alias_name, columns) = match alias {
+                        Some(alias) => (
+                            alias.name.value.clone(),
+                            alias
+                                .columns
+                                .iter()
+                                .map(|c| c.name.value.clone())
+                                .collect::<Vec<_>>(),
+                        ),
+                        None => (default, Vec::new()),
+                    };
+                    functions.push(TableFunction {
+                        alias: alias_name,
+                        call,
+                        sentiment_name: columns
+                            .first()
+                            .cloned()
+                            .unwrap_or_else(|| "sentiment".into()),
+                        confidence_name: columns
+                            .get(1)
+                            .cloned()
+                            .unwrap_or_else(|| "confidence".into()),
+                    });
+                    star_parts.push(None);
+                    continue;
+                }
+            }
+            if has_ml(&item) {
+                return Err(unsupported(
+                    "ML calls in JOIN clauses or subqueries in FROM are not supported yet",
+                    LATER_HINT,
+                ));
+            }
+            match relation_alias(&item.relation) {
+                Some(alias) if item.joins.is_empty() => star_parts.push(Some(alias)),
+                _ => star_expandable = false,
+            }
+            from.push(item);
+        }
+        select.from = from;
+        if !functions.is_empty() && references_functions(&*select, &functions) {
+            return Err(unsupported(
+                "columns of ML table functions can be used in the SELECT list only",
+                LATER_HINT,
+            ));
+        }
+
+        // The select list.
+        let mut items = Vec::new();
+        for item in std::mem::take(&mut select.projection) {
+            match item {
+                SelectItem::UnnamedExpr(expr) => {
+                    self.select_expr(expr, None, &functions, &mut items)?
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    self.select_expr(expr, Some(alias), &functions, &mut items)?
+                }
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(name),
+                    options,
+                ) if functions
+                    .iter()
+                    .any(|f| single_name(&name).as_deref() == Some(f.alias.as_str())) =>
+                {
+                    let _ = options;
+                    let alias = single_name(&name).unwrap_or_default();
+                    let Some(function) = functions.iter().find(|f| f.alias == alias) else {
+                        continue;
+                    };
+                    self.push_all(function, &mut items);
+                }
+                SelectItem::Wildcard(options) if !functions.is_empty() => {
+                    if !star_expandable || options != WildcardAdditionalOptions::default() {
+                        return Err(unsupported(
+                            "SELECT * over an ML table function and a JOIN or an unnamed subquery is not supported",
+                            "List the columns, e.g. SELECT r.*, s.* FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s.",
+                        ));
+                    }
+                    let mut next_function = functions.iter();
+                    for part in &star_parts {
+                        match part {
+                            Some(alias) => items.push(SelectItem::QualifiedWildcard(
+                                SelectItemQualifiedWildcardKind::ObjectName(ObjectName::from(
+                                    vec![Ident::with_quote('"', alias)],
+                                )),
+                                WildcardAdditionalOptions::default(),
+                            )),
+                            None => {
+                                if let Some(function) = next_function.next() {
+                                    self.push_all(function, &mut items);
+                                }
+                            }
+                        }
+                    }
+                }
+                other => {
+                    if has_ml(&other) {
+                        return Err(unsupported(
+                            "ML calls inside other expressions are not supported yet",
+                            LATER_HINT,
+                        ));
+                    }
+                    items.push(other);
+                }
+            }
+        }
+        if self.calls.is_empty() {
+            return Err(unsupported(
+                "no ML call found where pgenrich can evaluate it",
+                LATER_HINT,
+            ));
+        }
+        if select.distinct.is_some() {
+            return Err(unsupported(
+                "SELECT DISTINCT with ML calls is not supported yet",
+                LATER_HINT,
+            ));
+        }
+        let arg_columns = self.args.len();
+        let mut projection: Vec<SelectItem> = self
+            .args
+            .drain(..)
+            .enumerate()
+            .map(|(i, expr)| SelectItem::ExprWithAlias {
+                expr,
+                alias: Ident::with_quote('"', format!("{PLACEHOLDER_PREFIX}arg{i}")),
+            })
+            .collect();
+        projection.extend(items);
+        select.projection = projection;
+        self.shift_ordinals(select, query_order_by(&mut query.order_by), arg_columns)?;
+        Ok(StreamingPlan {
+            base_sql: query.to_string(),
+            arg_columns,
+            calls: self.calls,
+            placeholders: self.placeholders,
+        })
+    }
+
+    fn add_call(
+        &mut self,
+        function: MlFunction,
+        args: Vec<FunctionArg>,
+    ) -> Result<usize, PlanError> {
+        let exprs = args
+            .into_iter()
+            .map(|arg| match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr),
+                _ => Err(unsupported(
+                    format!(
+                        "named or wildcard arguments to {} are not supported",
+                        function.name()
+                    ),
+                    "Pass the arguments by position.",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (min, max) = match function {
+            MlFunction::DetectSentiment => (2, 3),
+            MlFunction::InvokeEndpoint => (3, usize::MAX),
+        };
+        if exprs.len() < min || exprs.len() > max {
+            return Err(PlanError {
+                code: SqlState::UndefinedFunction,
+                message: format!("function {}() with {} arguments does not exist", function.name(), exprs.len()),
+                hint: Some(match function {
+                    MlFunction::DetectSentiment => "Call aws_comprehend.detect_sentiment(text, language [, max_rows_per_batch]).".into(),
+                    MlFunction::InvokeEndpoint => "Call aws_sagemaker.invoke_endpoint(endpoint, max_rows_per_batch, input [, ...]).".into(),
+                }),
+            });
+        }
+        if exprs.iter().any(has_ml) {
+            return Err(unsupported(
+                "an ML call whose argument is another ML call is not supported",
+                LATER_HINT,
+            ));
+        }
+        let call = Call {
+            function,
+            first_arg: self.args.len(),
+            arg_count: exprs.len(),
+        };
+        self.args.extend(exprs);
+        self.calls.push(call);
+        Ok(self.calls.len() - 1)
+    }
+
+    fn placeholder_item(&mut self, call: usize, field: Field, name: String) -> SelectItem {
+        self.placeholders.push(Placeholder { call, field, name });
+        SelectItem::ExprWithAlias {
+            expr: Expr::Value(Value::Null.into()),
+            alias: Ident::with_quote(
+                '"',
+                format!("{PLACEHOLDER_PREFIX}{}", self.placeholders.len() - 1),
+            ),
+        }
+    }
+
+    fn push_all(&mut self, function: &TableFunction, items: &mut Vec<SelectItem>) {
+        items.push(self.placeholder_item(
+            function.call,
+            Field::Sentiment,
+            function.sentiment_name.clone(),
+        ));
+        items.push(self.placeholder_item(
+            function.call,
+            Field::Confidence,
+            function.confidence_name.clone(),
+        ));
+    }
+
+    fn select_expr(
+        &mut self,
+        expr: Expr,
+        alias: Option<Ident>,
+        functions: &[TableFunction],
+        items: &mut Vec<SelectItem>,
+    ) -> Result<(), PlanError> {
+        let alias_name = alias.as_ref().map(|a| a.value.clone());
+        // `s.sentiment` of a table function.
+        if let Expr::CompoundIdentifier(parts) = &expr {
+            if let [table, column] = parts.as_slice() {
+                if let Some(function) = functions.iter().find(|f| f.alias == table.value) {
+                    let field = if column.value == function.sentiment_name {
+                        Field::Sentiment
+                    } else if column.value == function.confidence_name {
+                        Field::Confidence
+                    } else {
+                        return Err(PlanError {
+                            code: SqlState::UndefinedColumn,
+                            message: format!(
+                                "column {}.{} does not exist",
+                                table.value, column.value
+                            ),
+                            hint: None,
+                        });
+                    };
+                    let name = alias_name.unwrap_or_else(|| column.value.clone());
+                    items.push(self.placeholder_item(function.call, field, name));
+                    return Ok(());
+                }
+            }
+        }
+        let (call_expr, field_name) = match expr {
+            Expr::Function(_) => (expr, None),
+            Expr::CompoundFieldAccess { root, access_chain } if access_chain.len() == 1 => {
+                match (*root, &access_chain[0]) {
+                    (
+                        Expr::Nested(inner),
+                        sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field)),
+                    ) if matches!(*inner, Expr::Function(_)) => {
+                        (*inner, Some(field.value.to_ascii_lowercase()))
+                    }
+                    (root, _) => {
+                        let rebuilt = Expr::CompoundFieldAccess {
+                            root: Box::new(root),
+                            access_chain,
+                        };
+                        return self.plain(rebuilt, alias, items);
+                    }
+                }
+            }
+            other => return self.plain(other, alias, items),
+        };
+        let Expr::Function(function) = call_expr else {
+            return self.plain(call_expr, alias, items);
+        };
+        let Some((schema, name)) = ml_name(&function.name) else {
+            let expr = Expr::Function(function);
+            return match field_name {
+                Some(_) => Err(unsupported(
+                    "field selection from a non-ML function next to ML calls",
+                    LATER_HINT,
+                )),
+                None => self.plain(expr, alias, items),
+            };
+        };
+        let all_fields = name.ends_with(ALL_FIELDS_SUFFIX);
+        let base_name = name.trim_end_matches(ALL_FIELDS_SUFFIX).to_owned();
+        let ml = function_of(&format!("{schema}.{base_name}"))?;
+        let FunctionArguments::List(list) = function.args else {
+            return Err(unsupported(
+                format!("{} needs an argument list", ml.name()),
+                LATER_HINT,
+            ));
+        };
+        if function.over.is_some() || function.filter.is_some() || !list.clauses.is_empty() {
+            return Err(unsupported(
+                format!("{} is not an aggregate or window function", ml.name()),
+                LATER_HINT,
+            ));
+        }
+        let call = self.add_call(ml, list.args)?;
+        match (ml, all_fields, field_name.as_deref()) {
+            (MlFunction::DetectSentiment, true, _) => {
+                let function = TableFunction {
+                    alias: String::new(),
+                    call,
+                    sentiment_name: "sentiment".into(),
+                    confidence_name: "confidence".into(),
+                };
+                self.push_all(&function, items);
+            }
+            (MlFunction::DetectSentiment, false, None) => {
+                let name = alias_name.unwrap_or_else(|| "detect_sentiment".into());
+                items.push(self.placeholder_item(call, Field::Record, name));
+            }
+            (MlFunction::DetectSentiment, false, Some(field @ ("sentiment" | "confidence"))) => {
+                let kind = if field == "sentiment" {
+                    Field::Sentiment
+                } else {
+                    Field::Confidence
+                };
+                let name = alias_name.unwrap_or_else(|| field.to_owned());
+                items.push(self.placeholder_item(call, kind, name));
+            }
+            (MlFunction::DetectSentiment, false, Some(other)) => {
+                return Err(PlanError {
+                    code: SqlState::UndefinedColumn,
+                    message: format!("column \"{other}\" not found in data type record"),
+                    hint: Some("detect_sentiment returns (sentiment, confidence).".into()),
+                })
+            }
+            (MlFunction::InvokeEndpoint, false, None) => {
+                let name = alias_name.unwrap_or_else(|| "invoke_endpoint".into());
+                items.push(self.placeholder_item(call, Field::Text, name));
+            }
+            (MlFunction::InvokeEndpoint, _, _) => {
+                return Err(PlanError {
+                    code: SqlState::WrongObjectType,
+                    message: "aws_sagemaker.invoke_endpoint returns text, which has no fields"
+                        .into(),
+                    hint: None,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn plain(
+        &mut self,
+        expr: Expr,
+        alias: Option<Ident>,
+        items: &mut Vec<SelectItem>,
+    ) -> Result<(), PlanError> {
+        if has_ml(&expr) {
+            return Err(unsupported(
+                "ML calls inside other expressions are not supported yet",
+                LATER_HINT,
+            ));
+        }
+        items.push(match alias {
+            Some(alias) => SelectItem::ExprWithAlias { expr, alias },
+            None => SelectItem::UnnamedExpr(expr),
+        });
+        Ok(())
+    }
+
+    /// ORDER BY / GROUP BY ordinals refer to output columns; the base puts the arguments first.
+    fn shift_ordinals(
+        &self,
+        select: &mut Select,
+        order_by: Option<&mut Vec<sqlparser::ast::OrderByExpr>>,
+        shift: usize,
+    ) -> Result<(), PlanError> {
+        // Output position (1-based) of each placeholder; unknown once a wildcard precedes it.
+        let mut position = 0usize;
+        let mut known = true;
+        let mut placeholder_positions = Vec::new();
+        for item in &select.projection[shift..] {
+            match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => known = false,
+                SelectItem::ExprWithAlias { alias, .. }
+                    if alias.value.starts_with(PLACEHOLDER_PREFIX) =>
+                {
+                    position += 1;
+                    placeholder_positions.push(if known { Some(position) } else { None });
+                }
+                _ => position += 1,
+            }
+        }
+        let names: Vec<&str> = self.placeholders.iter().map(|p| p.name.as_str()).collect();
+        let fix = |expr: &mut Expr| -> Result<(), PlanError> {
+            if let Expr::Value(value) = expr {
+                if let Value::Number(n, long) = &value.value {
+                    let ordinal: usize = n
+                        .parse()
+                        .map_err(|_| unsupported("invalid ordinal", LATER_HINT))?;
+                    if placeholder_positions
+                        .iter()
+                        .any(|p| p.is_none_or(|p| p == ordinal))
+                    {
+                        return Err(unsupported(
+                            "ORDER BY or GROUP BY on the result of an ML call is not supported yet",
+                            LATER_HINT,
+                        ));
+                    }
+                    value.value = Value::Number((ordinal + shift).to_string(), *long);
+                }
+            }
+            if let Expr::Identifier(ident) = expr {
+                if names.contains(&ident.value.as_str()) {
+                    return Err(unsupported(
+                        format!(
+                            "ORDER BY or GROUP BY on the ML result \"{}\" is not supported yet",
+                            ident.value
+                        ),
+                        LATER_HINT,
+                    ));
+                }
+            }
+            Ok(())
+        };
+        if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+            for expr in exprs {
+                fix(expr)?;
+            }
+        }
+        if let Some(order_by) = order_by {
+            for item in order_by {
+                fix(&mut item.expr)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn query_order_by(
+    order_by: &mut Option<sqlparser::ast::OrderBy>,
+) -> Option<&mut Vec<sqlparser::ast::OrderByExpr>> {
+    match order_by.as_mut().map(|o| &mut o.kind) {
+        Some(OrderByKind::Expressions(exprs)) => Some(exprs),
+        _ => None,
+    }
+}
+
+fn function_short_name(function: MlFunction) -> &'static str {
+    match function {
+        MlFunction::DetectSentiment => "detect_sentiment",
+        MlFunction::InvokeEndpoint => "invoke_endpoint",
+    }
+}
+
+fn function_of(name: &str) -> Result<MlFunction, PlanError> {
+    match name {
+        "aws_comprehend.detect_sentiment" => Ok(MlFunction::DetectSentiment),
+        "aws_sagemaker.invoke_endpoint" => Ok(MlFunction::InvokeEndpoint),
+        other => Err(PlanError {
+            code: SqlState::UndefinedFunction,
+            message: format!("function {other} is not available through pgenrich"),
+            hint: Some("pgenrich provides aws_comprehend.detect_sentiment and aws_sagemaker.invoke_endpoint.".into()),
+        }),
+    }
+}
+
+/// `(schema, function)` in lower case if `name` is in an ML schema.
+fn ml_name(name: &ObjectName) -> Option<(String, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+            ObjectNamePart::Function(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    let [.., schema, function] = parts.as_slice() else {
+        return None;
+    };
+    ML_SCHEMAS
+        .contains(&schema.as_str())
+        .then(|| (schema.clone(), function.clone()))
+}
+
+fn ml_table_function(
+    factor: &TableFactor,
+) -> Option<(String, Vec<FunctionArg>, Option<sqlparser::ast::TableAlias>)> {
+    match factor {
+        TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            ..
+        } => {
+            let (schema, function) = ml_name(name)?;
+            Some((
+                format!("{schema}.{function}"),
+                args.args.clone(),
+                alias.clone(),
+            ))
+        }
+        TableFactor::Function {
+            name, args, alias, ..
+        } => {
+            let (schema, function) = ml_name(name)?;
+            Some((format!("{schema}.{function}"), args.clone(), alias.clone()))
+        }
+        _ => None,
+    }
+}
+
+fn relation_alias(factor: &TableFactor) -> Option<String> {
+    match factor {
+        TableFactor::Table {
+            alias: Some(alias), ..
+        }
+        | TableFactor::Derived {
+            alias: Some(alias), ..
+        }
+        | TableFactor::Function {
+            alias: Some(alias), ..
+        } => Some(alias.name.value.clone()),
+        TableFactor::Table {
+            name,
+            alias: None,
+            args: None,
+            ..
+        } => name.0.last().and_then(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.value.clone()),
+            ObjectNamePart::Function(_) => None,
+        }),
+        _ => None,
+    }
+}
+
+fn single_name(name: &ObjectName) -> Option<String> {
+    match name.0.as_slice() {
+        [ObjectNamePart::Identifier(ident)] => Some(ident.value.clone()),
+        _ => None,
+    }
+}
+
+/// Whether `node` contains an ML call (as a function or a table function).
+pub fn has_ml<V: Visit>(node: &V) -> bool {
+    struct Finder;
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Function(f) if ml_name(&f.name).is_some() => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            match ml_table_function(factor) {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
+            }
+        }
+    }
+    node.visit(&mut Finder).is_break()
+}
+
+/// Whether a table function's alias is used outside the select list.
+fn references_functions(select: &Select, functions: &[TableFunction]) -> bool {
+    struct Finder<'a>(&'a [TableFunction]);
+    impl Visitor for Finder<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let Expr::CompoundIdentifier(parts) = expr {
+                if parts.len() >= 2 && self.0.iter().any(|f| f.alias == parts[0].value) {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut finder = Finder(functions);
+    [
+        select.selection.visit(&mut finder),
+        select.having.visit(&mut finder),
+        select.group_by.visit(&mut finder),
+        select.named_window.visit(&mut finder),
+        select.from.visit(&mut finder),
+    ]
+    .iter()
+    .any(|flow| flow.is_break())
+}
+
+/// Rewrites the two PostgreSQL forms sqlparser 0.64 cannot parse, on the original text:
+/// `(aws_comprehend.detect_sentiment(…)).*` becomes a call of a marked name, and
+/// `VARIADIC ARRAY[a, b]` inside an ML call's arguments becomes `a, b`.
+fn rewrite_unparsable_forms(sql: &str) -> String {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
+        return sql.to_owned();
+    };
+    let tokens: Vec<&TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let offsets = LineOffsets::new(sql);
+    let span = |t: &TokenWithSpan| (offsets.at(t.span.start), offsets.at(t.span.end));
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let is_ml_word = |t: &TokenWithSpan| matches!(&t.token, Token::Word(w) if ML_SCHEMAS.contains(&w.value.to_ascii_lowercase().as_str()));
+    for i in 0..tokens.len() {
+        // An ML call: schema . name (
+        if !(is_ml_word(tokens[i])
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::Period))
+            && matches!(tokens.get(i + 2).map(|t| &t.token), Some(Token::Word(_)))
+            && matches!(tokens.get(i + 3).map(|t| &t.token), Some(Token::LParen)))
+        {
+            continue;
+        }
+        let open = i + 3;
+        let mut depth = 0usize;
+        let mut close = None;
+        for (j, token) in tokens.iter().enumerate().skip(open) {
+            match token.token {
+                Token::LParen | Token::LBracket => depth += 1,
+                Token::RParen | Token::RBracket => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(j);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            // VARIADIC ARRAY[ … ] directly in this call's arguments.
+            if depth == 1 {
+                if let (Token::Word(v), Some(Token::Word(a)), Some(Token::LBracket)) = (
+                    &token.token,
+                    tokens.get(j + 1).map(|t| &t.token),
+                    tokens.get(j + 2).map(|t| &t.token),
+                ) {
+                    if v.value.eq_ignore_ascii_case("variadic")
+                        && a.value.eq_ignore_ascii_case("array")
+                    {
+                        let mut inner = 0usize;
+                        for (k, t) in tokens.iter().enumerate().skip(j + 2) {
+                            match t.token {
+                                Token::LBracket | Token::LParen => inner += 1,
+                                Token::RBracket | Token::RParen => {
+                                    inner -= 1;
+                                    if inner == 0 {
+                                        edits.push((
+                                            span(token).0,
+                                            span(tokens[j + 2]).1,
+                                            String::new(),
+                                        ));
+                                        edits.push((span(t).0, span(t).1, String::new()));
+                                        break;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            let _ = k;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(close) = close else { continue };
+        // ( call ) . *  →  call with a marked name
+        let wrapped = i > 0
+            && matches!(tokens[i - 1].token, Token::LParen)
+            && matches!(tokens.get(close + 1).map(|t| &t.token), Some(Token::RParen))
+            && matches!(tokens.get(close + 2).map(|t| &t.token), Some(Token::Period))
+            && matches!(tokens.get(close + 3).map(|t| &t.token), Some(Token::Mul));
+        if wrapped {
+            if let Token::Word(name) = &tokens[i + 2].token {
+                edits.push((span(tokens[i - 1]).0, span(tokens[i - 1]).1, String::new()));
+                let (start, end) = span(tokens[i + 2]);
+                edits.push((
+                    start,
+                    end,
+                    format!("{}{ALL_FIELDS_SUFFIX}", name.value.to_ascii_lowercase()),
+                ));
+                edits.push((
+                    span(tokens[close + 1]).0,
+                    span(tokens[close + 3]).1,
+                    String::new(),
+                ));
+            }
+        }
+    }
+    if edits.is_empty() {
+        return sql.to_owned();
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut text = sql.to_owned();
+    for (start, end, replacement) in edits {
+        if start <= end
+            && end <= text.len()
+            && text.is_char_boundary(start)
+            && text.is_char_boundary(end)
+        {
+            text.replace_range(start..end, &replacement);
+        }
+    }
+    text
+}
+
+/// Converts tokenizer locations (1-based line and character column) to byte offsets.
+struct LineOffsets<'a> {
+    sql: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineOffsets<'a> {
+    fn new(sql: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        LineOffsets { sql, starts }
+    }
+
+    fn at(&self, location: Location) -> usize {
+        let Some(&line_start) = self.starts.get((location.line as usize).saturating_sub(1)) else {
+            return self.sql.len();
+        };
+        let column = (location.column as usize).saturating_sub(1);
+        self.sql[line_start..]
+            .char_indices()
+            .nth(column)
+            .map(|(i, _)| line_start + i)
+            .unwrap_or(self.sql.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> StreamingPlan {
+        plan(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    }
+
+    fn refused(sql: &str) -> PlanError {
+        match plan(sql) {
+            Ok(p) => panic!("{sql} was planned: {p:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn placeholder(field: Field, name: &str, call: usize) -> Placeholder {
+        Placeholder {
+            call,
+            field,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn bare_call_in_the_select_list() {
+        let p = ok("SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM reviews WHERE id < 10 ORDER BY id LIMIT 5");
+        assert_eq!(
+            p.base_sql,
+            "SELECT body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", id, NULL AS \"pgenrich:0\" FROM reviews WHERE id < 10 ORDER BY id LIMIT 5"
+        );
+        assert_eq!(p.arg_columns, 2);
+        assert_eq!(
+            p.calls,
+            vec![Call {
+                function: MlFunction::DetectSentiment,
+                first_arg: 0,
+                arg_count: 2
+            }]
+        );
+        assert_eq!(
+            p.placeholders,
+            vec![placeholder(Field::Record, "detect_sentiment", 0)]
+        );
+        assert_eq!(p.placeholder(b"pgenrich:0"), Some(&p.placeholders[0]));
+        assert_eq!(p.placeholder(b"id"), None);
+    }
+
+    #[test]
+    fn field_selections_aliases_and_all_fields() {
+        let p = ok(
+            "SELECT (aws_comprehend.detect_sentiment(b, 'en', 10)).sentiment AS s, \
+                    (AWS_COMPREHEND.detect_sentiment(b, 'en')).confidence, \
+                    (aws_comprehend.detect_sentiment(b, 'fr')).* FROM r",
+        );
+        assert_eq!(p.calls.len(), 3);
+        assert_eq!(p.calls[0].arg_count, 3);
+        assert_eq!(p.arg_columns, 7);
+        assert_eq!(
+            p.placeholders,
+            vec![
+                placeholder(Field::Sentiment, "s", 0),
+                placeholder(Field::Confidence, "confidence", 1),
+                placeholder(Field::Sentiment, "sentiment", 2),
+                placeholder(Field::Confidence, "confidence", 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn invoke_endpoint_with_parameters_and_variadic_array() {
+        let p = ok(
+            "SELECT id, aws_sagemaker.invoke_endpoint('fraud', $1, amount, $2) AS score FROM tx",
+        );
+        assert_eq!(
+            p.base_sql,
+            "SELECT 'fraud' AS \"pgenrich:arg0\", $1 AS \"pgenrich:arg1\", amount AS \"pgenrich:arg2\", $2 AS \"pgenrich:arg3\", id, NULL AS \"pgenrich:0\" FROM tx"
+        );
+        assert_eq!(p.placeholders, vec![placeholder(Field::Text, "score", 0)]);
+        let v =
+            ok("SELECT aws_sagemaker.invoke_endpoint('m', NULL, VARIADIC ARRAY[a, b + 1]) FROM t");
+        assert_eq!(v.calls[0].arg_count, 4);
+        assert!(
+            v.base_sql.contains("b + 1 AS \"pgenrich:arg3\""),
+            "{}",
+            v.base_sql
+        );
+    }
+
+    #[test]
+    fn table_functions_in_from() {
+        let p = ok("SELECT r.id, s.sentiment, s.confidence AS c FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s");
+        assert_eq!(
+            p.base_sql,
+            "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", r.id, NULL AS \"pgenrich:0\", NULL AS \"pgenrich:1\" FROM reviews r"
+        );
+        assert_eq!(
+            p.placeholders,
+            vec![
+                placeholder(Field::Sentiment, "sentiment", 0),
+                placeholder(Field::Confidence, "c", 0)
+            ]
+        );
+
+        let star = ok("SELECT * FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') AS s(label, score)");
+        assert!(
+            star.base_sql
+                .contains("\"r\".*, NULL AS \"pgenrich:0\", NULL AS \"pgenrich:1\""),
+            "{}",
+            star.base_sql
+        );
+        assert_eq!(star.placeholders[0].name, "label");
+        assert_eq!(star.placeholders[1].name, "score");
+
+        let alone = ok("SELECT * FROM aws_comprehend.detect_sentiment('I love it', 'en')");
+        assert_eq!(alone.base_sql, "SELECT 'I love it' AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", NULL AS \"pgenrich:0\", NULL AS \"pgenrich:1\"");
+        let qualified = ok("SELECT s.* FROM aws_comprehend.detect_sentiment('x', 'en') s");
+        assert_eq!(qualified.placeholders.len(), 2);
+    }
+
+    #[test]
+    fn ordinals_shift_past_the_arguments() {
+        let p = ok("SELECT id, aws_comprehend.detect_sentiment(b, 'en') FROM r ORDER BY 1 DESC");
+        assert!(p.base_sql.ends_with("ORDER BY 3 DESC"), "{}", p.base_sql);
+        let e = refused("SELECT id, aws_comprehend.detect_sentiment(b, 'en') FROM r ORDER BY 2");
+        assert_eq!(e.code.code(), "0A000");
+        let e = refused("SELECT aws_comprehend.detect_sentiment(b, 'en') AS s FROM r ORDER BY s");
+        assert_eq!(e.code.code(), "0A000");
+    }
+
+    #[test]
+    fn other_positions_are_refused_with_a_hint() {
+        for sql in [
+            "SELECT * FROM r WHERE (aws_comprehend.detect_sentiment(b, 'en')).sentiment = 'POSITIVE'",
+            "SELECT upper((aws_comprehend.detect_sentiment(b, 'en')).sentiment) FROM r",
+            "SELECT aws_sagemaker.invoke_endpoint('m', 1, x)::float FROM t",
+            "WITH s AS (SELECT aws_comprehend.detect_sentiment(b, 'en') FROM r) SELECT * FROM s",
+            "SELECT * FROM (SELECT aws_comprehend.detect_sentiment(b, 'en') FROM r) q",
+            "SELECT 1 UNION SELECT aws_sagemaker.invoke_endpoint('m', 1, 2)",
+            "SELECT DISTINCT aws_comprehend.detect_sentiment(b, 'en') FROM r",
+            "INSERT INTO t SELECT aws_sagemaker.invoke_endpoint('m', 1, x) FROM s",
+            "UPDATE t SET y = aws_sagemaker.invoke_endpoint('m', 1, x)",
+            "SELECT 1; SELECT aws_comprehend.detect_sentiment('x', 'en')",
+            "SELECT s.sentiment FROM r, aws_comprehend.detect_sentiment(r.b, 'en') s WHERE s.confidence > 0.5",
+            "SELECT aws_comprehend.detect_sentiment(aws_comprehend.detect_sentiment('x', 'en')::text, 'en')",
+        ] {
+            let e = refused(sql);
+            assert_eq!(e.code.code(), "0A000", "{sql}: {e:?}");
+            assert!(e.hint.is_some(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn wrong_signatures_are_reported_as_postgres_would() {
+        assert_eq!(
+            refused("SELECT aws_comprehend.detect_sentiment('x')")
+                .code
+                .code(),
+            "42883"
+        );
+        assert_eq!(
+            refused("SELECT aws_sagemaker.invoke_endpoint('m', 1)")
+                .code
+                .code(),
+            "42883"
+        );
+        assert_eq!(
+            refused("SELECT aws_comprehend.detect_entities('x', 'en')")
+                .code
+                .code(),
+            "42883"
+        );
+        assert_eq!(
+            refused("SELECT (aws_comprehend.detect_sentiment('x', 'en')).score")
+                .code
+                .code(),
+            "42703"
+        );
+    }
+}
