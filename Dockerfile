@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY mock-aws ./mock-aws
 RUN cargo build --release --locked --bin pgenrich
 
 FROM debian:bookworm-slim

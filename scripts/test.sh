@@ -16,4 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# moto's server mode: a third-party AWS emulator the compatibility test calls through pgenrich.
+if ! python3 -c 'import moto.server' 2>/dev/null; then
+  echo "installing moto[server] from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
+
 cargo test --locked --workspace --all-targets "$@"

@@ -1,5 +1,5 @@
 //! `aws_comprehend.detect_sentiment` on Amazon Comprehend: `BatchDetectSentiment`, at most 25
-//! documents of at most 5,000 UTF-8 bytes per call.
+//! documents of at most 5,000 UTF-8 bytes per call (`DetectSentiment` for a single document).
 
 use aws_sdk_comprehend::types::{LanguageCode, SentimentType};
 use aws_sdk_comprehend::Client;
@@ -33,6 +33,9 @@ impl SentimentBackend for ComprehendBackend {
         texts: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<Sentiment>, InferenceError>> {
         Box::pin(async move {
+            if texts.len() == 1 {
+                return self.detect_one(language, texts).await;
+            }
             let count = texts.len();
             let output = self
                 .client
@@ -91,6 +94,46 @@ impl SentimentBackend for ComprehendBackend {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| malformed(&format!("fewer than {count} results"), &request_id))
         })
+    }
+}
+
+impl ComprehendBackend {
+    /// A batch of one goes out as `DetectSentiment` (same price, and the call emulators such as
+    /// moto implement).
+    async fn detect_one(
+        &self,
+        language: &str,
+        mut texts: Vec<String>,
+    ) -> Result<Vec<Sentiment>, InferenceError> {
+        let text = texts.pop().unwrap_or_default();
+        let output = self
+            .client
+            .detect_sentiment()
+            .language_code(LanguageCode::from(language))
+            .text(text)
+            .send()
+            .await
+            .map_err(classify)?;
+        let request_id =
+            aws_sdk_comprehend::operation::RequestId::request_id(&output).map(str::to_owned);
+        let scores = output.sentiment_score();
+        let (label, score) = match output.sentiment() {
+            Some(SentimentType::Positive) => {
+                (SentimentLabel::Positive, scores.and_then(|s| s.positive()))
+            }
+            Some(SentimentType::Negative) => {
+                (SentimentLabel::Negative, scores.and_then(|s| s.negative()))
+            }
+            Some(SentimentType::Neutral) => {
+                (SentimentLabel::Neutral, scores.and_then(|s| s.neutral()))
+            }
+            Some(SentimentType::Mixed) => (SentimentLabel::Mixed, scores.and_then(|s| s.mixed())),
+            _ => return Err(malformed("no or an unknown sentiment", &request_id)),
+        };
+        Ok(vec![Sentiment {
+            label,
+            confidence: score.unwrap_or(f32::NAN),
+        }])
     }
 }
 

@@ -97,6 +97,7 @@ pub async fn run_query(
     let mut rows: Vec<Bytes> = Vec::new();
     let mut pending: VecDeque<ChunkTask> = VecDeque::new();
     let mut executing = true;
+    let mut cancel = false;
     let memo = Arc::new(tokio::sync::Mutex::new(Memo::default()));
     let cancelled = relay.cancel_notify();
     let failure: Option<ErrorMessage> = loop {
@@ -106,11 +107,16 @@ pub async fn run_query(
             let Some(front) = pending.pop_front() else {
                 break;
             };
+            let abort = front.abort_handle();
             let joined = tokio::select! {
-                joined = front => joined,
-                _ = cancelled.notified() => {
-                    break;
-                }
+                joined = front => Some(joined),
+                _ = cancelled.notified() => None,
+            };
+            let Some(joined) = joined else {
+                abort.abort();
+                break_with(&mut pending);
+                cancel = true;
+                break;
             };
             match joined {
                 Ok(Ok((out, stats))) => {
@@ -152,6 +158,9 @@ pub async fn run_query(
                     .map(|_| outcome);
                 }
             }
+        }
+        if cancel {
+            break Some(canceled());
         }
         if !executing {
             if pending.is_empty() {

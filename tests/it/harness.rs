@@ -370,8 +370,17 @@ impl Proxy {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts pgenrich with its AWS clients pointed at `url` (another AWS emulator).
+    pub async fn start_with_backends(url: &str) -> Proxy {
+        Self::start_inner(|_| {}, Some(url)).await
+    }
+
     /// Starts pgenrich after `adjust` has changed its configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Proxy {
+        Self::start_inner(adjust, None).await
+    }
+
+    async fn start_inner(adjust: impl FnOnce(&mut Config), url: Option<&str>) -> Proxy {
         let pg = postgres();
         let mut config =
             Config::new("127.0.0.1:0".parse().expect("addr"), &pg.upstream()).expect("config");
@@ -380,7 +389,7 @@ impl Proxy {
         config.inference.max_attempts = 2;
         adjust(&mut config);
         let mock = mock_aws::MockAws::start().await.expect("mock AWS starts");
-        let backends = backends_for(&config, &mock.url()).await;
+        let backends = backends_for(&config, url.unwrap_or(&mock.url())).await;
         let server = Server::bind_with(config, backends)
             .await
             .expect("pgenrich starts");

@@ -9,6 +9,7 @@ mod lifecycle;
 mod malformed;
 mod ml;
 mod ml_hook;
+mod moto;
 mod psql;
 mod queries;
 mod tls;

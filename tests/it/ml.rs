@@ -336,7 +336,7 @@ async fn inference_failures_map_to_sqlstates_and_keep_transaction_semantics() {
             "xx",
         ),
         (
-            "SELECT aws_comprehend.detect_sentiment('this has ITEM_ERROR', 'en')",
+            "SELECT aws_comprehend.detect_sentiment(t, 'en') FROM (VALUES ('fine'), ('has ITEM_ERROR')) v(t)",
             "38000",
             "en",
         ),
@@ -422,4 +422,43 @@ async fn upstream_errors_and_pipelined_queries_around_ml_statements() {
     assert_eq!(kinds(&second), "TDCZ");
     assert!(String::from_utf8_lossy(&second[1].1).contains("(POSITIVE,0.6666667)"));
     assert!(String::from_utf8_lossy(&third[1].1).contains("after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_inference_in_progress() {
+    let proxy = Proxy::start().await;
+    proxy.mock.set_latency(std::time::Duration::from_secs(3));
+    let client = proxy.connect().await;
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    let query = tokio::spawn(async move {
+        let result = client
+            .simple_query(
+                "SELECT aws_sagemaker.invoke_endpoint('slow', 1, g) FROM generate_series(1, 20) g",
+            )
+            .await;
+        (result, client)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel");
+    let (result, client) = tokio::time::timeout(std::time::Duration::from_secs(10), query)
+        .await
+        .expect("returns")
+        .expect("join");
+    let error = result.expect_err("cancelled");
+    assert_eq!(sqlstate(&error), "57014", "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    proxy.mock.set_latency(std::time::Duration::ZERO);
+    let out = client
+        .simple_query("SELECT aws_comprehend.detect_sentiment('good', 'en')")
+        .await
+        .expect("usable");
+    assert_eq!(rows(&out).len(), 1);
 }
