@@ -97,6 +97,9 @@ pub struct Cli {
     /// Rows fetched from the database per chunk of an ML statement [default: 1000].
     #[arg(long, env = "PGENRICH_CHUNK_ROWS", value_name = "N")]
     pub chunk_rows: Option<String>,
+    /// Chunks of an ML statement in inference at once while the next is fetched [default: 4].
+    #[arg(long, env = "PGENRICH_CHUNKS_IN_FLIGHT", value_name = "N")]
+    pub chunks_in_flight: Option<String>,
     /// Rows per InvokeEndpoint call when max_rows_per_batch is NULL [default: 500].
     #[arg(long, env = "PGENRICH_DEFAULT_BATCH_ROWS", value_name = "N")]
     pub default_batch_rows: Option<String>,
@@ -141,6 +144,7 @@ struct FileConfig {
     aws_max_attempts: Option<toml::Value>,
     inference_timeout: Option<String>,
     chunk_rows: Option<toml::Value>,
+    chunks_in_flight: Option<toml::Value>,
     default_batch_rows: Option<toml::Value>,
     max_concurrent_calls: Option<toml::Value>,
     max_concurrent_calls_per_endpoint: Option<toml::Value>,
@@ -164,6 +168,7 @@ pub struct InferenceConfig {
     pub max_attempts: u32,
     pub timeout: Duration,
     pub chunk_rows: usize,
+    pub chunks_in_flight: usize,
     pub default_batch_rows: usize,
     pub max_concurrent_calls: usize,
     pub max_concurrent_calls_per_endpoint: usize,
@@ -353,6 +358,12 @@ impl Config {
                 )?,
             )?,
             chunk_rows: positive("chunk_rows", cli.chunk_rows, file.chunk_rows, 1000)?,
+            chunks_in_flight: positive(
+                "chunks_in_flight",
+                cli.chunks_in_flight,
+                file.chunks_in_flight,
+                4,
+            )?,
             default_batch_rows: positive(
                 "default_batch_rows",
                 cli.default_batch_rows,

@@ -9,6 +9,7 @@
 //! the requests) and releases their concurrency permits; nothing is left running.
 
 pub mod csv;
+pub mod memo;
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -3,14 +3,14 @@
 //! The base statement runs as an unnamed portal fetched `chunk_rows` at a time (Execute with a row
 //! limit, Flush). As soon as a chunk has arrived the next one is requested, and the chunk's ML
 //! inputs go to the executor in a separate task, so the database produces the next chunk while
-//! the models run. Enriched rows reach the client in the database's order; at most two chunks
-//! are held besides the one on the wire.
+//! the models run. Enriched rows reach the client in the database's order; at most
+//! `chunks_in_flight` chunks are in inference while the next one is fetched.
 //!
 //! Failures keep PostgreSQL's semantics: an upstream error is relayed as it came; an inference
 //! error (or a cancel) makes the upstream fail a stand-in message so that a transaction block is
 //! aborted exactly as by a native error, and the client gets pgenrich's error in its place.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -86,6 +86,7 @@ pub async fn run_query(
     relay: &mut Relay,
     executor: &Arc<Executor>,
     chunk_rows: usize,
+    chunks_in_flight: usize,
     plan: StreamingPlan,
 ) -> Result<Outcome, SessionError> {
     let plan = Arc::new(plan);
@@ -98,12 +99,12 @@ pub async fn run_query(
     let mut pending: VecDeque<ChunkTask> = VecDeque::new();
     let mut executing = true;
     let mut cancel = false;
-    let memo = Arc::new(tokio::sync::Mutex::new(Memo::default()));
+    let memo = Arc::new(Memo::new());
     let cancelled = relay.cancel_notify();
     let failure: Option<ErrorMessage> = loop {
         // Rows of finished chunks go out in order, keeping at most one chunk in inference
         // while the next is fetched.
-        while pending.len() > 1 || (!executing && !pending.is_empty()) {
+        while pending.len() > chunks_in_flight || (!executing && !pending.is_empty()) {
             let Some(front) = pending.pop_front() else {
                 break;
             };
@@ -200,10 +201,7 @@ pub async fn run_query(
                         Arc::clone(&memo),
                     );
                     pending.push_back(tokio::spawn(async move {
-                        // Chunks take turns (in order) so the statement's memo sees every
-                        // earlier input; fetching still overlaps with inference.
-                        let mut memo = memo.lock().await;
-                        enrich_chunk(&executor, &plan, &layout, &mut memo, chunk).await
+                        enrich_chunk(&executor, &plan, &layout, &memo, chunk).await
                     }));
                 }
                 if kind == b'C' {
@@ -420,59 +418,38 @@ fn column<'a>(row: &[Option<&'a [u8]>], index: usize) -> Option<&'a [u8]> {
     row.get(index).copied().flatten()
 }
 
-/// Most distinct inputs remembered per statement (memory stays bounded on huge results; past
-/// this, repeats are still de-duplicated within each chunk).
-const MEMO_CAPACITY: usize = 100_000;
+/// Bytes of inputs remembered per statement for de-duplication (see [`crate::enrich::memo`]).
+const MEMO_BUDGET: usize = 16 << 20;
 
-/// Results of one statement's calls so far, so that identical inputs are sent once.
-#[derive(Default)]
+/// One statement's memo of inputs already sent.
 struct Memo {
-    sentiment: HashMap<SentimentInput, Option<Sentiment>>,
-    text: HashMap<InvokeInput, Option<String>>,
+    sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment>,
+    text: crate::enrich::memo::Memo<InvokeInput, String>,
 }
 
-/// Looks inputs up in `memo`, sends the misses through `call`, and remembers their results.
-async fn memoized<I, O, F, Fut>(
-    memo: &mut HashMap<I, Option<O>>,
-    inputs: Vec<I>,
-    call: F,
-) -> Result<Vec<Option<O>>, CallError>
-where
-    I: std::hash::Hash + Eq + Clone,
-    O: Clone,
-    F: FnOnce(Vec<I>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Option<O>>, CallError>>,
-{
-    let mut results: Vec<Option<Option<O>>> = inputs.iter().map(|i| memo.get(i).cloned()).collect();
-    let misses: Vec<I> = inputs
-        .iter()
-        .zip(&results)
-        .filter(|(_, hit)| hit.is_none())
-        .map(|(input, _)| input.clone())
-        .collect();
-    if !misses.is_empty() {
-        let fresh = call(misses.clone()).await?;
-        let mut fresh_iter = fresh.into_iter();
-        for slot in results.iter_mut().filter(|r| r.is_none()) {
-            *slot = Some(fresh_iter.next().flatten());
-        }
-        for (input, output) in misses
-            .into_iter()
-            .zip(results.iter().filter_map(|r| r.clone()))
-        {
-            if memo.len() < MEMO_CAPACITY {
-                memo.insert(input, output);
-            }
+impl Memo {
+    fn new() -> Memo {
+        Memo {
+            sentiment: crate::enrich::memo::Memo::new(MEMO_BUDGET / 2),
+            text: crate::enrich::memo::Memo::new(MEMO_BUDGET / 2),
         }
     }
-    Ok(results.into_iter().map(Option::flatten).collect())
+}
+
+fn abandoned(function: MlFunction) -> impl Fn() -> CallError {
+    move || CallError {
+        target: function.name().to_owned(),
+        error: crate::error::InferenceError::InvalidArgument(
+            "a concurrent call for the same input failed".into(),
+        ),
+    }
 }
 
 async fn enrich_chunk(
     executor: &Executor,
     plan: &StreamingPlan,
     layout: &[Column],
-    memo: &mut Memo,
+    memo: &Memo,
     rows: Vec<Bytes>,
 ) -> Result<(Vec<Bytes>, CallStats), CallError> {
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
@@ -496,10 +473,14 @@ async fn enrich_chunk(
                     })
                     .collect::<Result<Vec<_>, CallError>>()?;
                 let stats = &mut stats;
-                let out = memoized(&mut memo.sentiment, inputs, |misses| async move {
-                    executor.detect_sentiment(&misses, stats).await
-                })
-                .await?;
+                let out = memo
+                    .sentiment
+                    .resolve(
+                        inputs,
+                        |misses| async move { executor.detect_sentiment(&misses, stats).await },
+                        abandoned(call.function),
+                    )
+                    .await?;
                 results.push(Results::Sentiment(out));
             }
             MlFunction::InvokeEndpoint => {
@@ -519,10 +500,14 @@ async fn enrich_chunk(
                     })
                     .collect::<Result<Vec<_>, CallError>>()?;
                 let stats = &mut stats;
-                let out = memoized(&mut memo.text, inputs, |misses| async move {
-                    executor.invoke_endpoint(&misses, stats).await
-                })
-                .await?;
+                let out = memo
+                    .text
+                    .resolve(
+                        inputs,
+                        |misses| async move { executor.invoke_endpoint(&misses, stats).await },
+                        abandoned(call.function),
+                    )
+                    .await?;
                 results.push(Results::Text(out));
             }
         }

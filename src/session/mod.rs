@@ -161,6 +161,7 @@ async fn relay_loop(
                         relay,
                         &ctx.executor,
                         ctx.config.inference.chunk_rows,
+                        ctx.config.inference.chunks_in_flight,
                         *plan,
                     )
                     .await?;

@@ -1,0 +1,252 @@
+//! Per-statement de-duplication: identical inputs are sent to a model once per statement, even
+//! when the chunks holding them are in inference at the same time.
+//!
+//! The first chunk to meet an input *owns* it (marks it pending, calls the service, stores the
+//! result); later chunks wait for the owner instead of calling again. The memo remembers inputs up
+//! to a byte budget, so memory stays bounded on huge results; past it, repeats are still
+//! de-duplicated within each chunk by the executor.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use super::{InvokeInput, SentimentInput};
+
+/// Approximate bytes an input keeps alive in the memo.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for SentimentInput {
+    fn weight(&self) -> usize {
+        64 + self.text.as_ref().map_or(0, String::len)
+            + self.language.as_ref().map_or(0, String::len)
+    }
+}
+
+impl Weight for InvokeInput {
+    fn weight(&self) -> usize {
+        64 + self.endpoint.as_ref().map_or(0, String::len)
+            + self
+                .fields
+                .iter()
+                .map(|f| 24 + f.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+    }
+}
+
+enum Entry<O> {
+    /// Being computed by the chunk holding the sender of this channel.
+    Pending(watch::Receiver<bool>),
+    Done(Option<O>),
+}
+
+struct Inner<I, O> {
+    entries: HashMap<I, Entry<O>>,
+    bytes: usize,
+}
+
+pub struct Memo<I, O> {
+    inner: Mutex<Inner<I, O>>,
+    budget: usize,
+}
+
+impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
+    pub fn new(budget: usize) -> Self {
+        Memo {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                bytes: 0,
+            }),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<I, O>> {
+        // A panic while holding this lock leaves only a partly filled memo: still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Results for `inputs` in order: remembered ones, ones another chunk is computing (awaited),
+    /// and the rest through `call` (which receives them in order and returns one result each).
+    /// `abandoned` builds the error when the chunk computing an awaited input failed.
+    pub async fn resolve<E, F, Fut>(
+        &self,
+        inputs: Vec<I>,
+        call: F,
+        abandoned: impl Fn() -> E,
+    ) -> Result<Vec<Option<O>>, E>
+    where
+        F: FnOnce(Vec<I>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<O>>, E>>,
+    {
+        let (done, own) = watch::channel(false);
+        let mut results: Vec<Option<Option<O>>> = vec![None; inputs.len()];
+        let mut waits = Vec::new();
+        let mut misses = Vec::new();
+        let mut miss_rows = Vec::new();
+        {
+            let mut inner = self.lock();
+            for (row, input) in inputs.iter().enumerate() {
+                match inner.entries.get(input) {
+                    Some(Entry::Done(value)) => results[row] = Some(value.clone()),
+                    Some(Entry::Pending(other)) if !other.same_channel(&own) => {
+                        waits.push((row, other.clone()))
+                    }
+                    Some(Entry::Pending(_)) => {
+                        misses.push(input.clone());
+                        miss_rows.push(row);
+                    }
+                    None => {
+                        let weight = input.weight();
+                        if inner.bytes + weight <= self.budget {
+                            inner.bytes += weight;
+                            inner
+                                .entries
+                                .insert(input.clone(), Entry::Pending(own.clone()));
+                        }
+                        misses.push(input.clone());
+                        miss_rows.push(row);
+                    }
+                }
+            }
+        }
+        if !misses.is_empty() {
+            match call(misses.clone()).await {
+                Ok(fresh) => {
+                    let mut inner = self.lock();
+                    for (input, value) in misses.iter().zip(&fresh) {
+                        if let Some(entry @ Entry::Pending(_)) = inner.entries.get_mut(input) {
+                            *entry = Entry::Done(value.clone());
+                        }
+                    }
+                    drop(inner);
+                    for (row, value) in miss_rows.into_iter().zip(fresh) {
+                        results[row] = Some(value);
+                    }
+                }
+                Err(error) => {
+                    let mut inner = self.lock();
+                    inner.entries.retain(|_, entry| match entry {
+                        Entry::Pending(receiver) => !receiver.same_channel(&own),
+                        Entry::Done(_) => true,
+                    });
+                    return Err(error);
+                }
+            }
+        }
+        let _ = done.send(true);
+        for (row, mut receiver) in waits {
+            if receiver.wait_for(|finished| *finished).await.is_err() {
+                return Err(abandoned());
+            }
+            match self.lock().entries.get(&inputs[row]) {
+                Some(Entry::Done(value)) => results[row] = Some(value.clone()),
+                _ => return Err(abandoned()),
+            }
+        }
+        Ok(results.into_iter().map(Option::flatten).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn input(text: &str) -> SentimentInput {
+        SentimentInput {
+            text: Some(text.into()),
+            language: Some("en".into()),
+            max_rows_per_batch: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_chunks_send_each_input_once() {
+        let memo: Arc<Memo<SentimentInput, usize>> = Arc::new(Memo::new(1 << 20));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for chunk in 0..4 {
+            let (memo, calls, sent) = (memo.clone(), calls.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let inputs: Vec<_> = (0..10)
+                    .map(|i| input(&format!("t{}", (i + chunk) % 12)))
+                    .collect();
+                memo.resolve(
+                    inputs,
+                    |misses| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        sent.lock()
+                            .expect("lock")
+                            .extend(misses.iter().map(|m| m.text.clone()));
+                        Ok::<_, ()>(
+                            misses
+                                .iter()
+                                .map(|m| m.text.as_ref().map(String::len))
+                                .collect(),
+                        )
+                    },
+                    || (),
+                )
+                .await
+            }));
+        }
+        for task in tasks {
+            let out = task.await.expect("join").expect("resolve");
+            assert_eq!(out.len(), 10);
+            assert!(out.iter().all(|v| v.is_some()));
+        }
+        let mut sent = sent.lock().expect("lock").clone();
+        let total = sent.len();
+        sent.sort();
+        sent.dedup();
+        assert_eq!(total, sent.len(), "no input sent twice");
+        assert_eq!(sent.len(), 12);
+    }
+
+    #[tokio::test]
+    async fn waiters_fail_when_the_owner_fails_and_budget_bounds_memory() {
+        let memo: Memo<SentimentInput, usize> = Memo::new(1 << 20);
+        let failed = memo
+            .resolve(
+                vec![input("x")],
+                |_| async { Err::<Vec<Option<usize>>, &str>("boom") },
+                || "abandoned",
+            )
+            .await;
+        assert_eq!(failed, Err("boom"));
+        // The failed input is not remembered: it is computed again.
+        let again = memo
+            .resolve(
+                vec![input("x")],
+                |m| async move { Ok::<_, &str>(vec![Some(m.len())]) },
+                || "abandoned",
+            )
+            .await;
+        assert_eq!(again, Ok(vec![Some(1)]));
+
+        let tiny: Memo<SentimentInput, usize> = Memo::new(10);
+        let out = tiny
+            .resolve(
+                vec![input("a"), input("a")],
+                |m| async move { Ok::<_, ()>(m.iter().map(|_| Some(7)).collect()) },
+                || (),
+            )
+            .await;
+        assert_eq!(out, Ok(vec![Some(7), Some(7)]));
+        assert_eq!(
+            tiny.lock().entries.len(),
+            0,
+            "over budget: nothing remembered"
+        );
+    }
+}
