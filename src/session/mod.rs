@@ -1,8 +1,10 @@
 //! One client session: pre-startup negotiation (SSL, GSSENC, cancel requests), connecting the
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
+pub mod extended;
 pub mod ml;
 pub mod relay;
+pub mod rows;
 pub mod tracker;
 
 use std::future::poll_fn;
@@ -155,25 +157,7 @@ async fn relay_loop(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 )),
                 Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
-                Event::Ml(plan) => {
-                    let started = std::time::Instant::now();
-                    let outcome = ml::run_query(
-                        relay,
-                        &ctx.executor,
-                        ctx.config.inference.chunk_rows,
-                        ctx.config.inference.chunks_in_flight,
-                        *plan,
-                    )
-                    .await?;
-                    info!(
-                        rows = outcome.rows,
-                        inputs = outcome.stats.rows,
-                        calls = outcome.stats.calls,
-                        duplicates_saved = outcome.stats.duplicates_saved,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "ML statement"
-                    );
-                }
+                Event::Intercept(intercept) => intercept_ml(ctx, relay, intercept).await?,
             },
             _ = sleep_until(handshake_deadline), if !relay.ready => {
                 // The condition was read when this select began; authentication may have
@@ -194,6 +178,69 @@ async fn relay_loop(
             _ = ctx.terminate.cancelled(), if !relay.terminating => relay.terminating = true,
         }
     }
+}
+
+/// Runs work on an ML statement that the relay handed over, in order with the upstream's
+/// answers.
+async fn intercept_ml(
+    ctx: &SessionContext,
+    relay: &mut Relay,
+    intercept: extended::Intercept,
+) -> Result<(), SessionError> {
+    use extended::Intercept;
+    let chunking = ml::Chunking {
+        rows: ctx.config.inference.chunk_rows,
+        in_flight: ctx.config.inference.chunks_in_flight,
+    };
+    let started = std::time::Instant::now();
+    if !matches!(intercept, Intercept::Query(_)) {
+        // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync.
+        if relay.tracker.open_failed() {
+            tracing::warn!(?intercept, "skipped: pipeline already failed");
+            return Ok(());
+        }
+        relay.tracker.ensure_open();
+    }
+    let outcome = match intercept {
+        Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
+        Intercept::Parse { name, types, plan } => {
+            extended::handle_parse(relay, name, types, *plan).await?;
+            return relay.flush_client().await;
+        }
+        Intercept::Describe { kind, name } => {
+            extended::handle_describe(relay, kind, &name);
+            return relay.flush_client().await;
+        }
+        Intercept::Execute { portal, max_rows } => {
+            let Some(bound) = relay.registry().portals.get(&portal).cloned() else {
+                tracing::warn!(%portal, "ML portal vanished before Execute");
+                return Ok(());
+            };
+            let enrichment = ml::Enrichment {
+                plan: Arc::clone(&bound.statement.plan),
+                layout: Arc::clone(&bound.statement.layout),
+                formats: Arc::clone(&bound.formats),
+            };
+            ml::run_execute(
+                relay,
+                &ctx.executor,
+                chunking,
+                &enrichment,
+                &portal,
+                max_rows,
+            )
+            .await?
+        }
+    };
+    info!(
+        rows = outcome.rows,
+        inputs = outcome.stats.rows,
+        calls = outcome.stats.calls,
+        duplicates_saved = outcome.stats.duplicates_saved,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ML statement"
+    );
+    Ok(())
 }
 
 /// Ends a relayed session: tells the client why (when it can still parse a message), stops the

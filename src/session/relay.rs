@@ -22,8 +22,9 @@ use tokio_util::io::poll_read_buf;
 use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{self, backend, frontend, header, ErrorMessage, HEADER_LEN};
+use crate::session::extended::{self, Intercept, Registry};
 use crate::session::tracker::{Tracker, STANDIN_NAME};
-use crate::sql::plan::{self, StreamingPlan};
+use crate::sql::plan;
 use crate::sql::{self, Verdict};
 use crate::stream::{ClientStream, UpstreamStream};
 
@@ -43,8 +44,8 @@ pub enum Event {
     Quiescent,
     /// Terminating, and the response stream is at a message boundary: it can close now.
     AtBoundary,
-    /// An ML statement to run; everything before it has been answered and client input is held.
-    Ml(Box<StreamingPlan>),
+    /// Work on an ML statement; everything before it has been answered and client input is held.
+    Intercept(Intercept),
 }
 
 /// Bytes read from one side, with the framing state of the message being passed through.
@@ -182,8 +183,10 @@ pub struct Relay {
     pub(crate) last_client_activity: Instant,
     pub(crate) cancel_target: Option<CancelTarget>,
     cancel_key: Option<CancelKeyGuard>,
-    /// An ML statement waiting for the upstream to answer everything before it.
-    pending_ml: Option<Box<StreamingPlan>>,
+    /// Work on an ML statement waiting for the upstream to answer everything before it.
+    pending: Option<Intercept>,
+    /// ML statements and portals of the extended protocol.
+    ml: Registry,
     /// Client bytes were left unprocessed while an ML statement ran.
     reprocess_client: bool,
     /// A CommandComplete held back until the last enriched rows are out.
@@ -209,7 +212,8 @@ impl Relay {
             last_client_activity: Instant::now(),
             cancel_target: None,
             cancel_key: None,
-            pending_ml: None,
+            pending: None,
+            ml: Registry::default(),
             reprocess_client: false,
             held_completion: None,
         }
@@ -226,12 +230,17 @@ impl Relay {
             if self.terminating && self.from_upstream.at_boundary() {
                 return Poll::Ready(Ok(Event::AtBoundary));
             }
-            if self.pending_ml.is_some() && self.tracker.is_idle() {
-                if let Some(plan) = self.pending_ml.take() {
-                    return Poll::Ready(Ok(Event::Ml(plan)));
+            let answered = match &self.pending {
+                Some(Intercept::Query(_)) => self.tracker.is_idle(),
+                Some(_) => self.tracker.caught_up(),
+                None => false,
+            };
+            if answered {
+                if let Some(intercept) = self.pending.take() {
+                    return Poll::Ready(Ok(Event::Intercept(intercept)));
                 }
             }
-            if self.reprocess_client && self.pending_ml.is_none() {
+            if self.reprocess_client && self.pending.is_none() {
                 self.reprocess_client = false;
                 self.process_client()?;
             }
@@ -252,7 +261,7 @@ impl Relay {
                 .poll_write(&mut self.client, cx)
                 .map_err(SessionError::ClientIo)?;
 
-            let holding = self.pending_ml.is_some();
+            let holding = self.pending.is_some();
             if self.to_upstream.len < HIGH_WATER
                 && !self.terminating
                 && !self.client_terminated
@@ -319,7 +328,27 @@ impl Relay {
                 Some(Ok(frame)) => frame,
             };
             let total = 1 + len;
-            if !self.ready || (kind != frontend::QUERY && kind != frontend::PARSE) {
+            let inspected = self.ready
+                && match kind {
+                    frontend::QUERY | frontend::PARSE => true,
+                    frontend::BIND => {
+                        let named = !self.ml.statements.is_empty() || !self.ml.portals.is_empty();
+                        if named && len - 4 > self.ctx.max_query_bytes {
+                            // Too large to hold: it is relayed as it streams in, but a portal of
+                            // that name no longer belongs to an ML statement.
+                            let prefix = &inbound.buf[inbound.ready + HEADER_LEN..];
+                            if let Some(portal) = extended::first_name(prefix) {
+                                self.ml.portals.remove(&portal);
+                            }
+                        }
+                        named && len - 4 <= self.ctx.max_query_bytes
+                    }
+                    frontend::DESCRIBE | frontend::EXECUTE | frontend::CLOSE => {
+                        !self.ml.statements.is_empty() || !self.ml.portals.is_empty()
+                    }
+                    _ => false,
+                };
+            if !inspected {
                 self.tracker.on_client(kind);
                 if kind == frontend::TERMINATE {
                     self.client_terminated = true;
@@ -329,7 +358,9 @@ impl Relay {
                 inbound.body_left = total - n;
                 continue;
             }
-            if len - 4 > self.ctx.max_query_bytes {
+            if (kind == frontend::QUERY || kind == frontend::PARSE)
+                && len - 4 > self.ctx.max_query_bytes
+            {
                 inbound.release(&mut self.to_upstream);
                 let n = total.min(inbound.buf.len());
                 inbound.buf.advance(n);
@@ -351,17 +382,71 @@ impl Relay {
                 break;
             }
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
+            // Extended-protocol messages naming ML statements or portals.
+            let handled = match kind {
+                frontend::BIND => self
+                    .ml
+                    .rewrite_bind(body, self.tracker.closings_forwarded())
+                    .map(Ok),
+                frontend::CLOSE => self.ml.rewrite_close(body).map(Ok),
+                frontend::DESCRIBE => extended::target(body)
+                    .filter(|(k, name)| match k {
+                        b'S' => self.ml.statements.contains_key(name),
+                        _ => self.ml.portals.contains_key(name),
+                    })
+                    .map(|(kind, name)| Err(Intercept::Describe { kind, name })),
+                frontend::EXECUTE => extended::execute_parts(body)
+                    .filter(|(portal, _)| self.ml.portals.contains_key(portal))
+                    .map(|(portal, max_rows)| Err(Intercept::Execute { portal, max_rows })),
+                _ => None,
+            };
+            if let Some(handled) = handled {
+                inbound.release(&mut self.to_upstream);
+                inbound.buf.advance(total);
+                match handled {
+                    Ok(rewritten) => {
+                        self.tracker.on_client(kind);
+                        self.to_upstream.push(rewritten);
+                        continue;
+                    }
+                    Err(intercept) => {
+                        self.pending = Some(intercept);
+                        self.await_answers();
+                        return Ok(());
+                    }
+                }
+            }
+            if kind != frontend::QUERY && kind != frontend::PARSE {
+                self.tracker.on_client(kind);
+                inbound.ready += total;
+                continue;
+            }
             let verdict = inspect(kind, body);
-            if let (Verdict::Ml { .. }, frontend::QUERY) = (&verdict, kind) {
+            if kind == frontend::PARSE && verdict == Verdict::Relay {
+                // The client's statement of this name is a plain one from now on.
+                if let Some(name) = extended::first_name(body) {
+                    self.ml.statements.remove(&name);
+                }
+            }
+            if let Verdict::Ml { .. } = &verdict {
                 let text = protocol::statement_text(kind, body).unwrap_or_default();
                 let planned = plan::plan(&String::from_utf8_lossy(text));
+                let parse = extended::parse_parts(body)
+                    .map(|(name, types)| (name, Bytes::copy_from_slice(types)));
                 inbound.release(&mut self.to_upstream);
                 inbound.buf.advance(total);
                 match planned {
                     Ok(plan) => {
-                        // Everything after this statement waits until it has run.
-                        self.pending_ml = Some(Box::new(plan));
-                        self.reprocess_client = true;
+                        // Everything after this statement waits until it has been handled.
+                        self.pending = Some(match (kind, parse) {
+                            (frontend::PARSE, Some((name, types))) => Intercept::Parse {
+                                name,
+                                types,
+                                plan: Box::new(plan),
+                            },
+                            _ => Intercept::Query(Box::new(plan)),
+                        });
+                        self.await_answers();
                         return Ok(());
                     }
                     Err(error) => {
@@ -374,33 +459,20 @@ impl Relay {
                     }
                 }
             }
-            match verdict {
-                Verdict::Relay => {
-                    self.tracker.on_client(kind);
-                    inbound.ready += total;
-                }
-                Verdict::Ml { function } => {
-                    inbound.release(&mut self.to_upstream);
-                    inbound.buf.advance(total);
-                    tracing::info!(%function, "rejected an ML statement");
-                    let error = ErrorMessage::error(
-                        SqlState::FeatureNotSupported,
-                        format!(
-                            "pgenrich cannot evaluate {function} in the extended query protocol yet"
-                        ),
-                    )
-                    .with_detail("The statement was not sent to the database.")
-                    .with_hint(
-                        "Send ML statements with the simple query protocol for now (psql does; \
-                         in drivers use their simple-query call, e.g. simple_query or \
-                         prepare_threshold=None).",
-                    );
-                    self.reject(kind, error);
-                }
-            }
+            self.tracker.on_client(kind);
+            self.from_client.ready += total;
         }
         self.from_client.release(&mut self.to_upstream);
         Ok(())
+    }
+
+    /// Holds client input until the upstream has answered everything before the pending ML
+    /// message. PostgreSQL keeps extended-protocol answers buffered until Sync or Flush, so a
+    /// Flush (which changes nothing else) makes it send them now.
+    fn await_answers(&mut self) {
+        self.reprocess_client = true;
+        self.to_upstream
+            .push(Bytes::from_static(&[b'H', 0, 0, 0, 4]));
     }
 
     /// Sends the upstream a stand-in for a rejected Query or Parse: a message that fails exactly
@@ -473,10 +545,15 @@ impl Relay {
             } else if is_auth {
                 protocol::without_channel_binding(body)
             } else {
+                let replacement = self.tracker.on_backend(kind, Some(body));
                 if kind == backend::READY_FOR_QUERY {
                     self.ready = true;
+                    if body.first() == Some(&b'I') {
+                        // Portals end with their transaction.
+                        self.ml.transaction_ended(self.tracker.closings_answered());
+                    }
                 }
-                self.tracker.on_backend(kind, Some(body))
+                replacement
             };
             match replacement {
                 Some(bytes) => {
@@ -620,8 +697,21 @@ impl Relay {
     /// Records the status of a ReadyForQuery pgenrich read itself.
     pub fn note_ready(&mut self, body: &[u8]) {
         if let Some(&status) = body.first() {
-            self.tracker.set_status(status);
+            self.tracker.own_round_trip(status);
+            if status == b'I' {
+                self.ml.transaction_ended(self.tracker.closings_answered());
+            }
         }
+    }
+
+    /// The session's ML statements and portals.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.ml
+    }
+
+    /// The upstream now skips to Sync (after an error in the current pipeline).
+    pub fn mark_extended_failed(&mut self) {
+        self.tracker.mark_open_failed();
     }
 
     pub fn hold_completion(&mut self, bytes: Bytes) {

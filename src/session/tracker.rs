@@ -54,6 +54,10 @@ impl Segment {
 pub struct Tracker {
     segments: VecDeque<Segment>,
     status: u8,
+    /// Sync / Query / FunctionCall messages forwarded, and ReadyForQuery answers seen: a portal
+    /// bound after the n-th forwarded one outlives the first n answers.
+    closings_forwarded: u64,
+    closings_answered: u64,
 }
 
 impl Default for Tracker {
@@ -61,6 +65,8 @@ impl Default for Tracker {
         Tracker {
             segments: VecDeque::new(),
             status: b'I',
+            closings_forwarded: 0,
+            closings_answered: 0,
         }
     }
 }
@@ -71,9 +77,53 @@ impl Tracker {
         self.status
     }
 
-    /// Records a transaction status pgenrich read itself (while running an ML statement).
-    pub fn set_status(&mut self, status: u8) {
+    /// Records a round trip pgenrich made itself (a Sync it sent and the ReadyForQuery it read)
+    /// and the transaction status it reported.
+    pub fn own_round_trip(&mut self, status: u8) {
         self.status = status;
+        self.closings_forwarded += 1;
+        self.closings_answered += 1;
+    }
+
+    pub fn closings_forwarded(&self) -> u64 {
+        self.closings_forwarded
+    }
+
+    pub fn closings_answered(&self) -> u64 {
+        self.closings_answered
+    }
+
+    /// Everything forwarded has been answered, except that an extended-protocol run may still
+    /// be open (no Sync yet): pgenrich may answer a message of that run itself now.
+    pub fn caught_up(&self) -> bool {
+        self.segments
+            .iter()
+            .all(|s| s.kind == Kind::Extended && !s.synced && s.pending == 0)
+    }
+
+    /// The open extended-protocol run has failed: the upstream skips everything up to Sync.
+    pub fn open_failed(&self) -> bool {
+        matches!(
+            self.segments.back(),
+            Some(Segment {
+                kind: Kind::Extended,
+                synced: false,
+                failed: true,
+                ..
+            })
+        )
+    }
+
+    /// Makes sure an extended-protocol run is open (its Sync closes it).
+    pub fn ensure_open(&mut self) {
+        self.open_extended();
+    }
+
+    /// Records that the upstream failed in the open run and now skips to Sync.
+    pub fn mark_open_failed(&mut self) {
+        let segment = self.open_extended();
+        segment.failed = true;
+        segment.pending = 0;
     }
 
     /// Everything forwarded has been answered.
@@ -106,6 +156,7 @@ impl Tracker {
     pub fn on_client(&mut self, kind: u8) {
         match kind {
             frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.closings_forwarded += 1;
                 self.segments.push_back(Segment::new(Kind::Simple))
             }
             frontend::PARSE
@@ -113,7 +164,10 @@ impl Tracker {
             | frontend::DESCRIBE
             | frontend::EXECUTE
             | frontend::CLOSE => self.open_extended().pending += 1,
-            frontend::SYNC => self.open_extended().synced = true,
+            frontend::SYNC => {
+                self.closings_forwarded += 1;
+                self.open_extended().synced = true
+            }
             // Flush, CopyData/Done/Fail, Terminate and authentication messages get no reply of
             // their own.
             _ => {}
@@ -146,6 +200,10 @@ impl Tracker {
     pub fn on_backend(&mut self, kind: u8, body: Option<&[u8]>) -> Option<Bytes> {
         match kind {
             b'Z' => {
+                // The ReadyForQuery ending startup answers nothing that was forwarded.
+                if !self.segments.is_empty() {
+                    self.closings_answered += 1;
+                }
                 if let Some(&status) = body.and_then(|b| b.first()) {
                     self.status = status;
                 }
@@ -237,6 +295,36 @@ mod tests {
         assert!(!t.is_idle(), "the Sync's ReadyForQuery is still due");
         t.on_backend(b'Z', Some(b"I"));
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn closings_count_only_what_was_forwarded() {
+        let mut t = Tracker::default();
+        t.on_backend(b'Z', Some(b"I")); // end of startup
+        assert_eq!((t.closings_forwarded(), t.closings_answered()), (0, 0));
+        t.on_client(b'Q');
+        t.on_client(b'S');
+        t.on_backend(b'Z', Some(b"I"));
+        assert_eq!((t.closings_forwarded(), t.closings_answered()), (2, 1));
+        t.own_round_trip(b'T');
+        assert_eq!(
+            (t.closings_forwarded(), t.closings_answered(), t.status()),
+            (3, 2, b'T')
+        );
+    }
+
+    #[test]
+    fn caught_up_allows_an_open_answered_run() {
+        let mut t = Tracker::default();
+        t.on_client(b'B');
+        assert!(!t.caught_up());
+        t.on_backend(b'2', None);
+        assert!(t.caught_up() && !t.is_idle());
+        assert!(!t.open_failed());
+        t.mark_open_failed();
+        assert!(t.open_failed());
+        t.on_client(b'S');
+        assert!(!t.caught_up());
     }
 
     #[test]

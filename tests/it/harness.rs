@@ -377,6 +377,7 @@ impl Proxy {
 
     /// Starts pgenrich after `adjust` has changed its configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Proxy {
+        init_logs();
         Self::start_inner(adjust, None).await
     }
 
@@ -575,5 +576,12 @@ pub fn kinds(messages: &[(u8, Vec<u8>)]) -> String {
 impl RawClient {
     pub async fn stream_write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
+    }
+}
+
+/// Logs of pgenrich during tests, when RUST_LOG is set.
+pub fn init_logs() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     }
 }

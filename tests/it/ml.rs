@@ -462,3 +462,98 @@ async fn cancel_stops_inference_in_progress() {
         .expect("usable");
     assert_eq!(rows(&out).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_prepared_statements_with_parameters_and_binary_results() {
+    reviews_table("ml_reviews_extended").await;
+    let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 2).await;
+    let client = proxy.connect().await;
+    let statement = client
+        .prepare(
+            "SELECT id, (aws_comprehend.detect_sentiment(body, $1)).sentiment, \
+             (aws_comprehend.detect_sentiment(body, $1)).confidence AS c \
+             FROM ml_reviews_forms_ext WHERE id <= $2 ORDER BY id",
+        )
+        .await
+        .err();
+    // The table does not exist: PostgreSQL's own error answers the Parse.
+    assert_eq!(statement.map(|e| sqlstate(&e)).as_deref(), Some("42P01"));
+
+    let statement = client
+        .prepare(
+            "SELECT id, (aws_comprehend.detect_sentiment(body, $1)).sentiment, \
+             (aws_comprehend.detect_sentiment(body, $1)).confidence AS c \
+             FROM ml_reviews_extended WHERE id <= $2 ORDER BY id",
+        )
+        .await
+        .expect("prepare");
+    // Describe answers with the enriched description before anything runs.
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["id", "sentiment", "c"]);
+    assert_eq!(
+        statement.columns()[1].type_(),
+        &tokio_postgres::types::Type::VARCHAR
+    );
+    assert_eq!(
+        statement.columns()[2].type_(),
+        &tokio_postgres::types::Type::FLOAT4
+    );
+    assert_eq!(statement.params().len(), 2);
+    // Executed twice with different parameters; results arrive in binary format.
+    for limit in [3i32, 8] {
+        let rows = client
+            .query(&statement, &[&"en", &limit])
+            .await
+            .expect("execute");
+        assert_eq!(rows.len(), limit as usize);
+        for row in &rows {
+            let id: i32 = row.get(0);
+            let body = REVIEWS[id as usize - 1];
+            match body {
+                Some(text) if !text.is_empty() => {
+                    let s = models::sentiment(text);
+                    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some(s.label));
+                    assert_eq!(row.get::<_, Option<f32>>(2), Some(s.confidence()));
+                }
+                _ => {
+                    assert_eq!(row.get::<_, Option<String>>(1), None);
+                    assert_eq!(row.get::<_, Option<f32>>(2), None);
+                }
+            }
+        }
+    }
+    // invoke_endpoint with a parameter among the model inputs.
+    let row = client
+        .query_one(
+            "SELECT aws_sagemaker.invoke_endpoint('m', NULL, $1::int, 2.5) AS score",
+            &[&4i32],
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(row.get::<_, String>("score"), "6.5");
+
+    // A portal read a few rows at a time (Execute with a row limit) inside a transaction.
+    let mut tx_client = proxy.connect().await;
+    let tx = tx_client.transaction().await.expect("begin");
+    let statement = tx
+        .prepare("SELECT g, aws_sagemaker.invoke_endpoint('m', 3, g) FROM generate_series(1, 10) g")
+        .await
+        .expect("prepare");
+    let portal = tx.bind(&statement, &[]).await.expect("bind");
+    let mut seen = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 4).await.expect("portal");
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            seen.push((row.get::<_, i32>(0), row.get::<_, String>(1)));
+        }
+    }
+    tx.commit().await.expect("commit");
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.iter().all(|(g, score)| *score == g.to_string()),
+        "{seen:?}"
+    );
+}
