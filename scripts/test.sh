@@ -16,10 +16,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# moto's server mode: a third-party AWS emulator the compatibility test calls through pgenrich.
+# Python clients of the tests: moto's server mode (a third-party AWS emulator the compatibility
+# test calls through pgenrich) and psycopg 3 (a third driver).
 if ! python3 -c 'import moto.server' 2>/dev/null; then
   echo "installing moto[server] from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
+if ! python3 -c 'import psycopg' 2>/dev/null; then
+  echo "installing psycopg[binary] from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'
 fi
 
 cargo test --locked --workspace --all-targets "$@"

@@ -91,7 +91,33 @@ fn canceled() -> ErrorMessage {
     )
 }
 
-fn abort_all<T>(pending: &mut VecDeque<tokio::task::JoinHandle<T>>) {
+/// Chunks in inference. Dropping it (the statement ended early, the client went away) stops
+/// their service calls: a dropped JoinHandle alone would let them run on.
+#[derive(Default)]
+struct InFlight(VecDeque<ChunkTask>);
+
+impl std::ops::Deref for InFlight {
+    type Target = VecDeque<ChunkTask>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for InFlight {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for task in self.0.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn abort_all(pending: &mut InFlight) {
     for task in pending.drain(..) {
         task.abort();
     }
@@ -113,7 +139,7 @@ async fn stream(
     let memo = Arc::new(Memo::new());
     let cancelled = relay.cancel_notify();
     let mut rows: Vec<Bytes> = Vec::new();
-    let mut pending: VecDeque<ChunkTask> = VecDeque::new();
+    let mut pending = InFlight::default();
     let mut executing = true;
     let mut end: Option<End> = None;
     loop {

@@ -11,5 +11,6 @@ mod ml;
 mod ml_hook;
 mod moto;
 mod psql;
+mod psycopg;
 mod queries;
 mod tls;

@@ -1,0 +1,70 @@
+//! psycopg 3 (PyPI `psycopg[binary]`) through pgenrich, with server-side prepared statements:
+//! a third driver's extended-protocol traffic around ML statements.
+
+use mock_aws::models;
+
+use crate::harness::{postgres, Proxy, DATABASE, PASSWORD, USER};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_prepared_ml_statements() {
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed,
+        "psycopg 3 is needed for this test: python3 -m pip install 'psycopg[binary]' (scripts/test.sh installs it)"
+    );
+    let _ = postgres();
+    let proxy = Proxy::start().await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
+        proxy.addr.port()
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/psycopg_ml.py");
+    let out = tokio::process::Command::new("python3")
+        .args([script, &conninfo])
+        .output()
+        .await
+        .expect("run python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "psycopg script failed: {stderr}");
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON from the script");
+
+    let expect = |text: &str| {
+        let s = models::sentiment(text);
+        serde_json::json!([s.label, s.confidence() as f64])
+    };
+    // psycopg reads real as a Python float: compare with the f32 value widened.
+    assert_eq!(seen["fields"][0][0], expect("I love it, great product")[0]);
+    assert_eq!(
+        seen["fields"][0][1].as_f64().map(|v| v as f32),
+        Some(models::sentiment("terrible").confidence())
+    );
+    assert_eq!(
+        seen["columns"],
+        serde_json::json!(["sentiment", "confidence"])
+    );
+    assert_eq!(seen["again"][0][0], expect("bad")[0]);
+    assert_eq!(
+        seen["again"][0][1].as_f64().map(|v| v as f32),
+        Some(models::sentiment("a table").confidence())
+    );
+    let invoke: Vec<(i64, String)> = (1..=5)
+        .map(|g| (g, models::score(&[g.to_string(), "0.5".into()])))
+        .collect();
+    for (row, (g, score)) in seen["invoke"].as_array().expect("rows").iter().zip(&invoke) {
+        assert_eq!(row[0].as_i64(), Some(*g));
+        assert_eq!(row[1].as_str(), Some(score.as_str()));
+    }
+    assert_eq!(seen["binary"][0].as_str(), Some("7"));
+    assert_eq!(
+        seen["binary"][1].as_f64().map(|v| v as f32),
+        Some(models::sentiment("good").confidence())
+    );
+    assert_eq!(seen["refused"].as_str(), Some("0A000"));
+    assert_eq!(seen["after"].as_i64(), Some(42));
+    assert_eq!(seen["model_error"].as_str(), Some("38000"));
+    assert_eq!(seen["aborted"].as_str(), Some("25P02"));
+}
