@@ -76,6 +76,9 @@ pub struct Cli {
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Runtime threads: 0 = one per CPU core, 1 = a single-threaded runtime [default: 0].
+    #[arg(long, env = "PGENRICH_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<String>,
     /// AWS region for Comprehend and SageMaker [default: from the AWS chain, e.g. AWS_REGION].
     #[arg(long, env = "PGENRICH_AWS_REGION", value_name = "REGION")]
     pub aws_region: Option<String>,
@@ -137,6 +140,7 @@ struct FileConfig {
     upstream_connect_timeout: Option<String>,
     max_query_bytes: Option<toml::Value>,
     log_format: Option<String>,
+    worker_threads: Option<toml::Value>,
     aws_region: Option<String>,
     sagemaker_endpoint_url: Option<String>,
     comprehend_endpoint_url: Option<String>,
@@ -211,6 +215,7 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub max_query_bytes: usize,
     pub log_format: LogFormat,
+    pub worker_threads: usize,
     pub inference: InferenceConfig,
 }
 
@@ -434,6 +439,7 @@ impl Config {
             )?,
             max_query_bytes,
             log_format,
+            worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
             inference,
         })
     }
