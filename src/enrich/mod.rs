@@ -176,7 +176,7 @@ impl Executor {
             plans.push((members, positions));
         }
         stats.calls += batches.len() as u64;
-        let mut calls: FuturesUnordered<_> = batches
+        let calls: FuturesUnordered<_> = batches
             .into_iter()
             .enumerate()
             .map(|(index, (group, language, texts))| async move {
@@ -189,18 +189,7 @@ impl Executor {
                 Ok::<_, CallError>((index, group, sentiments))
             })
             .collect();
-        let mut done = Vec::new();
-        while let Some(result) = calls.next().await {
-            done.push(result?);
-        }
-        drop(calls);
-        let mut results = vec![None; inputs.len()];
-        for ((members, positions), outputs) in plans.into_iter().zip(scatter(done, groups.len())) {
-            for (member, position) in members.iter().zip(positions) {
-                results[*member] = outputs.get(position).copied();
-            }
-        }
-        Ok(results)
+        gather(calls, plans, inputs.len()).await
     }
 
     fn fit_document(&self, text: &str) -> Result<String, InferenceError> {
@@ -292,10 +281,10 @@ impl Executor {
                     records,
                 });
             }
-            plans.push((members, positions, unique.len()));
+            plans.push((members, positions));
         }
         stats.calls += batches.len() as u64;
-        let mut calls: FuturesUnordered<_> = batches
+        let calls: FuturesUnordered<_> = batches
             .into_iter()
             .enumerate()
             .map(|(index, batch)| async move {
@@ -328,31 +317,38 @@ impl Executor {
                 Ok((index, batch.group, records))
             })
             .collect();
-        let mut done = Vec::new();
-        while let Some(result) = calls.next().await {
-            done.push(result?);
-        }
-        drop(calls);
-        let mut results = vec![None; inputs.len()];
-        for ((members, positions, _), outputs) in plans.into_iter().zip(scatter(done, groups.len()))
-        {
-            for (member, position) in members.iter().zip(positions) {
-                results[*member] = outputs.get(position).cloned();
-            }
-        }
-        Ok(results)
+        gather(calls, plans, inputs.len()).await
     }
 }
 
-/// Concatenates finished batches (`(batch index, group, outputs)`, in any order) per group, in
-/// batch order.
-fn scatter<T>(mut done: Vec<(usize, usize, Vec<T>)>, groups: usize) -> Vec<Vec<T>> {
+/// Awaits every batch call (`(batch index, group, outputs)`, finishing in any order), then puts
+/// each group's outputs, in batch order, back at its members' rows. `plans` holds per group its
+/// member rows and, for each member, the index of its distinct input.
+async fn gather<T: Clone, F>(
+    mut calls: FuturesUnordered<F>,
+    plans: Vec<(&Vec<usize>, Vec<usize>)>,
+    rows: usize,
+) -> Result<Vec<Option<T>>, CallError>
+where
+    F: std::future::Future<Output = Result<(usize, usize, Vec<T>), CallError>>,
+{
+    let mut done = Vec::new();
+    while let Some(result) = calls.next().await {
+        done.push(result?);
+    }
+    drop(calls);
     done.sort_by_key(|(index, _, _)| *index);
-    let mut per_group: Vec<Vec<T>> = (0..groups).map(|_| Vec::new()).collect();
+    let mut per_group: Vec<Vec<T>> = (0..plans.len()).map(|_| Vec::new()).collect();
     for (_, group, outputs) in done {
         per_group[group].extend(outputs);
     }
-    per_group
+    let mut results = vec![None; rows];
+    for ((members, positions), outputs) in plans.into_iter().zip(per_group) {
+        for (member, position) in members.iter().zip(positions) {
+            results[*member] = outputs.get(position).cloned();
+        }
+    }
+    Ok(results)
 }
 
 /// The first row of each distinct key, and for every member the index of its key among them.
