@@ -6,8 +6,6 @@
 //! to a byte budget, so memory stays bounded on huge results; past it, repeats are still
 //! de-duplicated within each chunk by the executor.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -45,7 +43,7 @@ enum Entry<O> {
 }
 
 struct Inner<I, O> {
-    entries: HashMap<I, Entry<O>>,
+    entries: foldhash::HashMap<I, Entry<O>>,
     bytes: usize,
 }
 
@@ -58,7 +56,7 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
     pub fn new(budget: usize) -> Self {
         Memo {
             inner: Mutex::new(Inner {
-                entries: HashMap::new(),
+                entries: foldhash::HashMap::default(),
                 bytes: 0,
             }),
             budget,
@@ -75,16 +73,12 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
     /// Results for `inputs` in order: remembered ones, ones another chunk is computing (awaited),
     /// and the rest through `call` (which receives them in order and returns one result each).
     /// `abandoned` builds the error when the chunk computing an awaited input failed.
-    pub async fn resolve<E, F, Fut>(
+    pub async fn resolve<E>(
         &self,
         inputs: Vec<I>,
-        call: F,
+        call: impl AsyncFnOnce(&[I]) -> Result<Vec<Option<O>>, E>,
         abandoned: impl Fn() -> E,
-    ) -> Result<Vec<Option<O>>, E>
-    where
-        F: FnOnce(Vec<I>) -> Fut,
-        Fut: Future<Output = Result<Vec<Option<O>>, E>>,
-    {
+    ) -> Result<Vec<Option<O>>, E> {
         let (done, own) = watch::channel(false);
         let mut results: Vec<Option<Option<O>>> = vec![None; inputs.len()];
         let mut waits = Vec::new();
@@ -92,14 +86,14 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
         let mut miss_rows = Vec::new();
         {
             let mut inner = self.lock();
-            for (row, input) in inputs.iter().enumerate() {
-                match inner.entries.get(input) {
+            for (row, input) in inputs.into_iter().enumerate() {
+                match inner.entries.get(&input) {
                     Some(Entry::Done(value)) => results[row] = Some(value.clone()),
                     Some(Entry::Pending(other)) if !other.same_channel(&own) => {
-                        waits.push((row, other.clone()))
+                        waits.push((row, other.clone(), input))
                     }
                     Some(Entry::Pending(_)) => {
-                        misses.push(input.clone());
+                        misses.push(input);
                         miss_rows.push(row);
                     }
                     None => {
@@ -110,14 +104,14 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
                                 .entries
                                 .insert(input.clone(), Entry::Pending(own.clone()));
                         }
-                        misses.push(input.clone());
+                        misses.push(input);
                         miss_rows.push(row);
                     }
                 }
             }
         }
         if !misses.is_empty() {
-            match call(misses.clone()).await {
+            match call(&misses).await {
                 Ok(fresh) => {
                     let mut inner = self.lock();
                     for (input, value) in misses.iter().zip(&fresh) {
@@ -141,11 +135,11 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
             }
         }
         let _ = done.send(true);
-        for (row, mut receiver) in waits {
+        for (row, mut receiver, input) in waits {
             if receiver.wait_for(|finished| *finished).await.is_err() {
                 return Err(abandoned());
             }
-            match self.lock().entries.get(&inputs[row]) {
+            match self.lock().entries.get(&input) {
                 Some(Entry::Done(value)) => results[row] = Some(value.clone()),
                 _ => return Err(abandoned()),
             }
@@ -182,7 +176,7 @@ mod tests {
                     .collect();
                 memo.resolve(
                     inputs,
-                    |misses| async move {
+                    async |misses: &[SentimentInput]| {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::task::yield_now().await;
                         sent.lock()
@@ -219,7 +213,7 @@ mod tests {
         let failed = memo
             .resolve(
                 vec![input("x")],
-                |_| async { Err::<Vec<Option<usize>>, &str>("boom") },
+                async |_: &[SentimentInput]| Err::<Vec<Option<usize>>, &str>("boom"),
                 || "abandoned",
             )
             .await;
@@ -228,7 +222,7 @@ mod tests {
         let again = memo
             .resolve(
                 vec![input("x")],
-                |m| async move { Ok::<_, &str>(vec![Some(m.len())]) },
+                async |m: &[SentimentInput]| Ok::<_, &str>(vec![Some(m.len())]),
                 || "abandoned",
             )
             .await;
@@ -238,7 +232,7 @@ mod tests {
         let out = tiny
             .resolve(
                 vec![input("a"), input("a")],
-                |m| async move { Ok::<_, ()>(m.iter().map(|_| Some(7)).collect()) },
+                async |m: &[SentimentInput]| Ok::<_, ()>(vec![Some(7); m.len()]),
                 || (),
             )
             .await;

@@ -215,7 +215,7 @@ impl Executor {
         stats: &mut CallStats,
     ) -> Result<Vec<Option<String>>, CallError> {
         let backend = &self.backends.endpoints;
-        let mut groups: HashMap<(String, usize), Vec<usize>> = HashMap::new();
+        let mut groups: HashMap<(&str, usize), Vec<usize>> = HashMap::new();
         for (row, input) in inputs.iter().enumerate() {
             let Some(endpoint) = &input.endpoint else {
                 return Err(CallError {
@@ -230,7 +230,7 @@ impl Executor {
                     error,
                 })?;
             groups
-                .entry((endpoint.clone(), rows))
+                .entry((endpoint.as_str(), rows))
                 .or_default()
                 .push(row);
         }
@@ -254,7 +254,7 @@ impl Executor {
                 csv::write_record(&mut record, inputs[row].fields.iter().map(|f| f.as_deref()));
                 if record.len() > sagemaker::MAX_PAYLOAD_BYTES {
                     return Err(CallError {
-                        target: endpoint.clone(),
+                        target: endpoint.to_string(),
                         error: InferenceError::PayloadTooLarge {
                             bytes: record.len(),
                             limit: sagemaker::MAX_PAYLOAD_BYTES,

@@ -26,7 +26,7 @@ use crate::session::tracker::STANDIN_NAME;
 use crate::sql::plan::{MlFunction, StreamingPlan};
 
 /// A chunk in inference: its enriched DataRows and what the calls cost.
-type ChunkTask = tokio::task::JoinHandle<Result<(Vec<Bytes>, CallStats), CallError>>;
+type ChunkTask = tokio::task::JoinHandle<Result<(Bytes, usize, CallStats), CallError>>;
 
 /// How an ML statement ended, for the session's logs.
 #[derive(Debug, Default)]
@@ -158,14 +158,12 @@ async fn stream(
                     abort.abort();
                     Some(canceled())
                 }
-                Some(Ok(Ok((out, stats)))) => {
-                    outcome.rows += out.len() as u64;
+                Some(Ok(Ok((out, rows, stats)))) => {
+                    outcome.rows += rows as u64;
                     outcome.stats.rows += stats.rows;
                     outcome.stats.calls += stats.calls;
                     outcome.stats.duplicates_saved += stats.duplicates_saved;
-                    for row in out {
-                        relay.push_to_client(row);
-                    }
+                    relay.push_to_client(out);
                     relay.flush_client_soft().await?;
                     None
                 }
@@ -443,7 +441,7 @@ async fn enrich_chunk(
     formats: &[i16],
     memo: &Memo,
     rows: Vec<Bytes>,
-) -> Result<(Vec<Bytes>, CallStats), CallError> {
+) -> Result<(Bytes, usize, CallStats), CallError> {
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     let mut stats = CallStats::default();
     let mut results = Vec::with_capacity(plan.calls.len());
@@ -469,7 +467,9 @@ async fn enrich_chunk(
                     .sentiment
                     .resolve(
                         inputs,
-                        |misses| async move { executor.detect_sentiment(&misses, stats).await },
+                        async |misses: &[SentimentInput]| {
+                            executor.detect_sentiment(misses, stats).await
+                        },
                         abandoned(call.function),
                     )
                     .await?;
@@ -496,7 +496,9 @@ async fn enrich_chunk(
                     .text
                     .resolve(
                         inputs,
-                        |misses| async move { executor.invoke_endpoint(&misses, stats).await },
+                        async |misses: &[InvokeInput]| {
+                            executor.invoke_endpoint(misses, stats).await
+                        },
                         abandoned(call.function),
                     )
                     .await?;
@@ -504,33 +506,42 @@ async fn enrich_chunk(
             }
         }
     }
-    let mut out = Vec::with_capacity(rows.len());
+    // All of the chunk's DataRows in one buffer: one allocation, one queue entry.
+    let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.len() + 16).sum());
     for (r, row) in parsed.iter().enumerate() {
-        let mut body = BytesMut::new();
-        body.put_u16(layout.columns.len() as u16);
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_u32(0); // length, set below
+        out.put_u16(layout.columns.len() as u16);
         for (position, column) in layout.columns.iter().enumerate() {
             let format = formats.get(position).copied().unwrap_or(0);
-            let value: Option<Vec<u8>> = match *column {
-                Column::Base(i) => row.get(i).copied().flatten().map(<[u8]>::to_vec),
+            let value: Option<std::borrow::Cow<'_, [u8]>> = match *column {
+                Column::Base(i) => row
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(std::borrow::Cow::Borrowed),
                 Column::Ml(p) => {
                     let placeholder = &plan.placeholders[p];
                     match (&results[placeholder.call], placeholder.field) {
-                        (Results::Sentiment(values), field) => {
-                            values[r].map(|s| sentiment_value(s, field, format))
-                        }
-                        (Results::Text(values), _) => values[r].clone().map(String::into_bytes),
+                        (Results::Sentiment(values), field) => values[r]
+                            .map(|s| std::borrow::Cow::Owned(sentiment_value(s, field, format))),
+                        (Results::Text(values), _) => values[r]
+                            .as_deref()
+                            .map(|t| std::borrow::Cow::Borrowed(t.as_bytes())),
                     }
                 }
             };
             match value {
                 Some(bytes) => {
-                    body.put_i32(bytes.len() as i32);
-                    body.put_slice(&bytes);
+                    out.put_i32(bytes.len() as i32);
+                    out.put_slice(&bytes);
                 }
-                None => body.put_i32(-1),
+                None => out.put_i32(-1),
             }
         }
-        out.push(message(b'D', &body));
+        let len = (out.len() - start - 1) as u32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     }
-    Ok((out, stats))
+    Ok((out.freeze(), parsed.len(), stats))
 }
