@@ -53,6 +53,8 @@ pub struct Registry {
 pub enum Intercept {
     /// A simple-protocol Query with ML calls.
     Query(Box<StreamingPlan>),
+    /// A simple-protocol Query of several statements, some with ML calls.
+    Multi(Vec<crate::sql::plan::Piece>),
     Parse {
         name: String,
         /// Parameter type section of the Parse body (count and OIDs), as sent.

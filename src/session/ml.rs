@@ -273,8 +273,23 @@ pub async fn run_query(
     chunking: Chunking,
     plan: StreamingPlan,
 ) -> Result<Outcome, SessionError> {
-    let plan = Arc::new(plan);
     let mut outcome = Outcome::default();
+    let (_, ready) = run_one(relay, executor, chunking, plan, &mut outcome).await?;
+    relay.push_to_client(message(b'Z', &ready));
+    relay.flush_client().await?;
+    Ok(outcome)
+}
+
+/// Runs one planned statement on the unnamed portal, then Syncs. Everything goes to the client
+/// but the final ReadyForQuery, whose body is returned with whether the statement failed.
+async fn run_one(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    chunking: Chunking,
+    plan: StreamingPlan,
+    outcome: &mut Outcome,
+) -> Result<(bool, Bytes), SessionError> {
+    let plan = Arc::new(plan);
     let mut parse = BytesMut::new();
     parse.put_u8(0);
     parse.put_slice(plan.base_sql.as_bytes());
@@ -295,7 +310,7 @@ pub async fn run_query(
             b'T' => layout = Some(Layout::new(&plan, &body)),
             b'E' => {
                 relay.push_to_client(message(b'E', &body));
-                return finish_with_sync(relay, outcome).await;
+                return Ok((true, sync(relay).await?));
             }
             _ => relay.push_to_client(message(kind, &body)),
         }
@@ -308,39 +323,121 @@ pub async fn run_query(
         layout,
         formats,
     };
-    match stream(
-        relay,
-        executor,
-        &enrichment,
-        "",
-        chunking,
-        None,
-        &mut outcome,
-    )
-    .await?
-    {
-        End::Complete(tag) => relay.push_to_client(message(b'C', &tag)),
-        End::Suspended => {}
-        End::UpstreamError(body) => relay.push_to_client(message(b'E', &body)),
-        End::Failed(error) => fail_upstream(relay, error).await?,
-    }
-    finish_with_sync(relay, outcome).await
+    let failed = match stream(relay, executor, &enrichment, "", chunking, None, outcome).await? {
+        End::Complete(tag) => {
+            relay.push_to_client(message(b'C', &tag));
+            false
+        }
+        End::Suspended => false,
+        End::UpstreamError(body) => {
+            relay.push_to_client(message(b'E', &body));
+            true
+        }
+        End::Failed(error) => {
+            fail_upstream(relay, error).await?;
+            true
+        }
+    };
+    Ok((failed, sync(relay).await?))
 }
 
-/// Sends Sync and relays the upstream's answer up to ReadyForQuery.
-async fn finish_with_sync(relay: &mut Relay, outcome: Outcome) -> Result<Outcome, SessionError> {
+/// Sends Sync and relays the upstream's answer up to ReadyForQuery, whose body it returns
+/// instead of relaying.
+async fn sync(relay: &mut Relay) -> Result<Bytes, SessionError> {
     relay
         .send_upstream_now(message(frontend::SYNC, &[]))
         .await?;
+    until_ready(relay).await
+}
+
+/// Relays the upstream's messages up to ReadyForQuery, whose body it returns instead.
+async fn until_ready(relay: &mut Relay) -> Result<Bytes, SessionError> {
     loop {
         let (kind, body) = relay.next_upstream_message().await?;
-        relay.push_to_client(message(kind, &body));
         if kind == b'Z' {
             relay.note_ready(&body);
+            return Ok(body);
+        }
+        relay.push_to_client(message(kind, &body));
+    }
+}
+
+/// Sends a Query pgenrich needs (BEGIN, COMMIT, ROLLBACK) and reads its answer, keeping it from
+/// the client except for an error, whose body it returns.
+async fn hidden_query(relay: &mut Relay, sql: &str) -> Result<Option<Bytes>, SessionError> {
+    let mut text = sql.as_bytes().to_vec();
+    text.push(0);
+    relay
+        .send_upstream_now(message(frontend::QUERY, &text))
+        .await?;
+    let mut error = None;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'Z' => {
+                relay.note_ready(&body);
+                return Ok(error);
+            }
+            b'E' => error = Some(body),
+            b'N' | b'A' | b'S' => relay.push_to_client(message(kind, &body)),
+            _ => {}
+        }
+    }
+}
+
+/// Runs a Query message of several statements, some with ML calls, as PostgreSQL runs a
+/// multi-statement Query: in order, in one transaction (pgenrich's BEGIN/COMMIT when the session
+/// is not in a transaction block), stopping at the first error.
+pub async fn run_multi(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    chunking: Chunking,
+    pieces: Vec<crate::sql::plan::Piece>,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let wrap = relay.tracker.status() == b'I';
+    if wrap {
+        if let Some(error) = hidden_query(relay, "BEGIN").await? {
+            relay.push_to_client(message(b'E', &error));
+            relay.push_to_client(message(b'Z', b"I"));
             relay.flush_client().await?;
             return Ok(outcome);
         }
     }
+    let mut failed = false;
+    let mut ready = Bytes::from_static(b"T");
+    for piece in pieces {
+        let (piece_failed, piece_ready) = match piece {
+            crate::sql::plan::Piece::Ml(plan) => {
+                run_one(relay, executor, chunking, plan, &mut outcome).await?
+            }
+            crate::sql::plan::Piece::Plain(text) => {
+                let mut query = text.into_bytes();
+                query.push(0);
+                relay
+                    .send_upstream_now(message(frontend::QUERY, &query))
+                    .await?;
+                let ready = until_ready(relay).await?;
+                (ready.first() == Some(&b'E'), ready)
+            }
+        };
+        ready = piece_ready;
+        if piece_failed || ready.first() == Some(&b'E') {
+            failed = true;
+            break;
+        }
+    }
+    if wrap {
+        let end = if failed { "ROLLBACK" } else { "COMMIT" };
+        if let Some(error) = hidden_query(relay, end).await? {
+            relay.push_to_client(message(b'E', &error));
+        }
+        ready = Bytes::from_static(b"I");
+    }
+    relay.note_ready(&ready);
+    relay.push_to_client(message(b'Z', &ready));
+    relay.flush_client().await?;
+    Ok(outcome)
 }
 
 /// Runs a client's Execute of an ML portal (extended protocol): rows, then CommandComplete or

@@ -193,7 +193,7 @@ async fn intercept_ml(
         in_flight: ctx.config.inference.chunks_in_flight,
     };
     let started = std::time::Instant::now();
-    if !matches!(intercept, Intercept::Query(_)) {
+    if !matches!(intercept, Intercept::Query(_) | Intercept::Multi(_)) {
         // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync.
         if relay.tracker.open_failed() {
             tracing::warn!(?intercept, "skipped: pipeline already failed");
@@ -203,6 +203,7 @@ async fn intercept_ml(
     }
     let outcome = match intercept {
         Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
+        Intercept::Multi(pieces) => ml::run_multi(relay, &ctx.executor, chunking, pieces).await?,
         Intercept::Parse { name, types, plan } => {
             extended::handle_parse(relay, name, types, *plan).await?;
             return relay.flush_client().await;

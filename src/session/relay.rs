@@ -231,7 +231,7 @@ impl Relay {
                 return Poll::Ready(Ok(Event::AtBoundary));
             }
             let answered = match &self.pending {
-                Some(Intercept::Query(_)) => self.tracker.is_idle(),
+                Some(Intercept::Query(_) | Intercept::Multi(_)) => self.tracker.is_idle(),
                 Some(_) => self.tracker.caught_up(),
                 None => false,
             };
@@ -429,22 +429,33 @@ impl Relay {
                 }
             }
             if let Verdict::Ml { .. } = &verdict {
-                let text = protocol::statement_text(kind, body).unwrap_or_default();
-                let planned = plan::plan(&String::from_utf8_lossy(text));
+                let text = String::from_utf8_lossy(
+                    protocol::statement_text(kind, body).unwrap_or_default(),
+                );
+                let planned = if kind == frontend::QUERY {
+                    plan::plan_query_message(&text).map(|mut pieces| {
+                        match (pieces.len(), pieces.pop()) {
+                            (1, Some(plan::Piece::Ml(single))) => {
+                                Intercept::Query(Box::new(single))
+                            }
+                            (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
+                        }
+                    })
+                } else {
+                    plan::plan(&text).map(|single| Intercept::Query(Box::new(single)))
+                };
                 let parse = extended::parse_parts(body)
                     .map(|(name, types)| (name, Bytes::copy_from_slice(types)));
                 inbound.release(&mut self.to_upstream);
                 inbound.buf.advance(total);
                 match planned {
-                    Ok(plan) => {
+                    Ok(intercept) => {
                         // Everything after this statement waits until it has been handled.
-                        self.pending = Some(match (kind, parse) {
-                            (frontend::PARSE, Some((name, types))) => Intercept::Parse {
-                                name,
-                                types,
-                                plan: Box::new(plan),
-                            },
-                            _ => Intercept::Query(Box::new(plan)),
+                        self.pending = Some(match (kind, parse, intercept) {
+                            (frontend::PARSE, Some((name, types)), Intercept::Query(plan)) => {
+                                Intercept::Parse { name, types, plan }
+                            }
+                            (_, _, intercept) => intercept,
                         });
                         self.await_answers();
                         return Ok(());

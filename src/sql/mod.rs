@@ -8,6 +8,7 @@
 //! `(f(x)).*`) are beyond sqlparser 0.64.
 
 pub mod plan;
+pub mod text;
 
 use std::ops::ControlFlow;
 

@@ -21,8 +21,8 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
+use super::text::rewrite_unparsable_forms;
 use super::ML_SCHEMAS;
 use crate::error::SqlState;
 
@@ -121,10 +121,74 @@ functions in its FROM list; filter, sort or compute on their results in an outer
 subquery that selects them is not supported yet either, so select the ML results and process them \
 in the application.";
 
-/// Marker appended to a function name by the `(f(…)).*` rewrite (sqlparser cannot parse that).
-const ALL_FIELDS_SUFFIX: &str = "__pgenrich_all_fields";
+use super::text::ALL_FIELDS_SUFFIX;
 
-/// Plans one Query or Parse text known to call an ML function.
+/// A Query message's statements: each plain (relayed) or an ML statement (planned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Plain(String),
+    Ml(StreamingPlan),
+}
+
+/// Plans a simple-protocol Query text known to call an ML function: one statement, or several
+/// run in order in one transaction. Transaction control and COPY among several statements are
+/// refused: their interplay with the implicit transaction is not reproduced.
+pub fn plan_query_message(sql: &str) -> Result<Vec<Piece>, PlanError> {
+    let texts = super::text::split_statements(sql);
+    if texts.len() <= 1 {
+        return plan(sql).map(|p| vec![Piece::Ml(p)]);
+    }
+    let mut pieces = Vec::with_capacity(texts.len());
+    for text in texts {
+        if super::mentions_ml_schema(text.as_bytes())
+            && super::inspect(text) != super::Verdict::Relay
+        {
+            pieces.push(Piece::Ml(plan(text)?));
+            continue;
+        }
+        let controls = Parser::parse_sql(&PostgreSqlDialect {}, text).map(|statements| {
+            statements.iter().any(|s| {
+                matches!(
+                    s,
+                    Statement::StartTransaction { .. }
+                        | Statement::Commit { .. }
+                        | Statement::Rollback { .. }
+                        | Statement::Savepoint { .. }
+                        | Statement::ReleaseSavepoint { .. }
+                        | Statement::Copy { .. }
+                )
+            })
+        });
+        // Unparsable text is left to PostgreSQL, except what looks like transaction control.
+        let first = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let looks_like_control = matches!(
+            first.as_str(),
+            "begin"
+                | "start"
+                | "commit"
+                | "end"
+                | "rollback"
+                | "abort"
+                | "savepoint"
+                | "release"
+                | "copy"
+        );
+        if controls.unwrap_or(looks_like_control) || looks_like_control {
+            return Err(unsupported(
+                "transaction control or COPY in a Query message with ML calls is not supported",
+                "Send BEGIN, COMMIT or COPY in Query messages of their own.",
+            ));
+        }
+        pieces.push(Piece::Plain(text.to_owned()));
+    }
+    Ok(pieces)
+}
+
+/// Plans one statement text known to call an ML function.
 pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
     let text = rewrite_unparsable_forms(sql);
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| PlanError {
@@ -134,8 +198,8 @@ pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
     })?;
     if statements.len() != 1 {
         return Err(unsupported(
-            "several statements in one Query message together with ML calls are not supported yet",
-            "Send the statement that calls the ML function in a Query message of its own.",
+            "this text holds several statements; pgenrich plans ML statements one at a time",
+            "Send the statement that calls the ML function on its own.",
         ));
     }
     let Some(Statement::Query(mut query)) = statements.pop() else {
@@ -803,146 +867,6 @@ fn references_functions(select: &Select, functions: &[TableFunction]) -> bool {
     ]
     .iter()
     .any(|flow| flow.is_break())
-}
-
-/// Rewrites the two PostgreSQL forms sqlparser 0.64 cannot parse, on the original text:
-/// `(aws_comprehend.detect_sentiment(…)).*` becomes a call of a marked name, and
-/// `VARIADIC ARRAY[a, b]` inside an ML call's arguments becomes `a, b`.
-fn rewrite_unparsable_forms(sql: &str) -> String {
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
-        return sql.to_owned();
-    };
-    let tokens: Vec<&TokenWithSpan> = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
-    let offsets = LineOffsets::new(sql);
-    let span = |t: &TokenWithSpan| (offsets.at(t.span.start), offsets.at(t.span.end));
-    let mut edits: Vec<(usize, usize, String)> = Vec::new();
-    let is_ml_word = |t: &TokenWithSpan| matches!(&t.token, Token::Word(w) if ML_SCHEMAS.contains(&w.value.to_ascii_lowercase().as_str()));
-    for i in 0..tokens.len() {
-        // An ML call: schema . name (
-        if !(is_ml_word(tokens[i])
-            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::Period))
-            && matches!(tokens.get(i + 2).map(|t| &t.token), Some(Token::Word(_)))
-            && matches!(tokens.get(i + 3).map(|t| &t.token), Some(Token::LParen)))
-        {
-            continue;
-        }
-        let open = i + 3;
-        let mut depth = 0usize;
-        let mut close = None;
-        for (j, token) in tokens.iter().enumerate().skip(open) {
-            match token.token {
-                Token::LParen | Token::LBracket => depth += 1,
-                Token::RParen | Token::RBracket => {
-                    depth -= 1;
-                    if depth == 0 {
-                        close = Some(j);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-            // VARIADIC ARRAY[ … ] directly in this call's arguments.
-            if depth == 1 {
-                if let (Token::Word(v), Some(Token::Word(a)), Some(Token::LBracket)) = (
-                    &token.token,
-                    tokens.get(j + 1).map(|t| &t.token),
-                    tokens.get(j + 2).map(|t| &t.token),
-                ) {
-                    if v.value.eq_ignore_ascii_case("variadic")
-                        && a.value.eq_ignore_ascii_case("array")
-                    {
-                        let mut inner = 0usize;
-                        for (k, t) in tokens.iter().enumerate().skip(j + 2) {
-                            match t.token {
-                                Token::LBracket | Token::LParen => inner += 1,
-                                Token::RBracket | Token::RParen => {
-                                    inner -= 1;
-                                    if inner == 0 {
-                                        edits.push((
-                                            span(token).0,
-                                            span(tokens[j + 2]).1,
-                                            String::new(),
-                                        ));
-                                        edits.push((span(t).0, span(t).1, String::new()));
-                                        break;
-                                    }
-                                }
-                                _ => {}
-                            }
-                            let _ = k;
-                        }
-                    }
-                }
-            }
-        }
-        let Some(close) = close else { continue };
-        // ( call ) . *  →  call with a marked name
-        let wrapped = i > 0
-            && matches!(tokens[i - 1].token, Token::LParen)
-            && matches!(tokens.get(close + 1).map(|t| &t.token), Some(Token::RParen))
-            && matches!(tokens.get(close + 2).map(|t| &t.token), Some(Token::Period))
-            && matches!(tokens.get(close + 3).map(|t| &t.token), Some(Token::Mul));
-        if wrapped {
-            if let Token::Word(name) = &tokens[i + 2].token {
-                edits.push((span(tokens[i - 1]).0, span(tokens[i - 1]).1, String::new()));
-                let (start, end) = span(tokens[i + 2]);
-                edits.push((
-                    start,
-                    end,
-                    format!("{}{ALL_FIELDS_SUFFIX}", name.value.to_ascii_lowercase()),
-                ));
-                edits.push((
-                    span(tokens[close + 1]).0,
-                    span(tokens[close + 3]).1,
-                    String::new(),
-                ));
-            }
-        }
-    }
-    if edits.is_empty() {
-        return sql.to_owned();
-    }
-    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
-    let mut text = sql.to_owned();
-    for (start, end, replacement) in edits {
-        if start <= end
-            && end <= text.len()
-            && text.is_char_boundary(start)
-            && text.is_char_boundary(end)
-        {
-            text.replace_range(start..end, &replacement);
-        }
-    }
-    text
-}
-
-/// Converts tokenizer locations (1-based line and character column) to byte offsets.
-struct LineOffsets<'a> {
-    sql: &'a str,
-    starts: Vec<usize>,
-}
-
-impl<'a> LineOffsets<'a> {
-    fn new(sql: &'a str) -> Self {
-        let mut starts = vec![0];
-        starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
-        LineOffsets { sql, starts }
-    }
-
-    fn at(&self, location: Location) -> usize {
-        let Some(&line_start) = self.starts.get((location.line as usize).saturating_sub(1)) else {
-            return self.sql.len();
-        };
-        let column = (location.column as usize).saturating_sub(1);
-        self.sql[line_start..]
-            .char_indices()
-            .nth(column)
-            .map(|(i, _)| line_start + i)
-            .unwrap_or(self.sql.len())
-    }
 }
 
 #[cfg(test)]

@@ -130,16 +130,61 @@ async fn pipelines_mixing_ml_and_plain_statements() {
         reply[9]
     );
 
-    // Several statements in one Query message with ML calls: refused whole, none runs.
+    // Several statements in one Query message with ML calls run in order in one transaction.
     raw.send(
         b'Q',
-        &cstr("INSERT INTO ml_pipe VALUES (3); SELECT aws_sagemaker.invoke_endpoint('m', 1, 2)"),
+        &cstr("INSERT INTO ml_pipe VALUES (3); SELECT aws_sagemaker.invoke_endpoint('m', 1, 2); SELECT count(*) FROM ml_pipe"),
+    )
+    .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "CTDCTDCZ", "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply[2].1).ends_with('2'));
+    assert_eq!(
+        &reply[5].1[6..],
+        b"2",
+        "the INSERT is visible to the later statement"
+    );
+    assert_eq!(reply[7].1, b"I");
+    // A failing model rolls back the statements before it, as a native error would.
+    raw.send(
+        b'Q',
+        &cstr("INSERT INTO ml_pipe VALUES (4); SELECT aws_sagemaker.invoke_endpoint('model-error', 1, 2); SELECT 1"),
+    )
+    .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "CTEZ", "{reply:?}");
+    assert_eq!(error_code(&reply[2].1), "38000");
+    assert_eq!(reply[3].1, b"I");
+    raw.send(b'Q', &cstr("SELECT count(*) FROM ml_pipe")).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(
+        &reply[1].1[6..],
+        b"2",
+        "the INSERT before the failure was rolled back"
+    );
+    // Inside a transaction block the block is used (and aborted by the failure).
+    raw.send(b'Q', &cstr("BEGIN")).await;
+    raw.recv_until_ready().await;
+    raw.send(
+        b'Q',
+        &cstr(
+            "INSERT INTO ml_pipe VALUES (5); SELECT aws_comprehend.detect_sentiment('good', 'en')",
+        ),
+    )
+    .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "CTDCZ", "{reply:?}");
+    assert_eq!(reply[4].1, b"T");
+    raw.send(b'Q', &cstr("ROLLBACK")).await;
+    raw.recv_until_ready().await;
+    // Transaction control next to ML calls is refused whole; nothing runs.
+    raw.send(
+        b'Q',
+        &cstr("BEGIN; SELECT aws_comprehend.detect_sentiment('good', 'en'); COMMIT"),
     )
     .await;
     let reply = raw.recv_until_ready().await;
     assert_eq!(kinds(&reply), "EZ");
     assert_eq!(error_code(&reply[0].1), "0A000");
-    raw.send(b'Q', &cstr("SELECT count(*) FROM ml_pipe")).await;
-    let reply = raw.recv_until_ready().await;
-    assert_eq!(&reply[1].1[6..], b"1");
+    assert_eq!(reply[1].1, b"I");
 }

@@ -1,0 +1,218 @@
+//! Text-level work on statements that sqlparser alone cannot do: splitting a Query message into
+//! its statements (keeping each one's original text), and rewriting the two PostgreSQL forms
+//! sqlparser 0.64 does not parse. Both use sqlparser's tokenizer, so literals, comments and
+//! quoted identifiers are never cut or rewritten.
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use super::ML_SCHEMAS;
+
+/// Marker appended to a function name by the `(f(…)).*` rewrite.
+pub const ALL_FIELDS_SUFFIX: &str = "__pgenrich_all_fields";
+
+/// The statements of `sql` as their original text, split at top-level semicolons; empty ones
+/// are left out. Text the tokenizer cannot read comes back whole.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
+        return vec![sql];
+    };
+    let offsets = LineOffsets::new(sql);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut depth = 0usize;
+    for token in &tokens {
+        match token.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            Token::SemiColon if depth == 0 => {
+                let at = offsets.at(token.span.start);
+                pieces.push(&sql[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&sql[start.min(sql.len())..]);
+    pieces
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect()
+}
+
+/// Rewrites the two PostgreSQL forms sqlparser 0.64 cannot parse, on the original text:
+/// `(aws_comprehend.detect_sentiment(…)).*` becomes a call of a marked name, and
+/// `VARIADIC ARRAY[a, b]` inside an ML call's arguments becomes `a, b`.
+pub fn rewrite_unparsable_forms(sql: &str) -> String {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
+        return sql.to_owned();
+    };
+    let tokens: Vec<&TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let offsets = LineOffsets::new(sql);
+    let span = |t: &TokenWithSpan| (offsets.at(t.span.start), offsets.at(t.span.end));
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let is_ml_word = |t: &TokenWithSpan| matches!(&t.token, Token::Word(w) if ML_SCHEMAS.contains(&w.value.to_ascii_lowercase().as_str()));
+    for i in 0..tokens.len() {
+        // An ML call: schema . name (
+        if !(is_ml_word(tokens[i])
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::Period))
+            && matches!(tokens.get(i + 2).map(|t| &t.token), Some(Token::Word(_)))
+            && matches!(tokens.get(i + 3).map(|t| &t.token), Some(Token::LParen)))
+        {
+            continue;
+        }
+        let open = i + 3;
+        let mut depth = 0usize;
+        let mut close = None;
+        for (j, token) in tokens.iter().enumerate().skip(open) {
+            match token.token {
+                Token::LParen | Token::LBracket => depth += 1,
+                Token::RParen | Token::RBracket => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(j);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            // VARIADIC ARRAY[ … ] directly in this call's arguments.
+            if depth == 1 {
+                if let (Token::Word(v), Some(Token::Word(a)), Some(Token::LBracket)) = (
+                    &token.token,
+                    tokens.get(j + 1).map(|t| &t.token),
+                    tokens.get(j + 2).map(|t| &t.token),
+                ) {
+                    if v.value.eq_ignore_ascii_case("variadic")
+                        && a.value.eq_ignore_ascii_case("array")
+                    {
+                        let mut inner = 0usize;
+                        for (k, t) in tokens.iter().enumerate().skip(j + 2) {
+                            match t.token {
+                                Token::LBracket | Token::LParen => inner += 1,
+                                Token::RBracket | Token::RParen => {
+                                    inner -= 1;
+                                    if inner == 0 {
+                                        edits.push((
+                                            span(token).0,
+                                            span(tokens[j + 2]).1,
+                                            String::new(),
+                                        ));
+                                        edits.push((span(t).0, span(t).1, String::new()));
+                                        break;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            let _ = k;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(close) = close else { continue };
+        // ( call ) . *  →  call with a marked name
+        let wrapped = i > 0
+            && matches!(tokens[i - 1].token, Token::LParen)
+            && matches!(tokens.get(close + 1).map(|t| &t.token), Some(Token::RParen))
+            && matches!(tokens.get(close + 2).map(|t| &t.token), Some(Token::Period))
+            && matches!(tokens.get(close + 3).map(|t| &t.token), Some(Token::Mul));
+        if wrapped {
+            if let Token::Word(name) = &tokens[i + 2].token {
+                edits.push((span(tokens[i - 1]).0, span(tokens[i - 1]).1, String::new()));
+                let (start, end) = span(tokens[i + 2]);
+                edits.push((
+                    start,
+                    end,
+                    format!("{}{ALL_FIELDS_SUFFIX}", name.value.to_ascii_lowercase()),
+                ));
+                edits.push((
+                    span(tokens[close + 1]).0,
+                    span(tokens[close + 3]).1,
+                    String::new(),
+                ));
+            }
+        }
+    }
+    if edits.is_empty() {
+        return sql.to_owned();
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut text = sql.to_owned();
+    for (start, end, replacement) in edits {
+        if start <= end
+            && end <= text.len()
+            && text.is_char_boundary(start)
+            && text.is_char_boundary(end)
+        {
+            text.replace_range(start..end, &replacement);
+        }
+    }
+    text
+}
+
+/// Converts tokenizer locations (1-based line and character column) to byte offsets.
+struct LineOffsets<'a> {
+    sql: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineOffsets<'a> {
+    fn new(sql: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        LineOffsets { sql, starts }
+    }
+
+    fn at(&self, location: Location) -> usize {
+        let Some(&line_start) = self.starts.get((location.line as usize).saturating_sub(1)) else {
+            return self.sql.len();
+        };
+        let column = (location.column as usize).saturating_sub(1);
+        self.sql[line_start..]
+            .char_indices()
+            .nth(column)
+            .map(|(i, _)| line_start + i)
+            .unwrap_or(self.sql.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_at_top_level_semicolons_only() {
+        assert_eq!(
+            split_statements("SELECT 1; SELECT ';' AS x; ; SELECT $$a;b$$ -- c;d\n, (1);"),
+            vec![
+                "SELECT 1",
+                " SELECT ';' AS x",
+                " SELECT $$a;b$$ -- c;d\n, (1)"
+            ]
+        );
+        assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1"]);
+        assert!(split_statements(" ; ").is_empty());
+    }
+
+    #[test]
+    fn unparsable_forms_are_rewritten() {
+        assert_eq!(
+            rewrite_unparsable_forms("SELECT (aws_comprehend.detect_sentiment(b, 'en')).* FROM r"),
+            "SELECT aws_comprehend.detect_sentiment__pgenrich_all_fields(b, 'en') FROM r"
+        );
+        assert_eq!(
+            rewrite_unparsable_forms(
+                "SELECT aws_sagemaker.invoke_endpoint('m', 1, VARIADIC ARRAY[a, (b)])"
+            ),
+            "SELECT aws_sagemaker.invoke_endpoint('m', 1, a, (b))"
+        );
+        assert_eq!(
+            rewrite_unparsable_forms("SELECT 'VARIADIC ARRAY[1]'"),
+            "SELECT 'VARIADIC ARRAY[1]'"
+        );
+    }
+}
