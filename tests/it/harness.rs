@@ -453,9 +453,18 @@ impl RawClient {
 
     /// Connects and authenticates as `trust_user`, returning after the first ReadyForQuery.
     pub async fn startup(addr: SocketAddr) -> RawClient {
+        Self::startup_as(addr, "pgenrich-tests").await
+    }
+
+    /// Like [`RawClient::startup`], with an application_name to find the session by.
+    pub async fn startup_as(addr: SocketAddr, application_name: &str) -> RawClient {
         let mut client = Self::connect(addr).await;
         client
-            .send_startup(&[("user", "trust_user"), ("database", DATABASE)])
+            .send_startup(&[
+                ("user", "trust_user"),
+                ("database", DATABASE),
+                ("application_name", application_name),
+            ])
             .await;
         loop {
             let (kind, body) = client.recv().await.expect("startup reply");

@@ -65,14 +65,7 @@ async fn backends_named(app: &str) -> i64 {
 async fn client_disconnect_mid_result_frees_the_upstream_backend() {
     let proxy = Proxy::start().await;
     let app = "pgenrich-disconnect-test";
-    let mut raw = RawClient::connect(proxy.addr).await;
-    raw.send_startup(&[
-        ("user", "trust_user"),
-        ("database", crate::harness::DATABASE),
-        ("application_name", app),
-    ])
-    .await;
-    while raw.recv().await.expect("startup").0 != b'Z' {}
+    let mut raw = RawClient::startup_as(proxy.addr, app).await;
     raw.send(
         b'Q',
         &crate::harness::cstr("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)"),
@@ -92,14 +85,7 @@ async fn client_disconnect_mid_result_frees_the_upstream_backend() {
     );
     // Same for a client that vanishes while the upstream is busy and silent.
     let app = "pgenrich-disconnect-sleep";
-    let mut raw = RawClient::connect(proxy.addr).await;
-    raw.send_startup(&[
-        ("user", "trust_user"),
-        ("database", crate::harness::DATABASE),
-        ("application_name", app),
-    ])
-    .await;
-    while raw.recv().await.expect("startup").0 != b'Z' {}
+    let mut raw = RawClient::startup_as(proxy.addr, app).await;
     raw.send(b'Q', &crate::harness::cstr("SELECT pg_sleep(60)"))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

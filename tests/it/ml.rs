@@ -239,15 +239,7 @@ async fn invoke_endpoint_sends_csv_in_batches_and_respects_limit() {
         .await
         .expect("limit");
     assert_eq!(rows(&out).len(), 25);
-    assert_eq!(
-        proxy
-            .mock
-            .stats()
-            .sagemaker_batch_sizes
-            .iter()
-            .sum::<usize>(),
-        25
-    );
+    assert_eq!(records_sent(&proxy), 25);
 
     // Identical inputs are sent once; VARIADIC ARRAY[...] spreads into fields.
     proxy.mock.reset_stats();
@@ -256,20 +248,17 @@ async fn invoke_endpoint_sends_csv_in_batches_and_respects_limit() {
         .await
         .expect("dedup");
     assert_eq!(rows(&out).len(), 250);
-    assert_eq!(
-        proxy
-            .mock
-            .stats()
-            .sagemaker_batch_sizes
-            .iter()
-            .sum::<usize>(),
-        3
-    );
+    assert_eq!(records_sent(&proxy), 3);
     let values: std::collections::BTreeSet<String> = rows(&out)
         .into_iter()
         .filter_map(|r| r[0].clone())
         .collect();
     assert_eq!(values.into_iter().collect::<Vec<_>>(), ["10", "11", "12"]);
+}
+
+/// Records the mock's endpoints received since its statistics were last reset.
+fn records_sent(proxy: &Proxy) -> usize {
+    proxy.mock.stats().sagemaker_batch_sizes.iter().sum()
 }
 
 /// The expected score of each ml_tx row, from the mock's model over PostgreSQL's text forms.
