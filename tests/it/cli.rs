@@ -99,6 +99,7 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
         "upstream = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n",
     )
     .expect("write");
+    let mock = mock_aws::MockAws::start().await.expect("mock AWS");
     let mut child = pgenrich()
         .args([
             "--config",
@@ -107,6 +108,12 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
             &format!("127.0.0.1:{port}"),
         ])
         .env("PGENRICH_UPSTREAM", pg.upstream())
+        .env("AWS_ACCESS_KEY_ID", "AKIDCLITEST")
+        .env("AWS_SECRET_ACCESS_KEY", "cli-test-secret")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", mock.url())
+        .env("AWS_ENDPOINT_URL_COMPREHEND", mock.url())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -125,6 +132,26 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     let client = client.expect("pgenrich binary accepts connections");
     let row = client.query_one("SELECT 1 + 1", &[]).await.expect("query");
     assert_eq!(row.get::<_, i32>(0), 2);
+    // The AWS chain: credentials, region and service endpoints from the standard variables.
+    let row = client
+        .query_one(
+            "SELECT aws_sagemaker.invoke_endpoint('m', NULL, 2, 3), \
+             (aws_comprehend.detect_sentiment('great', 'en')).sentiment",
+            &[],
+        )
+        .await
+        .expect("ML through the binary");
+    assert_eq!(row.get::<_, String>(0), "5");
+    assert_eq!(row.get::<_, String>(1), "POSITIVE");
+    let stats = mock.stats();
+    assert_eq!(
+        (
+            stats.sagemaker_calls,
+            stats.comprehend_calls,
+            stats.unsigned
+        ),
+        (1, 1, 0)
+    );
     let _ = connect(&pg.direct_conninfo()).await;
 
     let pid = child.id().expect("pid");
@@ -160,4 +187,8 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
         "JSON logs: {stderr}"
     );
     assert!(!stderr.contains(PASSWORD), "no secrets in logs");
+    assert!(
+        !stderr.contains("cli-test-secret"),
+        "no AWS secrets in logs"
+    );
 }

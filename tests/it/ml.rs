@@ -546,3 +546,27 @@ async fn extended_protocol_prepared_statements_with_parameters_and_binary_result
         "{seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_run_concurrently_up_to_the_per_endpoint_limit() {
+    let proxy = Proxy::start_with(|c| {
+        c.inference.max_concurrent_calls_per_endpoint = 3;
+        c.inference.chunk_rows = 40;
+    })
+    .await;
+    proxy.mock.set_latency(std::time::Duration::from_millis(30));
+    let client = proxy.connect().await;
+    let out = client
+        .simple_query(
+            "SELECT aws_sagemaker.invoke_endpoint('m', 5, g) FROM generate_series(1, 200) g",
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(rows(&out).len(), 200);
+    let stats = proxy.mock.stats();
+    assert_eq!(stats.sagemaker_calls, 40);
+    assert_eq!(
+        stats.peak_concurrency, 3,
+        "calls overlap, never beyond the limit"
+    );
+}
