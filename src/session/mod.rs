@@ -196,7 +196,7 @@ async fn intercept_ml(
     if !matches!(intercept, Intercept::Query(_) | Intercept::Multi(_)) {
         // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync.
         if relay.tracker.open_failed() {
-            tracing::warn!(?intercept, "skipped: pipeline already failed");
+            debug!("ML message skipped: the pipeline already failed");
             return Ok(());
         }
         relay.tracker.ensure_open();
