@@ -152,6 +152,11 @@ async fn stream(
             let joined = tokio::select! {
                 joined = front => Some(joined),
                 _ = cancelled.notified() => None,
+                // A client that hung up stops the statement at once, not at the next write.
+                gone = relay.client_gone() => {
+                    abort.abort();
+                    return Err(gone);
+                }
             };
             let failure = match joined {
                 None => {

@@ -157,7 +157,11 @@ async fn relay_loop(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 )),
                 Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
-                Event::Intercept(intercept) => intercept_ml(ctx, relay, intercept).await?,
+                Event::Intercept(intercept) => {
+                    relay.ml_running = true;
+                    intercept_ml(ctx, relay, intercept).await?;
+                    relay.ml_running = false;
+                }
             },
             _ = sleep_until(handshake_deadline), if !relay.ready => {
                 // The condition was read when this select began; authentication may have
@@ -262,7 +266,7 @@ async fn close(
         error,
         SessionError::ClientIo(_) | SessionError::ClientTls(_)
     );
-    if client_gone && !relay.tracker.is_idle() {
+    if client_gone && (!relay.tracker.is_idle() || relay.ml_running) {
         // PostgreSQL notices a vanished client only when it next writes; a long query would keep
         // running (and holding locks) until then.
         if let Some(target) = relay.cancel_target.clone() {

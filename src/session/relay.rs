@@ -191,6 +191,8 @@ pub struct Relay {
     reprocess_client: bool,
     /// A CommandComplete held back until the last enriched rows are out.
     held_completion: Option<Bytes>,
+    /// pgenrich is running an ML statement on the upstream (not visible to the tracker).
+    pub(crate) ml_running: bool,
 }
 
 impl Relay {
@@ -216,6 +218,7 @@ impl Relay {
             ml: Registry::default(),
             reprocess_client: false,
             held_completion: None,
+            ml_running: false,
         }
     }
 
@@ -662,6 +665,9 @@ impl Relay {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(u8, Bytes), SessionError>> {
+        if let Poll::Ready(gone) = self.poll_client_gone(cx) {
+            return Poll::Ready(Err(gone));
+        }
         loop {
             self.to_client
                 .poll_write(&mut self.client, cx)
@@ -702,6 +708,33 @@ impl Relay {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// Ready when the client has hung up (or its connection failed) while pgenrich works on an
+    /// ML statement. Bytes the client sends meanwhile are kept for later, up to the usual
+    /// back-pressure limit.
+    pub async fn client_gone(&mut self) -> SessionError {
+        std::future::poll_fn(|cx| self.poll_client_gone(cx)).await
+    }
+
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<SessionError> {
+        if self.client_terminated || self.from_client.buf.len() >= HIGH_WATER {
+            return Poll::Pending;
+        }
+        reserve(&mut self.from_client.buf);
+        match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
+            Poll::Ready(Ok(0)) => {
+                Poll::Ready(SessionError::ClientIo(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Poll::Ready(Ok(_)) => {
+                // Kept for after the statement; look again for a hang-up.
+                self.last_client_activity = Instant::now();
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(SessionError::ClientIo(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 

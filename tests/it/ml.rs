@@ -570,3 +570,50 @@ async fn calls_run_concurrently_up_to_the_per_endpoint_limit() {
         "calls overlap, never beyond the limit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_stops_inference_and_the_upstream_query() {
+    let proxy = Proxy::start_with(|c| {
+        c.inference.max_concurrent_calls_per_endpoint = 1;
+        c.inference.chunk_rows = 10;
+    })
+    .await;
+    proxy.mock.set_latency(std::time::Duration::from_secs(2));
+    let app = "pgenrich-ml-disconnect";
+    let mut raw = RawClient::startup_as(proxy.addr, app).await;
+    // 100 rows in batches of 5, one call at a time, 2 s each: 40 s if nothing stopped it.
+    raw.send(
+        b'Q',
+        &cstr("SELECT aws_sagemaker.invoke_endpoint('m', 5, g) FROM generate_series(1, 100) g"),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(raw);
+    let direct = connect(&postgres().direct_conninfo()).await;
+    let mut gone = false;
+    for _ in 0..50 {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the upstream session outlived its client");
+    // No further batches were sent after the client left.
+    let calls = proxy.mock.stats().sagemaker_calls;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        proxy.mock.stats().sagemaker_calls,
+        calls,
+        "inference went on without a client"
+    );
+    assert!(calls <= 2, "{calls} calls started");
+}
