@@ -73,6 +73,8 @@ TARGET_RSS_MB=100
 
 log() { printf '[e2e-ml %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for var in REPEAT T_ROWS REVIEW_ROWS CHUNK_ROWS CHUNKS_IN_FLIGHT BATCH_ROWS MAX_CALLS PER_ENDPOINT RUN_TIMEOUT; do
     [[ ${!var} =~ ^[0-9]+$ ]] && ((${!var} >= 1)) || die "$var must be a positive integer, got '${!var}'"
@@ -131,21 +133,6 @@ CLIENT_PID=""
 PG_STARTED=0
 CLEANED=0
 
-as_pg() {
-    if ((EUID == 0)); then
-        (cd "$TMP" && runuser -u "$RUN_AS" -- "$@")
-    else
-        (cd "$TMP" && "$@")
-    fi
-}
-alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
-# Wait up to $2 seconds for pid $1 to go away.
-wait_gone() {
-    local pid=$1 i
-    for ((i = 0; i < $2 * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
-    return 1
-}
-postmaster_pid() { [[ -s $TMP/data/postmaster.pid ]] && head -n 1 "$TMP/data/postmaster.pid"; }
 
 stop_pgenrich() {
     alive "$PGENRICH_PID" || { PGENRICH_PID=""; return 0; }
@@ -178,16 +165,7 @@ cleanup() {
     fi
     stop_pgenrich
     stop_mock
-    local pid
-    pid=$(postmaster_pid)
-    if ((PG_STARTED)) && alive "$pid"; then
-        log "stopping PostgreSQL (pid $pid)"
-        as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1
-        if alive "$pid"; then
-            kill -QUIT "$pid" 2>/dev/null
-            wait_gone "$pid" 5 || kill -KILL "$pid" 2>/dev/null
-        fi
-    fi
+    stop_postgres
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -484,12 +462,6 @@ done
 # ---------------------------------------------------------------------------------------------
 col() { # QUERY LATENCY COLUMN -> values of successful runs
     awk -F'\t' -v q="$1" -v l="$2" -v c="$3" '$1 == l && $2 == q && $4 == "ok" && $c != "NA" {print $c}' "$RESULTS"
-}
-median() {
-    sort -g | awk '{a[NR] = $1} END {
-        if (NR == 0) print "NA"
-        else if (NR % 2) print a[(NR + 1) / 2]
-        else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 maximum() { sort -g | tail -n 1 | awk 'END {print (NR ? $1 : "NA")}'; }
 num() { # 1234567.8 -> 1,234,568

@@ -41,6 +41,8 @@ WORKLOADS=(select-simple select-prepared large-result)
 
 log() { printf '[e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for var in ROUNDS DURATION WARMUP; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, got '${!var}'"
@@ -121,22 +123,7 @@ BENCH_PID=""
 PG_STARTED=0
 CLEANED=0
 
-as_pg() {
-    if ((EUID == 0)); then
-        (cd "$TMP" && runuser -u "$RUN_AS" -- "$@")
-    else
-        (cd "$TMP" && "$@")
-    fi
-}
-alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
-# Wait up to $2 seconds for pid $1 to go away.
-wait_gone() {
-    local pid=$1 i
-    for ((i = 0; i < $2 * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
-    return 1
-}
 pgbouncer_pid() { [[ -s $TMP/pgbouncer.pid ]] && head -n 1 "$TMP/pgbouncer.pid"; }
-postmaster_pid() { [[ -s $TMP/data/postmaster.pid ]] && head -n 1 "$TMP/data/postmaster.pid"; }
 
 cleanup() {
     local rc=$?
@@ -167,15 +154,7 @@ cleanup() {
             wait_gone "$pid" 5 || kill -KILL "$pid" 2>/dev/null
         fi
     fi
-    pid=$(postmaster_pid)
-    if ((PG_STARTED)) && alive "$pid"; then
-        log "stopping PostgreSQL (pid $pid)"
-        as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1
-        if alive "$pid"; then
-            kill -QUIT "$pid" 2>/dev/null
-            wait_gone "$pid" 5 || kill -KILL "$pid" 2>/dev/null
-        fi
-    fi
+    stop_postgres
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -372,12 +351,6 @@ done
 # 7. Results
 # ---------------------------------------------------------------------------------------------
 values() { awk -F'\t' -v w="$1" -v t="$2" '$2 == w && $3 == t && $4 != "FAIL" {print $4}' "$RESULTS"; }
-median() {
-    sort -g | awk '{a[NR] = $1} END {
-        if (NR == 0) print "NA"
-        else if (NR % 2) print a[(NR + 1) / 2]
-        else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 fmt() { [[ $1 == NA || $1 == FAIL ]] && echo "$1" || awk -v x="$1" 'BEGIN {printf "%.0f", x}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f×", a / b}'; }
 

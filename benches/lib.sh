@@ -1,0 +1,45 @@
+# Shell helpers shared by the end-to-end benchmarks (sourced, not run). They read the caller's
+# TMP (the run's temp directory, with the cluster in $TMP/data) and RUN_AS (the user PostgreSQL
+# runs as when the benchmark runs as root).
+
+# Runs a command as the PostgreSQL user (initdb and postgres refuse to run as root).
+as_pg() {
+    if ((EUID == 0)); then
+        (cd "$TMP" && runuser -u "$RUN_AS" -- "$@")
+    else
+        (cd "$TMP" && "$@")
+    fi
+}
+
+alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+
+# Wait up to $2 seconds for pid $1 to go away.
+wait_gone() {
+    local pid=$1 i
+    for ((i = 0; i < $2 * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
+    return 1
+}
+
+postmaster_pid() { [[ -s $TMP/data/postmaster.pid ]] && head -n 1 "$TMP/data/postmaster.pid"; }
+
+# The median of the numbers on standard input, or NA when there are none.
+median() {
+    sort -g | awk '{a[NR] = $1} END {
+        if (NR == 0) print "NA"
+        else if (NR % 2) print a[(NR + 1) / 2]
+        else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# Stops the cluster in $TMP/data if this run started it (PG_STARTED=1): fast, then harder.
+stop_postgres() {
+    local pid
+    pid=$(postmaster_pid)
+    if ((PG_STARTED)) && alive "$pid"; then
+        log "stopping PostgreSQL (pid $pid)"
+        as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1
+        if alive "$pid"; then
+            kill -QUIT "$pid" 2>/dev/null
+            wait_gone "$pid" 5 || kill -KILL "$pid" 2>/dev/null
+        fi
+    fi
+}
