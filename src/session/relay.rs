@@ -193,6 +193,8 @@ pub struct Relay {
     held_completion: Option<Bytes>,
     /// pgenrich is running an ML statement on the upstream (not visible to the tracker).
     pub(crate) ml_running: bool,
+    /// The client sent Terminate and closed its side while an ML statement ran.
+    client_done_sending: bool,
 }
 
 impl Relay {
@@ -219,6 +221,7 @@ impl Relay {
             reprocess_client: false,
             held_completion: None,
             ml_running: false,
+            client_done_sending: false,
         }
     }
 
@@ -719,11 +722,25 @@ impl Relay {
     }
 
     fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<SessionError> {
-        if self.client_terminated || self.from_client.buf.len() >= HIGH_WATER {
+        if self.client_terminated
+            || self.client_done_sending
+            || self.from_client.buf.len() >= HIGH_WATER
+        {
             return Poll::Pending;
         }
         reserve(&mut self.from_client.buf);
         match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
+            // A client that sent Terminate after its query and closed its side still reads the
+            // answer, as PostgreSQL would give it: finish, then let the Terminate end the session.
+            Poll::Ready(Ok(0))
+                if self
+                    .from_client
+                    .buf
+                    .ends_with(&[frontend::TERMINATE, 0, 0, 0, 4]) =>
+            {
+                self.client_done_sending = true;
+                Poll::Pending
+            }
             Poll::Ready(Ok(0)) => {
                 Poll::Ready(SessionError::ClientIo(io::ErrorKind::UnexpectedEof.into()))
             }

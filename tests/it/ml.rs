@@ -617,3 +617,24 @@ async fn client_disconnect_stops_inference_and_the_upstream_query() {
     );
     assert!(calls <= 2, "{calls} calls started");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_terminates_and_half_closes_still_gets_its_answer() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = Proxy::start().await;
+    proxy
+        .mock
+        .set_latency(std::time::Duration::from_millis(300));
+    let mut raw = RawClient::startup(proxy.addr).await;
+    let mut bytes = crate::harness::message(
+        b'Q',
+        &cstr("SELECT aws_comprehend.detect_sentiment('good', 'en')"),
+    );
+    bytes.extend(crate::harness::message(b'X', &[]));
+    raw.stream_write(&bytes).await;
+    raw.stream.shutdown().await.expect("half-close");
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "TDCZ", "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply[1].1).ends_with("(POSITIVE,0.6666667)"));
+    assert!(raw.recv().await.is_none(), "closed after the Terminate");
+}
