@@ -83,6 +83,35 @@ fn encode<M: Message>(message: &M) -> Bytes {
     buf.freeze()
 }
 
+/// One message: type byte, length, body.
+pub fn message(kind: u8, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&[kind]);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out.freeze()
+}
+
+/// Name of the prepared statement / portal that stand-in messages refer to. It never exists, so
+/// the upstream answers with an error exactly where PostgreSQL would have rejected the original
+/// message, and pgenrich swaps that error for its own.
+pub const STANDIN_NAME: &str = "pgenrich.rejected";
+
+/// A stand-in Query: `EXECUTE` of the statement that never exists.
+pub fn standin_query() -> Bytes {
+    let mut text = format!("EXECUTE \"{STANDIN_NAME}\"").into_bytes();
+    text.push(0);
+    message(frontend::QUERY, &text)
+}
+
+/// A stand-in Execute of the portal that never exists (extended protocol).
+pub fn standin_execute() -> Bytes {
+    let mut body = STANDIN_NAME.as_bytes().to_vec();
+    body.push(0);
+    body.extend_from_slice(&0i32.to_be_bytes());
+    message(frontend::EXECUTE, &body)
+}
+
 /// A ReadyForQuery message with the given transaction status byte (`I`, `T` or `E`).
 pub fn ready_for_query(status: u8) -> Bytes {
     let status = TransactionStatus::try_from(status).unwrap_or(TransactionStatus::Idle);

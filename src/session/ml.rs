@@ -22,7 +22,6 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::relay::Relay;
 use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
-use crate::session::tracker::STANDIN_NAME;
 use crate::sql::plan::{MlFunction, StreamingPlan};
 
 /// A chunk in inference: its enriched DataRows and what the calls cost.
@@ -75,11 +74,8 @@ fn execute(portal: &str, rows: usize) -> Bytes {
 
 /// The stand-in Execute that makes the upstream fail (and skip to Sync) where pgenrich failed.
 fn standin() -> Bytes {
-    let mut body = STANDIN_NAME.as_bytes().to_vec();
-    body.push(0);
-    body.extend_from_slice(&0i32.to_be_bytes());
     let mut out = BytesMut::new();
-    out.put_slice(&message(frontend::EXECUTE, &body));
+    out.put_slice(&crate::protocol::standin_execute());
     out.put_slice(&message(b'H', &[]));
     out.freeze()
 }
@@ -111,9 +107,7 @@ impl std::ops::DerefMut for InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        for task in self.0.drain(..) {
-            task.abort();
-        }
+        abort_all(self);
     }
 }
 

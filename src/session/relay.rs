@@ -23,7 +23,7 @@ use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{self, backend, frontend, header, ErrorMessage, HEADER_LEN};
 use crate::session::extended::{self, Intercept, Registry};
-use crate::session::tracker::{Tracker, STANDIN_NAME};
+use crate::session::tracker::Tracker;
 use crate::sql::plan;
 use crate::sql::{self, Verdict};
 use crate::stream::{ClientStream, UpstreamStream};
@@ -189,8 +189,6 @@ pub struct Relay {
     ml: Registry,
     /// Client bytes were left unprocessed while an ML statement ran.
     reprocess_client: bool,
-    /// A CommandComplete held back until the last enriched rows are out.
-    held_completion: Option<Bytes>,
     /// pgenrich is running an ML statement on the upstream (not visible to the tracker).
     pub(crate) ml_running: bool,
     /// The client sent Terminate and closed its side while an ML statement ran.
@@ -219,7 +217,6 @@ impl Relay {
             pending: None,
             ml: Registry::default(),
             reprocess_client: false,
-            held_completion: None,
             ml_running: false,
             client_done_sending: false,
         }
@@ -496,20 +493,10 @@ impl Relay {
     /// where the original would have (aborting a transaction block, skipping to Sync, or not
     /// running at all in an already failed transaction), and whose error is replaced by `error`.
     fn reject(&mut self, kind: u8, error: ErrorMessage) {
-        let standin = if kind == frontend::QUERY {
-            let mut text = format!("EXECUTE \"{STANDIN_NAME}\"").into_bytes();
-            text.push(0);
-            frame(frontend::QUERY, &text)
+        let (standin, standin_kind) = if kind == frontend::QUERY {
+            (protocol::standin_query(), frontend::QUERY)
         } else {
-            let mut body = STANDIN_NAME.as_bytes().to_vec();
-            body.push(0);
-            body.extend_from_slice(&0i32.to_be_bytes());
-            frame(frontend::EXECUTE, &body)
-        };
-        let standin_kind = if kind == frontend::QUERY {
-            frontend::QUERY
-        } else {
-            frontend::EXECUTE
+            (protocol::standin_execute(), frontend::EXECUTE)
         };
         self.tracker.on_client(standin_kind);
         self.tracker.substitute_next_standin_error(error.encode());
@@ -602,7 +589,7 @@ impl Relay {
         self.cancel_key = Some(guard);
         let mut payload = pid.to_be_bytes().to_vec();
         payload.extend_from_slice(&secret);
-        Some(frame(backend::BACKEND_KEY_DATA, &payload))
+        Some(protocol::message(backend::BACKEND_KEY_DATA, &payload))
     }
 
     /// The client sent Terminate: the session ends normally when either side hangs up.
@@ -775,20 +762,6 @@ impl Relay {
         self.tracker.mark_open_failed();
     }
 
-    pub fn hold_completion(&mut self, bytes: Bytes) {
-        self.held_completion = Some(bytes);
-    }
-
-    pub fn release_held_completion(&mut self) {
-        if let Some(bytes) = self.held_completion.take() {
-            self.to_client.push(bytes);
-        }
-    }
-
-    pub fn drop_held_completion(&mut self) {
-        self.held_completion = None;
-    }
-
     /// Notified when a cancel request for this session arrives.
     pub fn cancel_notify(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.ctx.cancel_notify)
@@ -853,13 +826,4 @@ fn inspect(kind: u8, body: &[u8]) -> Verdict {
         Some(text) if sql::mentions_ml_schema(text) => sql::inspect(&String::from_utf8_lossy(text)),
         _ => Verdict::Relay,
     }
-}
-
-/// One message: type byte, length, body.
-fn frame(kind: u8, body: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.push(kind);
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    Bytes::from(out)
 }

@@ -1,8 +1,6 @@
 //! Row descriptions and data rows of ML statements: which client column comes from which base
 //! column or ML result, and ML values in PostgreSQL's text and binary formats.
 
-use bytes::{BufMut, Bytes, BytesMut};
-
 use crate::backends::Sentiment;
 use crate::sql::plan::{Field, StreamingPlan};
 
@@ -11,14 +9,7 @@ const RECORD_OID: u32 = 2249;
 const VARCHAR_OID: u32 = 1043;
 const FLOAT4_OID: u32 = 700;
 
-/// One frontend or backend message.
-pub fn message(kind: u8, body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(5 + body.len());
-    out.put_u8(kind);
-    out.put_u32((body.len() + 4) as u32);
-    out.put_slice(body);
-    out.freeze()
-}
+pub use crate::protocol::message;
 
 /// Where a client column comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

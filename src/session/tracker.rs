@@ -14,10 +14,7 @@ use bytes::Bytes;
 
 use crate::protocol::{error_fields, frontend};
 
-/// Name of the prepared statement / portal that stand-in messages refer to. It never exists, so
-/// the upstream answers with an error exactly where PostgreSQL would have rejected the original
-/// message, and pgenrich swaps that error for its own.
-pub const STANDIN_NAME: &str = "pgenrich.rejected";
+pub use crate::protocol::STANDIN_NAME;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
