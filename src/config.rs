@@ -4,8 +4,9 @@
 //! `--max-client-connections`). Values are validated once, at start-up, and an invalid one stops
 //! pgenrich with a message naming its key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -119,6 +120,23 @@ pub struct Cli {
     /// Cut Comprehend documents over 5,000 bytes instead of failing: true or false [default: false].
     #[arg(long, env = "PGENRICH_COMPREHEND_TRUNCATE", value_name = "BOOL")]
     pub comprehend_truncate: Option<String>,
+    /// What serves aws_comprehend.detect_sentiment: aws (Amazon Comprehend) or local (the
+    /// embedded VADER model) [default: aws].
+    #[arg(long, env = "PGENRICH_COMPREHEND_BACKEND", value_name = "BACKEND")]
+    pub comprehend_backend: Option<String>,
+    /// Endpoints served by local ONNX models, as NAME=onnx:MODEL_FILE[,...]; other names go to
+    /// SageMaker. Replaces the config file's [endpoints.*] tables [default: none].
+    #[arg(long, env = "PGENRICH_ENDPOINTS", value_name = "LIST")]
+    pub endpoints: Option<String>,
+}
+
+/// One `[endpoints.<name>]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointFile {
+    backend: String,
+    model: Option<String>,
+    output: Option<String>,
 }
 
 /// The config file: the same keys, with TOML types.
@@ -153,6 +171,8 @@ struct FileConfig {
     max_concurrent_calls: Option<toml::Value>,
     max_concurrent_calls_per_endpoint: Option<toml::Value>,
     comprehend_truncate: Option<toml::Value>,
+    comprehend_backend: Option<String>,
+    endpoints: Option<BTreeMap<String, EndpointFile>>,
 }
 
 /// The AWS SDK's retry modes.
@@ -177,6 +197,26 @@ pub struct InferenceConfig {
     pub max_concurrent_calls: usize,
     pub max_concurrent_calls_per_endpoint: usize,
     pub comprehend_truncate: bool,
+    pub comprehend_backend: SentimentBackendKind,
+    /// Endpoint names served by local models (every other name goes to SageMaker).
+    pub endpoints: BTreeMap<String, LocalEndpoint>,
+}
+
+/// What serves `aws_comprehend.detect_sentiment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentimentBackendKind {
+    /// Amazon Comprehend.
+    Aws,
+    /// The embedded VADER model.
+    Local,
+}
+
+/// An endpoint served by an ONNX model run in-process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub model: PathBuf,
+    /// The model output to return (default: `probabilities` if present, else the first).
+    pub output: Option<String>,
 }
 
 /// TLS towards the upstream, with libpq's `sslmode` meanings.
@@ -235,7 +275,17 @@ impl Config {
     /// Merges the command line (which already carries the environment) over the config file.
     pub fn load(cli: Cli) -> Result<Config, ConfigError> {
         let file = match &cli.config {
-            Some(path) => read_file(path)?,
+            Some(path) => {
+                let mut file = read_file(path)?;
+                // Model paths in the file are relative to the file.
+                let dir = path.parent().unwrap_or(Path::new(""));
+                for endpoint in file.endpoints.iter_mut().flat_map(|e| e.values_mut()) {
+                    if let Some(model) = &mut endpoint.model {
+                        *model = dir.join(&*model).to_string_lossy().into_owned();
+                    }
+                }
+                file
+            }
             None => FileConfig::default(),
         };
         Self::resolve(cli, file)
@@ -392,6 +442,25 @@ impl Config {
                 cli.comprehend_truncate,
                 file.comprehend_truncate,
             )?,
+            comprehend_backend: match cli
+                .comprehend_backend
+                .or(file.comprehend_backend)
+                .as_deref()
+                .unwrap_or("aws")
+            {
+                "aws" => SentimentBackendKind::Aws,
+                "local" => SentimentBackendKind::Local,
+                other => {
+                    return Err(invalid(
+                        "comprehend_backend",
+                        format!("`{other}` (expected aws or local)"),
+                    ))
+                }
+            },
+            endpoints: match cli.endpoints {
+                Some(list) => endpoint_list(&list)?,
+                None => endpoint_tables(file.endpoints.unwrap_or_default())?,
+            },
         };
         Ok(Config {
             listen,
@@ -455,6 +524,69 @@ fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
         path: shown,
         message: e.to_string(),
     })
+}
+
+/// `NAME=onnx:MODEL[,NAME=onnx:MODEL...]` from the command line or environment.
+fn endpoint_list(list: &str) -> Result<BTreeMap<String, LocalEndpoint>, ConfigError> {
+    let mut endpoints = BTreeMap::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let parsed = entry.split_once('=').map(|(name, spec)| {
+            let (backend, model) = spec.split_once(':').unwrap_or((spec, ""));
+            (name.trim(), backend.trim(), model.trim())
+        });
+        match parsed {
+            Some((name, "onnx", model)) if !name.is_empty() && !model.is_empty() => {
+                endpoints.insert(
+                    name.to_owned(),
+                    LocalEndpoint {
+                        model: PathBuf::from(model),
+                        output: None,
+                    },
+                );
+            }
+            Some((name, "sagemaker", _)) if !name.is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    "endpoints",
+                    format!("`{entry}` (expected NAME=onnx:MODEL_FILE or NAME=sagemaker)"),
+                ))
+            }
+        }
+    }
+    Ok(endpoints)
+}
+
+fn endpoint_tables(
+    tables: BTreeMap<String, EndpointFile>,
+) -> Result<BTreeMap<String, LocalEndpoint>, ConfigError> {
+    let mut endpoints = BTreeMap::new();
+    for (name, table) in tables {
+        match (table.backend.as_str(), table.model) {
+            ("onnx", Some(model)) => {
+                endpoints.insert(
+                    name,
+                    LocalEndpoint {
+                        model: PathBuf::from(model),
+                        output: table.output,
+                    },
+                );
+            }
+            ("onnx", None) => {
+                return Err(invalid(
+                    "endpoints",
+                    format!("[endpoints.{name}]: backend \"onnx\" needs `model` (a file path)"),
+                ))
+            }
+            ("sagemaker", _) => {}
+            (other, _) => {
+                return Err(invalid(
+                    "endpoints",
+                    format!("[endpoints.{name}]: backend `{other}` (expected onnx or sagemaker)"),
+                ))
+            }
+        }
+    }
+    Ok(endpoints)
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -633,6 +765,81 @@ mod tests {
         let from_file = Config::resolve(Cli::default(), file).expect("example is valid");
         let defaults = Config::load(cli(&["--upstream", &from_file.upstream])).expect("defaults");
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn local_backends_from_file_flag_or_environment_syntax() {
+        let file: FileConfig = toml::from_str(
+            "upstream = \"db:5432\"\ncomprehend_backend = \"local\"\n\
+             [endpoints.fraud]\nbackend = \"onnx\"\nmodel = \"m/fraud.onnx\"\noutput = \"label\"\n\
+             [endpoints.remote]\nbackend = \"sagemaker\"\n",
+        )
+        .expect("toml");
+        let config = Config::resolve(Cli::default(), file).expect("config");
+        assert_eq!(
+            config.inference.comprehend_backend,
+            SentimentBackendKind::Local
+        );
+        assert_eq!(
+            config.inference.endpoints.keys().collect::<Vec<_>>(),
+            ["fraud"]
+        );
+        assert_eq!(
+            config.inference.endpoints["fraud"],
+            LocalEndpoint {
+                model: PathBuf::from("m/fraud.onnx"),
+                output: Some("label".into())
+            }
+        );
+        // The flag (or PGENRICH_ENDPOINTS) replaces the file's tables.
+        let flag = cli(&[
+            "--upstream",
+            "db:1",
+            "--endpoints",
+            "a=onnx:x.onnx, b=sagemaker ,c=onnx:/abs/c.onnx",
+        ]);
+        let config = Config::resolve(flag, FileConfig::default()).expect("config");
+        assert_eq!(
+            config.inference.endpoints.keys().collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(
+            config.inference.endpoints["c"].model,
+            PathBuf::from("/abs/c.onnx")
+        );
+        for bad in ["a=onnx", "a=tflite:x", "=onnx:x", "plain"] {
+            let error =
+                Config::load(cli(&["--upstream", "h:1", "--endpoints", bad])).expect_err("invalid");
+            assert!(error.to_string().contains("`endpoints`"), "{bad}: {error}");
+        }
+        let error = Config::load(cli(&["--upstream", "h:1", "--comprehend-backend", "gcp"]))
+            .expect_err("invalid");
+        assert!(
+            error.to_string().contains("`comprehend_backend`"),
+            "{error}"
+        );
+        let file: FileConfig =
+            toml::from_str("upstream = \"db:1\"\n[endpoints.x]\nbackend = \"onnx\"\n")
+                .expect("toml");
+        let error = Config::resolve(Cli::default(), file).expect_err("no model");
+        assert!(error.to_string().contains("needs `model`"), "{error}");
+    }
+
+    #[test]
+    fn model_paths_in_a_file_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "upstream = \"db:1\"\n[endpoints.f]\nbackend = \"onnx\"\nmodel = \"../models/f.onnx\"\n",
+        )
+        .expect("write");
+        let config =
+            Config::load(cli(&["--config", path.to_str().expect("utf8")])).expect("config");
+        assert_eq!(
+            config.inference.endpoints["f"].model,
+            dir.path().join("../models/f.onnx")
+        );
     }
 
     #[test]

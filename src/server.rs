@@ -54,8 +54,10 @@ impl Server {
         Self::bind_with(config, backends).await
     }
 
-    /// Like [`Server::bind`], with the inference backends given (tests, embedding).
+    /// Like [`Server::bind`], with the remote inference backends given (tests, embedding); the
+    /// embedded ones the configuration names still go in front of them.
     pub async fn bind_with(config: Config, backends: Backends) -> Result<Server, StartError> {
+        let backends = crate::backends::with_local(backends, &config.inference)?;
         let executor = Executor::new(
             backends,
             ExecutorConfig {

@@ -11,6 +11,8 @@
 //! retry modes and timeouts.
 
 pub mod comprehend;
+pub mod local;
+pub mod onnx;
 pub mod sagemaker;
 
 use std::future::Future;
@@ -171,6 +173,46 @@ fn aws_smithy_error_context(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Puts the embedded backends the configuration asks for in front of `remote`: the local sentiment
+/// model instead of Comprehend, and ONNX models for the endpoint names configured (loaded and
+/// checked now, so a bad model stops start-up), every other endpoint name still going to `remote`.
+pub fn with_local(
+    remote: Backends,
+    config: &crate::config::InferenceConfig,
+) -> Result<Backends, crate::error::ConfigError> {
+    use crate::config::SentimentBackendKind;
+    let sentiment: Arc<dyn SentimentBackend> = match config.comprehend_backend {
+        SentimentBackendKind::Aws => remote.sentiment,
+        SentimentBackendKind::Local => Arc::new(local::VaderBackend),
+    };
+    if config.endpoints.is_empty() {
+        return Ok(Backends {
+            sentiment,
+            endpoints: remote.endpoints,
+        });
+    }
+    let mut models = std::collections::HashMap::new();
+    for (name, endpoint) in &config.endpoints {
+        let model = onnx::OnnxModel::load(&endpoint.model, endpoint.output.as_deref()).map_err(
+            |reason| crate::error::ConfigError::Invalid {
+                key: "endpoints",
+                reason: format!("[endpoints.{name}]: {reason}"),
+            },
+        )?;
+        tracing::info!(
+            endpoint = %name,
+            model = %endpoint.model.display(),
+            features = model.features(),
+            "local ONNX model loaded"
+        );
+        models.insert(name.clone(), Arc::new(model));
+    }
+    Ok(Backends {
+        sentiment,
+        endpoints: Arc::new(onnx::LocalEndpoints::new(models, remote.endpoints)),
+    })
 }
 
 /// Builds the AWS backends from the standard AWS configuration chain, with pgenrich's retry,

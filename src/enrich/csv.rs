@@ -57,9 +57,49 @@ pub fn split_records(body: &str) -> Result<Vec<&str>, &'static str> {
     Ok(records)
 }
 
+/// Splits one record (as [`split_records`] returns it) into its fields, unquoting quoted ones.
+pub fn split_fields(record: &str) -> Result<Vec<String>, &'static str> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = record.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (_, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted field");
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_round_trip_through_write_record() {
+        let values = ["1", "", "a,b", "say \"hi\"", "x\ny", "-2.5"];
+        let mut out = String::new();
+        write_record(&mut out, values.iter().map(|v| Some(*v)));
+        let records = split_records(&out).expect("valid in this test");
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            split_fields(records[0]).expect("valid in this test"),
+            values
+        );
+        assert_eq!(split_fields("").expect("valid in this test"), [""]);
+        assert!(split_fields("\"open").is_err());
+    }
 
     #[test]
     fn records_are_quoted_only_when_needed() {
