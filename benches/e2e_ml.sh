@@ -73,8 +73,8 @@ TARGET_RSS_MB=100
 
 log() { printf '[e2e-ml %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 for var in REPEAT T_ROWS REVIEW_ROWS CHUNK_ROWS CHUNKS_IN_FLIGHT BATCH_ROWS MAX_CALLS PER_ENDPOINT RUN_TIMEOUT; do
     [[ ${!var} =~ ^[0-9]+$ ]] && ((${!var} >= 1)) || die "$var must be a positive integer, got '${!var}'"

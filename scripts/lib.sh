@@ -1,6 +1,6 @@
-# Shell helpers shared by the end-to-end benchmarks (sourced, not run). They read the caller's
-# TMP (the run's temp directory, with the cluster in $TMP/data) and RUN_AS (the user PostgreSQL
-# runs as when the benchmark runs as root).
+# Shell helpers shared by the end-to-end benchmarks and the quickstart (sourced, not run). They
+# read the caller's TMP (the run's temp directory, with the cluster in $TMP/data), RUN_AS (the
+# user PostgreSQL runs as when the script runs as root), PG_BIN and PG_STARTED, and call its log.
 
 # Runs a command as the PostgreSQL user (initdb and postgres refuse to run as root).
 as_pg() {
