@@ -4,7 +4,9 @@
 //!
 //! The server runs in a temp directory on a free loopback port with SCRAM authentication (plus
 //! one role per other method), TLS enabled with a certificate made by the test. A watchdog shell
-//! stops it and removes the directory when the test process exits.
+//! stops it and removes the directory when the test process exits. On demand the harness also
+//! starts a hot standby streaming from it ([`standby`]) and creates the differential suite's
+//! reference database ([`reference_database`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -110,9 +112,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-// PostgreSQL and its watchdog outlive every test by design; the watchdog stops the server when
-// this process exits, and init reaps both.
-#[allow(clippy::zombie_processes)]
 fn start_postgres() -> Postgres {
     let bin = server_bin_dir();
     let user = os_user();
@@ -147,9 +146,11 @@ fn start_postgres() -> Postgres {
     );
 
     let tls = write_tls_files(&dir, &data, user);
+    // Replication (for the hot standby) over the Unix socket only, as the superuser trusts there.
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\n\
+         local replication postgres trust\n\
          host all trust_user 127.0.0.1/32 trust\n\
          host all md5_user 127.0.0.1/32 md5\n\
          host all password_user 127.0.0.1/32 password\n\
@@ -157,20 +158,7 @@ fn start_postgres() -> Postgres {
     )
     .expect("pg_hba");
 
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("postgres.log")).expect("log");
-    let child = run_as(&mut Command::new(bin.join("postgres")), user)
-        .args(["-D", data.to_str().expect("utf8")])
-        .args(["-p", &port.to_string(), "-k", dir.to_str().expect("utf8")])
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
-        .args(["-c", "max_connections=200", "-c", "fsync=off"])
-        .args(["-c", "shared_buffers=64MB", "-c", "max_wal_senders=4"])
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start postgres");
-    watchdog(child.id(), &dir);
-
+    let port = spawn_postgres(&bin, user, &dir, &[]);
     let pg = Postgres {
         port,
         dir,
@@ -193,8 +181,37 @@ fn start_postgres() -> Postgres {
     pg
 }
 
+/// Starts `postgres` on `dir/data` on a free port (socket in `dir`, log in `dir/postgres.log`)
+/// with the settings every server of the harness shares, plus `extra` settings; a watchdog stops
+/// it with this process. Returns the port.
+// PostgreSQL and its watchdog outlive every test by design; the watchdog stops the server when
+// this process exits, and init reaps both.
+#[allow(clippy::zombie_processes)]
+fn spawn_postgres(bin: &Path, user: Option<(u32, u32)>, dir: &Path, extra: &[&str]) -> u16 {
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("postgres.log")).expect("log");
+    let mut command = Command::new(bin.join("postgres"));
+    run_as(&mut command, user)
+        .args(["-D", dir.join("data").to_str().expect("utf8")])
+        .args(["-p", &port.to_string(), "-k", dir.to_str().expect("utf8")])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+        // A standby needs max_connections and max_wal_senders at least the primary's: the same.
+        .args(["-c", "max_connections=200", "-c", "fsync=off"])
+        .args(["-c", "shared_buffers=64MB", "-c", "max_wal_senders=4"]);
+    for setting in extra {
+        command.args(["-c", setting]);
+    }
+    let child = command
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start postgres");
+    watchdog(child.id(), dir);
+    port
+}
+
 /// Stops PostgreSQL (immediate shutdown) and removes its directory once this process is gone.
-#[allow(clippy::zombie_processes)] // see start_postgres
+#[allow(clippy::zombie_processes)] // see spawn_postgres
 fn watchdog(postgres_pid: u32, dir: &Path) {
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {postgres_pid} 2>/dev/null; \
@@ -235,6 +252,11 @@ impl Postgres {
     /// Runs SQL as the superuser over the Unix socket (bypassing pgenrich).
     /// Statements are read as a script, so each runs in its own transaction.
     pub fn psql_super(&self, sql: &str) -> String {
+        self.psql_super_in("postgres", sql)
+    }
+
+    /// [`Postgres::psql_super`] in database `database`.
+    pub fn psql_super_in(&self, database: &str, sql: &str) -> String {
         use std::io::Write;
         let mut child = Command::new(psql_path())
             .args([
@@ -247,7 +269,7 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-X",
@@ -277,10 +299,128 @@ impl Postgres {
 
     /// A connection string straight to PostgreSQL (no pgenrich).
     pub fn direct_conninfo(&self) -> String {
+        self.direct_conninfo_to(DATABASE)
+    }
+
+    /// A connection string straight to PostgreSQL's database `database`, as [`USER`].
+    pub fn direct_conninfo_to(&self, database: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE}",
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={database}",
             self.port
         )
+    }
+}
+
+/// The differential suite's reference database.
+pub const REFERENCE_DATABASE: &str = "pgenrich_reference";
+
+/// Creates (once) [`REFERENCE_DATABASE`] on the shared server: owned by [`USER`], created like
+/// [`DATABASE`] (UTF8, locale C, so text sorts the same in both), holding the SQL versions of the
+/// ML functions from `reference.sql`. Returns its name.
+pub fn reference_database() -> &'static str {
+    static CREATED: OnceLock<()> = OnceLock::new();
+    CREATED.get_or_init(|| {
+        let pg = postgres();
+        pg.psql_super(&format!(
+            "CREATE DATABASE {REFERENCE_DATABASE} OWNER {USER} TEMPLATE template0 \
+             ENCODING 'UTF8' LOCALE 'C'"
+        ));
+        pg.psql_super_in(REFERENCE_DATABASE, include_str!("reference.sql"));
+    });
+    REFERENCE_DATABASE
+}
+
+/// A hot standby of the shared server: a second PostgreSQL streaming its WAL.
+pub struct Standby {
+    /// The standby itself (read-only); `psql_super`, `upstream` and the conninfo helpers work as
+    /// on the primary.
+    pub server: Postgres,
+}
+
+impl std::ops::Deref for Standby {
+    type Target = Postgres;
+    fn deref(&self) -> &Postgres {
+        &self.server
+    }
+}
+
+/// The shared hot standby of [`postgres`], started on first use.
+pub fn standby() -> &'static Standby {
+    static STANDBY: OnceLock<Standby> = OnceLock::new();
+    STANDBY.get_or_init(start_standby)
+}
+
+/// pg_basebackup of the primary with `-R` (standby.signal and primary_conninfo over the primary's
+/// Unix socket, where replication is trusted) and a replication slot, so the primary keeps the
+/// WAL the standby has not received. pg_hba.conf, the TLS key pair and the roles come along, so
+/// clients authenticate and negotiate TLS exactly as with the primary.
+fn start_standby() -> Standby {
+    let primary = postgres();
+    let user = os_user();
+    let dir = tempfile::Builder::new()
+        .prefix("pgenrich-standby-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    chown(&dir, user);
+    let data = dir.join("data");
+    let out = run_as(&mut Command::new(primary.bin.join("pg_basebackup")), user)
+        .args(["-h", primary.dir.to_str().expect("utf8")])
+        .args(["-p", &primary.port.to_string(), "-U", "postgres"])
+        .args(["-D", data.to_str().expect("utf8")])
+        .args(["-R", "-X", "stream", "-C", "-S", "pgenrich_standby"])
+        .args(["--checkpoint=fast", "--no-sync"])
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Feedback keeps the primary's vacuum from removing rows a standby query still reads, which
+    // would otherwise cancel that query or hold up replay.
+    let port = spawn_postgres(&primary.bin, user, &dir, &["hot_standby_feedback=on"]);
+    let standby = Standby {
+        server: Postgres {
+            port,
+            dir,
+            bin: primary.bin.clone(),
+            tls: TlsFiles {
+                ca_cert: primary.tls.ca_cert.clone(),
+                server_cert: primary.tls.server_cert.clone(),
+                server_key: primary.tls.server_key.clone(),
+            },
+        },
+    };
+    standby.wait_ready();
+    let recovering = standby.psql_super("SELECT pg_is_in_recovery()");
+    assert_eq!(recovering.trim(), "t", "the standby is not in recovery");
+    // A change made after the backup arrives by streaming, not in the backup itself.
+    primary.psql_super(
+        "CREATE TABLE IF NOT EXISTS pgenrich_standby_marker (started timestamptz);
+         INSERT INTO pgenrich_standby_marker VALUES (now());",
+    );
+    standby.wait_for_replay();
+    let marker = standby.psql_super("SELECT count(*) > 0 FROM pgenrich_standby_marker");
+    assert_eq!(marker.trim(), "t", "the standby did not replay the marker");
+    standby
+}
+
+impl Standby {
+    /// Blocks until the standby has replayed everything the primary has flushed so far (every
+    /// committed change), so that a query on the standby sees it.
+    pub fn wait_for_replay(&self) {
+        let target = postgres().psql_super("SELECT pg_current_wal_flush_lsn()");
+        let target = target.trim();
+        let check = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
+        for _ in 0..600 {
+            if self.psql_super(&check).trim() == "t" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        panic!("the standby did not replay up to {target} within 30s; its log:\n{log}");
     }
 }
 
@@ -381,10 +521,23 @@ impl Proxy {
         Self::start_inner(adjust, None).await
     }
 
+    /// Starts pgenrich in front of the hot standby ([`standby`]), with its own mock AWS server.
+    pub async fn start_on_standby() -> Proxy {
+        init_logs();
+        Self::start_at(&standby().upstream(), |_| {}, None).await
+    }
+
     async fn start_inner(adjust: impl FnOnce(&mut Config), url: Option<&str>) -> Proxy {
-        let pg = postgres();
+        Self::start_at(&postgres().upstream(), adjust, url).await
+    }
+
+    async fn start_at(
+        upstream: &str,
+        adjust: impl FnOnce(&mut Config),
+        url: Option<&str>,
+    ) -> Proxy {
         let mut config =
-            Config::new("127.0.0.1:0".parse().expect("addr"), &pg.upstream()).expect("config");
+            Config::new("127.0.0.1:0".parse().expect("addr"), upstream).expect("config");
         config.upstream_tls_mode = UpstreamTlsMode::Prefer;
         // Few retries, so fault tests stay quick.
         config.inference.max_attempts = 2;

@@ -13,4 +13,7 @@ mod moto;
 mod psql;
 mod psycopg;
 mod queries;
+mod quickstart;
+mod reference;
+mod standby;
 mod tls;
