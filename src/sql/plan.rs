@@ -108,7 +108,7 @@ pub struct PlanError {
     pub hint: Option<String>,
 }
 
-fn unsupported(message: impl Into<String>, hint: &str) -> PlanError {
+pub(super) fn unsupported(message: impl Into<String>, hint: &str) -> PlanError {
     PlanError {
         code: SqlState::FeatureNotSupported,
         message: message.into(),
@@ -435,39 +435,7 @@ impl Planner {
         function: MlFunction,
         args: Vec<FunctionArg>,
     ) -> Result<usize, PlanError> {
-        let exprs = args
-            .into_iter()
-            .map(|arg| match arg {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr),
-                _ => Err(unsupported(
-                    format!(
-                        "named or wildcard arguments to {} are not supported",
-                        function.name()
-                    ),
-                    "Pass the arguments by position.",
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (min, max) = match function {
-            MlFunction::DetectSentiment => (2, 3),
-            MlFunction::InvokeEndpoint => (3, usize::MAX),
-        };
-        if exprs.len() < min || exprs.len() > max {
-            return Err(PlanError {
-                code: SqlState::UndefinedFunction,
-                message: format!("function {}() with {} arguments does not exist", function.name(), exprs.len()),
-                hint: Some(match function {
-                    MlFunction::DetectSentiment => "Call aws_comprehend.detect_sentiment(text, language [, max_rows_per_batch]).".into(),
-                    MlFunction::InvokeEndpoint => "Call aws_sagemaker.invoke_endpoint(endpoint, max_rows_per_batch, input [, ...]).".into(),
-                }),
-            });
-        }
-        if exprs.iter().any(has_ml) {
-            return Err(unsupported(
-                "an ML call whose argument is another ML call is not supported",
-                LATER_HINT,
-            ));
-        }
+        let exprs = call_arguments(function, args)?;
         let call = Call {
             function,
             first_arg: self.args.len(),
@@ -727,14 +695,59 @@ fn query_order_by(
     }
 }
 
-fn function_short_name(function: MlFunction) -> &'static str {
+/// An ML call's arguments as expressions, checked against the function's signature.
+pub(super) fn call_arguments(
+    function: MlFunction,
+    args: Vec<FunctionArg>,
+) -> Result<Vec<Expr>, PlanError> {
+    let exprs = args
+        .into_iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr),
+            _ => Err(unsupported(
+                format!(
+                    "named or wildcard arguments to {} are not supported",
+                    function.name()
+                ),
+                "Pass the arguments by position.",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (min, max) = match function {
+        MlFunction::DetectSentiment => (2, 3),
+        MlFunction::InvokeEndpoint => (3, usize::MAX),
+    };
+    if exprs.len() < min || exprs.len() > max {
+        return Err(PlanError {
+            code: SqlState::UndefinedFunction,
+            message: format!(
+                "function {}() with {} arguments does not exist",
+                function.name(),
+                exprs.len()
+            ),
+            hint: Some(match function {
+                MlFunction::DetectSentiment => "Call aws_comprehend.detect_sentiment(text, language [, max_rows_per_batch]).".into(),
+                MlFunction::InvokeEndpoint => "Call aws_sagemaker.invoke_endpoint(endpoint, max_rows_per_batch, input [, ...]).".into(),
+            }),
+        });
+    }
+    if exprs.iter().any(has_ml) {
+        return Err(unsupported(
+            "an ML call whose argument is another ML call is not supported",
+            "Select the inner call's result in a subquery and call the outer function on it in a separate statement, or compute the input in SQL.",
+        ));
+    }
+    Ok(exprs)
+}
+
+pub(super) fn function_short_name(function: MlFunction) -> &'static str {
     match function {
         MlFunction::DetectSentiment => "detect_sentiment",
         MlFunction::InvokeEndpoint => "invoke_endpoint",
     }
 }
 
-fn function_of(name: &str) -> Result<MlFunction, PlanError> {
+pub(super) fn function_of(name: &str) -> Result<MlFunction, PlanError> {
     match name {
         "aws_comprehend.detect_sentiment" => Ok(MlFunction::DetectSentiment),
         "aws_sagemaker.invoke_endpoint" => Ok(MlFunction::InvokeEndpoint),
@@ -747,7 +760,7 @@ fn function_of(name: &str) -> Result<MlFunction, PlanError> {
 }
 
 /// `(schema, function)` in lower case if `name` is in an ML schema.
-fn ml_name(name: &ObjectName) -> Option<(String, String)> {
+pub(super) fn ml_name(name: &ObjectName) -> Option<(String, String)> {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -764,7 +777,7 @@ fn ml_name(name: &ObjectName) -> Option<(String, String)> {
         .then(|| (schema.clone(), function.clone()))
 }
 
-fn ml_table_function(
+pub(super) fn ml_table_function(
     factor: &TableFactor,
 ) -> Option<(String, Vec<FunctionArg>, Option<sqlparser::ast::TableAlias>)> {
     match factor {
@@ -791,7 +804,7 @@ fn ml_table_function(
     }
 }
 
-fn relation_alias(factor: &TableFactor) -> Option<String> {
+pub(super) fn relation_alias(factor: &TableFactor) -> Option<String> {
     match factor {
         TableFactor::Table {
             alias: Some(alias), ..
@@ -815,7 +828,7 @@ fn relation_alias(factor: &TableFactor) -> Option<String> {
     }
 }
 
-fn single_name(name: &ObjectName) -> Option<String> {
+pub(super) fn single_name(name: &ObjectName) -> Option<String> {
     match name.0.as_slice() {
         [ObjectNamePart::Identifier(ident)] => Some(ident.value.clone()),
         _ => None,

@@ -1,0 +1,1142 @@
+//! Planning ML statements as "enrich, then finish in PostgreSQL" (DESIGN.md): for ML calls in
+//! WHERE, JOIN … ON, GROUP BY, HAVING, ORDER BY, DISTINCT, window clauses, inside other
+//! expressions, and for predicates on the columns of an ML table function.
+//!
+//! The ML-bearing SELECT block is split in two:
+//!
+//! - the **base** relation, which PostgreSQL runs first: the block's FROM (without ML table
+//!   functions) and its ML-free WHERE conjuncts, projecting every ML call's arguments and then the
+//!   *carried* expressions — each column reference of the block, and each ML-free subquery
+//!   expression, once;
+//! - the **residual**, the original statement with the block's FROM replaced by the enriched base
+//!   rows, bound as array parameters (`FROM unnest($1::int8[], …) AS u(…)`), every carried
+//!   expression replaced by its base column and every ML call by its result columns. PostgreSQL
+//!   evaluates everything else — operators, casts, comparisons, aggregates, sorting, output
+//!   formats — exactly as it would natively.
+//!
+//! The residual's text depends on the carried columns' types, which only PostgreSQL knows: the
+//! planner keeps a marker where the base goes, and [`FinishPlan::residual_sql`] fills it in once
+//! the base statement has been described.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
+    JoinOperator, ObjectName, OrderByKind, Query, Select, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
+    VisitorMut,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::plan::{
+    call_arguments, function_of, function_short_name, has_ml, ml_name, ml_table_function,
+    relation_alias, unsupported, Call, MlFunction, PlanError,
+};
+use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
+use crate::error::SqlState;
+
+/// The alias the residual gives the enriched base rows.
+pub const BASE_ALIAS: &str = "pgenrich_base";
+/// Stands for the base rows in the residual until the carried types are known.
+const BASE_MARKER: &str = "\"pgenrich:base\"";
+
+const NOT_YET_HINT: &str = "pgenrich evaluates ML calls in one SELECT block: its select list, \
+WHERE, JOIN … ON, GROUP BY, HAVING, ORDER BY, DISTINCT and window clauses, and as table functions \
+in its FROM list. Move the ML call into the outermost SELECT of the statement.";
+
+/// A planned two-phase ML statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishPlan {
+    /// Phase 1. Its columns: the calls' arguments (`calls[i]` names its range), then one column
+    /// per carried expression.
+    pub base_sql: String,
+    pub calls: Vec<Call>,
+    pub arg_columns: usize,
+    /// The carried expressions as SQL text, in base column order after the arguments.
+    pub carried: Vec<String>,
+    /// Phase 2, with [`BASE_MARKER`] where the base rows go.
+    residual: String,
+}
+
+/// How a carried base column travels to the residual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedType {
+    /// The type as `format_type` names it (with its modifier), e.g. `numeric(10,2)`.
+    pub name: String,
+    /// Sent as text and cast back (array types, types without binary I/O); otherwise binary.
+    pub as_text: bool,
+}
+
+impl FinishPlan {
+    /// Parameters the residual takes after the client's own.
+    pub fn parameter_count(&self) -> usize {
+        self.carried.len()
+            + self
+                .calls
+                .iter()
+                .map(|c| match c.function {
+                    MlFunction::DetectSentiment => 2,
+                    MlFunction::InvokeEndpoint => 1,
+                })
+                .sum::<usize>()
+    }
+
+    /// The residual statement: `types` has one entry per carried column; its parameters are
+    /// numbered from `first_param` — first the carried columns, then per call its results
+    /// (`varchar[]` sentiment and `float4[]` confidence, or `varchar[]` text).
+    pub fn residual_sql(&self, types: &[CarriedType], first_param: usize) -> String {
+        let mut param = first_param;
+        let mut next = || {
+            param += 1;
+            param - 1
+        };
+        let mut columns = Vec::new();
+        let mut arrays = Vec::new();
+        let mut select = Vec::new();
+        for (i, t) in types.iter().enumerate() {
+            let element = if t.as_text { "text" } else { t.name.as_str() };
+            arrays.push(format!("${}::{element}[]", next()));
+            columns.push(format!("c{i}"));
+            select.push(format!("u.c{i}::{} AS c{i}", t.name));
+        }
+        for (k, call) in self.calls.iter().enumerate() {
+            let outputs: &[(&str, &str)] = match call.function {
+                MlFunction::DetectSentiment => {
+                    &[("sentiment", "varchar"), ("confidence", "float4")]
+                }
+                MlFunction::InvokeEndpoint => &[("", "varchar")],
+            };
+            for (field, ty) in outputs {
+                let name = output_column(k, field);
+                arrays.push(format!("${}::{ty}[]", next()));
+                select.push(format!("u.{name}"));
+                columns.push(name);
+            }
+        }
+        let base = format!(
+            "(SELECT {} FROM unnest({}) AS u({})) AS {BASE_ALIAS}",
+            select.join(", "),
+            arrays.join(", "),
+            columns.join(", ")
+        );
+        self.residual.replacen(BASE_MARKER, &base, 1)
+    }
+}
+
+/// The residual's column for call `k`'s `field` (empty for invoke_endpoint's text).
+fn output_column(k: usize, field: &str) -> String {
+    if field.is_empty() {
+        format!("m{k}")
+    } else {
+        format!("m{k}_{field}")
+    }
+}
+
+fn base_ref(column: &str) -> Expr {
+    Expr::CompoundIdentifier(vec![Ident::new(BASE_ALIAS), Ident::new(column)])
+}
+
+fn parse_expr(text: &str) -> Expr {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .unwrap_or_else(|e| unreachable!("pgenrich builds valid expressions ({text}): {e}"))
+}
+
+/// Plans one statement text whose ML calls the streaming plan cannot place.
+pub fn plan(sql: &str) -> Result<FinishPlan, PlanError> {
+    let text = rewrite_unparsable_forms(sql);
+    if text.contains("pgenrich:") || text.contains(BASE_ALIAS) {
+        return Err(unsupported(
+            "names starting with pgenrich: or pgenrich_base are reserved in ML statements",
+            "Rename the identifier.",
+        ));
+    }
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| PlanError {
+        code: SqlState::SyntaxError,
+        message: format!("pgenrich could not parse this ML statement: {e}"),
+        hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),
+    })?;
+    if statements.len() != 1 {
+        return Err(unsupported(
+            "this text holds several statements; pgenrich plans ML statements one at a time",
+            "Send the statement that calls the ML function on its own.",
+        ));
+    }
+    let Some(Statement::Query(query)) = statements.pop() else {
+        return Err(unsupported(
+            "ML functions can only be called in SELECT statements through pgenrich",
+            "Run the SELECT through pgenrich and write its results with a separate statement \
+             (INSERT, UPDATE, DELETE, MERGE, COPY and DDL cannot call ML functions).",
+        ));
+    };
+    plan_query(*query)
+}
+
+fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
+    if !query.locks.is_empty() {
+        return Err(unsupported(
+            "FOR UPDATE / FOR SHARE in an ML statement is not supported",
+            "Lock the rows in a separate statement of the same transaction.",
+        ));
+    }
+    if query.with.as_ref().is_some_and(has_ml) {
+        return Err(unsupported(
+            "ML calls inside WITH queries are not supported yet",
+            NOT_YET_HINT,
+        ));
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(unsupported(
+            "ML calls in UNION, INTERSECT, EXCEPT or VALUES are not supported yet",
+            NOT_YET_HINT,
+        ));
+    };
+    let mut select: Select = (**select).clone();
+    let select = &mut select;
+    if nested_ml(&*select) || nested_ml(&query.order_by) {
+        return Err(unsupported(
+            "ML calls inside subqueries are not supported yet",
+            NOT_YET_HINT,
+        ));
+    }
+    if select.into.is_some() {
+        return Err(unsupported(
+            "SELECT INTO with ML calls is not supported",
+            "Use CREATE TABLE … AS in a separate statement over the ML results fetched by the application.",
+        ));
+    }
+
+    let mut rewriter = Rewriter::default();
+    // FROM: ML table functions become calls; ML conditions of inner joins move to WHERE.
+    let mut base_from = Vec::new();
+    let mut residual_where = Vec::new();
+    let mut base_where = Vec::new();
+    for mut item in std::mem::take(&mut select.from) {
+        if item.joins.is_empty() {
+            if let Some((name, args, alias)) = ml_table_function(&item.relation) {
+                let function = function_of(&name)?;
+                if function != MlFunction::DetectSentiment {
+                    return Err(unsupported(
+                        "aws_sagemaker.invoke_endpoint returns a scalar; it cannot be selected FROM",
+                        "Call it in the select list: SELECT aws_sagemaker.invoke_endpoint(...).",
+                    ));
+                }
+                let call = rewriter.add_call(function, call_arguments(function, args)?);
+                let default = function_short_name(function).to_owned();
+                let (alias, columns) = match alias {
+                    Some(a) => (
+                        a.name.value,
+                        a.columns.into_iter().map(|c| c.name.value).collect(),
+                    ),
+                    None => (default, Vec::new()),
+                };
+                let column = |i: usize, default: &str| -> String {
+                    columns
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| default.to_owned())
+                };
+                rewriter.functions.push(TableFunction {
+                    alias,
+                    call,
+                    sentiment: column(0, "sentiment"),
+                    confidence: column(1, "confidence"),
+                });
+                continue;
+            }
+        }
+        if has_ml(&item.relation) {
+            return Err(unsupported(
+                "ML calls inside subqueries in FROM are not supported yet",
+                NOT_YET_HINT,
+            ));
+        }
+        for join in &mut item.joins {
+            if has_ml(&join.relation) {
+                return Err(unsupported(
+                    "ML table functions in JOIN clauses are not supported yet",
+                    "List the function in FROM with a comma: FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s WHERE ….",
+                ));
+            }
+            match &mut join.join_operator {
+                JoinOperator::Join(JoinConstraint::On(on))
+                | JoinOperator::Inner(JoinConstraint::On(on)) => {
+                    if has_ml(on) {
+                        // An inner join's condition is a filter over the joined rows.
+                        let (plain, ml) = split_conjuncts(std::mem::replace(on, true_expr()));
+                        *on = and_all(plain).unwrap_or_else(true_expr);
+                        residual_where.extend(ml);
+                    }
+                }
+                other => {
+                    if has_ml(other) {
+                        return Err(unsupported(
+                            "ML calls in the condition of an outer join are not supported yet",
+                            "Use an inner join, or filter on the ML result in WHERE.",
+                        ));
+                    }
+                }
+            }
+        }
+        rewriter.names.push(relation_alias(&item.relation));
+        for join in &item.joins {
+            rewriter.names.push(relation_alias(&join.relation));
+        }
+        base_from.push(item);
+    }
+    if let Some(selection) = select.selection.take() {
+        let (plain, ml) = split_conjuncts(selection);
+        base_where.extend(plain);
+        residual_where.extend(ml);
+    }
+    // Predicates on a table function's columns are ML conditions even without a call in them.
+    let (on_functions, plain): (Vec<_>, Vec<_>) = base_where
+        .into_iter()
+        .partition(|e| rewriter.mentions_function(e));
+    let base_where = plain;
+    residual_where.splice(0..0, on_functions);
+
+    // The select list.
+    let aliases: Vec<String> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut projection = Vec::new();
+    for item in std::mem::take(&mut select.projection) {
+        match item {
+            SelectItem::UnnamedExpr(Expr::Function(f))
+                if ml_name(&f.name).is_some_and(|(_, n)| n.ends_with(ALL_FIELDS_SUFFIX)) =>
+            {
+                let (schema, name) = ml_name(&f.name).unwrap_or_default();
+                let function =
+                    function_of(&format!("{schema}.{}", name.trim_end_matches(ALL_FIELDS_SUFFIX)))?;
+                let FunctionArguments::List(list) = f.args else {
+                    return Err(unsupported("an ML call needs an argument list", NOT_YET_HINT));
+                };
+                let call = rewriter.add_call(function, call_arguments(function, list.args)?);
+                for field in ["sentiment", "confidence"] {
+                    projection.push(SelectItem::ExprWithAlias {
+                        expr: base_ref(&output_column(call, field)),
+                        alias: Ident::with_quote('"', field),
+                    });
+                }
+            }
+            SelectItem::UnnamedExpr(mut expr) => {
+                let name = column_name(&expr);
+                let before = expr.to_string();
+                rewriter.rewrite(&mut expr, Mode::Plain)?;
+                projection.push(if expr.to_string() == before {
+                    SelectItem::UnnamedExpr(expr)
+                } else {
+                    SelectItem::ExprWithAlias {
+                        expr,
+                        alias: Ident::with_quote('"', name),
+                    }
+                });
+            }
+            SelectItem::ExprWithAlias { mut expr, alias } => {
+                rewriter.rewrite(&mut expr, Mode::Plain)?;
+                projection.push(SelectItem::ExprWithAlias { expr, alias });
+            }
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _)
+                if rewriter.function(&name).is_some() =>
+            {
+                let Some(function) = rewriter.function(&name).cloned() else {
+                    continue;
+                };
+                for (field, column) in [
+                    ("sentiment", &function.sentiment),
+                    ("confidence", &function.confidence),
+                ] {
+                    projection.push(SelectItem::ExprWithAlias {
+                        expr: base_ref(&output_column(function.call, field)),
+                        alias: Ident::with_quote('"', column),
+                    });
+                }
+            }
+            SelectItem::ExprWithAliases { .. } => {
+                return Err(unsupported(
+                    "multiple aliases for one select item are not PostgreSQL syntax",
+                    "Give each column one alias.",
+                ))
+            }
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                return Err(unsupported(
+                    "SELECT * in a statement that filters, groups or sorts on ML results is not supported yet",
+                    "List the columns you need instead of *.",
+                ))
+            }
+        }
+    }
+    select.projection = projection;
+
+    // Everything else in the block.
+    for conjunct in &mut residual_where {
+        rewriter.rewrite(conjunct, Mode::Plain)?;
+    }
+    rewriter.aliases = aliases;
+    if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+        for expr in exprs {
+            rewriter.rewrite(expr, Mode::GroupBy)?;
+        }
+    }
+    if let Some(having) = &mut select.having {
+        rewriter.rewrite(having, Mode::Plain)?;
+    }
+    if let Some(Distinct::On(exprs)) = &mut select.distinct {
+        for expr in exprs {
+            rewriter.rewrite(expr, Mode::Plain)?;
+        }
+    }
+    for window in &mut select.named_window {
+        rewriter.rewrite_node(window, Mode::Plain)?;
+    }
+    if let Some(order_by) = &mut query.order_by {
+        if let OrderByKind::Expressions(exprs) = &mut order_by.kind {
+            for item in exprs {
+                rewriter.rewrite(&mut item.expr, Mode::OrderBy)?;
+            }
+        }
+    }
+
+    if rewriter.calls.is_empty() {
+        return Err(unsupported(
+            "no ML call found where pgenrich can evaluate it",
+            NOT_YET_HINT,
+        ));
+    }
+
+    // Phase 1: the block's FROM and ML-free filters, projecting arguments and carried values.
+    let mut base_items: Vec<SelectItem> = Vec::new();
+    let mut calls = Vec::new();
+    for (function, args) in &rewriter.calls {
+        calls.push(Call {
+            function: *function,
+            first_arg: base_items.len(),
+            arg_count: args.len(),
+        });
+        for arg in args {
+            base_items.push(SelectItem::ExprWithAlias {
+                expr: arg.clone(),
+                alias: Ident::with_quote('"', format!("pgenrich:arg{}", base_items.len())),
+            });
+        }
+    }
+    let arg_columns = base_items.len();
+    for (i, expr) in rewriter.carried.iter().enumerate() {
+        base_items.push(SelectItem::ExprWithAlias {
+            expr: expr.clone(),
+            alias: Ident::with_quote('"', format!("pgenrich:c{i}")),
+        });
+    }
+    let mut base_select = select.clone();
+    base_select.distinct = None;
+    base_select.projection = base_items;
+    base_select.from = base_from;
+    base_select.selection = and_all(base_where);
+    base_select.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
+    base_select.having = None;
+    base_select.named_window = Vec::new();
+    base_select.qualify = None;
+    let mut base = query.clone();
+    *base.body = SetExpr::Select(Box::new(base_select));
+    base.order_by = None;
+    base.limit_clause = None;
+    base.fetch = None;
+
+    // Phase 2: the statement over the enriched base rows.
+    select.from = marker_from();
+    select.selection = and_all(residual_where);
+    *query.body = SetExpr::Select(Box::new(select.clone()));
+    query.with = None;
+    Ok(FinishPlan {
+        base_sql: base.to_string(),
+        calls,
+        arg_columns,
+        carried: rewriter.carried.iter().map(ToString::to_string).collect(),
+        residual: query.to_string(),
+    })
+}
+
+/// `FROM "pgenrich:base"`, replaced by the base rows in [`FinishPlan::residual_sql`].
+fn marker_from() -> Vec<TableWithJoins> {
+    let parsed = Parser::parse_sql(
+        &PostgreSqlDialect {},
+        &format!("SELECT 1 FROM {BASE_MARKER}"),
+    );
+    match parsed.as_deref() {
+        Ok([Statement::Query(query)]) => match query.body.as_ref() {
+            SetExpr::Select(select) => select.from.clone(),
+            _ => unreachable!("a SELECT"),
+        },
+        _ => unreachable!("the marker parses"),
+    }
+}
+
+fn true_expr() -> Expr {
+    Expr::Value(sqlparser::ast::Value::Boolean(true).into())
+}
+
+/// Splits `expr` at top-level ANDs into (ML-free, ML-bearing) conjuncts.
+fn split_conjuncts(expr: Expr) -> (Vec<Expr>, Vec<Expr>) {
+    let mut plain = Vec::new();
+    let mut ml = Vec::new();
+    let mut stack = vec![expr];
+    let mut ordered = Vec::new();
+    while let Some(expr) = stack.pop() {
+        match expr {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                stack.push(*right);
+                stack.push(*left);
+            }
+            Expr::Nested(inner)
+                if matches!(
+                    *inner,
+                    Expr::BinaryOp {
+                        op: BinaryOperator::And,
+                        ..
+                    }
+                ) =>
+            {
+                stack.push(*inner)
+            }
+            other => ordered.push(other),
+        }
+    }
+    for expr in ordered {
+        if has_ml(&expr) {
+            ml.push(expr);
+        } else {
+            plain.push(expr);
+        }
+    }
+    (plain, ml)
+}
+
+fn and_all(exprs: Vec<Expr>) -> Option<Expr> {
+    exprs.into_iter().reduce(|left, right| Expr::BinaryOp {
+        left: Box::new(left),
+        op: BinaryOperator::And,
+        right: Box::new(right),
+    })
+}
+
+/// Whether an ML call sits inside a subquery of `node`.
+fn nested_ml<V: sqlparser::ast::Visit>(node: &V) -> bool {
+    struct Finder {
+        depth: usize,
+    }
+    impl sqlparser::ast::Visitor for Finder {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Function(f) if self.depth > 0 && ml_name(&f.name).is_some() => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if self.depth > 0 && ml_table_function(factor).is_some() {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    node.visit(&mut Finder { depth: 0 }).is_break()
+}
+
+/// An ML table function in FROM.
+#[derive(Debug, Clone)]
+struct TableFunction {
+    alias: String,
+    call: usize,
+    sentiment: String,
+    confidence: String,
+}
+
+impl TableFunction {
+    fn field(&self, column: &str) -> Option<&'static str> {
+        if column == self.sentiment {
+            Some("sentiment")
+        } else if column == self.confidence {
+            Some("confidence")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    /// A bare name may be an output column (PostgreSQL looks there first).
+    OrderBy,
+    /// A bare name may be an output column holding an ML result.
+    GroupBy,
+}
+
+/// Replaces column references and ML calls of the block with base columns, collecting what the
+/// base must carry.
+#[derive(Default)]
+struct Rewriter {
+    calls: Vec<(MlFunction, Vec<Expr>)>,
+    call_keys: HashMap<String, usize>,
+    carried: Vec<Expr>,
+    carried_keys: HashMap<String, usize>,
+    /// Names qualifying the block's FROM items (None: an unnamed subquery).
+    names: Vec<Option<String>>,
+    functions: Vec<TableFunction>,
+    /// Output column aliases, for ORDER BY / GROUP BY names.
+    aliases: Vec<String>,
+    mode: Option<Mode>,
+    depth: usize,
+}
+
+impl Rewriter {
+    fn add_call(&mut self, function: MlFunction, args: Vec<Expr>) -> usize {
+        let key = format!(
+            "{}({})",
+            function.name(),
+            args.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(&k) = self.call_keys.get(&key) {
+            return k;
+        }
+        self.calls.push((function, args));
+        self.call_keys.insert(key, self.calls.len() - 1);
+        self.calls.len() - 1
+    }
+
+    fn carry(&mut self, expr: &Expr) -> Expr {
+        let key = expr.to_string();
+        let index = match self.carried_keys.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.carried.push(expr.clone());
+                self.carried_keys.insert(key, self.carried.len() - 1);
+                self.carried.len() - 1
+            }
+        };
+        base_ref(&format!("c{index}"))
+    }
+
+    fn function(&self, name: &ObjectName) -> Option<&TableFunction> {
+        let [part] = name.0.as_slice() else {
+            return None;
+        };
+        let ident = part.as_ident()?;
+        self.functions.iter().find(|f| f.alias == ident.value)
+    }
+
+    /// Whether `expr` refers to a column of an ML table function.
+    fn mentions_function(&self, expr: &Expr) -> bool {
+        struct Finder<'a>(&'a [TableFunction]);
+        impl sqlparser::ast::Visitor for Finder<'_> {
+            type Break = ();
+            fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+                let hit = match expr {
+                    Expr::CompoundIdentifier(parts) => {
+                        parts.len() == 2 && self.0.iter().any(|f| f.alias == parts[0].value)
+                    }
+                    Expr::Identifier(ident) => {
+                        self.0.iter().any(|f| f.field(&ident.value).is_some())
+                    }
+                    _ => false,
+                };
+                if hit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }
+        }
+        sqlparser::ast::Visit::visit(expr, &mut Finder(&self.functions)).is_break()
+    }
+
+    fn rewrite(&mut self, expr: &mut Expr, mode: Mode) -> Result<(), PlanError> {
+        self.rewrite_node(expr, mode)
+    }
+
+    fn rewrite_node<V: VisitMut>(&mut self, node: &mut V, mode: Mode) -> Result<(), PlanError> {
+        self.mode = Some(mode);
+        self.depth = 0;
+        match node.visit(self) {
+            ControlFlow::Break(error) => Err(error),
+            ControlFlow::Continue(()) => Ok(()),
+        }
+    }
+
+    /// The replacement of an ML call (`field`: a selected field of detect_sentiment's record).
+    fn ml_call(
+        &mut self,
+        function: &sqlparser::ast::Function,
+        field: Option<&str>,
+    ) -> Result<Expr, PlanError> {
+        let Some((schema, name)) = ml_name(&function.name) else {
+            unreachable!("only called for ML names")
+        };
+        let ml = function_of(&format!("{schema}.{name}"))?;
+        let FunctionArguments::List(list) = &function.args else {
+            return Err(unsupported(
+                format!("{} needs an argument list", ml.name()),
+                NOT_YET_HINT,
+            ));
+        };
+        if function.over.is_some() || function.filter.is_some() || !list.clauses.is_empty() {
+            return Err(unsupported(
+                format!("{} is not an aggregate or window function", ml.name()),
+                NOT_YET_HINT,
+            ));
+        }
+        let call = self.add_call(ml, call_arguments(ml, list.args.clone())?);
+        match (ml, field) {
+            (MlFunction::InvokeEndpoint, None) => Ok(base_ref(&output_column(call, ""))),
+            (MlFunction::InvokeEndpoint, Some(_)) => Err(PlanError {
+                code: SqlState::WrongObjectType,
+                message: "aws_sagemaker.invoke_endpoint returns text, which has no fields".into(),
+                hint: None,
+            }),
+            (MlFunction::DetectSentiment, Some(f @ ("sentiment" | "confidence"))) => {
+                Ok(base_ref(&output_column(call, f)))
+            }
+            (MlFunction::DetectSentiment, Some(other)) => Err(PlanError {
+                code: SqlState::UndefinedColumn,
+                message: format!("column \"{other}\" not found in data type record"),
+                hint: Some("detect_sentiment returns (sentiment, confidence).".into()),
+            }),
+            // The whole record: NULL when the call gave NULL, as natively.
+            (MlFunction::DetectSentiment, None) => {
+                let (s, c) = (
+                    output_column(call, "sentiment"),
+                    output_column(call, "confidence"),
+                );
+                Ok(parse_expr(&format!(
+                    "CASE WHEN {BASE_ALIAS}.{s} IS NULL THEN NULL \
+                     ELSE ROW({BASE_ALIAS}.{s}, {BASE_ALIAS}.{c}) END"
+                )))
+            }
+        }
+    }
+}
+
+impl VisitorMut for Rewriter {
+    type Break = PlanError;
+
+    fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<PlanError> {
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<PlanError> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<PlanError> {
+        let replacement = if self.depth > 0 {
+            // Inside a subquery of an ML expression: only references qualified by the block's
+            // names are the block's (correlated) columns.
+            match expr {
+                Expr::CompoundIdentifier(parts)
+                    if parts.len() == 2
+                        && self.names.iter().flatten().any(|n| *n == parts[0].value) =>
+                {
+                    Some(Ok(self.carry(expr)))
+                }
+                _ => None,
+            }
+        } else {
+            self.replace(expr)
+        };
+        match replacement {
+            Some(Ok(new)) => {
+                *expr = new;
+                ControlFlow::Continue(())
+            }
+            Some(Err(error)) => ControlFlow::Break(error),
+            None => ControlFlow::Continue(()),
+        }
+    }
+}
+
+impl Rewriter {
+    /// What a block-level expression becomes, if it is replaced as a whole.
+    fn replace(&mut self, expr: &Expr) -> Option<Result<Expr, PlanError>> {
+        match expr {
+            Expr::Function(f) if ml_name(&f.name).is_some() => Some(self.ml_call(f, None)),
+            Expr::CompoundFieldAccess { root, access_chain } if access_chain.len() == 1 => {
+                let (Expr::Nested(inner), sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))) =
+                    (root.as_ref(), &access_chain[0])
+                else {
+                    return None;
+                };
+                match inner.as_ref() {
+                    Expr::Function(f) if ml_name(&f.name).is_some() => {
+                        Some(self.ml_call(f, Some(&field.value.to_ascii_lowercase())))
+                    }
+                    _ => None,
+                }
+            }
+            Expr::Identifier(ident) => {
+                let mode = self.mode.unwrap_or(Mode::Plain);
+                if mode == Mode::OrderBy && self.aliases.contains(&ident.value) {
+                    return None;
+                }
+                if let Some((call, field)) = self
+                    .functions
+                    .iter()
+                    .find_map(|f| f.field(&ident.value).map(|field| (f.call, field)))
+                {
+                    return Some(Ok(base_ref(&output_column(call, field))));
+                }
+                if mode == Mode::GroupBy && self.aliases.contains(&ident.value) {
+                    return None;
+                }
+                Some(Ok(self.carry(expr)))
+            }
+            // Already replaced (the parts of a whole-record replacement).
+            Expr::CompoundIdentifier(parts) if parts[0].value == BASE_ALIAS => None,
+            Expr::CompoundIdentifier(parts) => {
+                if let [table, column] = parts.as_slice() {
+                    if let Some(function) = self.functions.iter().find(|f| f.alias == table.value) {
+                        return Some(match function.field(&column.value) {
+                            Some(field) => Ok(base_ref(&output_column(function.call, field))),
+                            None => Err(PlanError {
+                                code: SqlState::UndefinedColumn,
+                                message: format!(
+                                    "column {}.{} does not exist",
+                                    table.value, column.value
+                                ),
+                                hint: None,
+                            }),
+                        });
+                    }
+                }
+                Some(Ok(self.carry(expr)))
+            }
+            // ML-free subquery expressions are evaluated per base row, in phase 1.
+            Expr::Subquery(_)
+            | Expr::Exists { .. }
+            | Expr::In {
+                target: sqlparser::ast::InTarget::Subquery(_),
+                ..
+            }
+            | Expr::AnyOp { .. }
+            | Expr::AllOp { .. }
+                if !has_ml(expr) && !self.mentions_function(expr) =>
+            {
+                Some(Ok(self.carry(expr)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The name PostgreSQL gives an unaliased output column (its `FigureColname`), `?column?` when
+/// it has none.
+pub fn column_name(expr: &Expr) -> String {
+    figure(expr).unwrap_or_else(|| "?column?".to_owned())
+}
+
+fn ident_name(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn figure(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(ident_name(ident)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident_name),
+        Expr::Function(f) => {
+            let name = f.name.0.last()?.as_ident()?;
+            let name = ident_name(name);
+            Some(name.trim_end_matches(ALL_FIELDS_SUFFIX).to_owned())
+        }
+        Expr::Nested(inner) => figure(inner),
+        Expr::Cast {
+            expr, data_type, ..
+        } => figure(expr).or_else(|| Some(type_name(data_type))),
+        Expr::Collate { expr, .. } => figure(expr),
+        Expr::CompoundFieldAccess { root, access_chain } => match access_chain.last() {
+            Some(sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))) => {
+                Some(ident_name(field))
+            }
+            Some(sqlparser::ast::AccessExpr::Subscript(_)) => figure(root),
+            _ => None,
+        },
+        Expr::Case { .. } => Some("case".into()),
+        Expr::Exists { .. } => Some("exists".into()),
+        Expr::Array(_) => Some("array".into()),
+        Expr::Tuple(_) => Some("row".into()),
+        Expr::Subquery(query) => match query.body.as_ref() {
+            SetExpr::Select(select) => match select.projection.first() {
+                Some(SelectItem::ExprWithAlias { alias, .. }) => Some(ident_name(alias)),
+                Some(SelectItem::UnnamedExpr(e)) => figure(e),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::Substring { .. } => Some("substring".into()),
+        Expr::Trim { .. } => Some("btrim".into()),
+        Expr::Position { .. } => Some("position".into()),
+        Expr::Extract { .. } => Some("extract".into()),
+        Expr::Overlay { .. } => Some("overlay".into()),
+        Expr::Ceil { .. } => Some("ceil".into()),
+        Expr::Floor { .. } => Some("floor".into()),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's internal name of a type written in a cast (what it names a cast column).
+fn type_name(data_type: &sqlparser::ast::DataType) -> String {
+    let text = data_type.to_string().to_lowercase();
+    let base = text.split('(').next().unwrap_or(&text).trim();
+    let base = base.trim_end_matches("[]");
+    match base {
+        "int" | "integer" | "int4" => "int4",
+        "smallint" | "int2" => "int2",
+        "bigint" | "int8" => "int8",
+        "real" | "float4" => "float4",
+        "float" | "double precision" | "float8" | "double" => "float8",
+        "boolean" | "bool" => "bool",
+        "varchar" | "character varying" => "varchar",
+        "char" | "character" => "bpchar",
+        "decimal" | "numeric" => "numeric",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "timestamptz" | "timestamp with time zone" => "timestamptz",
+        "time" | "time without time zone" => "time",
+        "timetz" | "time with time zone" => "timetz",
+        other => other.rsplit('.').next().unwrap_or(other),
+    }
+    .trim_matches('"')
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> FinishPlan {
+        plan(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    }
+
+    fn refused(sql: &str) -> PlanError {
+        match plan(sql) {
+            Ok(p) => panic!("{sql} was planned: {p:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn residual(p: &FinishPlan) -> String {
+        let types: Vec<CarriedType> = (0..p.carried.len())
+            .map(|i| CarriedType {
+                name: format!("t{i}"),
+                as_text: false,
+            })
+            .collect();
+        p.residual_sql(&types, 1)
+    }
+
+    #[test]
+    fn where_splits_into_base_filters_and_residual_ml_conditions() {
+        let p = ok("SELECT r.id, r.body FROM reviews r \
+                    WHERE r.id > 10 AND (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment = 'POSITIVE'");
+        assert_eq!(
+            p.base_sql,
+            "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", r.id AS \"pgenrich:c0\", \
+             r.body AS \"pgenrich:c1\" FROM reviews r WHERE r.id > 10"
+        );
+        assert_eq!(p.arg_columns, 2);
+        assert_eq!(p.carried, ["r.id", "r.body"]);
+        assert_eq!(
+            p.calls,
+            [Call {
+                function: MlFunction::DetectSentiment,
+                first_arg: 0,
+                arg_count: 2
+            }]
+        );
+        assert_eq!(p.parameter_count(), 4);
+        assert_eq!(
+            residual(&p),
+            "SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.c1 AS \"body\" FROM \
+             (SELECT u.c0::t0 AS c0, u.c1::t1 AS c1, u.m0_sentiment, u.m0_confidence \
+             FROM unnest($1::t0[], $2::t1[], $3::varchar[], $4::float4[]) \
+             AS u(c0, c1, m0_sentiment, m0_confidence)) AS pgenrich_base \
+             WHERE pgenrich_base.m0_sentiment = 'POSITIVE'"
+        );
+    }
+
+    #[test]
+    fn group_by_having_order_by_and_aggregates_stay_in_the_residual() {
+        let p = ok("SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS label, count(*), \
+                    avg(stars) FILTER (WHERE stars > 1) FROM reviews GROUP BY label HAVING count(*) > 1 \
+                    ORDER BY label LIMIT 3 OFFSET 1");
+        assert_eq!(
+            p.base_sql,
+            "SELECT body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", stars AS \"pgenrich:c0\" FROM reviews"
+        );
+        let r = residual(&p);
+        assert!(
+            r.starts_with(
+                "SELECT pgenrich_base.m0_sentiment AS label, count(*), \
+                 avg(pgenrich_base.c0) FILTER (WHERE pgenrich_base.c0 > 1) AS \"avg\" FROM ("
+            ),
+            "{r}"
+        );
+        assert!(
+            r.ends_with("GROUP BY label HAVING count(*) > 1 ORDER BY label LIMIT 3 OFFSET 1"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn casts_and_expressions_around_calls_keep_postgres_column_names() {
+        let p = ok("SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, amount)::float, \
+                    CASE WHEN aws_sagemaker.invoke_endpoint('score', NULL, amount)::float > 2 THEN 'hi' END, \
+                    upper((aws_comprehend.detect_sentiment(note, 'en')).sentiment) FROM tx ORDER BY 2 DESC");
+        // The same call twice is one call.
+        assert_eq!(p.calls.len(), 2);
+        assert_eq!(p.carried, ["id"]);
+        let r = residual(&p);
+        assert!(
+            r.starts_with(
+                "SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.m0::FLOAT AS \"invoke_endpoint\", \
+                 CASE WHEN pgenrich_base.m0::FLOAT > 2 THEN 'hi' END AS \"case\", \
+                 upper(pgenrich_base.m1_sentiment) AS \"upper\" FROM"
+            ),
+            "{r}"
+        );
+        assert!(r.ends_with("ORDER BY 2 DESC"), "{r}");
+    }
+
+    #[test]
+    fn table_function_columns_filter_and_sort_in_the_residual() {
+        let p = ok("SELECT r.id, s.sentiment, confidence FROM reviews r, \
+                    aws_comprehend.detect_sentiment(r.body, 'en') s \
+                    WHERE s.confidence > 0.5 AND r.id < 100 ORDER BY s.confidence DESC, r.id");
+        assert_eq!(
+            p.base_sql,
+            "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", r.id AS \"pgenrich:c0\" \
+             FROM reviews r WHERE r.id < 100"
+        );
+        let r = residual(&p);
+        assert!(
+            r.ends_with(
+                "WHERE pgenrich_base.m0_confidence > 0.5 \
+                 ORDER BY pgenrich_base.m0_confidence DESC, pgenrich_base.c0"
+            ),
+            "{r}"
+        );
+        assert!(r.starts_with("SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.m0_sentiment AS \"sentiment\", pgenrich_base.m0_confidence AS \"confidence\""), "{r}");
+    }
+
+    #[test]
+    fn inner_join_conditions_with_ml_become_residual_filters() {
+        let p = ok("SELECT a.id, b.id FROM tx a JOIN tx b ON a.id < b.id \
+                    AND aws_sagemaker.invoke_endpoint('score', NULL, a.amount, b.amount)::numeric > 10");
+        assert_eq!(
+            p.base_sql,
+            "SELECT 'score' AS \"pgenrich:arg0\", NULL AS \"pgenrich:arg1\", a.amount AS \"pgenrich:arg2\", \
+             b.amount AS \"pgenrich:arg3\", a.id AS \"pgenrich:c0\", b.id AS \"pgenrich:c1\" \
+             FROM tx a JOIN tx b ON a.id < b.id"
+        );
+        assert!(residual(&p).ends_with("WHERE pgenrich_base.m0::NUMERIC > 10"));
+    }
+
+    #[test]
+    fn distinct_windows_and_whole_records() {
+        let p = ok("SELECT DISTINCT ON (aws_comprehend.detect_sentiment(body, 'en')) id, \
+                    aws_comprehend.detect_sentiment(body, 'en'), \
+                    rank() OVER (PARTITION BY (aws_comprehend.detect_sentiment(body, 'en')).sentiment ORDER BY id) \
+                    FROM reviews ORDER BY aws_comprehend.detect_sentiment(body, 'en'), id");
+        assert_eq!(p.calls.len(), 1);
+        let r = residual(&p);
+        assert!(r.starts_with("SELECT DISTINCT ON (CASE WHEN pgenrich_base.m0_sentiment IS NULL THEN NULL ELSE ROW(pgenrich_base.m0_sentiment, pgenrich_base.m0_confidence) END) pgenrich_base.c0 AS \"id\", CASE WHEN"), "{r}");
+        assert!(r.contains("END AS \"detect_sentiment\", rank() OVER (PARTITION BY pgenrich_base.m0_sentiment ORDER BY pgenrich_base.c0) AS \"rank\""), "{r}");
+    }
+
+    #[test]
+    fn subqueries_are_carried_and_correlated_references_replaced() {
+        let p = ok("SELECT id FROM reviews r WHERE \
+                    (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE' \
+                    OR EXISTS (SELECT 1 FROM flags f WHERE f.review_id = r.id) \
+                    AND r.id IN (SELECT review_id FROM flags)");
+        assert_eq!(p.carried.len(), 3, "{:?}", p.carried);
+        assert!(
+            p.carried[1].starts_with("EXISTS (SELECT 1 FROM flags"),
+            "{:?}",
+            p.carried
+        );
+        assert!(
+            p.carried[2].starts_with("r.id IN (SELECT"),
+            "{:?}",
+            p.carried
+        );
+    }
+
+    #[test]
+    fn unsupported_forms_are_refused_with_a_hint() {
+        for sql in [
+            "INSERT INTO t SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) FROM s",
+            "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, x)",
+            "SELECT * FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1'",
+            "SELECT x FROM t WHERE x IN (SELECT y FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, y) = '1')",
+            "WITH w AS (SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) v FROM t) SELECT v FROM w",
+            "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' UNION SELECT 1",
+            "SELECT x FROM t LEFT JOIN s ON aws_sagemaker.invoke_endpoint('e', NULL, x) = s.y",
+            "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, aws_sagemaker.invoke_endpoint('f', NULL, x)) = '1'",
+            "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' FOR UPDATE",
+        ] {
+            let error = refused(sql);
+            assert_eq!(error.code, SqlState::FeatureNotSupported, "{sql}: {error:?}");
+            assert!(error.hint.is_some(), "{sql}");
+        }
+        assert_eq!(
+            refused("SELECT 1 FROM t WHERE aws_comprehend.detect_sentiment(x) IS NULL").code,
+            SqlState::UndefinedFunction
+        );
+    }
+
+    #[test]
+    fn column_names_follow_postgres() {
+        for (expr, name) in [
+            ("a", "a"),
+            ("T.\"Mixed\"", "Mixed"),
+            ("Upper(x)", "upper"),
+            ("x::int", "x"),
+            ("(1 + 2)::bigint", "int8"),
+            ("'a' || 'b'", "?column?"),
+            ("CASE WHEN true THEN 1 END", "case"),
+            ("(f(x)).field", "field"),
+        ] {
+            assert_eq!(column_name(&parse_expr(expr)), name, "{expr}");
+        }
+    }
+}
