@@ -49,6 +49,8 @@ pub enum SqlState {
     SyntaxError,
     /// 42809 — a field selection from a result that has no fields.
     WrongObjectType,
+    /// XX000 — the upstream answered pgenrich's own catalog query unexpectedly.
+    InternalError,
 }
 
 impl SqlState {
@@ -72,6 +74,7 @@ impl SqlState {
             SqlState::UndefinedColumn => "42703",
             SqlState::SyntaxError => "42601",
             SqlState::WrongObjectType => "42809",
+            SqlState::InternalError => "XX000",
         }
     }
 }

@@ -55,6 +55,8 @@ pub enum Intercept {
     Query(Box<StreamingPlan>),
     /// A simple-protocol Query of several statements, some with ML calls.
     Multi(Vec<crate::sql::plan::Piece>),
+    /// A simple-protocol Query whose ML calls need the base + residual plan.
+    Finish(Box<crate::sql::finish::FinishPlan>),
     Parse {
         name: String,
         /// Parameter type section of the Parse body (count and OIDs), as sent.

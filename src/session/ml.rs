@@ -22,7 +22,7 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::relay::Relay;
 use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
-use crate::sql::plan::{MlFunction, StreamingPlan};
+use crate::sql::plan::{Call, MlFunction, StreamingPlan};
 
 /// A chunk in inference: its enriched DataRows and what the calls cost.
 type ChunkTask = tokio::task::JoinHandle<Result<(Bytes, usize, CallStats), CallError>>;
@@ -363,7 +363,10 @@ async fn until_ready(relay: &mut Relay) -> Result<Bytes, SessionError> {
 
 /// Sends a Query pgenrich needs (BEGIN, COMMIT, ROLLBACK) and reads its answer, keeping it from
 /// the client except for an error, whose body it returns.
-async fn hidden_query(relay: &mut Relay, sql: &str) -> Result<Option<Bytes>, SessionError> {
+pub(super) async fn hidden_query(
+    relay: &mut Relay,
+    sql: &str,
+) -> Result<Option<Bytes>, SessionError> {
     let mut text = sql.as_bytes().to_vec();
     text.push(0);
     relay
@@ -494,7 +497,7 @@ fn integer(value: Option<&[u8]>, what: &str) -> Result<Option<i64>, CallError> {
 }
 
 /// One ML call's results for a chunk.
-enum Results {
+pub(super) enum Results {
     Sentiment(Vec<Option<Sentiment>>),
     Text(Vec<Option<String>>),
 }
@@ -507,13 +510,13 @@ fn column<'a>(row: &[Option<&'a [u8]>], index: usize) -> Option<&'a [u8]> {
 const MEMO_BUDGET: usize = 16 << 20;
 
 /// One statement's memo of inputs already sent.
-struct Memo {
+pub(super) struct Memo {
     sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment>,
     text: crate::enrich::memo::Memo<InvokeInput, String>,
 }
 
 impl Memo {
-    fn new() -> Memo {
+    pub(super) fn new() -> Memo {
         Memo {
             sentiment: crate::enrich::memo::Memo::new(MEMO_BUDGET / 2),
             text: crate::enrich::memo::Memo::new(MEMO_BUDGET / 2),
@@ -530,18 +533,16 @@ fn abandoned(function: MlFunction) -> impl Fn() -> CallError {
     }
 }
 
-async fn enrich_chunk(
+/// Every call's results for a chunk of base rows (`parsed`: their fields), in row order.
+pub(super) async fn infer(
     executor: &Executor,
-    plan: &StreamingPlan,
-    layout: &Layout,
-    formats: &[i16],
+    calls: &[Call],
+    parsed: &[Vec<Option<&[u8]>>],
     memo: &Memo,
-    rows: Vec<Bytes>,
-) -> Result<(Bytes, usize, CallStats), CallError> {
-    let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-    let mut stats = CallStats::default();
-    let mut results = Vec::with_capacity(plan.calls.len());
-    for call in &plan.calls {
+    stats: &mut CallStats,
+) -> Result<Vec<Results>, CallError> {
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
         match call.function {
             MlFunction::DetectSentiment => {
                 let inputs = parsed
@@ -558,7 +559,7 @@ async fn enrich_chunk(
                         })
                     })
                     .collect::<Result<Vec<_>, CallError>>()?;
-                let stats = &mut stats;
+                let stats = &mut *stats;
                 let out = memo
                     .sentiment
                     .resolve(
@@ -587,7 +588,7 @@ async fn enrich_chunk(
                         })
                     })
                     .collect::<Result<Vec<_>, CallError>>()?;
-                let stats = &mut stats;
+                let stats = &mut *stats;
                 let out = memo
                     .text
                     .resolve(
@@ -602,6 +603,20 @@ async fn enrich_chunk(
             }
         }
     }
+    Ok(results)
+}
+
+async fn enrich_chunk(
+    executor: &Executor,
+    plan: &StreamingPlan,
+    layout: &Layout,
+    formats: &[i16],
+    memo: &Memo,
+    rows: Vec<Bytes>,
+) -> Result<(Bytes, usize, CallStats), CallError> {
+    let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+    let mut stats = CallStats::default();
+    let results = infer(executor, &plan.calls, &parsed, memo, &mut stats).await?;
     // All of the chunk's DataRows in one buffer: one allocation, one queue entry.
     let mut out = BytesMut::with_capacity(rows.iter().map(|r| r.len() + 16).sum());
     for (r, row) in parsed.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
 pub mod extended;
+pub mod finish;
 pub mod ml;
 pub mod relay;
 pub mod rows;
@@ -197,7 +198,10 @@ async fn intercept_ml(
         in_flight: ctx.config.inference.chunks_in_flight,
     };
     let started = std::time::Instant::now();
-    if !matches!(intercept, Intercept::Query(_) | Intercept::Multi(_)) {
+    if !matches!(
+        intercept,
+        Intercept::Query(_) | Intercept::Multi(_) | Intercept::Finish(_)
+    ) {
         // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync.
         if relay.tracker.open_failed() {
             debug!("ML message skipped: the pipeline already failed");
@@ -208,6 +212,7 @@ async fn intercept_ml(
     let outcome = match intercept {
         Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
         Intercept::Multi(pieces) => ml::run_multi(relay, &ctx.executor, chunking, pieces).await?,
+        Intercept::Finish(plan) => finish::run_query(relay, &ctx.executor, *plan).await?,
         Intercept::Parse { name, types, plan } => {
             extended::handle_parse(relay, name, types, *plan).await?;
             return relay.flush_client().await;

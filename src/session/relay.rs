@@ -234,7 +234,9 @@ impl Relay {
                 return Poll::Ready(Ok(Event::AtBoundary));
             }
             let answered = match &self.pending {
-                Some(Intercept::Query(_) | Intercept::Multi(_)) => self.tracker.is_idle(),
+                Some(Intercept::Query(_) | Intercept::Multi(_) | Intercept::Finish(_)) => {
+                    self.tracker.is_idle()
+                }
                 Some(_) => self.tracker.caught_up(),
                 None => false,
             };
@@ -436,14 +438,7 @@ impl Relay {
                     protocol::statement_text(kind, body).unwrap_or_default(),
                 );
                 let planned = if kind == frontend::QUERY {
-                    plan::plan_query_message(&text).map(|mut pieces| {
-                        match (pieces.len(), pieces.pop()) {
-                            (1, Some(plan::Piece::Ml(single))) => {
-                                Intercept::Query(Box::new(single))
-                            }
-                            (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
-                        }
-                    })
+                    plan_query(&text)
                 } else {
                     plan::plan(&text).map(|single| Intercept::Query(Box::new(single)))
                 };
@@ -825,5 +820,23 @@ fn inspect(kind: u8, body: &[u8]) -> Verdict {
     match protocol::statement_text(kind, body) {
         Some(text) if sql::mentions_ml_schema(text) => sql::inspect(&String::from_utf8_lossy(text)),
         _ => Verdict::Relay,
+    }
+}
+
+/// Plans a simple-protocol Query with ML calls: streaming where the calls allow it, else (one
+/// statement) the base + residual plan, whose refusal is then the one reported.
+fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
+    match plan::plan_query_message(text) {
+        Ok(mut pieces) => Ok(match (pieces.len(), pieces.pop()) {
+            (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),
+            (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
+        }),
+        Err(error)
+            if error.code == crate::error::SqlState::FeatureNotSupported
+                && crate::sql::text::split_statements(text).len() <= 1 =>
+        {
+            crate::sql::finish::plan(text).map(|p| Intercept::Finish(Box::new(p)))
+        }
+        Err(error) => Err(error),
     }
 }

@@ -1,0 +1,508 @@
+//! Running a two-phase ML statement ([`FinishPlan`]) for a simple-protocol Query, on the
+//! client's own upstream session:
+//!
+//! 1. outside a transaction block, `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY` (hidden
+//!    from the client), so both phases see one snapshot; inside one, the client's transaction;
+//! 2. the base statement is described, the carried columns' type names looked up, and its rows
+//!    fetched (ML arguments as text, carried values in binary where the type allows, so nothing
+//!    depends on output settings);
+//! 3. the executor scores the arguments (batched, de-duplicated);
+//! 4. the residual runs over the enriched rows, bound as one array parameter per column, and its
+//!    RowDescription, rows and CommandComplete go to the client as PostgreSQL produced them;
+//! 5. COMMIT (or ROLLBACK after an error) of the hidden transaction, then ReadyForQuery.
+//!
+//! Errors keep PostgreSQL's semantics: an upstream error is relayed as it came; an inference
+//! error inside the client's transaction block makes the upstream fail a stand-in statement so
+//! the block is aborted exactly as by a native error.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::ml::{hidden_query, infer, Memo, Outcome, Results};
+use super::relay::Relay;
+use super::rows::{message, split_row};
+use crate::enrich::{CallStats, Executor};
+use crate::error::{SessionError, SqlState};
+use crate::protocol::{frontend, ErrorMessage};
+use crate::sql::finish::{CarriedType, FinishPlan};
+use crate::sql::plan::MlFunction;
+
+/// The base statement's name on the upstream while pgenrich runs it.
+const BASE_STATEMENT: &str = "pgenrich.base";
+
+const TEXT_OID: u32 = 25;
+const VARCHAR_OID: u32 = 1043;
+const FLOAT4_OID: u32 = 700;
+
+/// Runs `plan` for a simple-protocol Query: everything up to and including ReadyForQuery goes to
+/// the client.
+pub async fn run_query(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: FinishPlan,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let wrap = relay.tracker.status() == b'I';
+    if wrap {
+        // nextval() and setval() write, so a statement calling them cannot run read-only.
+        let writes = plan.base_sql.to_ascii_lowercase().contains("nextval")
+            || plan.base_sql.to_ascii_lowercase().contains("setval");
+        let begin = if writes {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        } else {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        };
+        if let Some(error) = hidden_query(relay, begin).await? {
+            relay.push_to_client(message(b'E', &error));
+            return ready(relay, b"I", outcome).await;
+        }
+    }
+    let failure = run_phases(relay, executor, &plan, &mut outcome).await?;
+    let failed = match failure {
+        None => false,
+        Some(Failure::Relayed) => true,
+        Some(Failure::Ours(error)) => {
+            if !wrap {
+                abort_client_transaction(relay).await?;
+            }
+            relay.push_to_client(error.encode());
+            true
+        }
+    };
+    if wrap {
+        let end = if failed { "ROLLBACK" } else { "COMMIT" };
+        if let Some(error) = hidden_query(relay, end).await? {
+            relay.push_to_client(message(b'E', &error));
+        }
+        return ready(relay, b"I", outcome).await;
+    }
+    let status = [relay.tracker.status()];
+    ready(relay, &status, outcome).await
+}
+
+async fn ready(
+    relay: &mut Relay,
+    status: &[u8],
+    outcome: Outcome,
+) -> Result<Outcome, SessionError> {
+    relay.note_ready(status);
+    relay.push_to_client(message(b'Z', status));
+    relay.flush_client().await?;
+    Ok(outcome)
+}
+
+/// How a phase failed.
+enum Failure {
+    /// The upstream's error has been relayed to the client.
+    Relayed,
+    /// pgenrich's error, not sent yet.
+    Ours(ErrorMessage),
+}
+
+/// Makes the upstream fail a stand-in statement, aborting the client's transaction block as a
+/// native error would; the stand-in's own error is dropped.
+async fn abort_client_transaction(relay: &mut Relay) -> Result<(), SessionError> {
+    relay
+        .send_upstream_now(crate::protocol::standin_query())
+        .await?;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'Z' => {
+                relay.note_ready(&body);
+                return Ok(());
+            }
+            b'E' => {}
+            _ => relay.push_to_client(message(kind, &body)),
+        }
+    }
+}
+
+/// Reads upstream messages up to ReadyForQuery: `keep` decides per message whether pgenrich
+/// consumes it (true) or it goes to the client; an ErrorResponse is relayed and remembered.
+async fn collect(
+    relay: &mut Relay,
+    mut keep: impl FnMut(u8, &Bytes) -> bool,
+) -> Result<bool, SessionError> {
+    let mut failed = false;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'Z' => {
+                relay.note_ready(&body);
+                return Ok(failed);
+            }
+            b'E' => {
+                failed = true;
+                relay.push_to_client(message(b'E', &body));
+            }
+            _ if keep(kind, &body) => {}
+            _ => relay.push_to_client(message(kind, &body)),
+        }
+    }
+}
+
+async fn run_phases(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: &FinishPlan,
+    outcome: &mut Outcome,
+) -> Result<Option<Failure>, SessionError> {
+    // 1. Describe the base statement.
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(BASE_STATEMENT, &plan.base_sql),
+    ));
+    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', BASE_STATEMENT)));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut description = None;
+    let failed = collect(relay, |kind, body| match kind {
+        b'1' | b't' | b'n' => true,
+        b'T' => {
+            description = Some(body.clone());
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    if failed {
+        return Ok(Some(Failure::Relayed));
+    }
+    let columns = description.as_deref().map(row_types).unwrap_or_default();
+    let carried_columns = columns.get(plan.arg_columns..).unwrap_or_default();
+
+    // 2. The carried columns' type names and how they travel.
+    let types = if carried_columns.is_empty() {
+        Vec::new()
+    } else {
+        match type_names(relay, carried_columns).await? {
+            Ok(types) => types,
+            Err(body) => {
+                relay.push_to_client(message(b'E', &body));
+                close_base(relay).await?;
+                return Ok(Some(Failure::Relayed));
+            }
+        }
+    };
+
+    // 3. Fetch the base rows.
+    let mut bind = BytesMut::new();
+    bind.put_u8(0); // unnamed portal
+    bind.put_slice(BASE_STATEMENT.as_bytes());
+    bind.put_u8(0);
+    bind.put_u16(0); // parameter formats
+    bind.put_u16(0); // parameters
+    bind.put_u16(columns.len() as u16);
+    for i in 0..columns.len() {
+        let binary = i >= plan.arg_columns && !types[i - plan.arg_columns].as_text;
+        bind.put_i16(i16::from(binary));
+    }
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut rows: Vec<Bytes> = Vec::new();
+    let failed = collect(relay, |kind, body| match kind {
+        b'2' | b'C' | b'3' => true,
+        b'D' => {
+            rows.push(body.clone());
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    if failed {
+        return Ok(Some(Failure::Relayed));
+    }
+
+    // 4. Inference, stopped by a cancel request or the client hanging up.
+    let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+    let memo = Memo::new();
+    let mut stats = CallStats::default();
+    let cancelled = relay.cancel_notify();
+    let results = {
+        let inference = infer(executor, &plan.calls, &parsed, &memo, &mut stats);
+        tokio::select! {
+            results = inference => results,
+            _ = cancelled.notified() => {
+                return Ok(Some(Failure::Ours(ErrorMessage::error(
+                    SqlState::QueryCanceled,
+                    "canceling statement due to user request",
+                ))));
+            }
+            gone = relay.client_gone() => return Err(gone),
+        }
+    };
+    outcome.stats.rows += stats.rows;
+    outcome.stats.calls += stats.calls;
+    outcome.stats.duplicates_saved += stats.duplicates_saved;
+    let results = match results {
+        Ok(results) => results,
+        Err(error) => {
+            let function = plan
+                .calls
+                .first()
+                .map(|c| c.function.name())
+                .unwrap_or("ML call");
+            return Ok(Some(Failure::Ours(
+                error.error.to_client(function, &error.target),
+            )));
+        }
+    };
+
+    // 5. The residual over the enriched rows.
+    let mut params: Vec<Vec<u8>> = Vec::new();
+    for (j, t) in types.iter().enumerate() {
+        let oid = if t.as_text {
+            TEXT_OID
+        } else {
+            carried_columns[j].0
+        };
+        params.push(array(
+            oid,
+            parsed
+                .iter()
+                .map(|row| row.get(plan.arg_columns + j).copied().flatten()),
+        ));
+    }
+    for (call, result) in plan.calls.iter().zip(&results) {
+        match (call.function, result) {
+            (MlFunction::DetectSentiment, Results::Sentiment(values)) => {
+                params.push(array(
+                    VARCHAR_OID,
+                    values
+                        .iter()
+                        .map(|v| v.map(|s| s.label.as_str().as_bytes())),
+                ));
+                let confidences: Vec<Option<[u8; 4]>> = values
+                    .iter()
+                    .map(|v| v.map(|s| s.confidence.to_be_bytes()))
+                    .collect();
+                params.push(array(
+                    FLOAT4_OID,
+                    confidences.iter().map(|c| c.as_ref().map(|b| &b[..])),
+                ));
+            }
+            (_, Results::Text(values)) => params.push(array(
+                VARCHAR_OID,
+                values.iter().map(|v| v.as_deref().map(str::as_bytes)),
+            )),
+            (_, Results::Sentiment(_)) => {
+                unreachable!("sentiment results come from detect_sentiment")
+            }
+        }
+    }
+    let residual = plan.residual_sql(&types, 1);
+    let mut bind = BytesMut::new();
+    bind.put_u8(0);
+    bind.put_u8(0);
+    bind.put_u16(1);
+    bind.put_i16(1); // every parameter in binary
+    bind.put_u16(params.len() as u16);
+    for param in &params {
+        bind.put_i32(param.len() as i32);
+        bind.put_slice(param);
+    }
+    bind.put_u16(0); // results in text, as the simple protocol has them
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::PARSE, &parse_body("", &residual)));
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::DESCRIBE, b"P\0"));
+    requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut sent = 0u64;
+    let failed = collect(relay, |kind, _| {
+        if kind == b'D' {
+            sent += 1;
+        }
+        matches!(kind, b'1' | b'2')
+    })
+    .await?;
+    outcome.rows += sent;
+    Ok(failed.then_some(Failure::Relayed))
+}
+
+/// Closes the base statement after a failure between its Parse and its Execute.
+async fn close_base(relay: &mut Relay) -> Result<(), SessionError> {
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    collect(relay, |kind, _| kind == b'3').await?;
+    Ok(())
+}
+
+fn parse_body(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body
+}
+
+fn named(kind: u8, name: &str) -> Vec<u8> {
+    let mut body = vec![kind];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body
+}
+
+/// `(type OID, type modifier)` of each column of a RowDescription body.
+fn row_types(body: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let Some(count) = body.get(..2) else {
+        return out;
+    };
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut at = 2;
+    for _ in 0..count {
+        let Some(end) = body[at..].iter().position(|&b| b == 0) else {
+            break;
+        };
+        at += end + 1;
+        let Some(field) = body.get(at..at + 18) else {
+            break;
+        };
+        let oid = u32::from_be_bytes([field[6], field[7], field[8], field[9]]);
+        let typmod = i32::from_be_bytes([field[12], field[13], field[14], field[15]]);
+        out.push((oid, typmod));
+        at += 18;
+    }
+    out
+}
+
+/// Looks up how each carried column is named in a cast and whether it must travel as text
+/// (arrays cannot nest in an array parameter; some types have no binary I/O). `Err` holds the
+/// upstream's error body.
+async fn type_names(
+    relay: &mut Relay,
+    columns: &[(u32, i32)],
+) -> Result<Result<Vec<CarriedType>, Bytes>, SessionError> {
+    let oids: Vec<String> = columns.iter().map(|(o, _)| o.to_string()).collect();
+    let mods: Vec<String> = columns.iter().map(|(_, m)| m.to_string()).collect();
+    let sql = format!(
+        "SELECT pg_catalog.format_type(x.o, x.m), \
+         (t.typelem <> 0 AND t.typlen = -1) OR t.typsend::oid = 0 \
+         FROM unnest('{{{}}}'::oid[], '{{{}}}'::int4[]) WITH ORDINALITY AS x(o, m, n) \
+         JOIN pg_catalog.pg_type t ON t.oid = x.o ORDER BY x.n",
+        oids.join(","),
+        mods.join(",")
+    );
+    let mut text = sql.into_bytes();
+    text.push(0);
+    relay
+        .send_upstream_now(message(frontend::QUERY, &text))
+        .await?;
+    let mut types = Vec::new();
+    let mut error = None;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'D' => {
+                let fields = split_row(&body);
+                let name = fields
+                    .first()
+                    .copied()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let as_text = fields.get(1).copied().flatten() == Some(b"t");
+                types.push(CarriedType { name, as_text });
+            }
+            b'E' => error = Some(body),
+            b'Z' => {
+                relay.note_ready(&body);
+                break;
+            }
+            b'N' | b'S' | b'A' => relay.push_to_client(message(kind, &body)),
+            _ => {}
+        }
+    }
+    if let Some(error) = error {
+        return Ok(Err(error));
+    }
+    if types.len() != columns.len() {
+        return Ok(Err(ErrorMessage::error(
+            SqlState::InternalError,
+            "pgenrich could not look up the types of the statement's columns",
+        )
+        .encode()
+        .slice(5..)));
+    }
+    Ok(Ok(types))
+}
+
+/// A one-dimensional array in PostgreSQL's binary format.
+fn array<'a>(element: u32, values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u8> {
+    let values: Vec<Option<&[u8]>> = values.collect();
+    let mut out = Vec::with_capacity(
+        20 + values
+            .iter()
+            .map(|v| 4 + v.map_or(0, <[u8]>::len))
+            .sum::<usize>(),
+    );
+    if values.is_empty() {
+        out.extend_from_slice(&0i32.to_be_bytes()); // dimensions
+        out.extend_from_slice(&0i32.to_be_bytes()); // has nulls
+        out.extend_from_slice(&element.to_be_bytes());
+        return out;
+    }
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&i32::from(values.iter().any(Option::is_none)).to_be_bytes());
+    out.extend_from_slice(&element.to_be_bytes());
+    out.extend_from_slice(&(values.len() as i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+    for value in values {
+        match value {
+            Some(bytes) => {
+                out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_use_postgres_binary_layout() {
+        let out = array(23, [Some(&[0, 0, 0, 7][..]), None].into_iter());
+        let mut expected = Vec::new();
+        for word in [1i32, 1, 23, 2, 1, 4] {
+            expected.extend_from_slice(&word.to_be_bytes());
+        }
+        expected.extend_from_slice(&[0, 0, 0, 7]);
+        expected.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(out, expected);
+        assert_eq!(array(25, std::iter::empty()).len(), 12);
+    }
+
+    #[test]
+    fn row_descriptions_give_types_and_modifiers() {
+        let mut body = vec![0, 2];
+        for (name, oid, typmod) in [("a", 1700u32, 655366i32), ("bb", 25, -1)] {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&0u32.to_be_bytes());
+            body.extend_from_slice(&0i16.to_be_bytes());
+            body.extend_from_slice(&oid.to_be_bytes());
+            body.extend_from_slice(&(-1i16).to_be_bytes());
+            body.extend_from_slice(&typmod.to_be_bytes());
+            body.extend_from_slice(&0i16.to_be_bytes());
+        }
+        assert_eq!(row_types(&body), [(1700, 655366), (25, -1)]);
+        assert_eq!(row_types(&body[..10]), []);
+    }
+}

@@ -1,0 +1,174 @@
+//! ML calls outside the select list (WHERE, GROUP BY, ORDER BY, inside expressions, …) through
+//! pgenrich's base + residual plan, compared with the reference database where the functions
+//! are native SQL; plus transactions, read-only sessions and failures of that path.
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::harness::{connect, postgres, reference_database, sqlstate, Proxy, DATABASE};
+
+/// The same small table in the plain and the reference database.
+const SETUP: &str = "
+    CREATE TABLE IF NOT EXISTS finish_reviews (id int PRIMARY KEY, category text, stars int, body text);
+    INSERT INTO finish_reviews VALUES
+      (1, 'books', 5, 'I love it, great read'),
+      (2, 'books', 1, 'terrible, awful, broken spine'),
+      (3, 'games', 4, 'good fun but bad ending'),
+      (4, 'games', 2, 'bad'),
+      (5, 'games', NULL, NULL),
+      (6, 'toys', 3, ''),
+      (7, 'toys', 5, 'great great great, the \"best\", love it'),
+      (8, 'toys', 4, 'arrived on Tuesday')
+    ON CONFLICT DO NOTHING;";
+
+async fn setup() -> (Proxy, Client, Client) {
+    let pg = postgres();
+    let reference = connect(&pg.direct_conninfo_to(reference_database())).await;
+    reference
+        .batch_execute(SETUP)
+        .await
+        .expect("reference setup");
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    client.batch_execute(SETUP).await.expect("setup");
+    (proxy, client, reference)
+}
+
+/// Column names, then rows as text, of a simple-protocol query.
+async fn result(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    for message in messages {
+        match message {
+            SimpleQueryMessage::RowDescription(columns) => {
+                names = columns.iter().map(|c| c.name().to_owned()).collect();
+            }
+            SimpleQueryMessage::Row(row) => {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+    (names, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_calls_anywhere_in_a_select_match_native_evaluation() {
+    let (_proxy, client, reference) = setup().await;
+    let queries = [
+        "SELECT id, category FROM finish_reviews \
+         WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE' ORDER BY id",
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS label, count(*), \
+         max(stars) FROM finish_reviews GROUP BY label ORDER BY label NULLS FIRST",
+        "SELECT category, count(*) FILTER (WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE') \
+         FROM finish_reviews GROUP BY category HAVING avg(stars) > 2 ORDER BY 1",
+        "SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, stars, id)::numeric * 2 AS doubled \
+         FROM finish_reviews ORDER BY aws_sagemaker.invoke_endpoint('score', NULL, stars, id)::numeric DESC, id LIMIT 3 OFFSET 1",
+        "SELECT r.id, s.sentiment, s.confidence FROM finish_reviews r, \
+         aws_comprehend.detect_sentiment(r.body, 'en') s WHERE s.confidence > 0.6 AND r.id > 1 ORDER BY s.confidence DESC, r.id",
+        "SELECT DISTINCT (aws_comprehend.detect_sentiment(body, 'en')).sentiment FROM finish_reviews ORDER BY 1",
+        "SELECT id, rank() OVER (PARTITION BY (aws_comprehend.detect_sentiment(body, 'en')).sentiment ORDER BY id) \
+         FROM finish_reviews ORDER BY id",
+        "SELECT id, CASE WHEN (aws_comprehend.detect_sentiment(body, 'en')).confidence > 0.7 THEN 'sure' ELSE 'unsure' END, \
+         upper((aws_comprehend.detect_sentiment(body, 'en')).sentiment), aws_comprehend.detect_sentiment(body, 'en') \
+         FROM finish_reviews ORDER BY id",
+        "SELECT a.id, b.id FROM finish_reviews a JOIN finish_reviews b ON a.id < b.id \
+         AND (aws_comprehend.detect_sentiment(a.body, 'en')).sentiment = (aws_comprehend.detect_sentiment(b.body, 'en')).sentiment \
+         ORDER BY 1, 2",
+        "SELECT count(*) FROM finish_reviews WHERE aws_sagemaker.invoke_endpoint('score', NULL, stars)::int > 3 \
+         OR id IN (SELECT 1)",
+    ];
+    for sql in queries {
+        let got = result(&client, sql).await;
+        let expected = result(&reference, sql).await;
+        assert_eq!(got, expected, "{sql}");
+        assert!(
+            !expected.1.is_empty(),
+            "{sql} returned no rows on the reference"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_phases_share_a_transaction_and_read_only_sessions_work() {
+    let (_proxy, client, _reference) = setup().await;
+    let sql = "SELECT count(*) FROM finish_reviews \
+               WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE'";
+    // In autocommit, pgenrich's own transaction is invisible: the session is idle afterwards.
+    let (_, rows) = result(&client, sql).await;
+    assert_eq!(rows, [[Some("2".to_owned())]]);
+    // Inside the client's READ ONLY transaction, rows it inserted earlier are seen (one
+    // transaction for both phases), and nothing is written.
+    client
+        .batch_execute("BEGIN; CREATE TEMP TABLE IF NOT EXISTS finish_tmp (x int); COMMIT")
+        .await
+        .expect("temp");
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO finish_reviews VALUES (100, 'x', 5, 'love love') ON CONFLICT DO NOTHING",
+        )
+        .await
+        .expect("begin");
+    let (_, rows) = result(&client, sql).await;
+    assert_eq!(rows, [[Some("3".to_owned())]]);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    client
+        .batch_execute("BEGIN TRANSACTION READ ONLY")
+        .await
+        .expect("begin read only");
+    let (_, rows) = result(&client, sql).await;
+    assert_eq!(rows, [[Some("2".to_owned())]]);
+    client.batch_execute("COMMIT").await.expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_keep_postgres_semantics() {
+    let (proxy, client, _reference) = setup().await;
+    // An upstream error in the base statement is PostgreSQL's own.
+    let error = client
+        .simple_query(
+            "SELECT nope FROM finish_reviews WHERE aws_sagemaker.invoke_endpoint('score', NULL, id) > '1'",
+        )
+        .await
+        .expect_err("no such column");
+    assert_eq!(sqlstate(&error), "42703");
+    // A failing model inside a transaction block aborts it, as a native error would.
+    client.batch_execute("BEGIN").await.expect("begin");
+    let error = client
+        .simple_query(
+            "SELECT id FROM finish_reviews WHERE aws_sagemaker.invoke_endpoint('model-error', NULL, id) > '1'",
+        )
+        .await
+        .expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000");
+    let error = client.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(sqlstate(&error), "25P02");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    // Still refused: a form that cannot be planned, with a hint; the session stays usable.
+    let error = client
+        .simple_query(
+            "SELECT * FROM finish_reviews r WHERE EXISTS (SELECT 1 WHERE aws_sagemaker.invoke_endpoint('score', NULL, r.id) > '1')",
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&error), "0A000");
+    let (_, rows) = result(&client, "SELECT 41 + 1").await;
+    assert_eq!(rows, [[Some("42".to_owned())]]);
+    // A cast PostgreSQL rejects in the residual is PostgreSQL's error.
+    let error = client
+        .simple_query(
+            "SELECT id FROM finish_reviews WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment::int > 1",
+        )
+        .await
+        .expect_err("invalid cast");
+    assert_eq!(sqlstate(&error), "22P02");
+    assert_eq!(DATABASE, "pgenrich_test");
+    drop(proxy);
+}
