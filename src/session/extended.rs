@@ -23,11 +23,41 @@ use crate::sql::plan::StreamingPlan;
 /// A prepared ML statement.
 #[derive(Debug)]
 pub struct MlStatement {
-    pub plan: Arc<StreamingPlan>,
+    /// The base statement's name upstream.
     pub upstream_name: String,
-    /// The upstream's ParameterDescription body for the base statement.
+    /// The ParameterDescription body the client gets.
     pub parameters: Bytes,
-    pub layout: Arc<Layout>,
+    pub prepared: Prepared,
+}
+
+/// How a prepared ML statement runs.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Streaming enrichment of the base statement's rows.
+    Streaming {
+        plan: Arc<StreamingPlan>,
+        layout: Arc<Layout>,
+    },
+    /// Base statement, then residual statement ([`crate::session::finish`]).
+    Finish(Box<crate::session::finish::Prepared>),
+}
+
+impl MlStatement {
+    /// Columns of the client's result.
+    pub fn columns(&self) -> usize {
+        match &self.prepared {
+            Prepared::Streaming { layout, .. } => layout.columns.len(),
+            Prepared::Finish(finish) => finish.columns(),
+        }
+    }
+
+    /// The client's RowDescription body with `formats`, `None` for NoData.
+    pub fn row_description(&self, formats: &[i16]) -> Option<Vec<u8>> {
+        match &self.prepared {
+            Prepared::Streaming { layout, .. } => Some(layout.row_description(formats)),
+            Prepared::Finish(finish) => finish.row_description(formats),
+        }
+    }
 }
 
 /// A portal bound to an ML statement.
@@ -39,6 +69,10 @@ pub struct MlPortal {
     pub epoch: u64,
     /// Result format per client column.
     pub formats: Arc<Vec<i16>>,
+    /// The Bind's parameters (format codes, then count and values), for a residual statement.
+    pub parameters: Bytes,
+    /// A base + residual portal whose residual runs upstream already.
+    pub started: bool,
 }
 
 /// The session's ML statements and portals, by client name.
@@ -62,6 +96,11 @@ pub enum Intercept {
         /// Parameter type section of the Parse body (count and OIDs), as sent.
         types: Bytes,
         plan: Box<StreamingPlan>,
+    },
+    ParseFinish {
+        name: String,
+        types: Bytes,
+        plan: Box<crate::sql::finish::FinishPlan>,
     },
     Describe {
         kind: u8,
@@ -143,8 +182,11 @@ impl Registry {
                     .map(i16::from_be_bytes)
             })
             .collect::<Option<_>>()?;
-        let client_formats = expand_formats(&codes, ml.layout.columns.len());
-        let base_formats = ml.layout.base_formats(&client_formats);
+        let client_formats = expand_formats(&codes, ml.columns());
+        let base_formats = match &ml.prepared {
+            Prepared::Streaming { layout, .. } => layout.base_formats(&client_formats),
+            Prepared::Finish(finish) => finish.base_formats(),
+        };
         let mut out = BytesMut::with_capacity(body.len() + 2 * base_formats.len() + 32);
         out.put_slice(portal.as_bytes());
         out.put_u8(0);
@@ -161,6 +203,8 @@ impl Registry {
                 statement: ml,
                 epoch,
                 formats: Arc::new(client_formats),
+                parameters: Bytes::copy_from_slice(params),
+                started: false,
             },
         );
         Some(message(frontend::BIND, &out))
@@ -219,10 +263,9 @@ pub async fn handle_parse(
                 relay.registry().statements.insert(
                     name,
                     Arc::new(MlStatement {
-                        plan,
                         upstream_name,
                         parameters,
-                        layout,
+                        prepared: Prepared::Streaming { plan, layout },
                     }),
                 );
                 relay.push_to_client(message(b'1', &[]));
@@ -246,13 +289,16 @@ pub fn handle_describe(relay: &mut Relay, kind: u8, name: &str) {
         let Some(statement) = relay.registry().statements.get(name).cloned() else {
             return;
         };
-        let formats = vec![0i16; statement.layout.columns.len()];
+        let formats = vec![0i16; statement.columns()];
         relay.push_to_client(message(b't', &statement.parameters));
-        relay.push_to_client(message(b'T', &statement.layout.row_description(&formats)));
+        relay.push_to_client(match statement.row_description(&formats) {
+            Some(body) => message(b'T', &body),
+            None => message(b'n', &[]),
+        });
     } else if let Some(portal) = relay.registry().portals.get(name).cloned() {
-        relay.push_to_client(message(
-            b'T',
-            &portal.statement.layout.row_description(&portal.formats),
-        ));
+        relay.push_to_client(match portal.statement.row_description(&portal.formats) {
+            Some(body) => message(b'T', &body),
+            None => message(b'n', &[]),
+        });
     }
 }

@@ -19,14 +19,362 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::extended::{MlPortal, MlStatement};
 use super::ml::{hidden_query, infer, Memo, Outcome, Results};
 use super::relay::Relay;
-use super::rows::{message, split_row};
+use super::rows::{message, split_fields, split_row};
 use crate::enrich::{CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::sql::finish::{CarriedType, FinishPlan};
-use crate::sql::plan::MlFunction;
+
+/// A prepared base + residual statement (extended protocol).
+#[derive(Debug)]
+pub struct Prepared {
+    plan: FinishPlan,
+    types: Vec<CarriedType>,
+    /// Type OID of each carried column.
+    oids: Vec<u32>,
+    /// The residual statement's name upstream.
+    residual_name: String,
+    /// The residual's RowDescription body; `None`: NoData.
+    row_description: Option<Bytes>,
+}
+
+impl Prepared {
+    pub fn columns(&self) -> usize {
+        self.row_description
+            .as_deref()
+            .map_or(0, |body| split_fields(body).len())
+    }
+
+    /// The client's RowDescription: the residual's, with `formats`.
+    pub fn row_description(&self, formats: &[i16]) -> Option<Vec<u8>> {
+        let body = self.row_description.as_deref()?;
+        let fields = split_fields(body);
+        let mut out = (fields.len() as u16).to_be_bytes().to_vec();
+        for (i, field) in fields.iter().enumerate() {
+            out.extend_from_slice(&field[..field.len().saturating_sub(2)]);
+            out.extend_from_slice(&formats.get(i).copied().unwrap_or(0).to_be_bytes());
+        }
+        Some(out)
+    }
+
+    /// Result formats of the base statement: arguments in text, carried values as they travel.
+    pub fn base_formats(&self) -> Vec<i16> {
+        let mut formats = vec![0i16; self.plan.arg_columns];
+        formats.extend(self.types.iter().map(|t| i16::from(!t.as_text)));
+        formats
+    }
+}
+
+/// Reads the upstream's answers to `expected` requests sent with Flush: completions, parameter
+/// and row descriptions count, notices and the like go to the client. `Err`: the upstream's
+/// error body (it now skips to the client's Sync).
+async fn answers(
+    relay: &mut Relay,
+    expected: usize,
+) -> Result<Result<Vec<(u8, Bytes)>, Bytes>, SessionError> {
+    let mut got = Vec::new();
+    while got.len() < expected {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'E' => return Ok(Err(body)),
+            b'1' | b'2' | b'3' | b't' | b'T' | b'n' => got.push((kind, body)),
+            _ => relay.push_to_client(message(kind, &body)),
+        }
+    }
+    Ok(Ok(got))
+}
+
+fn parameter_oids(description: &[u8]) -> Vec<u32> {
+    let count = description
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    (0..count)
+        .filter_map(|i| description.get(2 + 4 * i..6 + 4 * i))
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Prepares a base + residual statement upstream for the client's Parse and answers it: the
+/// typing statement fixes the client's parameter types, then the base is prepared and described,
+/// the carried types looked up, and the residual prepared; its RowDescription is the client's.
+pub async fn handle_parse(
+    relay: &mut Relay,
+    name: String,
+    types: Bytes,
+    plan: FinishPlan,
+) -> Result<(), SessionError> {
+    match prepare(relay, &name, &types, plan).await? {
+        Ok(statement) => {
+            relay
+                .registry()
+                .statements
+                .insert(name, Arc::new(statement));
+            relay.push_to_client(message(b'1', &[]));
+        }
+        Err(error) => {
+            relay.registry().statements.remove(&name);
+            relay.push_to_client(message(b'E', &error));
+            relay.mark_extended_failed();
+        }
+    }
+    Ok(())
+}
+
+async fn prepare(
+    relay: &mut Relay,
+    name: &str,
+    types: &[u8],
+    plan: FinishPlan,
+) -> Result<Result<MlStatement, Bytes>, SessionError> {
+    const TYPING: &str = "pgenrich.t";
+    let base_name = format!("pgenrich.s.{name}");
+    let residual_name = format!("pgenrich.r.{name}");
+    // 1. The client's parameter types, as PostgreSQL infers them from the whole statement.
+    let declared: Vec<u32> = parameter_oids(types);
+    let mut requests = BytesMut::new();
+    for old in [&base_name, &residual_name] {
+        requests.put_slice(&message(frontend::CLOSE, &named(b'S', old)));
+    }
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(TYPING, &plan.typing_sql, &declared),
+    ));
+    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', TYPING)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', TYPING)));
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let got = match answers(relay, 6).await? {
+        Ok(got) => got,
+        Err(error) => return Ok(Err(error)),
+    };
+    let parameters = got
+        .iter()
+        .find(|(kind, _)| *kind == b't')
+        .map(|(_, body)| body.clone())
+        .unwrap_or_else(|| Bytes::from_static(&[0, 0]));
+    let client_types = parameter_oids(&parameters);
+
+    // 2. The base statement and its columns.
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(&base_name, &plan.base_sql, &client_types),
+    ));
+    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &base_name)));
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let got = match answers(relay, 3).await? {
+        Ok(got) => got,
+        Err(error) => return Ok(Err(error)),
+    };
+    let columns = got
+        .iter()
+        .find(|(kind, _)| *kind == b'T')
+        .map(|(_, body)| row_types(body))
+        .unwrap_or_default();
+    let carried_columns = columns.get(plan.arg_columns..).unwrap_or_default();
+    let carried = if carried_columns.is_empty() {
+        Vec::new()
+    } else {
+        match type_names(relay, carried_columns, false).await? {
+            Ok(types) => types,
+            Err(error) => return Ok(Err(error)),
+        }
+    };
+
+    // 3. The residual, with the client's parameters first.
+    let residual = plan.residual_sql(&carried, client_types.len() + 1);
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(&residual_name, &residual, &client_types),
+    ));
+    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &residual_name)));
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let got = match answers(relay, 3).await? {
+        Ok(got) => got,
+        Err(error) => return Ok(Err(error)),
+    };
+    let row_description = got
+        .iter()
+        .find(|(kind, _)| *kind == b'T')
+        .map(|(_, body)| body.clone());
+    Ok(Ok(MlStatement {
+        upstream_name: base_name,
+        parameters,
+        prepared: crate::session::extended::Prepared::Finish(Box::new(Prepared {
+            oids: carried_columns.iter().map(|(oid, _)| *oid).collect(),
+            types: carried,
+            residual_name,
+            row_description,
+            plan,
+        })),
+    }))
+}
+
+/// Runs a client's Execute of a base + residual portal: on the first Execute the base portal
+/// (bound by the client's rewritten Bind) is read whole and scored, and the residual bound to a
+/// portal of pgenrich's; every Execute then fetches from the residual, so row limits and
+/// PortalSuspended behave as natively. Errors leave the upstream skipping to the client's Sync.
+pub async fn run_execute(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    portal: &str,
+    bound: &MlPortal,
+    max_rows: usize,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let crate::session::extended::Prepared::Finish(prepared) = &bound.statement.prepared else {
+        unreachable!("only base + residual portals come here")
+    };
+    let residual_portal = format!("pgenrich.r.{portal}");
+    let mut requests = BytesMut::new();
+    if !bound.started {
+        // The base rows.
+        relay
+            .send_upstream_now(Bytes::from(
+                [
+                    message(frontend::EXECUTE, &execute_body(portal, 0)),
+                    message(b'H', &[]),
+                ]
+                .concat(),
+            ))
+            .await?;
+        let mut rows = Vec::new();
+        loop {
+            let (kind, body) = relay.next_upstream_message().await?;
+            match kind {
+                b'D' => rows.push(body),
+                b'C' => break,
+                b'E' => {
+                    relay.push_to_client(message(b'E', &body));
+                    relay.mark_extended_failed();
+                    relay.flush_client().await?;
+                    return Ok(outcome);
+                }
+                _ => relay.push_to_client(message(kind, &body)),
+            }
+        }
+        let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+        let results = match score(relay, executor, &prepared.plan, &parsed, &mut outcome).await? {
+            Ok(results) => results,
+            Err(error) => {
+                super::ml::fail_upstream(relay, error).await?;
+                relay.mark_extended_failed();
+                relay.flush_client().await?;
+                return Ok(outcome);
+            }
+        };
+        let ours = residual_parameters(
+            &prepared.plan,
+            &prepared.types,
+            &prepared.oids,
+            &parsed,
+            &results,
+        );
+        let Some(bind) = residual_bind(
+            &residual_portal,
+            &prepared.residual_name,
+            &bound.parameters,
+            &ours,
+            &bound.formats,
+        ) else {
+            super::ml::fail_upstream(
+                relay,
+                ErrorMessage::error(SqlState::ProtocolViolation, "malformed Bind parameters"),
+            )
+            .await?;
+            relay.mark_extended_failed();
+            return Ok(outcome);
+        };
+        requests.put_slice(&message(frontend::BIND, &bind));
+        if let Some(p) = relay.registry().portals.get_mut(portal) {
+            p.started = true;
+        }
+    }
+    requests.put_slice(&message(
+        frontend::EXECUTE,
+        &execute_body(&residual_portal, max_rows),
+    ));
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'2' => {}
+            b'D' => {
+                outcome.rows += 1;
+                relay.push_to_client(message(kind, &body));
+                relay.flush_client_soft().await?;
+            }
+            b'C' | b's' => {
+                relay.push_to_client(message(kind, &body));
+                break;
+            }
+            b'E' => {
+                relay.push_to_client(message(kind, &body));
+                relay.mark_extended_failed();
+                break;
+            }
+            _ => relay.push_to_client(message(kind, &body)),
+        }
+    }
+    relay.flush_client().await?;
+    Ok(outcome)
+}
+
+/// The residual's Bind: the client's parameters (as bound), then ours in binary; results in the
+/// client's formats. `None`: the client's parameter section does not parse.
+fn residual_bind(
+    portal: &str,
+    statement: &str,
+    client: &[u8],
+    ours: &[Vec<u8>],
+    formats: &[i16],
+) -> Option<Vec<u8>> {
+    let word = |at: usize| -> Option<u16> {
+        client
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let nformats = word(0)? as usize;
+    let codes: Vec<u16> = (0..nformats)
+        .map(|i| word(2 + 2 * i))
+        .collect::<Option<_>>()?;
+    let values_at = 2 + 2 * nformats;
+    let nparams = word(values_at)? as usize;
+    let values = client.get(values_at + 2..)?;
+    let mut body = named_body(portal);
+    body.extend_from_slice(&named_body(statement));
+    let total = nparams + ours.len();
+    body.extend_from_slice(&(total as u16).to_be_bytes());
+    for i in 0..nparams {
+        let code = match codes.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        };
+        body.extend_from_slice(&code.to_be_bytes());
+    }
+    for _ in ours {
+        body.extend_from_slice(&1u16.to_be_bytes());
+    }
+    body.extend_from_slice(&(total as u16).to_be_bytes());
+    body.extend_from_slice(values);
+    for param in ours {
+        body.extend_from_slice(&(param.len() as i32).to_be_bytes());
+        body.extend_from_slice(param);
+    }
+    body.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+    for format in formats {
+        body.extend_from_slice(&format.to_be_bytes());
+    }
+    Some(body)
+}
 
 /// The base statement's name on the upstream while pgenrich runs it.
 const BASE_STATEMENT: &str = "pgenrich.base";
@@ -153,7 +501,7 @@ async fn run_phases(
     let mut requests = BytesMut::new();
     requests.put_slice(&message(
         frontend::PARSE,
-        &parse_body(BASE_STATEMENT, &plan.base_sql),
+        &parse_body(BASE_STATEMENT, &plan.base_sql, &[]),
     ));
     requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', BASE_STATEMENT)));
     requests.put_slice(&message(frontend::SYNC, &[]));
@@ -178,7 +526,7 @@ async fn run_phases(
     let types = if carried_columns.is_empty() {
         Vec::new()
     } else {
-        match type_names(relay, carried_columns).await? {
+        match type_names(relay, carried_columns, true).await? {
             Ok(types) => types,
             Err(body) => {
                 relay.push_to_client(message(b'E', &body));
@@ -222,81 +570,14 @@ async fn run_phases(
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-    let memo = Memo::new();
-    let mut stats = CallStats::default();
-    let cancelled = relay.cancel_notify();
-    let results = {
-        let inference = infer(executor, &plan.calls, &parsed, &memo, &mut stats);
-        tokio::select! {
-            results = inference => results,
-            _ = cancelled.notified() => {
-                return Ok(Some(Failure::Ours(ErrorMessage::error(
-                    SqlState::QueryCanceled,
-                    "canceling statement due to user request",
-                ))));
-            }
-            gone = relay.client_gone() => return Err(gone),
-        }
-    };
-    outcome.stats.rows += stats.rows;
-    outcome.stats.calls += stats.calls;
-    outcome.stats.duplicates_saved += stats.duplicates_saved;
-    let results = match results {
+    let results = match score(relay, executor, plan, &parsed, outcome).await? {
         Ok(results) => results,
-        Err(error) => {
-            let function = plan
-                .calls
-                .first()
-                .map(|c| c.function.name())
-                .unwrap_or("ML call");
-            return Ok(Some(Failure::Ours(
-                error.error.to_client(function, &error.target),
-            )));
-        }
+        Err(error) => return Ok(Some(Failure::Ours(error))),
     };
 
     // 5. The residual over the enriched rows.
-    let mut params: Vec<Vec<u8>> = Vec::new();
-    for (j, t) in types.iter().enumerate() {
-        let oid = if t.as_text {
-            TEXT_OID
-        } else {
-            carried_columns[j].0
-        };
-        params.push(array(
-            oid,
-            parsed
-                .iter()
-                .map(|row| row.get(plan.arg_columns + j).copied().flatten()),
-        ));
-    }
-    for (call, result) in plan.calls.iter().zip(&results) {
-        match (call.function, result) {
-            (MlFunction::DetectSentiment, Results::Sentiment(values)) => {
-                params.push(array(
-                    VARCHAR_OID,
-                    values
-                        .iter()
-                        .map(|v| v.map(|s| s.label.as_str().as_bytes())),
-                ));
-                let confidences: Vec<Option<[u8; 4]>> = values
-                    .iter()
-                    .map(|v| v.map(|s| s.confidence.to_be_bytes()))
-                    .collect();
-                params.push(array(
-                    FLOAT4_OID,
-                    confidences.iter().map(|c| c.as_ref().map(|b| &b[..])),
-                ));
-            }
-            (_, Results::Text(values)) => params.push(array(
-                VARCHAR_OID,
-                values.iter().map(|v| v.as_deref().map(str::as_bytes)),
-            )),
-            (_, Results::Sentiment(_)) => {
-                unreachable!("sentiment results come from detect_sentiment")
-            }
-        }
-    }
+    let oids: Vec<u32> = carried_columns.iter().map(|(oid, _)| *oid).collect();
+    let params = residual_parameters(plan, &types, &oids, &parsed, &results);
     let residual = plan.residual_sql(&types, 1);
     let mut bind = BytesMut::new();
     bind.put_u8(0);
@@ -310,7 +591,7 @@ async fn run_phases(
     }
     bind.put_u16(0); // results in text, as the simple protocol has them
     let mut requests = BytesMut::new();
-    requests.put_slice(&message(frontend::PARSE, &parse_body("", &residual)));
+    requests.put_slice(&message(frontend::PARSE, &parse_body("", &residual, &[])));
     requests.put_slice(&message(frontend::BIND, &bind));
     requests.put_slice(&message(frontend::DESCRIBE, b"P\0"));
     requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
@@ -328,6 +609,89 @@ async fn run_phases(
     Ok(failed.then_some(Failure::Relayed))
 }
 
+/// Scores the base rows' ML arguments; a cancel request or a failed call gives the client's
+/// error, the client hanging up ends the session.
+async fn score(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: &FinishPlan,
+    parsed: &[Vec<Option<&[u8]>>],
+    outcome: &mut Outcome,
+) -> Result<Result<Vec<Results>, ErrorMessage>, SessionError> {
+    let memo = Memo::new();
+    let mut stats = CallStats::default();
+    let cancelled = relay.cancel_notify();
+    let results = {
+        let inference = infer(executor, &plan.calls, parsed, &memo, &mut stats);
+        tokio::select! {
+            results = inference => results,
+            _ = cancelled.notified() => {
+                return Ok(Err(ErrorMessage::error(
+                    SqlState::QueryCanceled,
+                    "canceling statement due to user request",
+                )));
+            }
+            gone = relay.client_gone() => return Err(gone),
+        }
+    };
+    outcome.stats.rows += stats.rows;
+    outcome.stats.calls += stats.calls;
+    outcome.stats.duplicates_saved += stats.duplicates_saved;
+    Ok(results.map_err(|error| {
+        let function = plan
+            .calls
+            .first()
+            .map(|c| c.function.name())
+            .unwrap_or("ML call");
+        error.error.to_client(function, &error.target)
+    }))
+}
+
+/// The residual's array parameters (binary): one per carried column, then each call's results.
+fn residual_parameters(
+    plan: &FinishPlan,
+    types: &[CarriedType],
+    oids: &[u32],
+    parsed: &[Vec<Option<&[u8]>>],
+    results: &[Results],
+) -> Vec<Vec<u8>> {
+    let mut params: Vec<Vec<u8>> = Vec::new();
+    for (j, t) in types.iter().enumerate() {
+        let oid = if t.as_text { TEXT_OID } else { oids[j] };
+        params.push(array(
+            oid,
+            parsed
+                .iter()
+                .map(|row| row.get(plan.arg_columns + j).copied().flatten()),
+        ));
+    }
+    for result in results {
+        match result {
+            Results::Sentiment(values) => {
+                params.push(array(
+                    VARCHAR_OID,
+                    values
+                        .iter()
+                        .map(|v| v.map(|s| s.label.as_str().as_bytes())),
+                ));
+                let confidences: Vec<Option<[u8; 4]>> = values
+                    .iter()
+                    .map(|v| v.map(|s| s.confidence.to_be_bytes()))
+                    .collect();
+                params.push(array(
+                    FLOAT4_OID,
+                    confidences.iter().map(|c| c.as_ref().map(|b| &b[..])),
+                ));
+            }
+            Results::Text(values) => params.push(array(
+                VARCHAR_OID,
+                values.iter().map(|v| v.as_deref().map(str::as_bytes)),
+            )),
+        }
+    }
+    params
+}
+
 /// Closes the base statement after a failure between its Parse and its Execute.
 async fn close_base(relay: &mut Relay) -> Result<(), SessionError> {
     let mut requests = BytesMut::new();
@@ -338,20 +702,36 @@ async fn close_base(relay: &mut Relay) -> Result<(), SessionError> {
     Ok(())
 }
 
-fn parse_body(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
+/// A Parse body declaring the parameter types `types`.
+fn parse_body(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(name.len() + sql.len() + 4 + 4 * types.len());
     body.extend_from_slice(name.as_bytes());
     body.push(0);
     body.extend_from_slice(sql.as_bytes());
     body.push(0);
-    body.extend_from_slice(&0u16.to_be_bytes());
+    body.extend_from_slice(&(types.len() as u16).to_be_bytes());
+    for oid in types {
+        body.extend_from_slice(&oid.to_be_bytes());
+    }
     body
 }
 
+fn named_body(name: &str) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    body.push(0);
+    body
+}
+
+/// A Describe or Close body.
 fn named(kind: u8, name: &str) -> Vec<u8> {
     let mut body = vec![kind];
-    body.extend_from_slice(name.as_bytes());
-    body.push(0);
+    body.extend_from_slice(&named_body(name));
+    body
+}
+
+fn execute_body(portal: &str, rows: usize) -> Vec<u8> {
+    let mut body = named_body(portal);
+    body.extend_from_slice(&(rows.min(i32::MAX as usize) as i32).to_be_bytes());
     body
 }
 
@@ -380,12 +760,15 @@ fn row_types(body: &[u8]) -> Vec<(u32, i32)> {
 }
 
 /// Looks up how each carried column is named in a cast and whether it must travel as text
-/// (arrays cannot nest in an array parameter; some types have no binary I/O). `Err` holds the
-/// upstream's error body.
+/// (arrays cannot nest in an array parameter; some types have no binary I/O), with extended
+/// protocol messages under pgenrich's own names, ended by Sync (`sync`) or Flush. `Err` holds the
+/// upstream's error body (after Flush the upstream then skips to the client's Sync).
 async fn type_names(
     relay: &mut Relay,
     columns: &[(u32, i32)],
+    sync: bool,
 ) -> Result<Result<Vec<CarriedType>, Bytes>, SessionError> {
+    const NAME: &str = "pgenrich.types";
     let oids: Vec<String> = columns.iter().map(|(o, _)| o.to_string()).collect();
     let mods: Vec<String> = columns.iter().map(|(_, m)| m.to_string()).collect();
     let sql = format!(
@@ -396,13 +779,21 @@ async fn type_names(
         oids.join(","),
         mods.join(",")
     );
-    let mut text = sql.into_bytes();
-    text.push(0);
-    relay
-        .send_upstream_now(message(frontend::QUERY, &text))
-        .await?;
+    let mut bind = BytesMut::new();
+    bind.put_slice(&named_body(NAME));
+    bind.put_slice(&named_body(NAME));
+    bind.put_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::PARSE, &parse_body(NAME, &sql, &[])));
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::EXECUTE, &execute_body(NAME, 0)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'P', NAME)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', NAME)));
+    requests.put_slice(&message(if sync { frontend::SYNC } else { b'H' }, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
     let mut types = Vec::new();
     let mut error = None;
+    let mut closes = 0;
     loop {
         let (kind, body) = relay.next_upstream_message().await?;
         match kind {
@@ -417,7 +808,18 @@ async fn type_names(
                 let as_text = fields.get(1).copied().flatten() == Some(b"t");
                 types.push(CarriedType { name, as_text });
             }
-            b'E' => error = Some(body),
+            b'E' => {
+                error = Some(body);
+                if !sync {
+                    break;
+                }
+            }
+            b'3' => {
+                closes += 1;
+                if !sync && closes == 2 {
+                    break;
+                }
+            }
             b'Z' => {
                 relay.note_ready(&body);
                 break;

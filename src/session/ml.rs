@@ -250,7 +250,10 @@ async fn drain_execute(relay: &mut Relay) -> Result<(), SessionError> {
 
 /// Makes the upstream fail where pgenrich did (so it skips to Sync and aborts the transaction)
 /// and sends `error` to the client in place of the upstream's.
-async fn fail_upstream(relay: &mut Relay, error: ErrorMessage) -> Result<(), SessionError> {
+pub(super) async fn fail_upstream(
+    relay: &mut Relay,
+    error: ErrorMessage,
+) -> Result<(), SessionError> {
     relay.send_upstream_now(standin()).await?;
     loop {
         let (kind, body) = relay.next_upstream_message().await?;

@@ -221,14 +221,28 @@ async fn intercept_ml(
             extended::handle_describe(relay, kind, &name);
             return relay.flush_client().await;
         }
+        Intercept::ParseFinish { name, types, plan } => {
+            finish::handle_parse(relay, name, types, *plan).await?;
+            return relay.flush_client().await;
+        }
         Intercept::Execute { portal, max_rows } => {
             let Some(bound) = relay.registry().portals.get(&portal).cloned() else {
                 tracing::warn!(%portal, "ML portal vanished before Execute");
                 return Ok(());
             };
+            let (plan, layout) = match &bound.statement.prepared {
+                extended::Prepared::Streaming { plan, layout } => (plan, layout),
+                extended::Prepared::Finish(_) => {
+                    let outcome =
+                        finish::run_execute(relay, &ctx.executor, &portal, &bound, max_rows)
+                            .await?;
+                    log_outcome(&outcome, started);
+                    return Ok(());
+                }
+            };
             let enrichment = ml::Enrichment {
-                plan: Arc::clone(&bound.statement.plan),
-                layout: Arc::clone(&bound.statement.layout),
+                plan: Arc::clone(plan),
+                layout: Arc::clone(layout),
                 formats: Arc::clone(&bound.formats),
             };
             ml::run_execute(
@@ -242,6 +256,11 @@ async fn intercept_ml(
             .await?
         }
     };
+    log_outcome(&outcome, started);
+    Ok(())
+}
+
+fn log_outcome(outcome: &ml::Outcome, started: std::time::Instant) {
     info!(
         rows = outcome.rows,
         inputs = outcome.stats.rows,
@@ -250,7 +269,6 @@ async fn intercept_ml(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "ML statement"
     );
-    Ok(())
 }
 
 /// Ends a relayed session: tells the client why (when it can still parse a message), stops the

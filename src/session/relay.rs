@@ -440,7 +440,7 @@ impl Relay {
                 let planned = if kind == frontend::QUERY {
                     plan_query(&text)
                 } else {
-                    plan::plan(&text).map(|single| Intercept::Query(Box::new(single)))
+                    plan_statement(&text)
                 };
                 let parse = extended::parse_parts(body)
                     .map(|(name, types)| (name, Bytes::copy_from_slice(types)));
@@ -452,6 +452,9 @@ impl Relay {
                         self.pending = Some(match (kind, parse, intercept) {
                             (frontend::PARSE, Some((name, types)), Intercept::Query(plan)) => {
                                 Intercept::Parse { name, types, plan }
+                            }
+                            (frontend::PARSE, Some((name, types)), Intercept::Finish(plan)) => {
+                                Intercept::ParseFinish { name, types, plan }
                             }
                             (_, _, intercept) => intercept,
                         });
@@ -835,6 +838,17 @@ fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
             if error.code == crate::error::SqlState::FeatureNotSupported
                 && crate::sql::text::split_statements(text).len() <= 1 =>
         {
+            crate::sql::finish::plan(text).map(|p| Intercept::Finish(Box::new(p)))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Plans one statement (a Parse): streaming where possible, else base + residual.
+fn plan_statement(text: &str) -> Result<Intercept, plan::PlanError> {
+    match plan::plan(text) {
+        Ok(single) => Ok(Intercept::Query(Box::new(single))),
+        Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
             crate::sql::finish::plan(text).map(|p| Intercept::Finish(Box::new(p)))
         }
         Err(error) => Err(error),

@@ -58,6 +58,8 @@ pub struct FinishPlan {
     pub carried: Vec<String>,
     /// Phase 2, with [`BASE_MARKER`] where the base rows go.
     residual: String,
+    /// The statement with typed NULLs for the ML calls, to describe `$n` parameters natively.
+    pub typing_sql: String,
 }
 
 /// How a carried base column travels to the residual.
@@ -176,6 +178,7 @@ pub fn plan(sql: &str) -> Result<FinishPlan, PlanError> {
 }
 
 fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
+    let original = query.clone();
     if !query.locks.is_empty() {
         return Err(unsupported(
             "FOR UPDATE / FOR SHARE in an ML statement is not supported",
@@ -462,7 +465,115 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
         arg_columns,
         carried: rewriter.carried.iter().map(ToString::to_string).collect(),
         residual: query.to_string(),
+        typing_sql: typing_statement(original)?,
     })
+}
+
+/// The statement with every ML call replaced by a typed NULL of its result type that still
+/// mentions the call's arguments cast to the parameter types of Aurora's signature, and ML table
+/// functions by a LATERAL subquery doing the same. It is only described, never run: PostgreSQL
+/// infers the client's `$n` parameter types from it exactly as from the native statement.
+fn typing_statement(mut query: Query) -> Result<String, PlanError> {
+    struct Typer;
+    impl Typer {
+        fn args(function: MlFunction, args: &[Expr]) -> String {
+            let types: &[&str] = match function {
+                MlFunction::DetectSentiment => &["varchar", "varchar", "int4"],
+                MlFunction::InvokeEndpoint => &["varchar", "int4"],
+            };
+            args.iter()
+                .enumerate()
+                .map(|(i, arg)| match types.get(i) {
+                    Some(ty) => format!("({arg})::{ty} IS NULL"),
+                    None => format!("({arg}) IS NULL"),
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        }
+
+        fn call(f: &sqlparser::ast::Function) -> Option<(MlFunction, Vec<Expr>)> {
+            let (schema, name) = ml_name(&f.name)?;
+            let function = function_of(&format!("{schema}.{name}")).ok()?;
+            let FunctionArguments::List(list) = &f.args else {
+                return None;
+            };
+            Some((function, call_arguments(function, list.args.clone()).ok()?))
+        }
+    }
+    impl VisitorMut for Typer {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            let (call, result) = match &*expr {
+                Expr::Function(f) => match Typer::call(f) {
+                    Some((MlFunction::InvokeEndpoint, args)) => {
+                        ((MlFunction::InvokeEndpoint, args), "NULL::varchar")
+                    }
+                    Some(call) => (call, "ROW(NULL::varchar, NULL::real)"),
+                    None => return ControlFlow::Continue(()),
+                },
+                Expr::CompoundFieldAccess { root, access_chain } => {
+                    let (
+                        Expr::Nested(inner),
+                        Some(sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))),
+                    ) = (root.as_ref(), access_chain.first())
+                    else {
+                        return ControlFlow::Continue(());
+                    };
+                    let Expr::Function(f) = inner.as_ref() else {
+                        return ControlFlow::Continue(());
+                    };
+                    let Some(call) = Typer::call(f) else {
+                        return ControlFlow::Continue(());
+                    };
+                    let result = if field.value.eq_ignore_ascii_case("confidence") {
+                        "NULL::real"
+                    } else {
+                        "NULL::varchar"
+                    };
+                    (call, result)
+                }
+                _ => return ControlFlow::Continue(()),
+            };
+            *expr = parse_expr(&format!(
+                "(CASE WHEN {} THEN {result} END)",
+                Typer::args(call.0, &call.1)
+            ));
+            ControlFlow::Continue(())
+        }
+
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            let Some((name, args, alias)) = ml_table_function(factor) else {
+                return ControlFlow::Continue(());
+            };
+            let Ok(function) = function_of(&name) else {
+                return ControlFlow::Continue(());
+            };
+            let Ok(args) = call_arguments(function, args) else {
+                return ControlFlow::Continue(());
+            };
+            let alias = alias.map_or_else(
+                || function_short_name(function).to_owned(),
+                |a| a.to_string(),
+            );
+            let text = format!(
+                "SELECT 1 FROM LATERAL (SELECT NULL::varchar AS sentiment, NULL::real AS confidence \
+                 WHERE {}) AS {alias}",
+                Typer::args(function, &args)
+            );
+            if let Ok([Statement::Query(q)]) =
+                Parser::parse_sql(&PostgreSqlDialect {}, &text).as_deref()
+            {
+                if let SetExpr::Select(select) = q.body.as_ref() {
+                    if let Some(item) = select.from.first() {
+                        *factor = item.relation.clone();
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = query.visit(&mut Typer);
+    Ok(query.to_string())
 }
 
 /// `FROM "pgenrich:base"`, replaced by the base rows in [`FinishPlan::residual_sql`].
@@ -1068,6 +1179,21 @@ mod tests {
              FROM tx a JOIN tx b ON a.id < b.id"
         );
         assert!(residual(&p).ends_with("WHERE pgenrich_base.m0::NUMERIC > 10"));
+    }
+
+    #[test]
+    fn the_typing_statement_types_parameters_as_the_native_functions_would() {
+        let p = ok("SELECT r.id FROM reviews r, aws_comprehend.detect_sentiment(r.body, $1) s \
+                    WHERE s.confidence > $2 AND aws_sagemaker.invoke_endpoint($3, NULL, r.id)::float > $4 \
+                    AND (aws_comprehend.detect_sentiment(r.title, 'en')).sentiment = $5");
+        assert_eq!(
+            p.typing_sql,
+            "SELECT r.id FROM reviews r, LATERAL (SELECT NULL::VARCHAR AS sentiment, NULL::REAL AS confidence \
+             WHERE (r.body)::VARCHAR IS NULL OR ($1)::VARCHAR IS NULL) AS s \
+             WHERE s.confidence > $2 AND (CASE WHEN ($3)::VARCHAR IS NULL OR (NULL)::INT4 IS NULL \
+             OR (r.id) IS NULL THEN NULL::VARCHAR END)::FLOAT > $4 \
+             AND (CASE WHEN (r.title)::VARCHAR IS NULL OR ('en')::VARCHAR IS NULL THEN NULL::VARCHAR END) = $5"
+        );
     }
 
     #[test]

@@ -6,8 +6,11 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::{connect, postgres, reference_database, sqlstate, Proxy, DATABASE};
 
-/// The same small table in the plain and the reference database.
+/// The same small table in the plain and the reference database (tests run concurrently, and
+/// concurrent CREATE TABLE IF NOT EXISTS can collide, hence the lock).
 const SETUP: &str = "
+    BEGIN;
+    SELECT pg_advisory_xact_lock(4711);
     CREATE TABLE IF NOT EXISTS finish_reviews (id int PRIMARY KEY, category text, stars int, body text);
     INSERT INTO finish_reviews VALUES
       (1, 'books', 5, 'I love it, great read'),
@@ -18,7 +21,8 @@ const SETUP: &str = "
       (6, 'toys', 3, ''),
       (7, 'toys', 5, 'great great great, the \"best\", love it'),
       (8, 'toys', 4, 'arrived on Tuesday')
-    ON CONFLICT DO NOTHING;";
+    ON CONFLICT DO NOTHING;
+    COMMIT;";
 
 async fn setup() -> (Proxy, Client, Client) {
     let pg = postgres();
@@ -171,4 +175,129 @@ async fn failures_keep_postgres_semantics() {
     assert_eq!(sqlstate(&error), "22P02");
     assert_eq!(DATABASE, "pgenrich_test");
     drop(proxy);
+}
+
+/// Rows of an extended-protocol query, every value as text.
+async fn prepared_rows(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let statement = client
+        .prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let names: Vec<String> = statement
+        .columns()
+        .iter()
+        .map(|c| format!("{}:{}", c.name(), c.type_()))
+        .collect();
+    let rows = client
+        .query(&statement, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| {
+                    let ty = row.columns()[i].type_().clone();
+                    match ty {
+                        tokio_postgres::types::Type::INT4 => {
+                            row.get::<_, Option<i32>>(i).map(|v| v.to_string())
+                        }
+                        tokio_postgres::types::Type::INT8 => {
+                            row.get::<_, Option<i64>>(i).map(|v| v.to_string())
+                        }
+                        tokio_postgres::types::Type::FLOAT4 => {
+                            row.get::<_, Option<f32>>(i).map(|v| v.to_string())
+                        }
+                        tokio_postgres::types::Type::FLOAT8 => {
+                            row.get::<_, Option<f64>>(i).map(|v| v.to_string())
+                        }
+                        _ => row.get::<_, Option<String>>(i),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (names, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_with_parameters_match_native_evaluation() {
+    let (_proxy, client, reference) = setup().await;
+    let label = "POSITIVE".to_owned();
+    let threshold = 0.6f32;
+    let min_id = 1i32;
+    let cases: Vec<(&str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>)> = vec![
+        (
+            "SELECT id, category FROM finish_reviews \
+             WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = $1 AND id > $2 ORDER BY id",
+            vec![&label, &min_id],
+        ),
+        (
+            "SELECT r.id, s.confidence FROM finish_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s \
+             WHERE s.confidence > $1 ORDER BY s.confidence DESC, r.id",
+            vec![&threshold],
+        ),
+        (
+            "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS label, count(*)::int4 AS n \
+             FROM finish_reviews WHERE id >= $1 GROUP BY label ORDER BY label NULLS FIRST",
+            vec![&min_id],
+        ),
+        (
+            "SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, stars, $1::int4)::float8 AS score \
+             FROM finish_reviews ORDER BY score DESC NULLS LAST, id LIMIT 4",
+            vec![&min_id],
+        ),
+    ];
+    for (sql, params) in &cases {
+        // Twice: the second execution reuses the prepared statements.
+        for _ in 0..2 {
+            let got = prepared_rows(&client, sql, params).await;
+            let expected = prepared_rows(&reference, sql, params).await;
+            assert_eq!(got, expected, "{sql}");
+            assert!(!expected.1.is_empty(), "{sql}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_with_row_limits_resume_where_they_stopped() {
+    let (_proxy, mut client, _reference) = setup().await;
+    let transaction = client.transaction().await.expect("begin");
+    let statement = transaction
+        .prepare(
+            "SELECT id FROM finish_reviews \
+             WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment IS NOT NULL ORDER BY id",
+        )
+        .await
+        .expect("prepare");
+    let portal = transaction.bind(&statement, &[]).await.expect("bind");
+    let mut ids = Vec::new();
+    loop {
+        let rows = transaction.query_portal(&portal, 2).await.expect("fetch");
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 2);
+        ids.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    transaction.commit().await.expect("commit");
+    assert_eq!(ids, [1, 2, 3, 4, 7, 8]);
+    // A failing model fails the Execute; the session goes on after Sync.
+    let error = client
+        .query(
+            "SELECT id FROM finish_reviews WHERE aws_sagemaker.invoke_endpoint('model-error', NULL, id) > $1",
+            &[&"1"],
+        )
+        .await
+        .expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000");
+    let row = client
+        .query_one("SELECT 1 + $1::int4", &[&1i32])
+        .await
+        .expect("usable");
+    assert_eq!(row.get::<_, i32>(0), 2);
 }
