@@ -32,9 +32,7 @@ use crate::sql::finish::{CarriedType, FinishPlan};
 #[derive(Debug)]
 pub struct Prepared {
     plan: FinishPlan,
-    types: Vec<CarriedType>,
-    /// Type OID of each carried column.
-    oids: Vec<u32>,
+    shape: Shape,
     /// The residual statement's name upstream.
     residual_name: String,
     /// The residual's RowDescription body; `None`: NoData.
@@ -62,9 +60,7 @@ impl Prepared {
 
     /// Result formats of the base statement: arguments in text, carried values as they travel.
     pub fn base_formats(&self) -> Vec<i16> {
-        let mut formats = vec![0i16; self.plan.arg_columns];
-        formats.extend(self.types.iter().map(|t| i16::from(!t.as_text)));
-        formats
+        self.shape.base_formats()
     }
 }
 
@@ -170,23 +166,17 @@ async fn prepare(
         Ok(got) => got,
         Err(error) => return Ok(Err(error)),
     };
-    let columns = got
+    let description = got
         .iter()
         .find(|(kind, _)| *kind == b'T')
-        .map(|(_, body)| row_types(body))
-        .unwrap_or_default();
-    let carried_columns = columns.get(plan.arg_columns..).unwrap_or_default();
-    let carried = if carried_columns.is_empty() {
-        Vec::new()
-    } else {
-        match type_names(relay, carried_columns, false).await? {
-            Ok(types) => types,
-            Err(error) => return Ok(Err(error)),
-        }
+        .map(|(_, body)| body.clone());
+    let shape = match shape(relay, &plan, description.as_deref(), false).await? {
+        Ok(shape) => shape,
+        Err(error) => return Ok(Err(error)),
     };
 
     // 3. The residual, with the client's parameters first.
-    let residual = plan.residual_sql(&carried, client_types.len() + 1);
+    let residual = plan.residual_sql(&shape.types, &shape.stars, client_types.len() + 1);
     let mut requests = BytesMut::new();
     requests.put_slice(&message(
         frontend::PARSE,
@@ -207,8 +197,7 @@ async fn prepare(
         upstream_name: base_name,
         parameters,
         prepared: crate::session::extended::Prepared::Finish(Box::new(Prepared {
-            oids: carried_columns.iter().map(|(oid, _)| *oid).collect(),
-            types: carried,
+            shape,
             residual_name,
             row_description,
             plan,
@@ -269,13 +258,7 @@ pub async fn run_execute(
                 return Ok(outcome);
             }
         };
-        let ours = residual_parameters(
-            &prepared.plan,
-            &prepared.types,
-            &prepared.oids,
-            &parsed,
-            &results,
-        );
+        let ours = residual_parameters(&prepared.shape, &parsed, &results);
         let Some(bind) = residual_bind(
             &residual_portal,
             &prepared.residual_name,
@@ -519,20 +502,13 @@ async fn run_phases(
     if failed {
         return Ok(Some(Failure::Relayed));
     }
-    let columns = description.as_deref().map(row_types).unwrap_or_default();
-    let carried_columns = columns.get(plan.arg_columns..).unwrap_or_default();
-
-    // 2. The carried columns' type names and how they travel.
-    let types = if carried_columns.is_empty() {
-        Vec::new()
-    } else {
-        match type_names(relay, carried_columns, true).await? {
-            Ok(types) => types,
-            Err(body) => {
-                relay.push_to_client(message(b'E', &body));
-                close_base(relay).await?;
-                return Ok(Some(Failure::Relayed));
-            }
+    // 2. The value columns' type names and how they travel.
+    let shape = match shape(relay, plan, description.as_deref(), true).await? {
+        Ok(shape) => shape,
+        Err(body) => {
+            relay.push_to_client(message(b'E', &body));
+            close_base(relay).await?;
+            return Ok(Some(Failure::Relayed));
         }
     };
 
@@ -543,10 +519,10 @@ async fn run_phases(
     bind.put_u8(0);
     bind.put_u16(0); // parameter formats
     bind.put_u16(0); // parameters
-    bind.put_u16(columns.len() as u16);
-    for i in 0..columns.len() {
-        let binary = i >= plan.arg_columns && !types[i - plan.arg_columns].as_text;
-        bind.put_i16(i16::from(binary));
+    let formats = shape.base_formats();
+    bind.put_u16(formats.len() as u16);
+    for format in formats {
+        bind.put_i16(format);
     }
     let mut requests = BytesMut::new();
     requests.put_slice(&message(frontend::BIND, &bind));
@@ -576,9 +552,8 @@ async fn run_phases(
     };
 
     // 5. The residual over the enriched rows.
-    let oids: Vec<u32> = carried_columns.iter().map(|(oid, _)| *oid).collect();
-    let params = residual_parameters(plan, &types, &oids, &parsed, &results);
-    let residual = plan.residual_sql(&types, 1);
+    let params = residual_parameters(&shape, &parsed, &results);
+    let residual = plan.residual_sql(&shape.types, &shape.stars, 1);
     let mut bind = BytesMut::new();
     bind.put_u8(0);
     bind.put_u8(0);
@@ -649,20 +624,20 @@ async fn score(
 
 /// The residual's array parameters (binary): one per carried column, then each call's results.
 fn residual_parameters(
-    plan: &FinishPlan,
-    types: &[CarriedType],
-    oids: &[u32],
+    shape: &Shape,
     parsed: &[Vec<Option<&[u8]>>],
     results: &[Results],
 ) -> Vec<Vec<u8>> {
     let mut params: Vec<Vec<u8>> = Vec::new();
-    for (j, t) in types.iter().enumerate() {
-        let oid = if t.as_text { TEXT_OID } else { oids[j] };
+    for (j, &column) in shape.values.iter().enumerate() {
+        let oid = if shape.types[j].as_text {
+            TEXT_OID
+        } else {
+            shape.oids[j]
+        };
         params.push(array(
             oid,
-            parsed
-                .iter()
-                .map(|row| row.get(plan.arg_columns + j).copied().flatten()),
+            parsed.iter().map(|row| row.get(column).copied().flatten()),
         ));
     }
     for result in results {
@@ -735,8 +710,8 @@ fn execute_body(portal: &str, rows: usize) -> Vec<u8> {
     body
 }
 
-/// `(type OID, type modifier)` of each column of a RowDescription body.
-fn row_types(body: &[u8]) -> Vec<(u32, i32)> {
+/// `(name, type OID, type modifier)` of each column of a RowDescription body.
+fn row_types(body: &[u8]) -> Vec<(String, u32, i32)> {
     let mut out = Vec::new();
     let Some(count) = body.get(..2) else {
         return out;
@@ -747,16 +722,84 @@ fn row_types(body: &[u8]) -> Vec<(u32, i32)> {
         let Some(end) = body[at..].iter().position(|&b| b == 0) else {
             break;
         };
+        let name = String::from_utf8_lossy(&body[at..at + end]).into_owned();
         at += end + 1;
         let Some(field) = body.get(at..at + 18) else {
             break;
         };
         let oid = u32::from_be_bytes([field[6], field[7], field[8], field[9]]);
         let typmod = i32::from_be_bytes([field[12], field[13], field[14], field[15]]);
-        out.push((oid, typmod));
+        out.push((name, oid, typmod));
         at += 18;
     }
     out
+}
+
+/// The base statement's columns as described: which carry values to the residual, their types
+/// and how they travel, and the columns of each `*`.
+#[derive(Debug, Clone, Default)]
+struct Shape {
+    /// Base columns in all (arguments, values, star separators).
+    columns: usize,
+    /// Base column index of each value column.
+    values: Vec<usize>,
+    oids: Vec<u32>,
+    types: Vec<CarriedType>,
+    stars: Vec<Vec<String>>,
+}
+
+impl Shape {
+    /// Result formats of the base statement: values in binary where they travel so, the rest
+    /// (arguments, separators) in text.
+    fn base_formats(&self) -> Vec<i16> {
+        let mut formats = vec![0i16; self.columns];
+        for (i, &column) in self.values.iter().enumerate() {
+            formats[column] = i16::from(!self.types[i].as_text);
+        }
+        formats
+    }
+}
+
+/// Reads the shape of the base statement from its RowDescription body and looks up the value
+/// columns' types (see [`type_names`] for `sync`). `Err`: the upstream's error body.
+async fn shape(
+    relay: &mut Relay,
+    plan: &FinishPlan,
+    description: Option<&[u8]>,
+    sync: bool,
+) -> Result<Result<Shape, Bytes>, SessionError> {
+    let columns = description.map(row_types).unwrap_or_default();
+    let names: Vec<String> = columns.iter().map(|(n, _, _)| n.clone()).collect();
+    let Some((values, stars)) = plan.value_columns(&names) else {
+        return Ok(Err(internal(
+            "the base statement does not have the planned columns",
+        )));
+    };
+    let described: Vec<(u32, i32)> = values
+        .iter()
+        .map(|&i| (columns[i].1, columns[i].2))
+        .collect();
+    let types = if described.is_empty() {
+        Vec::new()
+    } else {
+        match type_names(relay, &described, sync).await? {
+            Ok(types) => types,
+            Err(error) => return Ok(Err(error)),
+        }
+    };
+    Ok(Ok(Shape {
+        columns: columns.len(),
+        oids: described.iter().map(|(oid, _)| *oid).collect(),
+        values,
+        types,
+        stars,
+    }))
+}
+
+fn internal(message: &str) -> Bytes {
+    ErrorMessage::error(SqlState::InternalError, format!("pgenrich: {message}"))
+        .encode()
+        .slice(5..)
 }
 
 /// Looks up how each carried column is named in a cast and whether it must travel as text
@@ -832,12 +875,9 @@ async fn type_names(
         return Ok(Err(error));
     }
     if types.len() != columns.len() {
-        return Ok(Err(ErrorMessage::error(
-            SqlState::InternalError,
-            "pgenrich could not look up the types of the statement's columns",
-        )
-        .encode()
-        .slice(5..)));
+        return Ok(Err(internal(
+            "could not look up the types of the statement's columns",
+        )));
     }
     Ok(Ok(types))
 }
@@ -904,7 +944,10 @@ mod tests {
             body.extend_from_slice(&typmod.to_be_bytes());
             body.extend_from_slice(&0i16.to_be_bytes());
         }
-        assert_eq!(row_types(&body), [(1700, 655366), (25, -1)]);
+        assert_eq!(
+            row_types(&body),
+            [("a".to_owned(), 1700, 655366), ("bb".to_owned(), 25, -1)]
+        );
         assert_eq!(row_types(&body[..10]), []);
     }
 }

@@ -25,7 +25,7 @@ use sqlparser::ast::{
     BinaryOperator, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
     JoinOperator, ObjectName, OrderByKind, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
-    VisitorMut,
+    VisitorMut, WildcardAdditionalOptions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -60,6 +60,9 @@ pub struct FinishPlan {
     residual: String,
     /// The statement with typed NULLs for the ML calls, to describe `$n` parameters natively.
     pub typing_sql: String,
+    /// `*` / `t.*` items of the block: the base selects each after the carried columns, ended
+    /// by a NULL column named `pgenrich:end<k>`, and the residual lists their columns.
+    pub stars: usize,
 }
 
 /// How a carried base column travels to the residual.
@@ -85,10 +88,37 @@ impl FinishPlan {
                 .sum::<usize>()
     }
 
-    /// The residual statement: `types` has one entry per carried column; its parameters are
-    /// numbered from `first_param` — first the carried columns, then per call its results
+    /// Splits the base statement's column names (as described) into the columns carrying values
+    /// to the residual — the carried expressions, then each star's columns — and the names of
+    /// each star's columns. `None`: the description does not have the planned shape.
+    pub fn value_columns(&self, names: &[String]) -> Option<(Vec<usize>, Vec<Vec<String>>)> {
+        let explicit = self.arg_columns..self.arg_columns + self.carried.len();
+        if names.len() < explicit.end {
+            return None;
+        }
+        let mut values: Vec<usize> = explicit.clone().collect();
+        let mut stars = Vec::with_capacity(self.stars);
+        let mut at = explicit.end;
+        for k in 0..self.stars {
+            let end = format!("pgenrich:end{k}");
+            let width = names.get(at..)?.iter().position(|n| *n == end)?;
+            values.extend(at..at + width);
+            stars.push(names[at..at + width].to_vec());
+            at += width + 1;
+        }
+        (at == names.len()).then_some((values, stars))
+    }
+
+    /// The residual statement: `types` has one entry per value column (see
+    /// [`FinishPlan::value_columns`]), `stars` the column names of each star; its parameters are
+    /// numbered from `first_param` — first the value columns, then per call its results
     /// (`varchar[]` sentiment and `float4[]` confidence, or `varchar[]` text).
-    pub fn residual_sql(&self, types: &[CarriedType], first_param: usize) -> String {
+    pub fn residual_sql(
+        &self,
+        types: &[CarriedType],
+        stars: &[Vec<String>],
+        first_param: usize,
+    ) -> String {
         let mut param = first_param;
         let mut next = || {
             param += 1;
@@ -123,7 +153,23 @@ impl FinishPlan {
             arrays.join(", "),
             columns.join(", ")
         );
-        self.residual.replacen(BASE_MARKER, &base, 1)
+        let mut residual = self.residual.replacen(BASE_MARKER, &base, 1);
+        let mut column = self.carried.len();
+        for (k, names) in stars.iter().enumerate() {
+            let list: Vec<String> = names
+                .iter()
+                .map(|name| {
+                    column += 1;
+                    format!(
+                        "{BASE_ALIAS}.c{} AS \"{}\"",
+                        column - 1,
+                        name.replace('"', "\"\"")
+                    )
+                })
+                .collect();
+            residual = residual.replacen(&format!("\"pgenrich:star{k}\""), &list.join(", "), 1);
+        }
+        residual
     }
 }
 
@@ -312,6 +358,7 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
         })
         .collect();
     let mut projection = Vec::new();
+    let mut stars: Vec<SelectItem> = Vec::new();
     for item in std::mem::take(&mut select.projection) {
         match item {
             SelectItem::UnnamedExpr(Expr::Function(f))
@@ -370,10 +417,24 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
                     "Give each column one alias.",
                 ))
             }
+            SelectItem::Wildcard(ref options)
+                if *options == WildcardAdditionalOptions::default()
+                    && rewriter.functions.is_empty() =>
+            {
+                projection.push(star_placeholder(stars.len()));
+                stars.push(item);
+            }
+            SelectItem::QualifiedWildcard(
+                SelectItemQualifiedWildcardKind::ObjectName(_),
+                ref options,
+            ) if *options == WildcardAdditionalOptions::default() => {
+                projection.push(star_placeholder(stars.len()));
+                stars.push(item);
+            }
             SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
                 return Err(unsupported(
-                    "SELECT * in a statement that filters, groups or sorts on ML results is not supported yet",
-                    "List the columns you need instead of *.",
+                    "SELECT * over an ML table function in a statement that filters, groups or sorts on ML results is not supported",
+                    "List the columns, e.g. SELECT r.*, s.sentiment FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s WHERE ….",
                 ))
             }
         }
@@ -439,6 +500,14 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
             alias: Ident::with_quote('"', format!("pgenrich:c{i}")),
         });
     }
+    let star_count = stars.len();
+    for (k, star) in stars.into_iter().enumerate() {
+        base_items.push(star);
+        base_items.push(SelectItem::ExprWithAlias {
+            expr: Expr::Value(sqlparser::ast::Value::Null.into()),
+            alias: Ident::with_quote('"', format!("pgenrich:end{k}")),
+        });
+    }
     let mut base_select = select.clone();
     base_select.distinct = None;
     base_select.projection = base_items;
@@ -466,6 +535,7 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
         carried: rewriter.carried.iter().map(ToString::to_string).collect(),
         residual: query.to_string(),
         typing_sql: typing_statement(original)?,
+        stars: star_count,
     })
 }
 
@@ -574,6 +644,14 @@ fn typing_statement(mut query: Query) -> Result<String, PlanError> {
     }
     let _ = query.visit(&mut Typer);
     Ok(query.to_string())
+}
+
+/// Stands for star `k`'s columns in the residual's select list until they are known.
+fn star_placeholder(k: usize) -> SelectItem {
+    SelectItem::UnnamedExpr(Expr::Identifier(Ident::with_quote(
+        '"',
+        format!("pgenrich:star{k}"),
+    )))
 }
 
 /// `FROM "pgenrich:base"`, replaced by the base rows in [`FinishPlan::residual_sql`].
@@ -1071,7 +1149,7 @@ mod tests {
                 as_text: false,
             })
             .collect();
-        p.residual_sql(&types, 1)
+        p.residual_sql(&types, &[], 1)
     }
 
     #[test]
@@ -1232,7 +1310,7 @@ mod tests {
         for sql in [
             "INSERT INTO t SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) FROM s",
             "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, x)",
-            "SELECT * FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1'",
+            "SELECT * FROM t, aws_comprehend.detect_sentiment(x, 'en') s WHERE s.sentiment = 'x'",
             "SELECT x FROM t WHERE x IN (SELECT y FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, y) = '1')",
             "WITH w AS (SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) v FROM t) SELECT v FROM w",
             "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' UNION SELECT 1",
@@ -1248,6 +1326,49 @@ mod tests {
             refused("SELECT 1 FROM t WHERE aws_comprehend.detect_sentiment(x) IS NULL").code,
             SqlState::UndefinedFunction
         );
+    }
+
+    #[test]
+    fn stars_are_listed_once_the_base_is_described() {
+        let p = ok("SELECT *, r.* FROM reviews r \
+                    WHERE aws_sagemaker.invoke_endpoint('e', NULL, id) = '1'");
+        assert_eq!(
+            p.base_sql,
+            "SELECT 'e' AS \"pgenrich:arg0\", NULL AS \"pgenrich:arg1\", id AS \"pgenrich:arg2\", \
+             *, NULL AS \"pgenrich:end0\", r.*, NULL AS \"pgenrich:end1\" FROM reviews r"
+        );
+        let names: Vec<String> = [
+            "pgenrich:arg0",
+            "pgenrich:arg1",
+            "pgenrich:arg2",
+            "id",
+            "say \"hi\"",
+            "pgenrich:end0",
+            "id",
+            "say \"hi\"",
+            "pgenrich:end1",
+        ]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+        let (values, stars) = p.value_columns(&names).expect("planned shape");
+        assert_eq!(values, [3, 4, 6, 7]);
+        let types = vec![
+            CarriedType {
+                name: "integer".into(),
+                as_text: false
+            };
+            4
+        ];
+        let r = p.residual_sql(&types, &stars, 1);
+        assert!(
+            r.starts_with(
+                "SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.c1 AS \"say \"\"hi\"\"\", \
+                 pgenrich_base.c2 AS \"id\", pgenrich_base.c3 AS \"say \"\"hi\"\"\" FROM"
+            ),
+            "{r}"
+        );
+        assert!(p.value_columns(&names[..5]).is_none());
     }
 
     #[test]

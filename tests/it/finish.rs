@@ -88,6 +88,9 @@ async fn ml_calls_anywhere_in_a_select_match_native_evaluation() {
          ORDER BY 1, 2",
         "SELECT count(*) FROM finish_reviews WHERE aws_sagemaker.invoke_endpoint('score', NULL, stars)::int > 3 \
          OR id IN (SELECT 1)",
+        "SELECT * FROM finish_reviews WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE' ORDER BY id",
+        "SELECT r.*, (aws_comprehend.detect_sentiment(r.body, 'en')).confidence, r.* FROM finish_reviews r \
+         WHERE aws_sagemaker.invoke_endpoint('score', NULL, r.id)::int > 2 ORDER BY r.id DESC",
     ];
     for sql in queries {
         let got = result(&client, sql).await;
@@ -158,7 +161,7 @@ async fn failures_keep_postgres_semantics() {
     // Still refused: a form that cannot be planned, with a hint; the session stays usable.
     let error = client
         .simple_query(
-            "SELECT * FROM finish_reviews r WHERE EXISTS (SELECT 1 WHERE aws_sagemaker.invoke_endpoint('score', NULL, r.id) > '1')",
+            "SELECT id FROM finish_reviews r WHERE EXISTS (SELECT 1 WHERE aws_sagemaker.invoke_endpoint('score', NULL, r.id) > '1')",
         )
         .await
         .expect_err("refused");
@@ -245,6 +248,11 @@ async fn prepared_statements_with_parameters_match_native_evaluation() {
             "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS label, count(*)::int4 AS n \
              FROM finish_reviews WHERE id >= $1 GROUP BY label ORDER BY label NULLS FIRST",
             vec![&min_id],
+        ),
+        (
+            "SELECT * FROM finish_reviews \
+             WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment <> $1 ORDER BY id",
+            vec![&label],
         ),
         (
             "SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, stars, $1::int4)::float8 AS score \
