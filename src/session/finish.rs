@@ -26,13 +26,14 @@ use super::rows::{message, split_fields, split_row};
 use crate::enrich::{CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
-use crate::sql::finish::{CarriedType, FinishPlan};
+use crate::sql::finish::{BlockPlan, CarriedType, Described, FinishPlan};
 
 /// A prepared base + residual statement (extended protocol).
 #[derive(Debug)]
 pub struct Prepared {
     plan: FinishPlan,
-    shape: Shape,
+    /// Per block: its base statement's name upstream and its shape.
+    bases: Vec<(String, Shape)>,
     /// The residual statement's name upstream.
     residual_name: String,
     /// The residual's RowDescription body; `None`: NoData.
@@ -60,7 +61,10 @@ impl Prepared {
 
     /// Result formats of the base statement: arguments in text, carried values as they travel.
     pub fn base_formats(&self) -> Vec<i16> {
-        self.shape.base_formats()
+        self.bases
+            .first()
+            .map(|(_, shape)| shape.base_formats())
+            .unwrap_or_default()
     }
 }
 
@@ -134,49 +138,73 @@ async fn prepare(
     for old in [&base_name, &residual_name] {
         requests.put_slice(&message(frontend::CLOSE, &named(b'S', old)));
     }
-    requests.put_slice(&message(
-        frontend::PARSE,
-        &parse_body(TYPING, &plan.typing_sql, &declared),
-    ));
-    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', TYPING)));
-    requests.put_slice(&message(frontend::CLOSE, &named(b'S', TYPING)));
+    let mut expected = 2;
+    if let Some(typing) = &plan.typing_sql {
+        requests.put_slice(&message(
+            frontend::PARSE,
+            &parse_body(TYPING, typing, &declared),
+        ));
+        requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', TYPING)));
+        requests.put_slice(&message(frontend::CLOSE, &named(b'S', TYPING)));
+        expected += 4;
+    }
     requests.put_slice(&message(b'H', &[]));
     relay.send_upstream_now(requests.freeze()).await?;
-    let got = match answers(relay, 6).await? {
+    let got = match answers(relay, expected).await? {
         Ok(got) => got,
         Err(error) => return Ok(Err(error)),
     };
+    // Without `$n` in the text, only the declared types (PostgreSQL describes those as given).
     let parameters = got
         .iter()
         .find(|(kind, _)| *kind == b't')
         .map(|(_, body)| body.clone())
-        .unwrap_or_else(|| Bytes::from_static(&[0, 0]));
+        .unwrap_or_else(|| {
+            let mut body = (declared.len() as u16).to_be_bytes().to_vec();
+            for oid in &declared {
+                body.extend_from_slice(&oid.to_be_bytes());
+            }
+            Bytes::from(body)
+        });
     let client_types = parameter_oids(&parameters);
 
-    // 2. The base statement and its columns.
-    let mut requests = BytesMut::new();
-    requests.put_slice(&message(
-        frontend::PARSE,
-        &parse_body(&base_name, &plan.base_sql, &client_types),
-    ));
-    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &base_name)));
-    requests.put_slice(&message(b'H', &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let got = match answers(relay, 3).await? {
-        Ok(got) => got,
-        Err(error) => return Ok(Err(error)),
-    };
-    let description = got
-        .iter()
-        .find(|(kind, _)| *kind == b'T')
-        .map(|(_, body)| body.clone());
-    let shape = match shape(relay, &plan, description.as_deref(), false).await? {
-        Ok(shape) => shape,
-        Err(error) => return Ok(Err(error)),
-    };
+    // 2. Each block's base statement and its columns.
+    let mut bases = Vec::with_capacity(plan.blocks.len());
+    for (b, block) in plan.blocks.iter().enumerate() {
+        let name = if b == 0 {
+            base_name.clone()
+        } else {
+            format!("pgenrich.s{b}.{name}")
+        };
+        let mut requests = BytesMut::new();
+        if b > 0 {
+            requests.put_slice(&message(frontend::CLOSE, &named(b'S', &name)));
+        }
+        requests.put_slice(&message(
+            frontend::PARSE,
+            &parse_body(&name, &block.base_sql, &client_types),
+        ));
+        requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &name)));
+        requests.put_slice(&message(b'H', &[]));
+        relay.send_upstream_now(requests.freeze()).await?;
+        let got = match answers(relay, if b > 0 { 4 } else { 3 }).await? {
+            Ok(got) => got,
+            Err(error) => return Ok(Err(error)),
+        };
+        let description = got
+            .iter()
+            .find(|(kind, _)| *kind == b'T')
+            .map(|(_, body)| body.clone());
+        let shape = match shape(relay, block, description.as_deref(), false).await? {
+            Ok(shape) => shape,
+            Err(error) => return Ok(Err(error)),
+        };
+        bases.push((name, shape));
+    }
 
     // 3. The residual, with the client's parameters first.
-    let residual = plan.residual_sql(&shape.types, &shape.stars, client_types.len() + 1);
+    let described: Vec<Described> = bases.iter().map(|(_, shape)| shape.described()).collect();
+    let residual = plan.residual_sql(&described, client_types.len() + 1);
     let mut requests = BytesMut::new();
     requests.put_slice(&message(
         frontend::PARSE,
@@ -197,7 +225,7 @@ async fn prepare(
         upstream_name: base_name,
         parameters,
         prepared: crate::session::extended::Prepared::Finish(Box::new(Prepared {
-            shape,
+            bases,
             residual_name,
             row_description,
             plan,
@@ -223,42 +251,60 @@ pub async fn run_execute(
     let residual_portal = format!("pgenrich.r.{portal}");
     let mut requests = BytesMut::new();
     if !bound.started {
-        // The base rows.
-        relay
-            .send_upstream_now(Bytes::from(
-                [
-                    message(frontend::EXECUTE, &execute_body(portal, 0)),
-                    message(b'H', &[]),
-                ]
-                .concat(),
-            ))
-            .await?;
-        let mut rows = Vec::new();
-        loop {
-            let (kind, body) = relay.next_upstream_message().await?;
-            match kind {
-                b'D' => rows.push(body),
-                b'C' => break,
-                b'E' => {
-                    relay.push_to_client(message(b'E', &body));
+        // Each block's base rows: block 0's portal is the client's (its Bind was rewritten), the
+        // others are bound now with the client's parameters.
+        let mut ours = Vec::new();
+        for (b, ((base_name, shape), block)) in
+            prepared.bases.iter().zip(&prepared.plan.blocks).enumerate()
+        {
+            let base_portal = if b == 0 {
+                portal.to_owned()
+            } else {
+                format!("pgenrich.b{b}.{portal}")
+            };
+            let mut requests = Vec::new();
+            if b > 0 {
+                let mut bind = named_body(&base_portal);
+                bind.extend_from_slice(&named_body(base_name));
+                bind.extend_from_slice(&bound.parameters);
+                let formats = shape.base_formats();
+                bind.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+                for format in formats {
+                    bind.extend_from_slice(&format.to_be_bytes());
+                }
+                requests.extend_from_slice(&message(frontend::BIND, &bind));
+            }
+            requests.extend_from_slice(&message(frontend::EXECUTE, &execute_body(&base_portal, 0)));
+            requests.extend_from_slice(&message(b'H', &[]));
+            relay.send_upstream_now(Bytes::from(requests)).await?;
+            let mut rows = Vec::new();
+            loop {
+                let (kind, body) = relay.next_upstream_message().await?;
+                match kind {
+                    b'D' => rows.push(body),
+                    b'2' => {}
+                    b'C' => break,
+                    b'E' => {
+                        relay.push_to_client(message(b'E', &body));
+                        relay.mark_extended_failed();
+                        relay.flush_client().await?;
+                        return Ok(outcome);
+                    }
+                    _ => relay.push_to_client(message(kind, &body)),
+                }
+            }
+            let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+            let results = match score(relay, executor, block, &parsed, &mut outcome).await? {
+                Ok(results) => results,
+                Err(error) => {
+                    super::ml::fail_upstream(relay, error).await?;
                     relay.mark_extended_failed();
                     relay.flush_client().await?;
                     return Ok(outcome);
                 }
-                _ => relay.push_to_client(message(kind, &body)),
-            }
+            };
+            ours.extend(residual_parameters(shape, &parsed, &results));
         }
-        let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-        let results = match score(relay, executor, &prepared.plan, &parsed, &mut outcome).await? {
-            Ok(results) => results,
-            Err(error) => {
-                super::ml::fail_upstream(relay, error).await?;
-                relay.mark_extended_failed();
-                relay.flush_client().await?;
-                return Ok(outcome);
-            }
-        };
-        let ours = residual_parameters(&prepared.shape, &parsed, &results);
         let Some(bind) = residual_bind(
             &residual_portal,
             &prepared.residual_name,
@@ -377,8 +423,10 @@ pub async fn run_query(
     let wrap = relay.tracker.status() == b'I';
     if wrap {
         // nextval() and setval() write, so a statement calling them cannot run read-only.
-        let writes = plan.base_sql.to_ascii_lowercase().contains("nextval")
-            || plan.base_sql.to_ascii_lowercase().contains("setval");
+        let writes = plan.blocks.iter().any(|b| {
+            let sql = b.base_sql.to_ascii_lowercase();
+            sql.contains("nextval") || sql.contains("setval")
+        });
         let begin = if writes {
             "BEGIN ISOLATION LEVEL REPEATABLE READ"
         } else {
@@ -480,6 +528,27 @@ async fn run_phases(
     plan: &FinishPlan,
     outcome: &mut Outcome,
 ) -> Result<Option<Failure>, SessionError> {
+    let mut params = Vec::new();
+    let mut described = Vec::with_capacity(plan.blocks.len());
+    for block in &plan.blocks {
+        match run_base(relay, executor, block, outcome).await? {
+            Ok((shape, block_params)) => {
+                described.push(shape.described());
+                params.extend(block_params);
+            }
+            Err(failure) => return Ok(Some(failure)),
+        }
+    }
+    run_residual(relay, plan, &described, params, outcome).await
+}
+
+/// Describes, fetches and scores one block's base rows; its residual parameters.
+async fn run_base(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: &BlockPlan,
+    outcome: &mut Outcome,
+) -> Result<Result<(Shape, Vec<Vec<u8>>), Failure>, SessionError> {
     // 1. Describe the base statement.
     let mut requests = BytesMut::new();
     requests.put_slice(&message(
@@ -500,7 +569,7 @@ async fn run_phases(
     })
     .await?;
     if failed {
-        return Ok(Some(Failure::Relayed));
+        return Ok(Err(Failure::Relayed));
     }
     // 2. The value columns' type names and how they travel.
     let shape = match shape(relay, plan, description.as_deref(), true).await? {
@@ -508,7 +577,7 @@ async fn run_phases(
         Err(body) => {
             relay.push_to_client(message(b'E', &body));
             close_base(relay).await?;
-            return Ok(Some(Failure::Relayed));
+            return Ok(Err(Failure::Relayed));
         }
     };
 
@@ -541,19 +610,29 @@ async fn run_phases(
     })
     .await?;
     if failed {
-        return Ok(Some(Failure::Relayed));
+        return Ok(Err(Failure::Relayed));
     }
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     let results = match score(relay, executor, plan, &parsed, outcome).await? {
         Ok(results) => results,
-        Err(error) => return Ok(Some(Failure::Ours(error))),
+        Err(error) => return Ok(Err(Failure::Ours(error))),
     };
-
-    // 5. The residual over the enriched rows.
     let params = residual_parameters(&shape, &parsed, &results);
-    let residual = plan.residual_sql(&shape.types, &shape.stars, 1);
+    Ok(Ok((shape, params)))
+}
+
+/// Runs the residual over every block's enriched rows, relaying its answer to the client.
+async fn run_residual(
+    relay: &mut Relay,
+    plan: &FinishPlan,
+    described: &[Described],
+    params: Vec<Vec<u8>>,
+    outcome: &mut Outcome,
+) -> Result<Option<Failure>, SessionError> {
+    // 5. The residual over the enriched rows.
+    let residual = plan.residual_sql(described, 1);
     let mut bind = BytesMut::new();
     bind.put_u8(0);
     bind.put_u8(0);
@@ -589,7 +668,7 @@ async fn run_phases(
 async fn score(
     relay: &mut Relay,
     executor: &Arc<Executor>,
-    plan: &FinishPlan,
+    plan: &BlockPlan,
     parsed: &[Vec<Option<&[u8]>>],
     outcome: &mut Outcome,
 ) -> Result<Result<Vec<Results>, ErrorMessage>, SessionError> {
@@ -749,6 +828,13 @@ struct Shape {
 }
 
 impl Shape {
+    fn described(&self) -> Described {
+        Described {
+            types: self.types.clone(),
+            stars: self.stars.clone(),
+        }
+    }
+
     /// Result formats of the base statement: values in binary where they travel so, the rest
     /// (arguments, separators) in text.
     fn base_formats(&self) -> Vec<i16> {
@@ -764,7 +850,7 @@ impl Shape {
 /// columns' types (see [`type_names`] for `sync`). `Err`: the upstream's error body.
 async fn shape(
     relay: &mut Relay,
-    plan: &FinishPlan,
+    plan: &BlockPlan,
     description: Option<&[u8]>,
     sync: bool,
 ) -> Result<Result<Shape, Bytes>, SessionError> {

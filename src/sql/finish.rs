@@ -23,7 +23,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     BinaryOperator, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
-    JoinOperator, ObjectName, OrderByKind, Query, Select, SelectItem,
+    JoinOperator, ObjectName, OrderBy, OrderByKind, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
     VisitorMut, WildcardAdditionalOptions,
 };
@@ -39,30 +39,40 @@ use crate::error::SqlState;
 
 /// The alias the residual gives the enriched base rows.
 pub const BASE_ALIAS: &str = "pgenrich_base";
-/// Stands for the base rows in the residual until the carried types are known.
-const BASE_MARKER: &str = "\"pgenrich:base\"";
+/// Prefix of the table names standing for base rows in the residual (see [`block_marker`]).
+const BASE_MARKER: &str = "pgenrich:base";
 
 const NOT_YET_HINT: &str = "pgenrich evaluates ML calls in one SELECT block: its select list, \
 WHERE, JOIN … ON, GROUP BY, HAVING, ORDER BY, DISTINCT and window clauses, and as table functions \
 in its FROM list. Move the ML call into the outermost SELECT of the statement.";
 
-/// A planned two-phase ML statement.
+/// A planned two-phase ML statement: one base relation per ML-bearing SELECT block, and one
+/// residual statement over all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishPlan {
+    pub blocks: Vec<BlockPlan>,
+    /// Phase 2, with a marker per block where its base rows go.
+    residual: String,
+    /// The statement with typed NULLs for the ML calls, to describe `$n` parameters natively;
+    /// `None` when it has no parameters.
+    pub typing_sql: Option<String>,
+}
+
+/// One ML-bearing SELECT block's base relation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockPlan {
     /// Phase 1. Its columns: the calls' arguments (`calls[i]` names its range), then one column
-    /// per carried expression.
+    /// per carried expression, then each star's columns and a marker column.
     pub base_sql: String,
     pub calls: Vec<Call>,
     pub arg_columns: usize,
     /// The carried expressions as SQL text, in base column order after the arguments.
     pub carried: Vec<String>,
-    /// Phase 2, with [`BASE_MARKER`] where the base rows go.
-    residual: String,
-    /// The statement with typed NULLs for the ML calls, to describe `$n` parameters natively.
-    pub typing_sql: String,
     /// `*` / `t.*` items of the block: the base selects each after the carried columns, ended
     /// by a NULL column named `pgenrich:end<k>`, and the residual lists their columns.
     pub stars: usize,
+    /// Calls whose whole detect_sentiment record the residual uses.
+    pub records: Vec<usize>,
 }
 
 /// How a carried base column travels to the residual.
@@ -74,20 +84,7 @@ pub struct CarriedType {
     pub as_text: bool,
 }
 
-impl FinishPlan {
-    /// Parameters the residual takes after the client's own.
-    pub fn parameter_count(&self) -> usize {
-        self.carried.len()
-            + self
-                .calls
-                .iter()
-                .map(|c| match c.function {
-                    MlFunction::DetectSentiment => 2,
-                    MlFunction::InvokeEndpoint => 1,
-                })
-                .sum::<usize>()
-    }
-
+impl BlockPlan {
     /// Splits the base statement's column names (as described) into the columns carrying values
     /// to the residual — the carried expressions, then each star's columns — and the names of
     /// each star's columns. `None`: the description does not have the planned shape.
@@ -109,68 +106,120 @@ impl FinishPlan {
         (at == names.len()).then_some((values, stars))
     }
 
-    /// The residual statement: `types` has one entry per value column (see
-    /// [`FinishPlan::value_columns`]), `stars` the column names of each star; its parameters are
-    /// numbered from `first_param` — first the value columns, then per call its results
-    /// (`varchar[]` sentiment and `float4[]` confidence, or `varchar[]` text).
-    pub fn residual_sql(
-        &self,
-        types: &[CarriedType],
-        stars: &[Vec<String>],
-        first_param: usize,
-    ) -> String {
-        let mut param = first_param;
-        let mut next = || {
-            param += 1;
-            param - 1
-        };
-        let mut columns = Vec::new();
-        let mut arrays = Vec::new();
-        let mut select = Vec::new();
-        for (i, t) in types.iter().enumerate() {
-            let element = if t.as_text { "text" } else { t.name.as_str() };
-            arrays.push(format!("${}::{element}[]", next()));
-            columns.push(format!("c{i}"));
-            select.push(format!("u.c{i}::{} AS c{i}", t.name));
-        }
-        for (k, call) in self.calls.iter().enumerate() {
-            let outputs: &[(&str, &str)] = match call.function {
-                MlFunction::DetectSentiment => {
-                    &[("sentiment", "varchar"), ("confidence", "float4")]
-                }
-                MlFunction::InvokeEndpoint => &[("", "varchar")],
-            };
-            for (field, ty) in outputs {
-                let name = output_column(k, field);
-                arrays.push(format!("${}::{ty}[]", next()));
-                select.push(format!("u.{name}"));
-                columns.push(name);
-            }
-        }
-        let base = format!(
-            "(SELECT {} FROM unnest({}) AS u({})) AS {BASE_ALIAS}",
-            select.join(", "),
-            arrays.join(", "),
-            columns.join(", ")
-        );
-        let mut residual = self.residual.replacen(BASE_MARKER, &base, 1);
-        let mut column = self.carried.len();
-        for (k, names) in stars.iter().enumerate() {
-            let list: Vec<String> = names
+    /// The residual's parameters for this block: one per value column, then per call its results.
+    pub fn parameter_count(&self, values: usize) -> usize {
+        values
+            + self
+                .calls
                 .iter()
-                .map(|name| {
-                    column += 1;
-                    format!(
-                        "{BASE_ALIAS}.c{} AS \"{}\"",
-                        column - 1,
-                        name.replace('"', "\"\"")
-                    )
+                .map(|c| match c.function {
+                    MlFunction::DetectSentiment => 2,
+                    MlFunction::InvokeEndpoint => 1,
                 })
-                .collect();
-            residual = residual.replacen(&format!("\"pgenrich:star{k}\""), &list.join(", "), 1);
+                .sum::<usize>()
+    }
+}
+
+/// A block's base as described: the type of each value column and the names of each star's
+/// columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Described {
+    pub types: Vec<CarriedType>,
+    pub stars: Vec<Vec<String>>,
+}
+
+impl FinishPlan {
+    /// The residual statement, given each block's [`Described`] base. Its parameters are
+    /// numbered from `first_param`: per block, first its value columns, then per call its
+    /// results (`varchar[]` sentiment and `float4[]` confidence, or `varchar[]` text).
+    pub fn residual_sql(&self, described: &[Described], first_param: usize) -> String {
+        let mut residual = self.residual.clone();
+        let mut param = first_param;
+        for (b, (block, described)) in self.blocks.iter().zip(described).enumerate() {
+            let alias = block_alias(b);
+            let mut next = || {
+                param += 1;
+                param - 1
+            };
+            let mut columns = Vec::new();
+            let mut arrays = Vec::new();
+            let mut select = Vec::new();
+            for (i, t) in described.types.iter().enumerate() {
+                let element = if t.as_text { "text" } else { t.name.as_str() };
+                arrays.push(format!("${}::{element}[]", next()));
+                columns.push(format!("c{i}"));
+                select.push(format!("u.c{i}::{} AS c{i}", t.name));
+            }
+            for (k, call) in block.calls.iter().enumerate() {
+                let outputs: &[(&str, &str)] = match call.function {
+                    MlFunction::DetectSentiment => {
+                        &[("sentiment", "varchar"), ("confidence", "float4")]
+                    }
+                    MlFunction::InvokeEndpoint => &[("", "varchar")],
+                };
+                for (field, ty) in outputs {
+                    let name = output_column(k, field);
+                    arrays.push(format!("${}::{ty}[]", next()));
+                    select.push(format!("u.{name}"));
+                    columns.push(name);
+                }
+            }
+            // detect_sentiment's whole record: a row of a lateral subquery, so PostgreSQL knows
+            // its field names wherever it goes, and NULL (no row) where the call gave NULL.
+            let mut records = String::new();
+            for &k in &block.records {
+                {
+                    let (s, c) = (
+                        output_column(k, "sentiment"),
+                        output_column(k, "confidence"),
+                    );
+                    select.push(format!("x{k} AS m{k}"));
+                    records.push_str(&format!(
+                        " LEFT JOIN LATERAL (SELECT u.{s} AS sentiment, u.{c} AS confidence \
+                         WHERE u.{s} IS NOT NULL) AS x{k} ON true"
+                    ));
+                }
+            }
+            let base = format!(
+                "(SELECT {} FROM unnest({}) AS u({}){records}) AS {alias}",
+                select.join(", "),
+                arrays.join(", "),
+                columns.join(", ")
+            );
+            residual = residual.replacen(&block_marker(b), &base, 1);
+            let mut column = block.carried.len();
+            for (k, names) in described.stars.iter().enumerate() {
+                let list: Vec<String> = names
+                    .iter()
+                    .map(|name| {
+                        column += 1;
+                        format!(
+                            "{alias}.c{} AS \"{}\"",
+                            column - 1,
+                            name.replace('"', "\"\"")
+                        )
+                    })
+                    .collect();
+                residual = residual.replacen(&star_marker(b, k), &list.join(", "), 1);
+            }
         }
         residual
     }
+}
+
+/// The residual's name for block `b`'s base rows.
+fn block_alias(b: usize) -> String {
+    format!("{BASE_ALIAS}{b}")
+}
+
+/// Stands for block `b`'s base rows in the residual until their types are known.
+fn block_marker(b: usize) -> String {
+    format!("\"{BASE_MARKER}{b}\"")
+}
+
+/// Stands for star `k` of block `b` in the residual's select list.
+fn star_marker(b: usize, k: usize) -> String {
+    format!("\"pgenrich:star{b}_{k}\"")
 }
 
 /// The residual's column for call `k`'s `field` (empty for invoke_endpoint's text).
@@ -180,10 +229,6 @@ fn output_column(k: usize, field: &str) -> String {
     } else {
         format!("m{k}_{field}")
     }
-}
-
-fn base_ref(column: &str) -> Expr {
-    Expr::CompoundIdentifier(vec![Ident::new(BASE_ALIAS), Ident::new(column)])
 }
 
 fn parse_expr(text: &str) -> Expr {
@@ -231,136 +276,282 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
             "Lock the rows in a separate statement of the same transaction.",
         ));
     }
-    if query.with.as_ref().is_some_and(has_ml) {
+    let mut planner = Planner::default();
+    planner.query(&mut query, false)?;
+    if planner.blocks.is_empty() {
         return Err(unsupported(
-            "ML calls inside WITH queries are not supported yet",
+            "no ML call found where pgenrich can evaluate it",
             NOT_YET_HINT,
         ));
     }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return Err(unsupported(
-            "ML calls in UNION, INTERSECT, EXCEPT or VALUES are not supported yet",
-            NOT_YET_HINT,
-        ));
-    };
-    let mut select: Select = (**select).clone();
-    let select = &mut select;
-    if nested_ml(&*select) || nested_ml(&query.order_by) {
-        return Err(unsupported(
-            "ML calls inside subqueries are not supported yet",
-            NOT_YET_HINT,
-        ));
-    }
-    if select.into.is_some() {
-        return Err(unsupported(
-            "SELECT INTO with ML calls is not supported",
-            "Use CREATE TABLE … AS in a separate statement over the ML results fetched by the application.",
-        ));
+    Ok(FinishPlan {
+        blocks: planner.blocks,
+        residual: query.to_string(),
+        typing_sql: if has_parameters(&original) {
+            Some(typing_statement(original)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// Finds the ML-bearing SELECT blocks of a statement, innermost first, rewriting each into its
+/// residual form and collecting its base relation.
+#[derive(Default)]
+struct Planner {
+    blocks: Vec<BlockPlan>,
+    /// Plain CTEs of the enclosing queries, outermost first: base statements may use them.
+    ctes: Vec<sqlparser::ast::Cte>,
+    recursive: bool,
+    /// Names of CTEs that hold ML blocks: their rows exist only in the residual.
+    ml_ctes: Vec<String>,
+}
+
+impl Planner {
+    fn query(&mut self, query: &mut Query, nested: bool) -> Result<(), PlanError> {
+        if !self.needs_residual(&*query) {
+            return Ok(());
+        }
+        let scope = self.ctes.len();
+        if let Some(with) = &mut query.with {
+            for cte in &mut with.cte_tables {
+                if !matches!(
+                    cte.query.body.as_ref(),
+                    SetExpr::Select(_)
+                        | SetExpr::Query(_)
+                        | SetExpr::SetOperation { .. }
+                        | SetExpr::Values(_)
+                ) {
+                    return Err(unsupported(
+                        "ML calls in a statement with a data-modifying WITH query are not supported",
+                        "Run the INSERT, UPDATE or DELETE in a separate statement.",
+                    ));
+                }
+                if self.needs_residual(&*cte.query) {
+                    self.query(&mut cte.query, true)?;
+                    self.ml_ctes.push(cte.alias.name.value.clone());
+                } else {
+                    self.ctes.push(cte.clone());
+                    self.recursive |= with.recursive;
+                }
+            }
+        }
+        let result = match query.body.as_mut() {
+            SetExpr::Select(select) => self.select(select, Some(&mut query.order_by), nested),
+            body => {
+                if has_ml(&query.order_by) || has_ml(&query.limit_clause) {
+                    return Err(unsupported(
+                        "ML calls in the ORDER BY or LIMIT of a UNION, INTERSECT or EXCEPT are not supported",
+                        "Select the ML result in the branches and sort by its output column.",
+                    ));
+                }
+                self.set_expr(body, nested)
+            }
+        };
+        self.ctes.truncate(scope);
+        result
     }
 
-    let mut rewriter = Rewriter::default();
-    // FROM: ML table functions become calls; ML conditions of inner joins move to WHERE.
-    let mut base_from = Vec::new();
-    let mut residual_where = Vec::new();
-    let mut base_where = Vec::new();
-    for mut item in std::mem::take(&mut select.from) {
-        if item.joins.is_empty() {
-            if let Some((name, args, alias)) = ml_table_function(&item.relation) {
-                let function = function_of(&name)?;
-                if function != MlFunction::DetectSentiment {
-                    return Err(unsupported(
+    fn set_expr(&mut self, body: &mut SetExpr, nested: bool) -> Result<(), PlanError> {
+        match body {
+            SetExpr::Select(select) => self.select(select, None, nested),
+            SetExpr::Query(query) => self.query(query, nested),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left, nested)?;
+                self.set_expr(right, nested)
+            }
+            other if has_ml(&*other) => Err(unsupported(
+                "ML calls in VALUES lists are not supported",
+                "Select the values from a subquery and call the function in its select list.",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn select(
+        &mut self,
+        select: &mut Select,
+        order_by: Option<&mut Option<OrderBy>>,
+        nested: bool,
+    ) -> Result<(), PlanError> {
+        if select.into.is_some() {
+            return Err(unsupported(
+                "SELECT INTO with ML calls is not supported",
+                "Use CREATE TABLE … AS in a separate statement over the ML results fetched by the application.",
+            ));
+        }
+        // Blocks inside this one's subqueries first.
+        let mut inner = Inner {
+            planner: self,
+            depth: 0,
+        };
+        if let ControlFlow::Break(error) = select.visit(&mut inner) {
+            return Err(error);
+        }
+        let mut order_by = order_by;
+        if let Some(order_by) = order_by.as_deref_mut() {
+            if let ControlFlow::Break(error) = order_by.visit(&mut inner) {
+                return Err(error);
+            }
+        }
+        let direct = direct_ml(&*select) || order_by.as_deref().is_some_and(direct_ml);
+        if !direct {
+            return Ok(());
+        }
+        let block = self.block(select, order_by, nested)?;
+        self.blocks.push(block);
+        Ok(())
+    }
+
+    fn needs_residual<V: sqlparser::ast::Visit + std::fmt::Display>(&self, node: &V) -> bool {
+        needs_residual(node, &self.ml_ctes)
+    }
+
+    /// Rewrites one block whose own clauses call ML functions into its residual form.
+    fn block(
+        &mut self,
+        select: &mut Select,
+        order_by: Option<&mut Option<OrderBy>>,
+        nested: bool,
+    ) -> Result<BlockPlan, PlanError> {
+        let index = self.blocks.len();
+        let mut rewriter = Rewriter {
+            alias: block_alias(index),
+            nested,
+            ml_ctes: self.ml_ctes.clone(),
+            ..Rewriter::default()
+        };
+        // FROM: ML table functions become calls; ML conditions of inner joins move to WHERE.
+        let mut base_from = Vec::new();
+        let mut residual_where = Vec::new();
+        let mut base_where = Vec::new();
+        // `CROSS JOIN [LATERAL] f(…) s` of an ML table function is `, f(…) s`: one row per row.
+        let mut from = Vec::new();
+        for mut item in std::mem::take(&mut select.from) {
+            let mut split = Vec::new();
+            item.joins.retain(|join| {
+                let cross = matches!(
+                    join.join_operator,
+                    JoinOperator::CrossJoin(JoinConstraint::None)
+                );
+                if cross && ml_table_function(&join.relation).is_some() {
+                    split.push(TableWithJoins {
+                        relation: join.relation.clone(),
+                        joins: Vec::new(),
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            from.push(item);
+            from.extend(split);
+        }
+        for mut item in from {
+            if item.joins.is_empty() {
+                if let Some((name, args, alias)) = ml_table_function(&item.relation) {
+                    let function = function_of(&name)?;
+                    if function != MlFunction::DetectSentiment {
+                        return Err(unsupported(
                         "aws_sagemaker.invoke_endpoint returns a scalar; it cannot be selected FROM",
                         "Call it in the select list: SELECT aws_sagemaker.invoke_endpoint(...).",
                     ));
+                    }
+                    let call = rewriter.add_call(function, call_arguments(function, args)?)?;
+                    let default = function_short_name(function).to_owned();
+                    let (alias, columns) = match alias {
+                        Some(a) => (
+                            a.name.value,
+                            a.columns.into_iter().map(|c| c.name.value).collect(),
+                        ),
+                        None => (default, Vec::new()),
+                    };
+                    let column = |i: usize, default: &str| -> String {
+                        columns
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| default.to_owned())
+                    };
+                    rewriter.functions.push(TableFunction {
+                        alias,
+                        call,
+                        sentiment: column(0, "sentiment"),
+                        confidence: column(1, "confidence"),
+                    });
+                    continue;
                 }
-                let call = rewriter.add_call(function, call_arguments(function, args)?);
-                let default = function_short_name(function).to_owned();
-                let (alias, columns) = match alias {
-                    Some(a) => (
-                        a.name.value,
-                        a.columns.into_iter().map(|c| c.name.value).collect(),
-                    ),
-                    None => (default, Vec::new()),
-                };
-                let column = |i: usize, default: &str| -> String {
-                    columns
-                        .get(i)
-                        .cloned()
-                        .unwrap_or_else(|| default.to_owned())
-                };
-                rewriter.functions.push(TableFunction {
-                    alias,
-                    call,
-                    sentiment: column(0, "sentiment"),
-                    confidence: column(1, "confidence"),
-                });
-                continue;
             }
-        }
-        if has_ml(&item.relation) {
-            return Err(unsupported(
-                "ML calls inside subqueries in FROM are not supported yet",
-                NOT_YET_HINT,
-            ));
-        }
-        for join in &mut item.joins {
-            if has_ml(&join.relation) {
+            if needs_residual(&item, &self.ml_ctes) && !has_ml_condition_only(&item) {
                 return Err(unsupported(
+                "an ML call over rows that themselves come from ML calls is not supported",
+                "Compute the inner ML results in one statement and the outer ones in another, or call both functions on the underlying columns in one SELECT.",
+            ));
+            }
+            for join in &mut item.joins {
+                if has_ml(&join.relation) {
+                    return Err(unsupported(
                     "ML table functions in JOIN clauses are not supported yet",
                     "List the function in FROM with a comma: FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s WHERE ….",
                 ));
-            }
-            match &mut join.join_operator {
-                JoinOperator::Join(JoinConstraint::On(on))
-                | JoinOperator::Inner(JoinConstraint::On(on)) => {
-                    if has_ml(on) {
-                        // An inner join's condition is a filter over the joined rows.
-                        let (plain, ml) = split_conjuncts(std::mem::replace(on, true_expr()));
-                        *on = and_all(plain).unwrap_or_else(true_expr);
-                        residual_where.extend(ml);
+                }
+                match &mut join.join_operator {
+                    JoinOperator::Join(JoinConstraint::On(on))
+                    | JoinOperator::Inner(JoinConstraint::On(on)) => {
+                        if needs_residual(&*on, &self.ml_ctes) {
+                            // An inner join's condition is a filter over the joined rows.
+                            let (plain, ml) =
+                                split_conjuncts(std::mem::replace(on, true_expr()), &self.ml_ctes);
+                            *on = and_all(plain).unwrap_or_else(true_expr);
+                            residual_where.extend(ml);
+                        }
+                    }
+                    other => {
+                        if has_ml(&*other) {
+                            return Err(unsupported(
+                                "ML calls in the condition of an outer join are not supported yet",
+                                "Use an inner join, or filter on the ML result in WHERE.",
+                            ));
+                        }
                     }
                 }
-                other => {
-                    if has_ml(other) {
-                        return Err(unsupported(
-                            "ML calls in the condition of an outer join are not supported yet",
-                            "Use an inner join, or filter on the ML result in WHERE.",
-                        ));
-                    }
-                }
             }
+            rewriter.names.push(relation_alias(&item.relation));
+            for join in &item.joins {
+                rewriter.names.push(relation_alias(&join.relation));
+            }
+            base_from.push(item);
         }
-        rewriter.names.push(relation_alias(&item.relation));
-        for join in &item.joins {
-            rewriter.names.push(relation_alias(&join.relation));
+        if let Some(selection) = select.selection.take() {
+            let (plain, ml) = split_conjuncts(selection, &self.ml_ctes);
+            base_where.extend(plain);
+            residual_where.extend(ml);
         }
-        base_from.push(item);
-    }
-    if let Some(selection) = select.selection.take() {
-        let (plain, ml) = split_conjuncts(selection);
-        base_where.extend(plain);
-        residual_where.extend(ml);
-    }
-    // Predicates on a table function's columns are ML conditions even without a call in them.
-    let (on_functions, plain): (Vec<_>, Vec<_>) = base_where
-        .into_iter()
-        .partition(|e| rewriter.mentions_function(e));
-    let base_where = plain;
-    residual_where.splice(0..0, on_functions);
+        // Predicates on a table function's columns are ML conditions even without a call in them.
+        let (on_functions, plain): (Vec<_>, Vec<_>) = base_where
+            .into_iter()
+            .partition(|e| rewriter.mentions_function(e));
+        let base_where = plain;
+        residual_where.splice(0..0, on_functions);
+        // Conditions on columns of an outer query (a correlated subquery) are evaluated in the
+        // residual, where the outer row exists; the base relation stays uncorrelated.
+        let (correlated_where, base_where): (Vec<_>, Vec<_>) = base_where
+            .into_iter()
+            .partition(|e| nested && rewriter.outer_reference(e).is_some());
+        residual_where.extend(correlated_where);
 
-    // The select list.
-    let aliases: Vec<String> = select
-        .projection
-        .iter()
-        .filter_map(|item| match item {
-            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
-            _ => None,
-        })
-        .collect();
-    let mut projection = Vec::new();
-    let mut stars: Vec<SelectItem> = Vec::new();
-    for item in std::mem::take(&mut select.projection) {
-        match item {
+        // The select list.
+        let aliases: Vec<String> = select
+            .projection
+            .iter()
+            .filter_map(|item| match item {
+                SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut projection = Vec::new();
+        let mut stars: Vec<SelectItem> = Vec::new();
+        for item in std::mem::take(&mut select.projection) {
+            match item {
             SelectItem::UnnamedExpr(Expr::Function(f))
                 if ml_name(&f.name).is_some_and(|(_, n)| n.ends_with(ALL_FIELDS_SUFFIX)) =>
             {
@@ -370,10 +561,10 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
                 let FunctionArguments::List(list) = f.args else {
                     return Err(unsupported("an ML call needs an argument list", NOT_YET_HINT));
                 };
-                let call = rewriter.add_call(function, call_arguments(function, list.args)?);
+                let call = rewriter.add_call(function, call_arguments(function, list.args)?)?;
                 for field in ["sentiment", "confidence"] {
                     projection.push(SelectItem::ExprWithAlias {
-                        expr: base_ref(&output_column(call, field)),
+                        expr: rewriter.base_ref(&output_column(call, field)),
                         alias: Ident::with_quote('"', field),
                     });
                 }
@@ -406,7 +597,7 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
                     ("confidence", &function.confidence),
                 ] {
                     projection.push(SelectItem::ExprWithAlias {
-                        expr: base_ref(&output_column(function.call, field)),
+                        expr: rewriter.base_ref(&output_column(function.call, field)),
                         alias: Ident::with_quote('"', column),
                     });
                 }
@@ -421,14 +612,14 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
                 if *options == WildcardAdditionalOptions::default()
                     && rewriter.functions.is_empty() =>
             {
-                projection.push(star_placeholder(stars.len()));
+                projection.push(star_placeholder(index, stars.len()));
                 stars.push(item);
             }
             SelectItem::QualifiedWildcard(
                 SelectItemQualifiedWildcardKind::ObjectName(_),
                 ref options,
             ) if *options == WildcardAdditionalOptions::default() => {
-                projection.push(star_placeholder(stars.len()));
+                projection.push(star_placeholder(index, stars.len()));
                 stars.push(item);
             }
             SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
@@ -438,105 +629,210 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
                 ))
             }
         }
-    }
-    select.projection = projection;
+        }
+        select.projection = projection;
 
-    // Everything else in the block.
-    for conjunct in &mut residual_where {
-        rewriter.rewrite(conjunct, Mode::Plain)?;
-    }
-    rewriter.aliases = aliases;
-    if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
-        for expr in exprs {
-            rewriter.rewrite(expr, Mode::GroupBy)?;
+        // Everything else in the block.
+        for conjunct in &mut residual_where {
+            rewriter.rewrite(conjunct, Mode::Plain)?;
         }
-    }
-    if let Some(having) = &mut select.having {
-        rewriter.rewrite(having, Mode::Plain)?;
-    }
-    if let Some(Distinct::On(exprs)) = &mut select.distinct {
-        for expr in exprs {
-            rewriter.rewrite(expr, Mode::Plain)?;
+        rewriter.aliases = aliases;
+        if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+            for expr in exprs {
+                rewriter.rewrite(expr, Mode::GroupBy)?;
+            }
         }
+        if let Some(having) = &mut select.having {
+            rewriter.rewrite(having, Mode::Plain)?;
+        }
+        if let Some(Distinct::On(exprs)) = &mut select.distinct {
+            for expr in exprs {
+                rewriter.rewrite(expr, Mode::Plain)?;
+            }
+        }
+        for window in &mut select.named_window {
+            rewriter.rewrite_node(window, Mode::Plain)?;
+        }
+        if let Some(Some(order_by)) = order_by {
+            if let OrderByKind::Expressions(exprs) = &mut order_by.kind {
+                for item in exprs {
+                    rewriter.rewrite(&mut item.expr, Mode::OrderBy)?;
+                }
+            }
+        }
+
+        if rewriter.calls.is_empty() {
+            return Err(unsupported(
+                "no ML call found where pgenrich can evaluate it",
+                NOT_YET_HINT,
+            ));
+        }
+
+        // Phase 1: the block's FROM and ML-free filters, projecting arguments and carried values.
+        let mut base_items: Vec<SelectItem> = Vec::new();
+        let mut calls = Vec::new();
+        for (function, args) in &rewriter.calls {
+            calls.push(Call {
+                function: *function,
+                first_arg: base_items.len(),
+                arg_count: args.len(),
+            });
+            for arg in args {
+                base_items.push(SelectItem::ExprWithAlias {
+                    expr: arg.clone(),
+                    alias: Ident::with_quote('"', format!("pgenrich:arg{}", base_items.len())),
+                });
+            }
+        }
+        let arg_columns = base_items.len();
+        for (i, expr) in rewriter.carried.iter().enumerate() {
+            base_items.push(SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', format!("pgenrich:c{i}")),
+            });
+        }
+        let star_count = stars.len();
+        for (k, star) in stars.into_iter().enumerate() {
+            base_items.push(star);
+            base_items.push(SelectItem::ExprWithAlias {
+                expr: Expr::Value(sqlparser::ast::Value::Null.into()),
+                alias: Ident::with_quote('"', format!("pgenrich:end{k}")),
+            });
+        }
+        let mut base_select = select.clone();
+        base_select.distinct = None;
+        base_select.projection = base_items;
+        base_select.from = base_from;
+        base_select.selection = and_all(base_where);
+        base_select.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
+        base_select.having = None;
+        base_select.named_window = Vec::new();
+        base_select.qualify = None;
+        let mut base = marker_query();
+        *base.body = SetExpr::Select(Box::new(base_select));
+        if !self.ctes.is_empty() {
+            base.with = Some(sqlparser::ast::With {
+                with_token: sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+                recursive: self.recursive,
+                cte_tables: self.ctes.clone(),
+            });
+        }
+
+        // Phase 2: the block over its enriched base rows.
+        select.from = marker_from(index);
+        select.selection = and_all(residual_where);
+        Ok(BlockPlan {
+            base_sql: base.to_string(),
+            calls,
+            arg_columns,
+            carried: rewriter.carried.iter().map(ToString::to_string).collect(),
+            stars: star_count,
+            records: rewriter.records,
+        })
     }
-    for window in &mut select.named_window {
-        rewriter.rewrite_node(window, Mode::Plain)?;
+}
+
+/// Whether `node` holds ML calls, a rewritten block, or a reference to a CTE holding one: such
+/// parts can only be evaluated in the residual.
+fn needs_residual<V: sqlparser::ast::Visit + std::fmt::Display>(
+    node: &V,
+    ml_ctes: &[String],
+) -> bool {
+    if has_ml(node) || node.to_string().contains(BASE_MARKER) {
+        return true;
     }
-    if let Some(order_by) = &mut query.order_by {
-        if let OrderByKind::Expressions(exprs) = &mut order_by.kind {
-            for item in exprs {
-                rewriter.rewrite(&mut item.expr, Mode::OrderBy)?;
+    if ml_ctes.is_empty() {
+        return false;
+    }
+    struct Finder<'a>(&'a [String]);
+    impl sqlparser::ast::Visitor for Finder<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            match name.0.as_slice() {
+                [part] if part.as_ident().is_some_and(|i| self.0.contains(&i.value)) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
             }
         }
     }
+    node.visit(&mut Finder(ml_ctes)).is_break()
+}
 
-    if rewriter.calls.is_empty() {
-        return Err(unsupported(
-            "no ML call found where pgenrich can evaluate it",
-            NOT_YET_HINT,
-        ));
+/// Plans ML blocks inside a block's subqueries (expressions and derived tables).
+struct Inner<'a> {
+    planner: &'a mut Planner,
+    depth: usize,
+}
+
+impl VisitorMut for Inner<'_> {
+    type Break = PlanError;
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<PlanError> {
+        self.depth += 1;
+        if self.depth == 1 {
+            if let Err(error) = self.planner.query(query, true) {
+                return ControlFlow::Break(error);
+            }
+        }
+        ControlFlow::Continue(())
     }
 
-    // Phase 1: the block's FROM and ML-free filters, projecting arguments and carried values.
-    let mut base_items: Vec<SelectItem> = Vec::new();
-    let mut calls = Vec::new();
-    for (function, args) in &rewriter.calls {
-        calls.push(Call {
-            function: *function,
-            first_arg: base_items.len(),
-            arg_count: args.len(),
-        });
-        for arg in args {
-            base_items.push(SelectItem::ExprWithAlias {
-                expr: arg.clone(),
-                alias: Ident::with_quote('"', format!("pgenrich:arg{}", base_items.len())),
-            });
+    fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<PlanError> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+}
+
+/// Whether ML calls sit in `node` itself (not inside its subqueries), or ML table functions in
+/// its own FROM.
+fn direct_ml<V: sqlparser::ast::Visit>(node: &V) -> bool {
+    struct Finder {
+        depth: usize,
+    }
+    impl sqlparser::ast::Visitor for Finder {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Function(f) if self.depth == 0 && ml_name(&f.name).is_some() => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if self.depth == 0 && ml_table_function(factor).is_some() {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
         }
     }
-    let arg_columns = base_items.len();
-    for (i, expr) in rewriter.carried.iter().enumerate() {
-        base_items.push(SelectItem::ExprWithAlias {
-            expr: expr.clone(),
-            alias: Ident::with_quote('"', format!("pgenrich:c{i}")),
-        });
-    }
-    let star_count = stars.len();
-    for (k, star) in stars.into_iter().enumerate() {
-        base_items.push(star);
-        base_items.push(SelectItem::ExprWithAlias {
-            expr: Expr::Value(sqlparser::ast::Value::Null.into()),
-            alias: Ident::with_quote('"', format!("pgenrich:end{k}")),
-        });
-    }
-    let mut base_select = select.clone();
-    base_select.distinct = None;
-    base_select.projection = base_items;
-    base_select.from = base_from;
-    base_select.selection = and_all(base_where);
-    base_select.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
-    base_select.having = None;
-    base_select.named_window = Vec::new();
-    base_select.qualify = None;
-    let mut base = query.clone();
-    *base.body = SetExpr::Select(Box::new(base_select));
-    base.order_by = None;
-    base.limit_clause = None;
-    base.fetch = None;
+    node.visit(&mut Finder { depth: 0 }).is_break()
+}
 
-    // Phase 2: the statement over the enriched base rows.
-    select.from = marker_from();
-    select.selection = and_all(residual_where);
-    *query.body = SetExpr::Select(Box::new(select.clone()));
-    query.with = None;
-    Ok(FinishPlan {
-        base_sql: base.to_string(),
-        calls,
-        arg_columns,
-        carried: rewriter.carried.iter().map(ToString::to_string).collect(),
-        residual: query.to_string(),
-        typing_sql: typing_statement(original)?,
-        stars: star_count,
-    })
+/// Whether the statement has `$n` parameters.
+fn has_parameters(query: &Query) -> bool {
+    struct Finder;
+    impl sqlparser::ast::Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Value(v) if matches!(v.value, sqlparser::ast::Value::Placeholder(_)) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    sqlparser::ast::Visit::visit(query, &mut Finder).is_break()
 }
 
 /// The statement with every ML call replaced by a typed NULL of its result type that still
@@ -647,26 +943,62 @@ fn typing_statement(mut query: Query) -> Result<String, PlanError> {
 }
 
 /// Stands for star `k`'s columns in the residual's select list until they are known.
-fn star_placeholder(k: usize) -> SelectItem {
+fn star_placeholder(b: usize, k: usize) -> SelectItem {
+    let marker = star_marker(b, k);
     SelectItem::UnnamedExpr(Expr::Identifier(Ident::with_quote(
         '"',
-        format!("pgenrich:star{k}"),
+        marker.trim_matches('"'),
     )))
 }
 
-/// `FROM "pgenrich:base"`, replaced by the base rows in [`FinishPlan::residual_sql`].
-fn marker_from() -> Vec<TableWithJoins> {
+/// `FROM "pgenrich:base<b>"`, replaced by block `b`'s base rows in
+/// [`FinishPlan::residual_sql`].
+fn marker_from(b: usize) -> Vec<TableWithJoins> {
+    match marker_query().body.as_ref() {
+        SetExpr::Select(select) => {
+            let mut from = select.from.clone();
+            if let Some(TableFactor::Table { name, .. }) = from.first_mut().map(|f| &mut f.relation)
+            {
+                *name = ObjectName::from(vec![Ident::with_quote('"', format!("{BASE_MARKER}{b}"))]);
+            }
+            from
+        }
+        _ => unreachable!("a SELECT"),
+    }
+}
+
+/// `SELECT 1 FROM "pgenrich:base"`, the skeleton of base statements and markers.
+fn marker_query() -> Query {
     let parsed = Parser::parse_sql(
         &PostgreSqlDialect {},
-        &format!("SELECT 1 FROM {BASE_MARKER}"),
+        &format!("SELECT 1 FROM \"{BASE_MARKER}\""),
     );
-    match parsed.as_deref() {
-        Ok([Statement::Query(query)]) => match query.body.as_ref() {
-            SetExpr::Select(select) => select.from.clone(),
-            _ => unreachable!("a SELECT"),
+    match parsed {
+        Ok(mut statements) => match statements.pop() {
+            Some(Statement::Query(query)) => *query,
+            _ => unreachable!("a query"),
         },
-        _ => unreachable!("the marker parses"),
+        Err(e) => unreachable!("the marker parses: {e}"),
     }
+}
+
+/// Whether a FROM item needs the residual only because of ML calls in its inner-join conditions
+/// (which become filters), not because of its relations.
+fn has_ml_condition_only(item: &TableWithJoins) -> bool {
+    let relations_plain = !has_ml(&item.relation)
+        && !item.relation.to_string().contains(BASE_MARKER)
+        && item
+            .joins
+            .iter()
+            .all(|j| !has_ml(&j.relation) && !j.relation.to_string().contains(BASE_MARKER));
+    relations_plain && item.joins.iter().any(|j| has_ml(&j.join_operator))
+}
+
+fn correlated(name: &str) -> PlanError {
+    unsupported(
+        format!("an ML call in a subquery refers to \"{name}\" of an outer query (a correlated subquery)"),
+        "Join the outer table inside the subquery, or move the ML call to the outer query.",
+    )
 }
 
 fn true_expr() -> Expr {
@@ -674,7 +1006,7 @@ fn true_expr() -> Expr {
 }
 
 /// Splits `expr` at top-level ANDs into (ML-free, ML-bearing) conjuncts.
-fn split_conjuncts(expr: Expr) -> (Vec<Expr>, Vec<Expr>) {
+fn split_conjuncts(expr: Expr, ml_ctes: &[String]) -> (Vec<Expr>, Vec<Expr>) {
     let mut plain = Vec::new();
     let mut ml = Vec::new();
     let mut stack = vec![expr];
@@ -704,7 +1036,7 @@ fn split_conjuncts(expr: Expr) -> (Vec<Expr>, Vec<Expr>) {
         }
     }
     for expr in ordered {
-        if has_ml(&expr) {
+        if needs_residual(&expr, ml_ctes) {
             ml.push(expr);
         } else {
             plain.push(expr);
@@ -719,39 +1051,6 @@ fn and_all(exprs: Vec<Expr>) -> Option<Expr> {
         op: BinaryOperator::And,
         right: Box::new(right),
     })
-}
-
-/// Whether an ML call sits inside a subquery of `node`.
-fn nested_ml<V: sqlparser::ast::Visit>(node: &V) -> bool {
-    struct Finder {
-        depth: usize,
-    }
-    impl sqlparser::ast::Visitor for Finder {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            match expr {
-                Expr::Function(f) if self.depth > 0 && ml_name(&f.name).is_some() => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            }
-        }
-        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-            if self.depth > 0 && ml_table_function(factor).is_some() {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    node.visit(&mut Finder { depth: 0 }).is_break()
 }
 
 /// An ML table function in FROM.
@@ -788,7 +1087,14 @@ enum Mode {
 /// base must carry.
 #[derive(Default)]
 struct Rewriter {
+    /// The residual's name for this block's base rows.
+    alias: String,
+    /// The block is inside another query: references to outer names are correlated.
+    nested: bool,
+    ml_ctes: Vec<String>,
     calls: Vec<(MlFunction, Vec<Expr>)>,
+    /// Calls whose whole record is used.
+    records: Vec<usize>,
     call_keys: HashMap<String, usize>,
     carried: Vec<Expr>,
     carried_keys: HashMap<String, usize>,
@@ -802,7 +1108,62 @@ struct Rewriter {
 }
 
 impl Rewriter {
-    fn add_call(&mut self, function: MlFunction, args: Vec<Expr>) -> usize {
+    fn base_ref(&self, column: &str) -> Expr {
+        Expr::CompoundIdentifier(vec![Ident::new(&self.alias), Ident::new(column)])
+    }
+
+    /// A `name.column` reference in `node` (outside its subqueries) whose name is none of the
+    /// block's.
+    fn outer_reference<V: sqlparser::ast::Visit>(&self, node: &V) -> Option<String> {
+        struct Finder<'a> {
+            rewriter: &'a Rewriter,
+            depth: usize,
+            found: Option<String>,
+        }
+        impl sqlparser::ast::Visitor for Finder<'_> {
+            type Break = ();
+            fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+                self.depth += 1;
+                ControlFlow::Continue(())
+            }
+            fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+                self.depth -= 1;
+                ControlFlow::Continue(())
+            }
+            fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+                if let Expr::CompoundIdentifier(parts) = expr {
+                    if self.depth == 0
+                        && parts.len() == 2
+                        && !self.rewriter.is_block_name(&parts[0].value)
+                    {
+                        self.found = Some(parts[0].value.clone());
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut finder = Finder {
+            rewriter: self,
+            depth: 0,
+            found: None,
+        };
+        let _ = node.visit(&mut finder);
+        finder.found
+    }
+
+    fn is_block_name(&self, name: &str) -> bool {
+        name.starts_with(BASE_ALIAS)
+            || self.names.iter().flatten().any(|n| n == name)
+            || self.functions.iter().any(|f| f.alias == name)
+    }
+
+    fn add_call(&mut self, function: MlFunction, args: Vec<Expr>) -> Result<usize, PlanError> {
+        if self.nested {
+            if let Some(name) = args.iter().find_map(|a| self.outer_reference(a)) {
+                return Err(correlated(&name));
+            }
+        }
         let key = format!(
             "{}({})",
             function.name(),
@@ -812,11 +1173,11 @@ impl Rewriter {
                 .join(", ")
         );
         if let Some(&k) = self.call_keys.get(&key) {
-            return k;
+            return Ok(k);
         }
         self.calls.push((function, args));
         self.call_keys.insert(key, self.calls.len() - 1);
-        self.calls.len() - 1
+        Ok(self.calls.len() - 1)
     }
 
     fn carry(&mut self, expr: &Expr) -> Expr {
@@ -829,7 +1190,7 @@ impl Rewriter {
                 self.carried.len() - 1
             }
         };
-        base_ref(&format!("c{index}"))
+        self.base_ref(&format!("c{index}"))
     }
 
     fn function(&self, name: &ObjectName) -> Option<&TableFunction> {
@@ -900,32 +1261,28 @@ impl Rewriter {
                 NOT_YET_HINT,
             ));
         }
-        let call = self.add_call(ml, call_arguments(ml, list.args.clone())?);
+        let call = self.add_call(ml, call_arguments(ml, list.args.clone())?)?;
         match (ml, field) {
-            (MlFunction::InvokeEndpoint, None) => Ok(base_ref(&output_column(call, ""))),
+            (MlFunction::InvokeEndpoint, None) => Ok(self.base_ref(&output_column(call, ""))),
             (MlFunction::InvokeEndpoint, Some(_)) => Err(PlanError {
                 code: SqlState::WrongObjectType,
                 message: "aws_sagemaker.invoke_endpoint returns text, which has no fields".into(),
                 hint: None,
             }),
             (MlFunction::DetectSentiment, Some(f @ ("sentiment" | "confidence"))) => {
-                Ok(base_ref(&output_column(call, f)))
+                Ok(self.base_ref(&output_column(call, f)))
             }
             (MlFunction::DetectSentiment, Some(other)) => Err(PlanError {
                 code: SqlState::UndefinedColumn,
                 message: format!("column \"{other}\" not found in data type record"),
                 hint: Some("detect_sentiment returns (sentiment, confidence).".into()),
             }),
-            // The whole record: NULL when the call gave NULL, as natively.
+            // The whole record (see FinishPlan::residual_sql).
             (MlFunction::DetectSentiment, None) => {
-                let (s, c) = (
-                    output_column(call, "sentiment"),
-                    output_column(call, "confidence"),
-                );
-                Ok(parse_expr(&format!(
-                    "CASE WHEN {BASE_ALIAS}.{s} IS NULL THEN NULL \
-                     ELSE ROW({BASE_ALIAS}.{s}, {BASE_ALIAS}.{c}) END"
-                )))
+                if !self.records.contains(&call) {
+                    self.records.push(call);
+                }
+                Ok(self.base_ref(&format!("m{call}")))
             }
         }
     }
@@ -999,7 +1356,7 @@ impl Rewriter {
                     .iter()
                     .find_map(|f| f.field(&ident.value).map(|field| (f.call, field)))
                 {
-                    return Some(Ok(base_ref(&output_column(call, field))));
+                    return Some(Ok(self.base_ref(&output_column(call, field))));
                 }
                 if mode == Mode::GroupBy && self.aliases.contains(&ident.value) {
                     return None;
@@ -1007,12 +1364,16 @@ impl Rewriter {
                 Some(Ok(self.carry(expr)))
             }
             // Already replaced (the parts of a whole-record replacement).
-            Expr::CompoundIdentifier(parts) if parts[0].value == BASE_ALIAS => None,
+            Expr::CompoundIdentifier(parts) if parts[0].value.starts_with(BASE_ALIAS) => None,
             Expr::CompoundIdentifier(parts) => {
+                if self.nested && parts.len() == 2 && !self.is_block_name(&parts[0].value) {
+                    // A column of an outer query: valid where the residual evaluates this.
+                    return None;
+                }
                 if let [table, column] = parts.as_slice() {
                     if let Some(function) = self.functions.iter().find(|f| f.alias == table.value) {
                         return Some(match function.field(&column.value) {
-                            Some(field) => Ok(base_ref(&output_column(function.call, field))),
+                            Some(field) => Ok(self.base_ref(&output_column(function.call, field))),
                             None => Err(PlanError {
                                 code: SqlState::UndefinedColumn,
                                 message: format!(
@@ -1035,7 +1396,7 @@ impl Rewriter {
             }
             | Expr::AnyOp { .. }
             | Expr::AllOp { .. }
-                if !has_ml(expr) && !self.mentions_function(expr) =>
+                if !needs_residual(expr, &self.ml_ctes) && !self.mentions_function(expr) =>
             {
                 Some(Ok(self.carry(expr)))
             }
@@ -1143,13 +1504,20 @@ mod tests {
     }
 
     fn residual(p: &FinishPlan) -> String {
-        let types: Vec<CarriedType> = (0..p.carried.len())
-            .map(|i| CarriedType {
-                name: format!("t{i}"),
-                as_text: false,
+        let described: Vec<Described> = p
+            .blocks
+            .iter()
+            .map(|b| Described {
+                types: (0..b.carried.len())
+                    .map(|i| CarriedType {
+                        name: format!("t{i}"),
+                        as_text: false,
+                    })
+                    .collect(),
+                stars: Vec::new(),
             })
             .collect();
-        p.residual_sql(&types, &[], 1)
+        p.residual_sql(&described, 1)
     }
 
     #[test]
@@ -1157,28 +1525,27 @@ mod tests {
         let p = ok("SELECT r.id, r.body FROM reviews r \
                     WHERE r.id > 10 AND (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment = 'POSITIVE'");
         assert_eq!(
-            p.base_sql,
+            p.blocks[0].base_sql,
             "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", r.id AS \"pgenrich:c0\", \
              r.body AS \"pgenrich:c1\" FROM reviews r WHERE r.id > 10"
         );
-        assert_eq!(p.arg_columns, 2);
-        assert_eq!(p.carried, ["r.id", "r.body"]);
+        assert_eq!(p.blocks[0].arg_columns, 2);
+        assert_eq!(p.blocks[0].carried, ["r.id", "r.body"]);
         assert_eq!(
-            p.calls,
+            p.blocks[0].calls,
             [Call {
                 function: MlFunction::DetectSentiment,
                 first_arg: 0,
                 arg_count: 2
             }]
         );
-        assert_eq!(p.parameter_count(), 4);
         assert_eq!(
             residual(&p),
-            "SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.c1 AS \"body\" FROM \
+            "SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.c1 AS \"body\" FROM \
              (SELECT u.c0::t0 AS c0, u.c1::t1 AS c1, u.m0_sentiment, u.m0_confidence \
              FROM unnest($1::t0[], $2::t1[], $3::varchar[], $4::float4[]) \
-             AS u(c0, c1, m0_sentiment, m0_confidence)) AS pgenrich_base \
-             WHERE pgenrich_base.m0_sentiment = 'POSITIVE'"
+             AS u(c0, c1, m0_sentiment, m0_confidence)) AS pgenrich_base0 \
+             WHERE pgenrich_base0.m0_sentiment = 'POSITIVE'"
         );
     }
 
@@ -1188,14 +1555,14 @@ mod tests {
                     avg(stars) FILTER (WHERE stars > 1) FROM reviews GROUP BY label HAVING count(*) > 1 \
                     ORDER BY label LIMIT 3 OFFSET 1");
         assert_eq!(
-            p.base_sql,
+            p.blocks[0].base_sql,
             "SELECT body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", stars AS \"pgenrich:c0\" FROM reviews"
         );
         let r = residual(&p);
         assert!(
             r.starts_with(
-                "SELECT pgenrich_base.m0_sentiment AS label, count(*), \
-                 avg(pgenrich_base.c0) FILTER (WHERE pgenrich_base.c0 > 1) AS \"avg\" FROM ("
+                "SELECT pgenrich_base0.m0_sentiment AS label, count(*), \
+                 avg(pgenrich_base0.c0) FILTER (WHERE pgenrich_base0.c0 > 1) AS \"avg\" FROM ("
             ),
             "{r}"
         );
@@ -1211,14 +1578,14 @@ mod tests {
                     CASE WHEN aws_sagemaker.invoke_endpoint('score', NULL, amount)::float > 2 THEN 'hi' END, \
                     upper((aws_comprehend.detect_sentiment(note, 'en')).sentiment) FROM tx ORDER BY 2 DESC");
         // The same call twice is one call.
-        assert_eq!(p.calls.len(), 2);
-        assert_eq!(p.carried, ["id"]);
+        assert_eq!(p.blocks[0].calls.len(), 2);
+        assert_eq!(p.blocks[0].carried, ["id"]);
         let r = residual(&p);
         assert!(
             r.starts_with(
-                "SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.m0::FLOAT AS \"invoke_endpoint\", \
-                 CASE WHEN pgenrich_base.m0::FLOAT > 2 THEN 'hi' END AS \"case\", \
-                 upper(pgenrich_base.m1_sentiment) AS \"upper\" FROM"
+                "SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.m0::FLOAT AS \"invoke_endpoint\", \
+                 CASE WHEN pgenrich_base0.m0::FLOAT > 2 THEN 'hi' END AS \"case\", \
+                 upper(pgenrich_base0.m1_sentiment) AS \"upper\" FROM"
             ),
             "{r}"
         );
@@ -1231,19 +1598,19 @@ mod tests {
                     aws_comprehend.detect_sentiment(r.body, 'en') s \
                     WHERE s.confidence > 0.5 AND r.id < 100 ORDER BY s.confidence DESC, r.id");
         assert_eq!(
-            p.base_sql,
+            p.blocks[0].base_sql,
             "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", r.id AS \"pgenrich:c0\" \
              FROM reviews r WHERE r.id < 100"
         );
         let r = residual(&p);
         assert!(
             r.ends_with(
-                "WHERE pgenrich_base.m0_confidence > 0.5 \
-                 ORDER BY pgenrich_base.m0_confidence DESC, pgenrich_base.c0"
+                "WHERE pgenrich_base0.m0_confidence > 0.5 \
+                 ORDER BY pgenrich_base0.m0_confidence DESC, pgenrich_base0.c0"
             ),
             "{r}"
         );
-        assert!(r.starts_with("SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.m0_sentiment AS \"sentiment\", pgenrich_base.m0_confidence AS \"confidence\""), "{r}");
+        assert!(r.starts_with("SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.m0_sentiment AS \"sentiment\", pgenrich_base0.m0_confidence AS \"confidence\""), "{r}");
     }
 
     #[test]
@@ -1251,12 +1618,12 @@ mod tests {
         let p = ok("SELECT a.id, b.id FROM tx a JOIN tx b ON a.id < b.id \
                     AND aws_sagemaker.invoke_endpoint('score', NULL, a.amount, b.amount)::numeric > 10");
         assert_eq!(
-            p.base_sql,
+            p.blocks[0].base_sql,
             "SELECT 'score' AS \"pgenrich:arg0\", NULL AS \"pgenrich:arg1\", a.amount AS \"pgenrich:arg2\", \
              b.amount AS \"pgenrich:arg3\", a.id AS \"pgenrich:c0\", b.id AS \"pgenrich:c1\" \
              FROM tx a JOIN tx b ON a.id < b.id"
         );
-        assert!(residual(&p).ends_with("WHERE pgenrich_base.m0::NUMERIC > 10"));
+        assert!(residual(&p).ends_with("WHERE pgenrich_base0.m0::NUMERIC > 10"));
     }
 
     #[test]
@@ -1265,7 +1632,7 @@ mod tests {
                     WHERE s.confidence > $2 AND aws_sagemaker.invoke_endpoint($3, NULL, r.id)::float > $4 \
                     AND (aws_comprehend.detect_sentiment(r.title, 'en')).sentiment = $5");
         assert_eq!(
-            p.typing_sql,
+            p.typing_sql.as_deref().expect("has parameters"),
             "SELECT r.id FROM reviews r, LATERAL (SELECT NULL::VARCHAR AS sentiment, NULL::REAL AS confidence \
              WHERE (r.body)::VARCHAR IS NULL OR ($1)::VARCHAR IS NULL) AS s \
              WHERE s.confidence > $2 AND (CASE WHEN ($3)::VARCHAR IS NULL OR (NULL)::INT4 IS NULL \
@@ -1280,10 +1647,25 @@ mod tests {
                     aws_comprehend.detect_sentiment(body, 'en'), \
                     rank() OVER (PARTITION BY (aws_comprehend.detect_sentiment(body, 'en')).sentiment ORDER BY id) \
                     FROM reviews ORDER BY aws_comprehend.detect_sentiment(body, 'en'), id");
-        assert_eq!(p.calls.len(), 1);
+        assert_eq!(p.blocks[0].calls.len(), 1);
         let r = residual(&p);
-        assert!(r.starts_with("SELECT DISTINCT ON (CASE WHEN pgenrich_base.m0_sentiment IS NULL THEN NULL ELSE ROW(pgenrich_base.m0_sentiment, pgenrich_base.m0_confidence) END) pgenrich_base.c0 AS \"id\", CASE WHEN"), "{r}");
-        assert!(r.contains("END AS \"detect_sentiment\", rank() OVER (PARTITION BY pgenrich_base.m0_sentiment ORDER BY pgenrich_base.c0) AS \"rank\""), "{r}");
+        assert!(
+            r.starts_with(
+                "SELECT DISTINCT ON (pgenrich_base0.m0) pgenrich_base0.c0 AS \"id\", \
+                 pgenrich_base0.m0 AS \"detect_sentiment\", rank() OVER \
+                 (PARTITION BY pgenrich_base0.m0_sentiment ORDER BY pgenrich_base0.c0) AS \"rank\""
+            ),
+            "{r}"
+        );
+        // The whole record is a row of a lateral subquery: NULL where the call gave NULL.
+        assert!(
+            r.contains(
+                "x0 AS m0 FROM unnest($1::t0[], $2::varchar[], $3::float4[]) AS u(c0, m0_sentiment, \
+                 m0_confidence) LEFT JOIN LATERAL (SELECT u.m0_sentiment AS sentiment, \
+                 u.m0_confidence AS confidence WHERE u.m0_sentiment IS NOT NULL) AS x0 ON true)"
+            ),
+            "{r}"
+        );
     }
 
     #[test]
@@ -1292,16 +1674,16 @@ mod tests {
                     (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE' \
                     OR EXISTS (SELECT 1 FROM flags f WHERE f.review_id = r.id) \
                     AND r.id IN (SELECT review_id FROM flags)");
-        assert_eq!(p.carried.len(), 3, "{:?}", p.carried);
+        assert_eq!(p.blocks[0].carried.len(), 3, "{:?}", p.blocks[0].carried);
         assert!(
-            p.carried[1].starts_with("EXISTS (SELECT 1 FROM flags"),
+            p.blocks[0].carried[1].starts_with("EXISTS (SELECT 1 FROM flags"),
             "{:?}",
-            p.carried
+            p.blocks[0].carried
         );
         assert!(
-            p.carried[2].starts_with("r.id IN (SELECT"),
+            p.blocks[0].carried[2].starts_with("r.id IN (SELECT"),
             "{:?}",
-            p.carried
+            p.blocks[0].carried
         );
     }
 
@@ -1311,9 +1693,9 @@ mod tests {
             "INSERT INTO t SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) FROM s",
             "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, x)",
             "SELECT * FROM t, aws_comprehend.detect_sentiment(x, 'en') s WHERE s.sentiment = 'x'",
-            "SELECT x FROM t WHERE x IN (SELECT y FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, y) = '1')",
-            "WITH w AS (SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) v FROM t) SELECT v FROM w",
-            "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' UNION SELECT 1",
+            "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, t.x) = '1')",
+            "WITH w AS (SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) v FROM t) SELECT aws_sagemaker.invoke_endpoint('e', NULL, v) FROM w",
+            "SELECT aws_sagemaker.invoke_endpoint('e', NULL, v) FROM (SELECT aws_sagemaker.invoke_endpoint('f', NULL, x) v FROM t) sub WHERE v > '1'",
             "SELECT x FROM t LEFT JOIN s ON aws_sagemaker.invoke_endpoint('e', NULL, x) = s.y",
             "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, aws_sagemaker.invoke_endpoint('f', NULL, x)) = '1'",
             "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' FOR UPDATE",
@@ -1333,7 +1715,7 @@ mod tests {
         let p = ok("SELECT *, r.* FROM reviews r \
                     WHERE aws_sagemaker.invoke_endpoint('e', NULL, id) = '1'");
         assert_eq!(
-            p.base_sql,
+            p.blocks[0].base_sql,
             "SELECT 'e' AS \"pgenrich:arg0\", NULL AS \"pgenrich:arg1\", id AS \"pgenrich:arg2\", \
              *, NULL AS \"pgenrich:end0\", r.*, NULL AS \"pgenrich:end1\" FROM reviews r"
         );
@@ -1351,7 +1733,7 @@ mod tests {
         .iter()
         .map(|n| n.to_string())
         .collect();
-        let (values, stars) = p.value_columns(&names).expect("planned shape");
+        let (values, stars) = p.blocks[0].value_columns(&names).expect("planned shape");
         assert_eq!(values, [3, 4, 6, 7]);
         let types = vec![
             CarriedType {
@@ -1360,15 +1742,67 @@ mod tests {
             };
             4
         ];
-        let r = p.residual_sql(&types, &stars, 1);
+        let r = p.residual_sql(&[Described { types, stars }], 1);
         assert!(
             r.starts_with(
-                "SELECT pgenrich_base.c0 AS \"id\", pgenrich_base.c1 AS \"say \"\"hi\"\"\", \
-                 pgenrich_base.c2 AS \"id\", pgenrich_base.c3 AS \"say \"\"hi\"\"\" FROM"
+                "SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.c1 AS \"say \"\"hi\"\"\", \
+                 pgenrich_base0.c2 AS \"id\", pgenrich_base0.c3 AS \"say \"\"hi\"\"\" FROM"
             ),
             "{r}"
         );
-        assert!(p.value_columns(&names[..5]).is_none());
+        assert!(p.blocks[0].value_columns(&names[..5]).is_none());
+    }
+
+    #[test]
+    fn blocks_in_ctes_subqueries_and_set_operations_each_get_a_base() {
+        let p = ok("WITH labelled AS (SELECT id, (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS s FROM reviews), \
+                    plain AS (SELECT id FROM flags) \
+                    SELECT s, count(*) FROM labelled WHERE id IN (SELECT id FROM plain) GROUP BY s \
+                    UNION ALL \
+                    SELECT category, count(*) FROM products WHERE aws_sagemaker.invoke_endpoint('e', NULL, price)::float > \
+                      (SELECT avg(price) FROM products) GROUP BY category ORDER BY 1");
+        assert_eq!(p.blocks.len(), 2);
+        assert_eq!(
+            p.blocks[0].base_sql,
+            "SELECT body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", id AS \"pgenrich:c0\" FROM reviews"
+        );
+        // The second block's base knows the plain CTE; its subquery is carried whole.
+        assert!(
+            p.blocks[1]
+                .base_sql
+                .starts_with("WITH plain AS (SELECT id FROM flags) SELECT 'e'"),
+            "{}",
+            p.blocks[1].base_sql
+        );
+        let r = residual(&p);
+        assert!(r.starts_with("WITH labelled AS (SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.m0_sentiment AS s FROM (SELECT"), "{r}");
+        assert!(r.contains("AS pgenrich_base1 WHERE pgenrich_base1.m0::FLOAT > pgenrich_base1.c1 GROUP BY pgenrich_base1.c0 ORDER BY 1"), "{r}");
+        assert!(
+            r.contains("unnest($4::t0[], $5::t1[], $6::varchar[])"),
+            "{r}"
+        );
+        // A subquery correlated by a plain condition: the condition moves to the residual.
+        let p = ok(
+            "SELECT x FROM t WHERE x IN (SELECT y FROM s WHERE s.y = t.x \
+                    AND aws_sagemaker.invoke_endpoint('e', NULL, y) = '1')",
+        );
+        assert_eq!(
+            p.blocks[0].base_sql,
+            "SELECT 'e' AS \"pgenrich:arg0\", NULL AS \"pgenrich:arg1\", y AS \"pgenrich:arg2\", \
+             y AS \"pgenrich:c0\", s.y AS \"pgenrich:c1\" FROM s"
+        );
+        assert!(
+            residual(&p).ends_with("WHERE pgenrich_base0.m0 = '1' AND pgenrich_base0.c1 = t.x)")
+        );
+        // An uncorrelated subquery with ML calls inside a WHERE.
+        let p = ok(
+            "SELECT id FROM tx WHERE customer IN (SELECT id FROM customers \
+                    WHERE aws_sagemaker.invoke_endpoint('vip', NULL, spend)::float > 0.5)",
+        );
+        assert_eq!(p.blocks.len(), 1);
+        assert!(residual(&p).starts_with(
+            "SELECT id FROM tx WHERE customer IN (SELECT pgenrich_base0.c0 AS \"id\" FROM"
+        ));
     }
 
     #[test]

@@ -216,6 +216,20 @@ pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
 /// Refuses ML calls outside the places streaming enrichment handles.
 fn plan_query(query: &mut Query) -> Result<(), PlanError> {
     if let Some(with) = &query.with {
+        if with.cte_tables.iter().any(|cte| {
+            !matches!(
+                cte.query.body.as_ref(),
+                SetExpr::Select(_)
+                    | SetExpr::Query(_)
+                    | SetExpr::SetOperation { .. }
+                    | SetExpr::Values(_)
+            )
+        }) {
+            return Err(unsupported(
+                "ML calls in a statement with a data-modifying WITH query are not supported",
+                "Run the INSERT, UPDATE or DELETE in a separate statement.",
+            ));
+        }
         if has_ml(with) {
             return Err(unsupported(
                 "ML calls inside WITH queries are not supported yet",
@@ -331,7 +345,10 @@ impl Planner {
             from.push(item);
         }
         select.from = from;
-        if !functions.is_empty() && references_functions(&*select, &functions) {
+        if !functions.is_empty()
+            && (references_functions(&*select, &functions)
+                || references_functions_in(&query.order_by, &functions))
+        {
             return Err(unsupported(
                 "columns of ML table functions can be used in the SELECT list only",
                 LATER_HINT,
@@ -435,7 +452,11 @@ impl Planner {
         function: MlFunction,
         args: Vec<FunctionArg>,
     ) -> Result<usize, PlanError> {
-        let exprs = call_arguments(function, args)?;
+        let exprs = call_arguments(function, args)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, arg)| typed_parameter(function, i, arg))
+            .collect::<Vec<_>>();
         let call = Call {
             function,
             first_arg: self.args.len(),
@@ -856,6 +877,46 @@ pub fn has_ml<V: Visit>(node: &V) -> bool {
     node.visit(&mut Finder).is_break()
 }
 
+/// A bare `$n` argument cast to the type of Aurora's signature, so that PostgreSQL infers the
+/// parameter's type from the base statement as it would from the native function.
+fn typed_parameter(function: MlFunction, position: usize, arg: Expr) -> Expr {
+    let data_type = match (function, position) {
+        (MlFunction::DetectSentiment, 0 | 1) | (MlFunction::InvokeEndpoint, 0) => {
+            sqlparser::ast::DataType::Varchar(None)
+        }
+        (MlFunction::DetectSentiment, 2) | (MlFunction::InvokeEndpoint, 1) => {
+            sqlparser::ast::DataType::Int4(None)
+        }
+        _ => return arg,
+    };
+    match arg {
+        Expr::Value(ref v) if matches!(v.value, Value::Placeholder(_)) => Expr::Cast {
+            kind: sqlparser::ast::CastKind::DoubleColon,
+            expr: Box::new(arg),
+            data_type,
+            format: None,
+        },
+        other => other,
+    }
+}
+
+/// Whether an ML table function's alias is referenced in `node`.
+fn references_functions_in<V: Visit>(node: &V, functions: &[TableFunction]) -> bool {
+    struct Finder<'a>(&'a [TableFunction]);
+    impl Visitor for Finder<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let Expr::CompoundIdentifier(parts) = expr {
+                if parts.len() >= 2 && self.0.iter().any(|f| f.alias == parts[0].value) {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    node.visit(&mut Finder(functions)).is_break()
+}
+
 /// Whether a table function's alias is used outside the select list.
 fn references_functions(select: &Select, functions: &[TableFunction]) -> bool {
     struct Finder<'a>(&'a [TableFunction]);
@@ -957,7 +1018,8 @@ mod tests {
         );
         assert_eq!(
             p.base_sql,
-            "SELECT 'fraud' AS \"pgenrich:arg0\", $1 AS \"pgenrich:arg1\", amount AS \"pgenrich:arg2\", $2 AS \"pgenrich:arg3\", id, NULL AS \"pgenrich:0\" FROM tx"
+            // A parameter for max_rows_per_batch is typed as Aurora's int; model inputs stay "any".
+            "SELECT 'fraud' AS \"pgenrich:arg0\", $1::INT4 AS \"pgenrich:arg1\", amount AS \"pgenrich:arg2\", $2 AS \"pgenrich:arg3\", id, NULL AS \"pgenrich:0\" FROM tx"
         );
         assert_eq!(p.placeholders, vec![placeholder(Field::Text, "score", 0)]);
         let v =

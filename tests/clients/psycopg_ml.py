@@ -43,7 +43,10 @@ def main() -> None:
             )
             out["binary"] = list(cur.fetchone())
             try:
-                cur.execute("SELECT 1 WHERE aws_sagemaker.invoke_endpoint('m', NULL, %s) = '1'", (1,))
+                cur.execute(
+                    "SELECT aws_sagemaker.invoke_endpoint('m', NULL, aws_sagemaker.invoke_endpoint('m', NULL, %s))",
+                    (1,),
+                )
                 out["refused"] = None
             except psycopg.errors.FeatureNotSupported as error:
                 out["refused"] = error.sqlstate

@@ -1,5 +1,6 @@
 //! Statements calling ML functions are recognised in both protocols. Forms pgenrich refuses
-//! (ML calls in WHERE, inside expressions, in DML, …) are answered with 0A000 exactly where
+//! (ML calls in outer-join conditions, nested in each other, correlated, in DDL, …) are answered
+//! with 0A000 exactly where
 //! PostgreSQL would report an error: the session stays usable, transaction blocks become
 //! aborted, and pipelined work in the same implicit transaction is rolled back.
 
@@ -8,10 +9,12 @@ use crate::harness::{
 };
 
 const REFUSED: [&str; 4] = [
-    "SELECT x FROM (VALUES (1)) v(x) WHERE aws_sagemaker.invoke_endpoint('m', NULL, x)::int > 0",
-    "SELECT upper((aws_comprehend.detect_sentiment('x', 'en')).sentiment)",
-    "WITH s AS (SELECT aws_comprehend.detect_sentiment('x', 'en') AS r) SELECT * FROM s",
-    "SELECT 1 UNION ALL SELECT length(aws_sagemaker.invoke_endpoint('m', NULL, 1))",
+    "SELECT x FROM (VALUES (1)) v(x) LEFT JOIN (VALUES (1)) w(y) \
+     ON aws_sagemaker.invoke_endpoint('m', NULL, x)::int > y",
+    "SELECT aws_sagemaker.invoke_endpoint('m', NULL, aws_sagemaker.invoke_endpoint('m', NULL, 1))",
+    "SELECT x FROM (VALUES (1)) v(x) \
+     WHERE EXISTS (SELECT 1 WHERE aws_sagemaker.invoke_endpoint('m', NULL, v.x) = '1')",
+    "CREATE TABLE ml_refused AS SELECT aws_comprehend.detect_sentiment('x', 'en')",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,7 +122,9 @@ async fn psql_runs_ml_statements_and_reports_refused_forms() {
             "-c",
             "SELECT aws_comprehend.detect_sentiment('great', 'en')",
             "-c",
-            "SELECT 1 WHERE (aws_comprehend.detect_sentiment('great', 'en')).sentiment = 'x'",
+            "SELECT 1 WHERE (aws_comprehend.detect_sentiment('great', 'en')).sentiment = 'POSITIVE'",
+            "-c",
+            "SELECT aws_sagemaker.invoke_endpoint('m', NULL, aws_sagemaker.invoke_endpoint('m', NULL, 1))",
             "-c",
             "SELECT * FROM aws_comprehend.detect_sentiment('I love it, great', 'en')",
         ],
@@ -132,5 +134,9 @@ async fn psql_runs_ml_statements_and_reports_refused_forms() {
     assert!(stderr.contains("not supported"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, ["(POSITIVE,0.6666667)", "POSITIVE|0.75"], "{stdout}");
+    assert_eq!(
+        lines,
+        ["(POSITIVE,0.6666667)", "1", "POSITIVE|0.75"],
+        "{stdout}"
+    );
 }
