@@ -117,6 +117,16 @@ impl Executor {
         Ok((target_permit, global_permit))
     }
 
+    /// Most documents per sentiment call of the configured backend.
+    pub fn sentiment_batch_limit(&self) -> usize {
+        self.backends.sentiment.max_batch()
+    }
+
+    /// Rows per endpoint call when `max_rows_per_batch` is NULL.
+    pub fn default_batch_rows(&self) -> usize {
+        self.config.default_batch_rows
+    }
+
     fn batch_rows(&self, requested: Option<i64>, cap: usize) -> Result<usize, InferenceError> {
         match requested {
             None => Ok(self.config.default_batch_rows.clamp(1, cap)),

@@ -91,6 +91,11 @@ pub enum Intercept {
     Multi(Vec<crate::sql::plan::Piece>),
     /// A simple-protocol Query whose ML calls need the base + residual plan.
     Finish(Box<crate::sql::finish::FinishPlan>),
+    /// A simple-protocol `EXPLAIN [ANALYZE]` of an ML statement.
+    Explain {
+        analyze: bool,
+        target: Box<crate::session::explain::Target>,
+    },
     Parse {
         name: String,
         /// Parameter type section of the Parse body (count and OIDs), as sent.

@@ -460,7 +460,7 @@ pub async fn run_query(
     ready(relay, &status, outcome).await
 }
 
-async fn ready(
+pub(super) async fn ready(
     relay: &mut Relay,
     status: &[u8],
     outcome: Outcome,
@@ -472,7 +472,7 @@ async fn ready(
 }
 
 /// How a phase failed.
-enum Failure {
+pub(super) enum Failure {
     /// The upstream's error has been relayed to the client.
     Relayed,
     /// pgenrich's error, not sent yet.
@@ -481,7 +481,7 @@ enum Failure {
 
 /// Makes the upstream fail a stand-in statement, aborting the client's transaction block as a
 /// native error would; the stand-in's own error is dropped.
-async fn abort_client_transaction(relay: &mut Relay) -> Result<(), SessionError> {
+pub(super) async fn abort_client_transaction(relay: &mut Relay) -> Result<(), SessionError> {
     relay
         .send_upstream_now(crate::protocol::standin_query())
         .await?;
@@ -500,7 +500,7 @@ async fn abort_client_transaction(relay: &mut Relay) -> Result<(), SessionError>
 
 /// Reads upstream messages up to ReadyForQuery: `keep` decides per message whether pgenrich
 /// consumes it (true) or it goes to the client; an ErrorResponse is relayed and remembered.
-async fn collect(
+pub(super) async fn collect(
     relay: &mut Relay,
     mut keep: impl FnMut(u8, &Bytes) -> bool,
 ) -> Result<bool, SessionError> {
@@ -549,6 +549,23 @@ async fn run_base(
     plan: &BlockPlan,
     outcome: &mut Outcome,
 ) -> Result<Result<(Shape, Vec<Vec<u8>>), Failure>, SessionError> {
+    let shape = match describe_base(relay, plan).await? {
+        Ok(shape) => shape,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let params = match fetch_and_score(relay, executor, plan, &shape, outcome).await? {
+        Ok(params) => params,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    Ok(Ok((shape, params)))
+}
+
+/// Prepares and describes one block's base statement (as `pgenrich.base`, until
+/// [`fetch_and_score`] closes it) and looks up its value columns' types.
+pub(super) async fn describe_base(
+    relay: &mut Relay,
+    plan: &BlockPlan,
+) -> Result<Result<Shape, Failure>, SessionError> {
     // 1. Describe the base statement.
     let mut requests = BytesMut::new();
     requests.put_slice(&message(
@@ -581,6 +598,17 @@ async fn run_base(
         }
     };
 
+    Ok(Ok(shape))
+}
+
+/// Fetches the described base statement's rows and scores them: the block's residual parameters.
+pub(super) async fn fetch_and_score(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: &BlockPlan,
+    shape: &Shape,
+    outcome: &mut Outcome,
+) -> Result<Result<Vec<Vec<u8>>, Failure>, SessionError> {
     // 3. Fetch the base rows.
     let mut bind = BytesMut::new();
     bind.put_u8(0); // unnamed portal
@@ -615,12 +643,14 @@ async fn run_base(
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+    outcome.base_rows += parsed.len() as u64;
+    let started = std::time::Instant::now();
     let results = match score(relay, executor, plan, &parsed, outcome).await? {
         Ok(results) => results,
         Err(error) => return Ok(Err(Failure::Ours(error))),
     };
-    let params = residual_parameters(&shape, &parsed, &results);
-    Ok(Ok((shape, params)))
+    outcome.inference += started.elapsed();
+    Ok(Ok(residual_parameters(shape, &parsed, &results)))
 }
 
 /// Runs the residual over every block's enriched rows, relaying its answer to the client.
@@ -702,7 +732,7 @@ async fn score(
 }
 
 /// The residual's array parameters (binary): one per carried column, then each call's results.
-fn residual_parameters(
+pub(super) fn residual_parameters(
     shape: &Shape,
     parsed: &[Vec<Option<&[u8]>>],
     results: &[Results],
@@ -757,7 +787,7 @@ async fn close_base(relay: &mut Relay) -> Result<(), SessionError> {
 }
 
 /// A Parse body declaring the parameter types `types`.
-fn parse_body(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+pub(super) fn parse_body(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
     let mut body = Vec::with_capacity(name.len() + sql.len() + 4 + 4 * types.len());
     body.extend_from_slice(name.as_bytes());
     body.push(0);
@@ -817,7 +847,7 @@ fn row_types(body: &[u8]) -> Vec<(String, u32, i32)> {
 /// The base statement's columns as described: which carry values to the residual, their types
 /// and how they travel, and the columns of each `*`.
 #[derive(Debug, Clone, Default)]
-struct Shape {
+pub(super) struct Shape {
     /// Base columns in all (arguments, values, star separators).
     columns: usize,
     /// Base column index of each value column.
@@ -828,7 +858,7 @@ struct Shape {
 }
 
 impl Shape {
-    fn described(&self) -> Described {
+    pub(super) fn described(&self) -> Described {
         Described {
             types: self.types.clone(),
             stars: self.stars.clone(),

@@ -32,6 +32,10 @@ type ChunkTask = tokio::task::JoinHandle<Result<(Bytes, usize, CallStats), CallE
 pub struct Outcome {
     pub rows: u64,
     pub stats: CallStats,
+    /// Base rows read (two-phase statements).
+    pub base_rows: u64,
+    /// Time spent waiting for inference (two-phase statements).
+    pub inference: std::time::Duration,
 }
 
 /// Chunking settings.

@@ -1,6 +1,7 @@
 //! One client session: pre-startup negotiation (SSL, GSSENC, cancel requests), connecting the
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
+pub mod explain;
 pub mod extended;
 pub mod finish;
 pub mod ml;
@@ -200,7 +201,10 @@ async fn intercept_ml(
     let started = std::time::Instant::now();
     if !matches!(
         intercept,
-        Intercept::Query(_) | Intercept::Multi(_) | Intercept::Finish(_)
+        Intercept::Query(_)
+            | Intercept::Multi(_)
+            | Intercept::Finish(_)
+            | Intercept::Explain { .. }
     ) {
         // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync.
         if relay.tracker.open_failed() {
@@ -213,6 +217,9 @@ async fn intercept_ml(
         Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
         Intercept::Multi(pieces) => ml::run_multi(relay, &ctx.executor, chunking, pieces).await?,
         Intercept::Finish(plan) => finish::run_query(relay, &ctx.executor, *plan).await?,
+        Intercept::Explain { analyze, target } => {
+            explain::run(relay, &ctx.executor, analyze, *target).await?
+        }
         Intercept::Parse { name, types, plan } => {
             extended::handle_parse(relay, name, types, *plan).await?;
             return relay.flush_client().await;

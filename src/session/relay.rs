@@ -234,9 +234,12 @@ impl Relay {
                 return Poll::Ready(Ok(Event::AtBoundary));
             }
             let answered = match &self.pending {
-                Some(Intercept::Query(_) | Intercept::Multi(_) | Intercept::Finish(_)) => {
-                    self.tracker.is_idle()
-                }
+                Some(
+                    Intercept::Query(_)
+                    | Intercept::Multi(_)
+                    | Intercept::Finish(_)
+                    | Intercept::Explain { .. },
+                ) => self.tracker.is_idle(),
                 Some(_) => self.tracker.caught_up(),
                 None => false,
             };
@@ -829,6 +832,20 @@ fn inspect(kind: u8, body: &[u8]) -> Verdict {
 /// Plans a simple-protocol Query with ML calls: streaming where the calls allow it, else (one
 /// statement) the base + residual plan, whose refusal is then the one reported.
 fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
+    if let Some(request) = crate::sql::explain::explain(text) {
+        use crate::session::explain::Target;
+        let target = match plan::plan(&request.statement) {
+            Ok(streaming) => Target::Streaming(streaming),
+            Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
+                Target::Finish(crate::sql::finish::plan(&request.statement)?)
+            }
+            Err(error) => return Err(error),
+        };
+        return Ok(Intercept::Explain {
+            analyze: request.analyze,
+            target: Box::new(target),
+        });
+    }
     match plan::plan_query_message(text) {
         Ok(mut pieces) => Ok(match (pieces.len(), pieces.pop()) {
             (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),

@@ -7,6 +7,7 @@
 //! to a token-level check, because some forms PostgreSQL accepts (`VARIADIC ARRAY[...]`,
 //! `(f(x)).*`) are beyond sqlparser 0.64.
 
+pub mod explain;
 pub mod finish;
 pub mod plan;
 pub mod text;

@@ -309,3 +309,64 @@ async fn portals_with_row_limits_resume_where_they_stopped() {
         .expect("usable");
     assert_eq!(row.get::<_, i32>(0), 2);
 }
+
+/// The `QUERY PLAN` lines of an EXPLAIN through pgenrich.
+async fn plan_lines(client: &Client, sql: &str) -> Vec<String> {
+    let (names, rows) = result(client, sql).await;
+    assert_eq!(names, ["QUERY PLAN"], "{sql}");
+    rows.into_iter()
+        .map(|row| row[0].clone().expect("a line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_both_phases_and_analyze_adds_what_happened() {
+    let (proxy, client, _reference) = setup().await;
+    let sql = "SELECT category, count(*) FROM finish_reviews \
+               WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE' \
+               AND stars > 1 GROUP BY category";
+    let before = proxy.mock.stats().comprehend_calls;
+    let lines = plan_lines(&client, &format!("EXPLAIN {sql}")).await;
+    let text = lines.join("\n");
+    for expected in [
+        "pgenrich: enrich, then finish in PostgreSQL",
+        "Phase 1, block 0: base relation",
+        "Base statement: SELECT body AS \"pgenrich:arg0\"",
+        "Seq Scan on finish_reviews",
+        "Filter: (stars > 1)",
+        "ML call 1: aws_comprehend.detect_sentiment (language 'en', BatchDetectSentiment of up to 25 documents); max_rows_per_batch: NULL (default: 25 rows per call)",
+        "Phase 2: residual statement",
+        "Function Scan on u",
+        "HashAggregate",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("actual time"), "{text}");
+    // Plain EXPLAIN runs nothing.
+    assert_eq!(proxy.mock.stats().comprehend_calls, before);
+
+    let lines = plan_lines(&client, &format!("EXPLAIN ANALYZE {sql}")).await;
+    let text = lines.join("\n");
+    assert!(text.contains("actual time="), "{text}");
+    let summary = lines.last().expect("a summary");
+    assert!(
+        summary.starts_with("pgenrich execution: 6 base rows, 6 ML inputs, 1 service calls, 0 duplicate inputs saved"),
+        "{summary}"
+    );
+    assert!(proxy.mock.stats().comprehend_calls > before);
+
+    // The streaming form, and the session afterwards.
+    let lines = plan_lines(
+        &client,
+        "EXPLAIN SELECT id, aws_sagemaker.invoke_endpoint('score', 10, stars) FROM finish_reviews",
+    )
+    .await;
+    let text = lines.join("\n");
+    assert!(text.starts_with("pgenrich: streaming enrichment"), "{text}");
+    assert!(
+        text.contains("ML call 1: aws_sagemaker.invoke_endpoint (endpoint 'score', text/csv); max_rows_per_batch: 10"),
+        "{text}"
+    );
+    let (_, rows) = result(&client, "SELECT 1").await;
+    assert_eq!(rows, [[Some("1".to_owned())]]);
+}

@@ -1,0 +1,377 @@
+//! Answering `EXPLAIN [ANALYZE] <ML statement>` with pgenrich's plan, as rows of one `QUERY PLAN`
+//! column like PostgreSQL's: the statements pgenrich sends upstream, each with PostgreSQL's own
+//! EXPLAIN, and the ML calls with their batch sizes. With ANALYZE the statement runs (its result
+//! rows are discarded, as PostgreSQL does) and the plan adds base rows, service calls, duplicate
+//! inputs saved, time in inference, and PostgreSQL's EXPLAIN ANALYZE of the residual.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::finish::{
+    abort_client_transaction, collect, describe_base, fetch_and_score, parse_body, ready,
+    residual_parameters, Failure,
+};
+use super::ml::{hidden_query, infer, Memo, Outcome, Results};
+use super::relay::Relay;
+use super::rows::{message, split_row};
+use crate::enrich::{CallStats, Executor};
+use crate::error::SessionError;
+use crate::protocol::frontend;
+use crate::sql::finish::FinishPlan;
+use crate::sql::plan::{Call, MlFunction, StreamingPlan};
+
+/// What is explained.
+#[derive(Debug)]
+pub enum Target {
+    Streaming(StreamingPlan),
+    Finish(FinishPlan),
+}
+
+const TEXT_OID: u32 = 25;
+
+/// Answers an EXPLAIN of an ML statement (simple protocol), up to ReadyForQuery.
+pub async fn run(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    analyze: bool,
+    target: Target,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let wrap = relay.tracker.status() == b'I';
+    if wrap {
+        let begin = if analyze {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        } else {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        };
+        if let Some(error) = hidden_query(relay, begin).await? {
+            relay.push_to_client(message(b'E', &error));
+            return ready(relay, b"I", outcome).await;
+        }
+    }
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    let result = match &target {
+        Target::Streaming(plan) => {
+            streaming(relay, executor, analyze, plan, &mut lines, &mut outcome).await?
+        }
+        Target::Finish(plan) => {
+            finish(relay, executor, analyze, plan, &mut lines, &mut outcome).await?
+        }
+    };
+    let failed = match result {
+        Ok(()) => {
+            if analyze {
+                lines.push(format!(
+                    "pgenrich execution: {} base rows, {} ML inputs, {} service calls, {} duplicate inputs saved, {:.3} ms in inference, {:.3} ms in all",
+                    outcome.base_rows,
+                    outcome.stats.rows,
+                    outcome.stats.calls,
+                    outcome.stats.duplicates_saved,
+                    outcome.inference.as_secs_f64() * 1000.0,
+                    started.elapsed().as_secs_f64() * 1000.0
+                ));
+            }
+            send_plan(relay, &lines);
+            false
+        }
+        Err(Failure::Relayed) => true,
+        Err(Failure::Ours(error)) => {
+            if !wrap {
+                abort_client_transaction(relay).await?;
+            }
+            relay.push_to_client(error.encode());
+            true
+        }
+    };
+    if wrap {
+        // EXPLAIN ANALYZE ran the statement: nothing of it stays (it cannot write anyway).
+        let end = if failed || analyze {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        if let Some(error) = hidden_query(relay, end).await? {
+            relay.push_to_client(message(b'E', &error));
+        }
+        return ready(relay, b"I", outcome).await;
+    }
+    let status = [relay.tracker.status()];
+    ready(relay, &status, outcome).await
+}
+
+/// RowDescription `QUERY PLAN` (text), one DataRow per line, CommandComplete `EXPLAIN`.
+fn send_plan(relay: &mut Relay, lines: &[String]) {
+    let mut description = BytesMut::new();
+    description.put_u16(1);
+    description.put_slice(b"QUERY PLAN\0");
+    description.put_u32(0);
+    description.put_i16(0);
+    description.put_u32(TEXT_OID);
+    description.put_i16(-1);
+    description.put_i32(-1);
+    description.put_i16(0);
+    relay.push_to_client(message(b'T', &description));
+    for line in lines {
+        let mut row = BytesMut::with_capacity(line.len() + 6);
+        row.put_u16(1);
+        row.put_i32(line.len() as i32);
+        row.put_slice(line.as_bytes());
+        relay.push_to_client(message(b'D', &row));
+    }
+    relay.push_to_client(message(b'C', b"EXPLAIN\0"));
+}
+
+/// The lines of PostgreSQL's EXPLAIN of `sql` (run with `params`, binary), indented.
+async fn postgres_explain(
+    relay: &mut Relay,
+    sql: &str,
+    analyze: bool,
+    params: &[Vec<u8>],
+    lines: &mut Vec<String>,
+) -> Result<Result<(), Failure>, SessionError> {
+    let explain = format!("EXPLAIN {}{sql}", if analyze { "(ANALYZE) " } else { "" });
+    let mut bind = BytesMut::new();
+    bind.put_u8(0);
+    bind.put_u8(0);
+    bind.put_u16(1);
+    bind.put_i16(1);
+    bind.put_u16(params.len() as u16);
+    for param in params {
+        bind.put_i32(param.len() as i32);
+        bind.put_slice(param);
+    }
+    bind.put_u16(0);
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::PARSE, &parse_body("", &explain, &[])));
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut plan = Vec::new();
+    let failed = collect(relay, |kind, body| match kind {
+        b'D' => {
+            if let Some(Some(line)) = split_row(body).first() {
+                plan.push(format!("    {}", String::from_utf8_lossy(line)));
+            }
+            true
+        }
+        b'1' | b'2' | b'C' => true,
+        _ => false,
+    })
+    .await?;
+    if failed {
+        return Ok(Err(Failure::Relayed));
+    }
+    lines.extend(plan);
+    Ok(Ok(()))
+}
+
+/// One line per ML call: the function, where its target and batch size come from.
+fn describe_calls(executor: &Executor, calls: &[Call], args: &[String], lines: &mut Vec<String>) {
+    for (k, call) in calls.iter().enumerate() {
+        let arg = |i: usize| args.get(call.first_arg + i).cloned().unwrap_or_default();
+        let batch = if call.arg_count > 2 || call.function == MlFunction::InvokeEndpoint {
+            let index = if call.function == MlFunction::InvokeEndpoint {
+                1
+            } else {
+                2
+            };
+            arg(index)
+        } else {
+            "NULL".to_owned()
+        };
+        let default = match call.function {
+            MlFunction::DetectSentiment => executor
+                .default_batch_rows()
+                .min(executor.sentiment_batch_limit()),
+            MlFunction::InvokeEndpoint => executor.default_batch_rows(),
+        };
+        let batch = if batch.eq_ignore_ascii_case("null") {
+            format!("NULL (default: {default} rows per call)")
+        } else {
+            batch
+        };
+        let target = match call.function {
+            MlFunction::DetectSentiment => format!(
+                "language {}, BatchDetectSentiment of up to {} documents",
+                arg(1),
+                executor.sentiment_batch_limit()
+            ),
+            MlFunction::InvokeEndpoint => format!("endpoint {}, text/csv", arg(0)),
+        };
+        lines.push(format!(
+            "  ML call {}: {} ({target}); max_rows_per_batch: {batch}",
+            k + 1,
+            call.function.name()
+        ));
+    }
+}
+
+/// The argument expressions of the base statement, as SQL, in base column order.
+fn argument_texts(base_sql: &str, count: usize) -> Vec<String> {
+    use sqlparser::ast::{SelectItem, SetExpr, Statement};
+    let parsed =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, base_sql);
+    let Ok([Statement::Query(query)]) = parsed.as_deref() else {
+        return Vec::new();
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Vec::new();
+    };
+    select
+        .projection
+        .iter()
+        .take(count)
+        .map(|item| match item {
+            SelectItem::ExprWithAlias { expr, .. } | SelectItem::UnnamedExpr(expr) => {
+                expr.to_string()
+            }
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+async fn streaming(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    analyze: bool,
+    plan: &StreamingPlan,
+    lines: &mut Vec<String>,
+    outcome: &mut Outcome,
+) -> Result<Result<(), Failure>, SessionError> {
+    lines.push(
+        "pgenrich: streaming enrichment — the statement runs as below and its rows are scored in chunks as they arrive"
+            .to_owned(),
+    );
+    lines.push(format!("  Base statement: {}", plan.base_sql));
+    if let Err(failure) = postgres_explain(relay, &plan.base_sql, false, &[], lines).await? {
+        return Ok(Err(failure));
+    }
+    describe_calls(
+        executor,
+        &plan.calls,
+        &argument_texts(&plan.base_sql, plan.arg_columns),
+        lines,
+    );
+    if !analyze {
+        return Ok(Ok(()));
+    }
+    // Run it: every row, every call, results discarded.
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body("", &plan.base_sql, &[]),
+    ));
+    requests.put_slice(&message(frontend::BIND, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut rows: Vec<Bytes> = Vec::new();
+    let failed = collect(relay, |kind, body| match kind {
+        b'D' => {
+            rows.push(body.clone());
+            true
+        }
+        b'1' | b'2' | b'C' => true,
+        _ => false,
+    })
+    .await?;
+    if failed {
+        return Ok(Err(Failure::Relayed));
+    }
+    let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+    outcome.base_rows += parsed.len() as u64;
+    let started = Instant::now();
+    let memo = Memo::new();
+    let mut stats = CallStats::default();
+    let result = infer(executor, &plan.calls, &parsed, &memo, &mut stats).await;
+    outcome.inference += started.elapsed();
+    outcome.stats = stats;
+    match result {
+        Ok(_) => Ok(Ok(())),
+        Err(error) => {
+            let function = plan
+                .calls
+                .first()
+                .map(|c| c.function.name())
+                .unwrap_or("ML call");
+            Ok(Err(Failure::Ours(
+                error.error.to_client(function, &error.target),
+            )))
+        }
+    }
+}
+
+async fn finish(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    analyze: bool,
+    plan: &FinishPlan,
+    lines: &mut Vec<String>,
+    outcome: &mut Outcome,
+) -> Result<Result<(), Failure>, SessionError> {
+    lines.push(format!(
+        "pgenrich: enrich, then finish in PostgreSQL — {} base relation(s) scored, then the residual statement over them",
+        plan.blocks.len()
+    ));
+    let mut described = Vec::new();
+    let mut params = Vec::new();
+    for (b, block) in plan.blocks.iter().enumerate() {
+        lines.push(format!("Phase 1, block {b}: base relation"));
+        lines.push(format!("  Base statement: {}", block.base_sql));
+        let shape = match describe_base(relay, block).await? {
+            Ok(shape) => shape,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        if analyze {
+            let block_params =
+                match fetch_and_score(relay, executor, block, &shape, outcome).await? {
+                    Ok(params) => params,
+                    Err(failure) => return Ok(Err(failure)),
+                };
+            params.extend(block_params);
+        } else {
+            close_described(relay).await?;
+            let empty: Vec<Results> = block
+                .calls
+                .iter()
+                .map(|c| match c.function {
+                    MlFunction::DetectSentiment => Results::Sentiment(Vec::new()),
+                    MlFunction::InvokeEndpoint => Results::Text(Vec::new()),
+                })
+                .collect();
+            params.extend(residual_parameters(&shape, &[], &empty));
+        }
+        if let Err(failure) = postgres_explain(relay, &block.base_sql, false, &[], lines).await? {
+            return Ok(Err(failure));
+        }
+        describe_calls(
+            executor,
+            &block.calls,
+            &argument_texts(&block.base_sql, block.arg_columns),
+            lines,
+        );
+        described.push(shape.described());
+    }
+    let residual = plan.residual_sql(&described, 1);
+    lines.push(format!(
+        "Phase 2: residual statement over the enriched rows ({} array parameters)",
+        params.len()
+    ));
+    lines.push(format!("  Residual statement: {residual}"));
+    postgres_explain(relay, &residual, analyze, &params, lines).await
+}
+
+/// Closes the base statement [`describe_base`] left prepared (EXPLAIN without ANALYZE does not
+/// fetch it).
+async fn close_described(relay: &mut Relay) -> Result<(), SessionError> {
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, b"Spgenrich.base\0"));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    collect(relay, |kind, _| kind == b'3').await?;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `EXPLAIN [ANALYZE] <ML statement>`: recognising the request; the session answers it with
+//! pgenrich's own plan (see `session::explain`).
+
+use sqlparser::ast::{Expr, Statement, Value};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::text::rewrite_unparsable_forms;
+
+/// An EXPLAIN of a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplainRequest {
+    /// Run the statement and report what happened.
+    pub analyze: bool,
+    /// The explained statement's text.
+    pub statement: String,
+}
+
+/// `Some` when `sql` is one `EXPLAIN` statement (`EXPLAIN ANALYZE …`, `EXPLAIN (ANALYZE) …`).
+/// Output options (FORMAT, COSTS, …) are accepted and the answer is always text.
+pub fn explain(sql: &str) -> Option<ExplainRequest> {
+    let text = rewrite_unparsable_forms(sql);
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).ok()?;
+    if statements.len() != 1 {
+        return None;
+    }
+    let Some(Statement::Explain {
+        analyze,
+        statement,
+        options,
+        ..
+    }) = statements.pop()
+    else {
+        return None;
+    };
+    let option = options.iter().flatten().find_map(|o| {
+        o.name
+            .value
+            .eq_ignore_ascii_case("analyze")
+            .then(|| match &o.arg {
+                None => true,
+                Some(Expr::Value(v)) => match &v.value {
+                    Value::Boolean(b) => *b,
+                    Value::SingleQuotedString(s) | Value::Number(s, _) => {
+                        matches!(s.to_ascii_lowercase().as_str(), "on" | "true" | "1")
+                    }
+                    _ => false,
+                },
+                Some(Expr::Identifier(i)) => {
+                    matches!(i.value.to_ascii_lowercase().as_str(), "on" | "true")
+                }
+                Some(_) => false,
+            })
+    });
+    Some(ExplainRequest {
+        analyze: analyze || option.unwrap_or(false),
+        statement: statement.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_forms_are_recognised() {
+        let sql = "SELECT id FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) > '1'";
+        let plain = explain(&format!("EXPLAIN {sql}")).expect("explain");
+        assert!(!plain.analyze);
+        assert_eq!(plain.statement, sql);
+        for form in [
+            "EXPLAIN ANALYZE",
+            "EXPLAIN (ANALYZE)",
+            "EXPLAIN (ANALYZE true, COSTS off)",
+        ] {
+            let request = explain(&format!("{form} {sql}")).expect("explain");
+            assert!(request.analyze, "{form}");
+        }
+        assert!(
+            !explain(&format!("EXPLAIN (ANALYZE false) {sql}"))
+                .expect("explain")
+                .analyze
+        );
+        assert_eq!(explain(sql), None);
+        assert_eq!(explain(&format!("EXPLAIN {sql}; SELECT 1")), None);
+    }
+}
