@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::extended::{MlPortal, MlStatement};
-use super::ml::{hidden_query, infer, Memo, Outcome, Results};
+use super::ml::{hidden_query, infer, Chunking, Memo, Outcome, Results};
 use super::relay::Relay;
 use super::rows::{message, split_fields, split_row};
 use crate::enrich::{CallStats, Executor};
@@ -294,15 +294,16 @@ pub async fn run_execute(
                 }
             }
             let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-            let results = match score(relay, executor, block, &parsed, &mut outcome).await? {
-                Ok(results) => results,
-                Err(error) => {
-                    super::ml::fail_upstream(relay, error).await?;
-                    relay.mark_extended_failed();
-                    relay.flush_client().await?;
-                    return Ok(outcome);
-                }
-            };
+            let results =
+                match score(relay, executor, block, &parsed, &Memo::new(), &mut outcome).await? {
+                    Ok(results) => results,
+                    Err(error) => {
+                        super::ml::fail_upstream(relay, error).await?;
+                        relay.mark_extended_failed();
+                        relay.flush_client().await?;
+                        return Ok(outcome);
+                    }
+                };
             ours.extend(residual_parameters(shape, &parsed, &results));
         }
         let Some(bind) = residual_bind(
@@ -417,6 +418,7 @@ const FLOAT4_OID: u32 = 700;
 pub async fn run_query(
     relay: &mut Relay,
     executor: &Arc<Executor>,
+    chunking: Chunking,
     plan: FinishPlan,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
@@ -437,7 +439,21 @@ pub async fn run_query(
             return ready(relay, b"I", outcome).await;
         }
     }
-    let failure = run_phases(relay, executor, &plan, &mut outcome).await?;
+    let streams = match &plan.row_local {
+        Some(functions) => match only_row_functions(relay, functions).await? {
+            Ok(streams) => streams,
+            Err(body) => {
+                relay.push_to_client(message(b'E', &body));
+                return finish_query(relay, wrap, true, outcome).await;
+            }
+        },
+        None => false,
+    };
+    let failure = if streams {
+        run_chunked(relay, executor, chunking, &plan, &mut outcome).await?
+    } else {
+        run_phases(relay, executor, &plan, &mut outcome).await?
+    };
     let failed = match failure {
         None => false,
         Some(Failure::Relayed) => true,
@@ -449,6 +465,16 @@ pub async fn run_query(
             true
         }
     };
+    finish_query(relay, wrap, failed, outcome).await
+}
+
+/// Ends pgenrich's hidden transaction (if it began one) and answers ReadyForQuery.
+async fn finish_query(
+    relay: &mut Relay,
+    wrap: bool,
+    failed: bool,
+    outcome: Outcome,
+) -> Result<Outcome, SessionError> {
     if wrap {
         let end = if failed { "ROLLBACK" } else { "COMMIT" };
         if let Some(error) = hidden_query(relay, end).await? {
@@ -522,6 +548,214 @@ pub(super) async fn collect(
     }
 }
 
+/// Whether none of `functions` is an aggregate or window function (by name, in any schema: a
+/// name that is one anywhere keeps the statement from streaming). `Err`: the upstream's error.
+async fn only_row_functions(
+    relay: &mut Relay,
+    functions: &[String],
+) -> Result<Result<bool, Bytes>, SessionError> {
+    if functions.is_empty() {
+        return Ok(Ok(true));
+    }
+    let names: Vec<String> = functions
+        .iter()
+        .map(|f| format!("'{}'", f.replace('\'', "''")))
+        .collect();
+    let sql = format!(
+        "SELECT count(*) FROM pg_catalog.pg_proc WHERE prokind IN ('a', 'w') \
+         AND proname = ANY (ARRAY[{}]::name[])",
+        names.join(", ")
+    );
+    let mut text = sql.into_bytes();
+    text.push(0);
+    relay
+        .send_upstream_now(message(frontend::QUERY, &text))
+        .await?;
+    let mut count = None;
+    let mut error = None;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'D' => {
+                count = split_row(&body)
+                    .first()
+                    .copied()
+                    .flatten()
+                    .map(<[u8]>::to_vec)
+            }
+            b'E' => error = Some(body),
+            b'Z' => {
+                relay.note_ready(&body);
+                break;
+            }
+            b'N' | b'S' | b'A' => relay.push_to_client(message(kind, &body)),
+            _ => {}
+        }
+    }
+    Ok(match error {
+        Some(error) => Err(error),
+        None => Ok(count.as_deref() == Some(b"0")),
+    })
+}
+
+/// Names of the statements and portal a chunked run keeps open between chunks.
+const RESIDUAL_STATEMENT: &str = "pgenrich.residual";
+const BASE_PORTAL: &str = "pgenrich.base";
+
+/// Runs a row-local statement chunk by chunk: the base portal is fetched `chunking.rows` rows at
+/// a time, each chunk scored and run through the prepared residual, its rows sent on at once, so
+/// memory stays bounded and the first rows arrive after one chunk.
+async fn run_chunked(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    chunking: Chunking,
+    plan: &FinishPlan,
+    outcome: &mut Outcome,
+) -> Result<Option<Failure>, SessionError> {
+    let block = &plan.blocks[0];
+    let shape = match describe_base(relay, block).await? {
+        Ok(shape) => shape,
+        Err(failure) => return Ok(Some(failure)),
+    };
+    let residual = plan.residual_sql(&[shape.described()], 1);
+    // The residual, prepared once; the base bound to a portal kept open between chunks.
+    let mut bind = named_body(BASE_PORTAL);
+    bind.extend_from_slice(&named_body(BASE_STATEMENT));
+    bind.extend_from_slice(&[0, 0, 0, 0]);
+    let formats = shape.base_formats();
+    bind.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+    for format in formats {
+        bind.extend_from_slice(&format.to_be_bytes());
+    }
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(RESIDUAL_STATEMENT, &residual, &[]),
+    ));
+    requests.put_slice(&message(
+        frontend::DESCRIBE,
+        &named(b'S', RESIDUAL_STATEMENT),
+    ));
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut description = None;
+    let failed = collect(relay, |kind, body| match kind {
+        b'T' => {
+            description = Some(body.clone());
+            true
+        }
+        b'1' | b'2' | b'3' | b't' | b'n' => true,
+        _ => false,
+    })
+    .await?;
+    if failed {
+        close_chunked(relay).await?;
+        return Ok(Some(Failure::Relayed));
+    }
+    if let Some(description) = description {
+        relay.push_to_client(message(b'T', &description));
+    }
+    let mut total = 0u64;
+    // Identical inputs are scored once per statement, not once per chunk.
+    let memo = Memo::new();
+    loop {
+        // The next chunk of base rows.
+        let mut requests = BytesMut::new();
+        requests.put_slice(&message(
+            frontend::EXECUTE,
+            &execute_body(BASE_PORTAL, chunking.rows),
+        ));
+        requests.put_slice(&message(frontend::SYNC, &[]));
+        relay.send_upstream_now(requests.freeze()).await?;
+        let mut rows: Vec<Bytes> = Vec::new();
+        let mut done = false;
+        let failed = collect(relay, |kind, body| match kind {
+            b'D' => {
+                rows.push(body.clone());
+                true
+            }
+            b's' => true,
+            b'C' => {
+                done = true;
+                true
+            }
+            _ => false,
+        })
+        .await?;
+        if failed {
+            close_chunked(relay).await?;
+            return Ok(Some(Failure::Relayed));
+        }
+        if !rows.is_empty() {
+            let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+            outcome.base_rows += parsed.len() as u64;
+            let started = std::time::Instant::now();
+            let results = match score(relay, executor, block, &parsed, &memo, outcome).await? {
+                Ok(results) => results,
+                Err(error) => {
+                    close_chunked(relay).await?;
+                    return Ok(Some(Failure::Ours(error)));
+                }
+            };
+            outcome.inference += started.elapsed();
+            let params = residual_parameters(&shape, &parsed, &results);
+            let mut bind = BytesMut::new();
+            bind.put_u8(0);
+            bind.put_slice(&named_body(RESIDUAL_STATEMENT));
+            bind.put_u16(1);
+            bind.put_i16(1);
+            bind.put_u16(params.len() as u16);
+            for param in &params {
+                bind.put_i32(param.len() as i32);
+                bind.put_slice(param);
+            }
+            bind.put_u16(0);
+            let mut requests = BytesMut::new();
+            requests.put_slice(&message(frontend::BIND, &bind));
+            requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
+            requests.put_slice(&message(frontend::SYNC, &[]));
+            relay.send_upstream_now(requests.freeze()).await?;
+            let mut sent = 0u64;
+            let failed = collect(relay, |kind, _| match kind {
+                b'D' => {
+                    sent += 1;
+                    false
+                }
+                b'2' | b'C' => true,
+                _ => false,
+            })
+            .await?;
+            total += sent;
+            outcome.rows += sent;
+            if failed {
+                close_chunked(relay).await?;
+                return Ok(Some(Failure::Relayed));
+            }
+            relay.flush_client_soft().await?;
+        }
+        if done {
+            break;
+        }
+    }
+    close_chunked(relay).await?;
+    relay.push_to_client(message(b'C', format!("SELECT {total}\0").as_bytes()));
+    Ok(None)
+}
+
+/// Closes what a chunked run keeps open (none of it is an error if already gone).
+async fn close_chunked(relay: &mut Relay) -> Result<(), SessionError> {
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, &named(b'P', BASE_PORTAL)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    collect(relay, |kind, _| kind == b'3').await?;
+    Ok(())
+}
+
 async fn run_phases(
     relay: &mut Relay,
     executor: &Arc<Executor>,
@@ -566,8 +800,10 @@ pub(super) async fn describe_base(
     relay: &mut Relay,
     plan: &BlockPlan,
 ) -> Result<Result<Shape, Failure>, SessionError> {
-    // 1. Describe the base statement.
+    // 1. Describe the base statement (closing one an earlier failure may have left behind:
+    // prepared statements outlive transactions).
     let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
     requests.put_slice(&message(
         frontend::PARSE,
         &parse_body(BASE_STATEMENT, &plan.base_sql, &[]),
@@ -577,7 +813,7 @@ pub(super) async fn describe_base(
     relay.send_upstream_now(requests.freeze()).await?;
     let mut description = None;
     let failed = collect(relay, |kind, body| match kind {
-        b'1' | b't' | b'n' => true,
+        b'1' | b't' | b'n' | b'3' => true,
         b'T' => {
             description = Some(body.clone());
             true
@@ -645,7 +881,7 @@ pub(super) async fn fetch_and_score(
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = std::time::Instant::now();
-    let results = match score(relay, executor, plan, &parsed, outcome).await? {
+    let results = match score(relay, executor, plan, &parsed, &Memo::new(), outcome).await? {
         Ok(results) => results,
         Err(error) => return Ok(Err(Failure::Ours(error))),
     };
@@ -700,13 +936,13 @@ async fn score(
     executor: &Arc<Executor>,
     plan: &BlockPlan,
     parsed: &[Vec<Option<&[u8]>>],
+    memo: &Memo,
     outcome: &mut Outcome,
 ) -> Result<Result<Vec<Results>, ErrorMessage>, SessionError> {
-    let memo = Memo::new();
     let mut stats = CallStats::default();
     let cancelled = relay.cancel_notify();
     let results = {
-        let inference = infer(executor, &plan.calls, parsed, &memo, &mut stats);
+        let inference = infer(executor, &plan.calls, parsed, memo, &mut stats);
         tokio::select! {
             results = inference => results,
             _ = cancelled.notified() => {

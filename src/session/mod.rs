@@ -216,7 +216,7 @@ async fn intercept_ml(
     let outcome = match intercept {
         Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
         Intercept::Multi(pieces) => ml::run_multi(relay, &ctx.executor, chunking, pieces).await?,
-        Intercept::Finish(plan) => finish::run_query(relay, &ctx.executor, *plan).await?,
+        Intercept::Finish(plan) => finish::run_query(relay, &ctx.executor, chunking, *plan).await?,
         Intercept::Explain { analyze, target } => {
             explain::run(relay, &ctx.executor, analyze, *target).await?
         }

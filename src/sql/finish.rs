@@ -56,6 +56,11 @@ pub struct FinishPlan {
     /// The statement with typed NULLs for the ML calls, to describe `$n` parameters natively;
     /// `None` when it has no parameters.
     pub typing_sql: Option<String>,
+    /// `Some` when the residual is row-local — one block, the statement itself, without
+    /// grouping, DISTINCT, windows, sorting or limits — provided none of these functions is an
+    /// aggregate or window function (the session asks the database): then it can run per chunk
+    /// of base rows and stream.
+    pub row_local: Option<Vec<String>>,
 }
 
 /// One ML-bearing SELECT block's base relation.
@@ -284,9 +289,11 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
             NOT_YET_HINT,
         ));
     }
+    let row_local = row_local_functions(&query, planner.blocks.len());
     Ok(FinishPlan {
         blocks: planner.blocks,
         residual: query.to_string(),
+        row_local,
         typing_sql: if has_parameters(&original) {
             Some(typing_statement(original)?)
         } else {
@@ -816,6 +823,76 @@ fn direct_ml<V: sqlparser::ast::Visit>(node: &V) -> bool {
         }
     }
     node.visit(&mut Finder { depth: 0 }).is_break()
+}
+
+/// The function names of a row-local residual (see [`FinishPlan::row_local`]).
+fn row_local_functions(query: &Query, blocks: usize) -> Option<Vec<String>> {
+    if blocks != 1
+        || query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let grouped = match &select.group_by {
+        GroupByExpr::Expressions(exprs, modifiers) => !exprs.is_empty() || !modifiers.is_empty(),
+        GroupByExpr::All(_) => true,
+    };
+    if grouped
+        || select.distinct.is_some()
+        || select.having.is_some()
+        || !select.named_window.is_empty()
+        || select.qualify.is_some()
+        || !select.from.iter().all(|f| f.joins.is_empty())
+        || select.from.len() != 1
+    {
+        return None;
+    }
+    struct Functions {
+        names: Vec<String>,
+        depth: usize,
+        window: bool,
+    }
+    impl sqlparser::ast::Visitor for Functions {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let (0, Expr::Function(f)) = (self.depth, expr) {
+                if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
+                    self.window = true;
+                    return ControlFlow::Break(());
+                }
+                if let Some(name) = f.name.0.last().and_then(|p| p.as_ident()) {
+                    self.names.push(ident_name(name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut functions = Functions {
+        names: Vec::new(),
+        depth: 0,
+        window: false,
+    };
+    let _ = sqlparser::ast::Visit::visit(&select.projection, &mut functions);
+    let _ = sqlparser::ast::Visit::visit(&select.selection, &mut functions);
+    if functions.window {
+        return None;
+    }
+    functions.names.sort();
+    functions.names.dedup();
+    Some(functions.names)
 }
 
 /// Whether the statement has `$n` parameters.
@@ -1522,6 +1599,21 @@ mod tests {
 
     #[test]
     fn where_splits_into_base_filters_and_residual_ml_conditions() {
+        let p = ok("SELECT r.id, upper(r.body) FROM reviews r \
+                    WHERE r.id > 10 AND (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment = 'POSITIVE'");
+        // Filters and projections only: the residual can run per chunk.
+        assert_eq!(p.row_local.as_deref(), Some(&["upper".to_owned()][..]));
+        for sql in [
+            "SELECT count(*) FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1'",
+            "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' ORDER BY x",
+            "SELECT DISTINCT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1'",
+            "SELECT x, rank() OVER () FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1'",
+            "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' LIMIT 1",
+        ] {
+            let p = ok(sql);
+            // count is listed for the database to classify; the others are structural.
+            assert!(p.row_local.as_ref().is_none_or(|f| f.contains(&"count".to_owned())), "{sql}");
+        }
         let p = ok("SELECT r.id, r.body FROM reviews r \
                     WHERE r.id > 10 AND (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment = 'POSITIVE'");
         assert_eq!(

@@ -370,3 +370,37 @@ async fn explain_shows_both_phases_and_analyze_adds_what_happened() {
     let (_, rows) = result(&client, "SELECT 1").await;
     assert_eq!(rows, [[Some("1".to_owned())]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_local_statements_run_per_chunk_and_score_each_input_once() {
+    let pg = postgres();
+    let reference = connect(&pg.direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start_with(|config| config.inference.chunk_rows = 4).await;
+    let client = proxy.connect().await;
+    // 30 rows in chunks of 4, three distinct model inputs.
+    let sql = "SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g % 3)::int * 10 AS tens \
+               FROM generate_series(1, 30) g \
+               WHERE aws_sagemaker.invoke_endpoint('score', NULL, g % 3)::int > 0";
+    proxy.mock.reset_stats();
+    let got = result(&client, sql).await;
+    let expected = result(&reference, sql).await;
+    assert_eq!(got, expected);
+    assert_eq!(got.1.len(), 20);
+    assert_eq!(
+        proxy.mock.stats().sagemaker_calls,
+        1,
+        "one call for the 3 distinct inputs"
+    );
+    // An error in a later chunk ends the statement with PostgreSQL's error, and the session
+    // (and its next ML statement) go on.
+    let error = client
+        .simple_query(
+            "SELECT 10 / (g - 9) FROM generate_series(1, 30) g \
+             WHERE aws_sagemaker.invoke_endpoint('score', NULL, g) <> ''",
+        )
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&error), "22012");
+    let again = result(&client, sql).await;
+    assert_eq!(again, expected);
+}
