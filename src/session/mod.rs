@@ -199,6 +199,12 @@ async fn intercept_ml(
         in_flight: ctx.config.inference.chunks_in_flight,
     };
     let started = std::time::Instant::now();
+    // A cancel request that arrived while nothing of pgenrich's was running (the session idle,
+    // or a plain statement) must not cancel this statement: PostgreSQL ignores those too.
+    {
+        use futures_util::FutureExt;
+        let _ = relay.cancel_notify().notified().now_or_never();
+    }
     if !matches!(
         intercept,
         Intercept::Query(_)
