@@ -7,11 +7,14 @@
 //! - [`config`]: typed settings from flags, `PGENRICH_*` variables and the TOML file.
 //! - [`error`]: errors per layer and the one SQLSTATE table.
 //! - [`server`]: listeners, connection limit, graceful drain.
-//! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting.
+//! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting,
+//!   and running ML statements (streaming, base + residual, EXPLAIN).
 //! - [`protocol`]: frame headers and messages pgenrich builds (pgwire's codec); no I/O.
-//! - [`sql`]: the ML hook — does a statement call an ML function?
+//! - [`sql`]: the ML hook — does a statement call an ML function? — and ML statement plans as
+//!   plain data (streaming, base + residual, EXPLAIN requests).
 //! - [`enrich`]: the inference executor — batching, de-duplication, concurrency, ordering.
-//! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK.
+//! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK, and the embedded ones
+//!   (VADER sentiment, ONNX models by tract).
 //! - [`upstream`]: connecting to the database (TLS modes) and forwarding cancel requests.
 //! - [`cancel`]: client-facing cancel keys and where they lead.
 //! - [`tls`]: rustls configuration for both legs.

@@ -1,0 +1,387 @@
+//! Planning ML statements as "enrich, then finish in PostgreSQL" (DESIGN.md): for ML calls in
+//! WHERE, JOIN … ON, GROUP BY, HAVING, ORDER BY, DISTINCT, window clauses, inside other
+//! expressions, and for predicates on the columns of an ML table function.
+//!
+//! The ML-bearing SELECT block is split in two:
+//!
+//! - the **base** relation, which PostgreSQL runs first: the block's FROM (without ML table
+//!   functions) and its ML-free WHERE conjuncts, projecting every ML call's arguments and then the
+//!   *carried* expressions — each column reference of the block, and each ML-free subquery
+//!   expression, once;
+//! - the **residual**, the original statement with the block's FROM replaced by the enriched base
+//!   rows, bound as array parameters (`FROM unnest($1::int8[], …) AS u(…)`), every carried
+//!   expression replaced by its base column and every ML call by its result columns. PostgreSQL
+//!   evaluates everything else — operators, casts, comparisons, aggregates, sorting, output
+//!   formats — exactly as it would natively.
+//!
+//! The residual's text depends on the carried columns' types, which only PostgreSQL knows: the
+//! planner keeps a marker where the base goes, and [`FinishPlan::residual_sql`] fills it in once
+//! the base statement has been described.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
+    JoinOperator, ObjectName, OrderBy, OrderByKind, Query, Select, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
+    VisitorMut, WildcardAdditionalOptions,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::plan::{
+    call_arguments, function_of, function_short_name, has_ml, ml_name, ml_table_function,
+    relation_alias, unsupported, Call, MlFunction, PlanError,
+};
+use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
+use crate::error::SqlState;
+
+mod names;
+mod planner;
+mod rewrite;
+mod typing;
+
+pub use names::column_name;
+use names::ident_name;
+use planner::{correlated, needs_residual, Planner};
+use rewrite::{Mode, Rewriter, TableFunction};
+use typing::{has_parameters, typing_statement};
+
+/// The alias the residual gives the enriched base rows.
+pub const BASE_ALIAS: &str = "pgenrich_base";
+/// Prefix of the table names standing for base rows in the residual (see [`block_marker`]).
+const BASE_MARKER: &str = "pgenrich:base";
+
+const NOT_YET_HINT: &str = "pgenrich evaluates ML calls in one SELECT block: its select list, \
+WHERE, JOIN … ON, GROUP BY, HAVING, ORDER BY, DISTINCT and window clauses, and as table functions \
+in its FROM list. Move the ML call into the outermost SELECT of the statement.";
+
+/// A planned two-phase ML statement: one base relation per ML-bearing SELECT block, and one
+/// residual statement over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishPlan {
+    pub blocks: Vec<BlockPlan>,
+    /// Phase 2, with a marker per block where its base rows go.
+    residual: String,
+    /// The statement with typed NULLs for the ML calls, to describe `$n` parameters natively;
+    /// `None` when it has no parameters.
+    pub typing_sql: Option<String>,
+    /// `Some` when the residual is row-local — one block, the statement itself, without
+    /// grouping, DISTINCT, windows, sorting or limits — provided none of these functions is an
+    /// aggregate or window function (the session asks the database): then it can run per chunk
+    /// of base rows and stream.
+    pub row_local: Option<Vec<String>>,
+}
+
+/// One ML-bearing SELECT block's base relation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockPlan {
+    /// Phase 1. Its columns: the calls' arguments (`calls[i]` names its range), then one column
+    /// per carried expression, then each star's columns and a marker column.
+    pub base_sql: String,
+    pub calls: Vec<Call>,
+    pub arg_columns: usize,
+    /// The carried expressions as SQL text, in base column order after the arguments.
+    pub carried: Vec<String>,
+    /// `*` / `t.*` items of the block: the base selects each after the carried columns, ended
+    /// by a NULL column named `pgenrich:end<k>`, and the residual lists their columns.
+    pub stars: usize,
+    /// Calls whose whole detect_sentiment record the residual uses.
+    pub records: Vec<usize>,
+}
+
+/// How a carried base column travels to the residual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedType {
+    /// The type as `format_type` names it (with its modifier), e.g. `numeric(10,2)`.
+    pub name: String,
+    /// Sent as text and cast back (array types, types without binary I/O); otherwise binary.
+    pub as_text: bool,
+}
+
+impl BlockPlan {
+    /// Splits the base statement's column names (as described) into the columns carrying values
+    /// to the residual — the carried expressions, then each star's columns — and the names of
+    /// each star's columns. `None`: the description does not have the planned shape.
+    pub fn value_columns(&self, names: &[String]) -> Option<(Vec<usize>, Vec<Vec<String>>)> {
+        let explicit = self.arg_columns..self.arg_columns + self.carried.len();
+        if names.len() < explicit.end {
+            return None;
+        }
+        let mut values: Vec<usize> = explicit.clone().collect();
+        let mut stars = Vec::with_capacity(self.stars);
+        let mut at = explicit.end;
+        for k in 0..self.stars {
+            let end = format!("pgenrich:end{k}");
+            let width = names.get(at..)?.iter().position(|n| *n == end)?;
+            values.extend(at..at + width);
+            stars.push(names[at..at + width].to_vec());
+            at += width + 1;
+        }
+        (at == names.len()).then_some((values, stars))
+    }
+
+    /// The residual's parameters for this block: one per value column, then per call its results.
+    pub fn parameter_count(&self, values: usize) -> usize {
+        values
+            + self
+                .calls
+                .iter()
+                .map(|c| match c.function {
+                    MlFunction::DetectSentiment => 2,
+                    MlFunction::InvokeEndpoint => 1,
+                })
+                .sum::<usize>()
+    }
+}
+
+/// A block's base as described: the type of each value column and the names of each star's
+/// columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Described {
+    pub types: Vec<CarriedType>,
+    pub stars: Vec<Vec<String>>,
+}
+
+impl FinishPlan {
+    /// The residual statement, given each block's [`Described`] base. Its parameters are
+    /// numbered from `first_param`: per block, first its value columns, then per call its
+    /// results (`varchar[]` sentiment and `float4[]` confidence, or `varchar[]` text).
+    pub fn residual_sql(&self, described: &[Described], first_param: usize) -> String {
+        let mut residual = self.residual.clone();
+        let mut param = first_param;
+        for (b, (block, described)) in self.blocks.iter().zip(described).enumerate() {
+            let alias = block_alias(b);
+            let mut next = || {
+                param += 1;
+                param - 1
+            };
+            let mut columns = Vec::new();
+            let mut arrays = Vec::new();
+            let mut select = Vec::new();
+            for (i, t) in described.types.iter().enumerate() {
+                let element = if t.as_text { "text" } else { t.name.as_str() };
+                arrays.push(format!("${}::{element}[]", next()));
+                columns.push(format!("c{i}"));
+                select.push(format!("u.c{i}::{} AS c{i}", t.name));
+            }
+            for (k, call) in block.calls.iter().enumerate() {
+                let outputs: &[(&str, &str)] = match call.function {
+                    MlFunction::DetectSentiment => {
+                        &[("sentiment", "varchar"), ("confidence", "float4")]
+                    }
+                    MlFunction::InvokeEndpoint => &[("", "varchar")],
+                };
+                for (field, ty) in outputs {
+                    let name = output_column(k, field);
+                    arrays.push(format!("${}::{ty}[]", next()));
+                    select.push(format!("u.{name}"));
+                    columns.push(name);
+                }
+            }
+            // detect_sentiment's whole record: a row of a lateral subquery, so PostgreSQL knows
+            // its field names wherever it goes, and NULL (no row) where the call gave NULL.
+            let mut records = String::new();
+            for &k in &block.records {
+                {
+                    let (s, c) = (
+                        output_column(k, "sentiment"),
+                        output_column(k, "confidence"),
+                    );
+                    select.push(format!("x{k} AS m{k}"));
+                    records.push_str(&format!(
+                        " LEFT JOIN LATERAL (SELECT u.{s} AS sentiment, u.{c} AS confidence \
+                         WHERE u.{s} IS NOT NULL) AS x{k} ON true"
+                    ));
+                }
+            }
+            let base = format!(
+                "(SELECT {} FROM unnest({}) AS u({}){records}) AS {alias}",
+                select.join(", "),
+                arrays.join(", "),
+                columns.join(", ")
+            );
+            residual = residual.replacen(&block_marker(b), &base, 1);
+            let mut column = block.carried.len();
+            for (k, names) in described.stars.iter().enumerate() {
+                let list: Vec<String> = names
+                    .iter()
+                    .map(|name| {
+                        column += 1;
+                        format!(
+                            "{alias}.c{} AS \"{}\"",
+                            column - 1,
+                            name.replace('"', "\"\"")
+                        )
+                    })
+                    .collect();
+                residual = residual.replacen(&star_marker(b, k), &list.join(", "), 1);
+            }
+        }
+        residual
+    }
+}
+
+/// The residual's name for block `b`'s base rows.
+fn block_alias(b: usize) -> String {
+    format!("{BASE_ALIAS}{b}")
+}
+
+/// Stands for block `b`'s base rows in the residual until their types are known.
+fn block_marker(b: usize) -> String {
+    format!("\"{BASE_MARKER}{b}\"")
+}
+
+/// Stands for star `k` of block `b` in the residual's select list.
+fn star_marker(b: usize, k: usize) -> String {
+    format!("\"pgenrich:star{b}_{k}\"")
+}
+
+/// The residual's column for call `k`'s `field` (empty for invoke_endpoint's text).
+fn output_column(k: usize, field: &str) -> String {
+    if field.is_empty() {
+        format!("m{k}")
+    } else {
+        format!("m{k}_{field}")
+    }
+}
+
+fn parse_expr(text: &str) -> Expr {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .unwrap_or_else(|e| unreachable!("pgenrich builds valid expressions ({text}): {e}"))
+}
+
+/// Plans one statement text whose ML calls the streaming plan cannot place.
+pub fn plan(sql: &str) -> Result<FinishPlan, PlanError> {
+    let text = rewrite_unparsable_forms(sql);
+    if text.contains("pgenrich:") || text.contains(BASE_ALIAS) {
+        return Err(unsupported(
+            "names starting with pgenrich: or pgenrich_base are reserved in ML statements",
+            "Rename the identifier.",
+        ));
+    }
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| PlanError {
+        code: SqlState::SyntaxError,
+        message: format!("pgenrich could not parse this ML statement: {e}"),
+        hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),
+    })?;
+    if statements.len() != 1 {
+        return Err(unsupported(
+            "this text holds several statements; pgenrich plans ML statements one at a time",
+            "Send the statement that calls the ML function on its own.",
+        ));
+    }
+    let Some(Statement::Query(query)) = statements.pop() else {
+        return Err(unsupported(
+            "ML functions can only be called in SELECT statements through pgenrich",
+            "Run the SELECT through pgenrich and write its results with a separate statement \
+             (INSERT, UPDATE, DELETE, MERGE, COPY and DDL cannot call ML functions).",
+        ));
+    };
+    plan_query(*query)
+}
+
+fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
+    let original = query.clone();
+    if !query.locks.is_empty() {
+        return Err(unsupported(
+            "FOR UPDATE / FOR SHARE in an ML statement is not supported",
+            "Lock the rows in a separate statement of the same transaction.",
+        ));
+    }
+    let mut planner = Planner::default();
+    planner.query(&mut query, false)?;
+    if planner.blocks.is_empty() {
+        return Err(unsupported(
+            "no ML call found where pgenrich can evaluate it",
+            NOT_YET_HINT,
+        ));
+    }
+    let row_local = row_local_functions(&query, planner.blocks.len());
+    Ok(FinishPlan {
+        blocks: planner.blocks,
+        residual: query.to_string(),
+        row_local,
+        typing_sql: if has_parameters(&original) {
+            Some(typing_statement(original)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// The function names of a row-local residual (see [`FinishPlan::row_local`]).
+fn row_local_functions(query: &Query, blocks: usize) -> Option<Vec<String>> {
+    if blocks != 1
+        || query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let grouped = match &select.group_by {
+        GroupByExpr::Expressions(exprs, modifiers) => !exprs.is_empty() || !modifiers.is_empty(),
+        GroupByExpr::All(_) => true,
+    };
+    if grouped
+        || select.distinct.is_some()
+        || select.having.is_some()
+        || !select.named_window.is_empty()
+        || select.qualify.is_some()
+        || !select.from.iter().all(|f| f.joins.is_empty())
+        || select.from.len() != 1
+    {
+        return None;
+    }
+    struct Functions {
+        names: Vec<String>,
+        depth: usize,
+        window: bool,
+    }
+    impl sqlparser::ast::Visitor for Functions {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let (0, Expr::Function(f)) = (self.depth, expr) {
+                if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
+                    self.window = true;
+                    return ControlFlow::Break(());
+                }
+                if let Some(name) = f.name.0.last().and_then(|p| p.as_ident()) {
+                    self.names.push(ident_name(name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut functions = Functions {
+        names: Vec::new(),
+        depth: 0,
+        window: false,
+    };
+    let _ = sqlparser::ast::Visit::visit(&select.projection, &mut functions);
+    let _ = sqlparser::ast::Visit::visit(&select.selection, &mut functions);
+    if functions.window {
+        return None;
+    }
+    functions.names.sort();
+    functions.names.dedup();
+    Some(functions.names)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+//! The typing statement: the original statement with ML calls as typed NULLs, described (never
+//! run) so that `$n` parameters get the types PostgreSQL infers for the native functions.
+
+use super::*;
+
+/// Whether the statement has `$n` parameters.
+pub(super) fn has_parameters(query: &Query) -> bool {
+    struct Finder;
+    impl sqlparser::ast::Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Value(v) if matches!(v.value, sqlparser::ast::Value::Placeholder(_)) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    sqlparser::ast::Visit::visit(query, &mut Finder).is_break()
+}
+
+/// The statement with every ML call replaced by a typed NULL of its result type that still
+/// mentions the call's arguments cast to the parameter types of Aurora's signature, and ML table
+/// functions by a LATERAL subquery doing the same. It is only described, never run: PostgreSQL
+/// infers the client's `$n` parameter types from it exactly as from the native statement.
+pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
+    struct Typer;
+    impl Typer {
+        fn args(function: MlFunction, args: &[Expr]) -> String {
+            let types: &[&str] = match function {
+                MlFunction::DetectSentiment => &["varchar", "varchar", "int4"],
+                MlFunction::InvokeEndpoint => &["varchar", "int4"],
+            };
+            args.iter()
+                .enumerate()
+                .map(|(i, arg)| match types.get(i) {
+                    Some(ty) => format!("({arg})::{ty} IS NULL"),
+                    None => format!("({arg}) IS NULL"),
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        }
+
+        fn call(f: &sqlparser::ast::Function) -> Option<(MlFunction, Vec<Expr>)> {
+            let (schema, name) = ml_name(&f.name)?;
+            let function = function_of(&format!("{schema}.{name}")).ok()?;
+            let FunctionArguments::List(list) = &f.args else {
+                return None;
+            };
+            Some((function, call_arguments(function, list.args.clone()).ok()?))
+        }
+    }
+    impl VisitorMut for Typer {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            let (call, result) = match &*expr {
+                Expr::Function(f) => match Typer::call(f) {
+                    Some((MlFunction::InvokeEndpoint, args)) => {
+                        ((MlFunction::InvokeEndpoint, args), "NULL::varchar")
+                    }
+                    Some(call) => (call, "ROW(NULL::varchar, NULL::real)"),
+                    None => return ControlFlow::Continue(()),
+                },
+                Expr::CompoundFieldAccess { root, access_chain } => {
+                    let (
+                        Expr::Nested(inner),
+                        Some(sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))),
+                    ) = (root.as_ref(), access_chain.first())
+                    else {
+                        return ControlFlow::Continue(());
+                    };
+                    let Expr::Function(f) = inner.as_ref() else {
+                        return ControlFlow::Continue(());
+                    };
+                    let Some(call) = Typer::call(f) else {
+                        return ControlFlow::Continue(());
+                    };
+                    let result = if field.value.eq_ignore_ascii_case("confidence") {
+                        "NULL::real"
+                    } else {
+                        "NULL::varchar"
+                    };
+                    (call, result)
+                }
+                _ => return ControlFlow::Continue(()),
+            };
+            *expr = parse_expr(&format!(
+                "(CASE WHEN {} THEN {result} END)",
+                Typer::args(call.0, &call.1)
+            ));
+            ControlFlow::Continue(())
+        }
+
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            let Some((name, args, alias)) = ml_table_function(factor) else {
+                return ControlFlow::Continue(());
+            };
+            let Ok(function) = function_of(&name) else {
+                return ControlFlow::Continue(());
+            };
+            let Ok(args) = call_arguments(function, args) else {
+                return ControlFlow::Continue(());
+            };
+            let alias = alias.map_or_else(
+                || function_short_name(function).to_owned(),
+                |a| a.to_string(),
+            );
+            let text = format!(
+                "SELECT 1 FROM LATERAL (SELECT NULL::varchar AS sentiment, NULL::real AS confidence \
+                 WHERE {}) AS {alias}",
+                Typer::args(function, &args)
+            );
+            if let Ok([Statement::Query(q)]) =
+                Parser::parse_sql(&PostgreSqlDialect {}, &text).as_deref()
+            {
+                if let SetExpr::Select(select) = q.body.as_ref() {
+                    if let Some(item) = select.from.first() {
+                        *factor = item.relation.clone();
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = query.visit(&mut Typer);
+    Ok(query.to_string())
+}
