@@ -1,0 +1,382 @@
+//! Base + residual statements in the extended protocol: preparing them for the client's Parse
+//! and running them for its Execute.
+
+use super::*;
+
+/// A prepared base + residual statement (extended protocol).
+#[derive(Debug)]
+pub struct Prepared {
+    plan: FinishPlan,
+    /// Per block: its base statement's name upstream and its shape.
+    bases: Vec<(String, Shape)>,
+    /// The residual statement's name upstream.
+    residual_name: String,
+    /// The residual's RowDescription body; `None`: NoData.
+    row_description: Option<Bytes>,
+}
+
+impl Prepared {
+    pub fn columns(&self) -> usize {
+        self.row_description
+            .as_deref()
+            .map_or(0, |body| split_fields(body).len())
+    }
+
+    /// The client's RowDescription: the residual's, with `formats`.
+    pub fn row_description(&self, formats: &[i16]) -> Option<Vec<u8>> {
+        let body = self.row_description.as_deref()?;
+        let fields = split_fields(body);
+        let mut out = (fields.len() as u16).to_be_bytes().to_vec();
+        for (i, field) in fields.iter().enumerate() {
+            out.extend_from_slice(&field[..field.len().saturating_sub(2)]);
+            out.extend_from_slice(&formats.get(i).copied().unwrap_or(0).to_be_bytes());
+        }
+        Some(out)
+    }
+
+    /// Result formats of the base statement: arguments in text, carried values as they travel.
+    pub fn base_formats(&self) -> Vec<i16> {
+        self.bases
+            .first()
+            .map(|(_, shape)| shape.base_formats())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads the upstream's answers to `expected` requests sent with Flush: completions, parameter
+/// and row descriptions count, notices and the like go to the client. `Err`: the upstream's
+/// error body (it now skips to the client's Sync).
+pub(crate) async fn answers(
+    relay: &mut Relay,
+    expected: usize,
+) -> Result<Result<Vec<(u8, Bytes)>, Bytes>, SessionError> {
+    let mut got = Vec::new();
+    while got.len() < expected {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'E' => return Ok(Err(body)),
+            b'1' | b'2' | b'3' | b't' | b'T' | b'n' => got.push((kind, body)),
+            _ => relay.push_to_client(message(kind, &body)),
+        }
+    }
+    Ok(Ok(got))
+}
+
+pub(crate) fn parameter_oids(description: &[u8]) -> Vec<u32> {
+    let count = description
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    (0..count)
+        .filter_map(|i| description.get(2 + 4 * i..6 + 4 * i))
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Prepares a base + residual statement upstream for the client's Parse and answers it: the
+/// typing statement fixes the client's parameter types, then the base is prepared and described,
+/// the carried types looked up, and the residual prepared; its RowDescription is the client's.
+pub async fn handle_parse(
+    relay: &mut Relay,
+    name: String,
+    types: Bytes,
+    plan: FinishPlan,
+) -> Result<(), SessionError> {
+    match prepare(relay, &name, &types, plan).await? {
+        Ok(statement) => {
+            relay
+                .registry()
+                .statements
+                .insert(name, Arc::new(statement));
+            relay.push_to_client(message(b'1', &[]));
+        }
+        Err(error) => {
+            relay.registry().statements.remove(&name);
+            relay.push_to_client(message(b'E', &error));
+            relay.mark_extended_failed();
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn prepare(
+    relay: &mut Relay,
+    name: &str,
+    types: &[u8],
+    plan: FinishPlan,
+) -> Result<Result<MlStatement, Bytes>, SessionError> {
+    const TYPING: &str = "pgenrich.t";
+    let base_name = format!("pgenrich.s.{name}");
+    let residual_name = format!("pgenrich.r.{name}");
+    // 1. The client's parameter types, as PostgreSQL infers them from the whole statement.
+    let declared: Vec<u32> = parameter_oids(types);
+    let mut requests = BytesMut::new();
+    for old in [&base_name, &residual_name] {
+        requests.put_slice(&message(frontend::CLOSE, &named(b'S', old)));
+    }
+    let mut expected = 2;
+    if let Some(typing) = &plan.typing_sql {
+        requests.put_slice(&message(
+            frontend::PARSE,
+            &parse_body(TYPING, typing, &declared),
+        ));
+        requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', TYPING)));
+        requests.put_slice(&message(frontend::CLOSE, &named(b'S', TYPING)));
+        expected += 4;
+    }
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let got = match answers(relay, expected).await? {
+        Ok(got) => got,
+        Err(error) => return Ok(Err(error)),
+    };
+    // Without `$n` in the text, only the declared types (PostgreSQL describes those as given).
+    let parameters = got
+        .iter()
+        .find(|(kind, _)| *kind == b't')
+        .map(|(_, body)| body.clone())
+        .unwrap_or_else(|| {
+            let mut body = (declared.len() as u16).to_be_bytes().to_vec();
+            for oid in &declared {
+                body.extend_from_slice(&oid.to_be_bytes());
+            }
+            Bytes::from(body)
+        });
+    let client_types = parameter_oids(&parameters);
+
+    // 2. Each block's base statement and its columns.
+    let mut bases = Vec::with_capacity(plan.blocks.len());
+    for (b, block) in plan.blocks.iter().enumerate() {
+        let name = if b == 0 {
+            base_name.clone()
+        } else {
+            format!("pgenrich.s{b}.{name}")
+        };
+        let mut requests = BytesMut::new();
+        if b > 0 {
+            requests.put_slice(&message(frontend::CLOSE, &named(b'S', &name)));
+        }
+        requests.put_slice(&message(
+            frontend::PARSE,
+            &parse_body(&name, &block.base_sql, &client_types),
+        ));
+        requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &name)));
+        requests.put_slice(&message(b'H', &[]));
+        relay.send_upstream_now(requests.freeze()).await?;
+        let got = match answers(relay, if b > 0 { 4 } else { 3 }).await? {
+            Ok(got) => got,
+            Err(error) => return Ok(Err(error)),
+        };
+        let description = got
+            .iter()
+            .find(|(kind, _)| *kind == b'T')
+            .map(|(_, body)| body.clone());
+        let shape = match shape(relay, block, description.as_deref(), false).await? {
+            Ok(shape) => shape,
+            Err(error) => return Ok(Err(error)),
+        };
+        bases.push((name, shape));
+    }
+
+    // 3. The residual, with the client's parameters first.
+    let described: Vec<Described> = bases.iter().map(|(_, shape)| shape.described()).collect();
+    let residual = plan.residual_sql(&described, client_types.len() + 1);
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(&residual_name, &residual, &client_types),
+    ));
+    requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &residual_name)));
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let got = match answers(relay, 3).await? {
+        Ok(got) => got,
+        Err(error) => return Ok(Err(error)),
+    };
+    let row_description = got
+        .iter()
+        .find(|(kind, _)| *kind == b'T')
+        .map(|(_, body)| body.clone());
+    Ok(Ok(MlStatement {
+        upstream_name: base_name,
+        parameters,
+        prepared: crate::session::extended::Prepared::Finish(Box::new(Prepared {
+            bases,
+            residual_name,
+            row_description,
+            plan,
+        })),
+    }))
+}
+
+/// Runs a client's Execute of a base + residual portal: on the first Execute the base portal
+/// (bound by the client's rewritten Bind) is read whole and scored, and the residual bound to a
+/// portal of pgenrich's; every Execute then fetches from the residual, so row limits and
+/// PortalSuspended behave as natively. Errors leave the upstream skipping to the client's Sync.
+pub async fn run_execute(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    portal: &str,
+    bound: &MlPortal,
+    max_rows: usize,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let crate::session::extended::Prepared::Finish(prepared) = &bound.statement.prepared else {
+        unreachable!("only base + residual portals come here")
+    };
+    let residual_portal = format!("pgenrich.r.{portal}");
+    let mut requests = BytesMut::new();
+    if !bound.started {
+        // Each block's base rows: block 0's portal is the client's (its Bind was rewritten), the
+        // others are bound now with the client's parameters.
+        let mut ours = Vec::new();
+        for (b, ((base_name, shape), block)) in
+            prepared.bases.iter().zip(&prepared.plan.blocks).enumerate()
+        {
+            let base_portal = if b == 0 {
+                portal.to_owned()
+            } else {
+                format!("pgenrich.b{b}.{portal}")
+            };
+            let mut requests = Vec::new();
+            if b > 0 {
+                let mut bind = named_body(&base_portal);
+                bind.extend_from_slice(&named_body(base_name));
+                bind.extend_from_slice(&bound.parameters);
+                let formats = shape.base_formats();
+                bind.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+                for format in formats {
+                    bind.extend_from_slice(&format.to_be_bytes());
+                }
+                requests.extend_from_slice(&message(frontend::BIND, &bind));
+            }
+            requests.extend_from_slice(&message(frontend::EXECUTE, &execute_body(&base_portal, 0)));
+            requests.extend_from_slice(&message(b'H', &[]));
+            relay.send_upstream_now(Bytes::from(requests)).await?;
+            let mut rows = Vec::new();
+            loop {
+                let (kind, body) = relay.next_upstream_message().await?;
+                match kind {
+                    b'D' => rows.push(body),
+                    b'2' => {}
+                    b'C' => break,
+                    b'E' => {
+                        relay.push_to_client(message(b'E', &body));
+                        relay.mark_extended_failed();
+                        relay.flush_client().await?;
+                        return Ok(outcome);
+                    }
+                    _ => relay.push_to_client(message(kind, &body)),
+                }
+            }
+            let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+            let results =
+                match score(relay, executor, block, &parsed, &Memo::new(), &mut outcome).await? {
+                    Ok(results) => results,
+                    Err(error) => {
+                        crate::session::ml::fail_upstream(relay, error).await?;
+                        relay.mark_extended_failed();
+                        relay.flush_client().await?;
+                        return Ok(outcome);
+                    }
+                };
+            ours.extend(residual_parameters(shape, &parsed, &results));
+        }
+        let Some(bind) = residual_bind(
+            &residual_portal,
+            &prepared.residual_name,
+            &bound.parameters,
+            &ours,
+            &bound.formats,
+        ) else {
+            crate::session::ml::fail_upstream(
+                relay,
+                ErrorMessage::error(SqlState::ProtocolViolation, "malformed Bind parameters"),
+            )
+            .await?;
+            relay.mark_extended_failed();
+            return Ok(outcome);
+        };
+        requests.put_slice(&message(frontend::BIND, &bind));
+        if let Some(p) = relay.registry().portals.get_mut(portal) {
+            p.started = true;
+        }
+    }
+    requests.put_slice(&message(
+        frontend::EXECUTE,
+        &execute_body(&residual_portal, max_rows),
+    ));
+    requests.put_slice(&message(b'H', &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    loop {
+        let (kind, body) = relay.next_upstream_message().await?;
+        match kind {
+            b'2' => {}
+            b'D' => {
+                outcome.rows += 1;
+                relay.push_to_client(message(kind, &body));
+                relay.flush_client_soft().await?;
+            }
+            b'C' | b's' => {
+                relay.push_to_client(message(kind, &body));
+                break;
+            }
+            b'E' => {
+                relay.push_to_client(message(kind, &body));
+                relay.mark_extended_failed();
+                break;
+            }
+            _ => relay.push_to_client(message(kind, &body)),
+        }
+    }
+    relay.flush_client().await?;
+    Ok(outcome)
+}
+
+/// The residual's Bind: the client's parameters (as bound), then ours in binary; results in the
+/// client's formats. `None`: the client's parameter section does not parse.
+pub(crate) fn residual_bind(
+    portal: &str,
+    statement: &str,
+    client: &[u8],
+    ours: &[Vec<u8>],
+    formats: &[i16],
+) -> Option<Vec<u8>> {
+    let word = |at: usize| -> Option<u16> {
+        client
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let nformats = word(0)? as usize;
+    let codes: Vec<u16> = (0..nformats)
+        .map(|i| word(2 + 2 * i))
+        .collect::<Option<_>>()?;
+    let values_at = 2 + 2 * nformats;
+    let nparams = word(values_at)? as usize;
+    let values = client.get(values_at + 2..)?;
+    let mut body = named_body(portal);
+    body.extend_from_slice(&named_body(statement));
+    let total = nparams + ours.len();
+    body.extend_from_slice(&(total as u16).to_be_bytes());
+    for i in 0..nparams {
+        let code = match codes.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        };
+        body.extend_from_slice(&code.to_be_bytes());
+    }
+    for _ in ours {
+        body.extend_from_slice(&1u16.to_be_bytes());
+    }
+    body.extend_from_slice(&(total as u16).to_be_bytes());
+    body.extend_from_slice(values);
+    for param in ours {
+        body.extend_from_slice(&(param.len() as i32).to_be_bytes());
+        body.extend_from_slice(param);
+    }
+    body.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+    for format in formats {
+        body.extend_from_slice(&format.to_be_bytes());
+    }
+    Some(body)
+}
