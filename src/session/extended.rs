@@ -73,6 +73,8 @@ pub struct MlPortal {
     pub parameters: Bytes,
     /// A base + residual portal whose residual runs upstream already.
     pub started: bool,
+    /// Where a chunked base + residual portal stands.
+    pub chunked: crate::session::finish::ChunkedState,
 }
 
 /// The session's ML statements and portals, by client name.
@@ -210,6 +212,7 @@ impl Registry {
                 formats: Arc::new(client_formats),
                 parameters: Bytes::copy_from_slice(params),
                 started: false,
+                chunked: Default::default(),
             },
         );
         Some(message(frontend::BIND, &out))

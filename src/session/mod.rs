@@ -246,9 +246,15 @@ async fn intercept_ml(
             let (plan, layout) = match &bound.statement.prepared {
                 extended::Prepared::Streaming { plan, layout } => (plan, layout),
                 extended::Prepared::Finish(_) => {
-                    let outcome =
-                        finish::run_execute(relay, &ctx.executor, &portal, &bound, max_rows)
-                            .await?;
+                    let outcome = finish::run_execute(
+                        relay,
+                        &ctx.executor,
+                        chunking,
+                        &portal,
+                        &bound,
+                        max_rows,
+                    )
+                    .await?;
                     log_outcome(&outcome, started);
                     return Ok(());
                 }

@@ -763,6 +763,11 @@ impl Relay {
         self.tracker.mark_open_failed();
     }
 
+    /// Whether the upstream now skips to the client's Sync after an error.
+    pub fn extended_failed(&self) -> bool {
+        self.tracker.open_failed()
+    }
+
     /// Notified when a cancel request for this session arrives.
     pub fn cancel_notify(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.ctx.cancel_notify)

@@ -404,3 +404,57 @@ async fn row_local_statements_run_per_chunk_and_score_each_input_once() {
     let again = result(&client, sql).await;
     assert_eq!(again, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_row_local_statements_stream_per_chunk_with_row_limits() {
+    let pg = postgres();
+    let reference = connect(&pg.direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start_with(|config| config.inference.chunk_rows = 4).await;
+    let mut client = proxy.connect().await;
+    let sql = "SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g % 3, $1::int4)::int AS s \
+               FROM generate_series(1, 30) g \
+               WHERE aws_sagemaker.invoke_endpoint('score', NULL, g % 3, $1::int4)::int > $2";
+    let (one, threshold) = (1i32, 1i32);
+    proxy.mock.reset_stats();
+    let got = prepared_rows(&client, sql, &[&one, &threshold]).await;
+    let expected = prepared_rows(&reference, sql, &[&one, &threshold]).await;
+    assert_eq!(got, expected);
+    assert_eq!(got.1.len(), 20);
+    assert_eq!(
+        proxy.mock.stats().sagemaker_calls,
+        1,
+        "3 distinct inputs, one call"
+    );
+    // 30 distinct inputs arrive in 8 chunks of at most 4 rows: one call per chunk shows the base
+    // is not read whole first.
+    proxy.mock.reset_stats();
+    let distinct = "SELECT g FROM generate_series(1, 30) g \
+                    WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int > $1";
+    let got = prepared_rows(&client, distinct, &[&threshold]).await;
+    assert_eq!(got.1.len(), 29);
+    assert_eq!(proxy.mock.stats().sagemaker_calls, 8);
+
+    // Fetched 3 rows at a time: the portal resumes across chunk boundaries.
+    let transaction = client.transaction().await.expect("begin");
+    let statement = transaction.prepare(sql).await.expect("prepare");
+    let portal = transaction
+        .bind(&statement, &[&one, &threshold])
+        .await
+        .expect("bind");
+    let mut fetched = Vec::new();
+    loop {
+        let rows = transaction.query_portal(&portal, 3).await.expect("fetch");
+        assert!(rows.len() <= 3);
+        if rows.is_empty() {
+            break;
+        }
+        fetched.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    transaction.commit().await.expect("commit");
+    let all: Vec<i32> = expected
+        .1
+        .iter()
+        .map(|r| r[0].as_deref().expect("g").parse().expect("int"))
+        .collect();
+    assert_eq!(fetched, all);
+}

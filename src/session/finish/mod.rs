@@ -31,9 +31,9 @@ use crate::sql::finish::{BlockPlan, CarriedType, Described, FinishPlan};
 mod prepared;
 mod wire;
 
-pub use prepared::{handle_parse, run_execute, Prepared};
+pub use prepared::{handle_parse, run_execute, ChunkedState, Prepared};
 pub(crate) use wire::parse_body;
-use wire::{array, execute_body, named, named_body, shape, Shape};
+use wire::{array, execute_body, named, named_body, only_row_functions, shape, Shape};
 
 /// The base statement's name on the upstream while pgenrich runs it.
 const BASE_STATEMENT: &str = "pgenrich.base";
@@ -69,7 +69,7 @@ pub async fn run_query(
         }
     }
     let streams = match &plan.row_local {
-        Some(functions) => match only_row_functions(relay, functions).await? {
+        Some(functions) => match only_row_functions(relay, functions, true).await? {
             Ok(streams) => streams,
             Err(body) => {
                 relay.push_to_client(message(b'E', &body));
@@ -175,56 +175,6 @@ pub(super) async fn collect(
             _ => relay.push_to_client(message(kind, &body)),
         }
     }
-}
-
-/// Whether none of `functions` is an aggregate or window function (by name, in any schema: a
-/// name that is one anywhere keeps the statement from streaming). `Err`: the upstream's error.
-async fn only_row_functions(
-    relay: &mut Relay,
-    functions: &[String],
-) -> Result<Result<bool, Bytes>, SessionError> {
-    if functions.is_empty() {
-        return Ok(Ok(true));
-    }
-    let names: Vec<String> = functions
-        .iter()
-        .map(|f| format!("'{}'", f.replace('\'', "''")))
-        .collect();
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_proc WHERE prokind IN ('a', 'w') \
-         AND proname = ANY (ARRAY[{}]::name[])",
-        names.join(", ")
-    );
-    let mut text = sql.into_bytes();
-    text.push(0);
-    relay
-        .send_upstream_now(message(frontend::QUERY, &text))
-        .await?;
-    let mut count = None;
-    let mut error = None;
-    loop {
-        let (kind, body) = relay.next_upstream_message().await?;
-        match kind {
-            b'D' => {
-                count = split_row(&body)
-                    .first()
-                    .copied()
-                    .flatten()
-                    .map(<[u8]>::to_vec)
-            }
-            b'E' => error = Some(body),
-            b'Z' => {
-                relay.note_ready(&body);
-                break;
-            }
-            b'N' | b'S' | b'A' => relay.push_to_client(message(kind, &body)),
-            _ => {}
-        }
-    }
-    Ok(match error {
-        Some(error) => Err(error),
-        None => Ok(count.as_deref() == Some(b"0")),
-    })
 }
 
 /// Names of the statements and portal a chunked run keeps open between chunks.

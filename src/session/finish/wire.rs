@@ -135,55 +135,40 @@ pub(crate) fn internal(message: &str) -> Bytes {
         .slice(5..)
 }
 
-/// Looks up how each carried column is named in a cast and whether it must travel as text
-/// (arrays cannot nest in an array parameter; some types have no binary I/O), with extended
-/// protocol messages under pgenrich's own names, ended by Sync (`sync`) or Flush. `Err` holds the
-/// upstream's error body (after Flush the upstream then skips to the client's Sync).
-pub(crate) async fn type_names(
+/// Runs a catalog query of pgenrich's with extended protocol messages under pgenrich's own names
+/// (so the client's unnamed statement and portal survive), ended by Sync (`sync`) or Flush; its
+/// rows as text. `Err` holds the upstream's error body (after Flush the upstream then skips to
+/// the client's Sync).
+pub(crate) async fn catalog_rows(
     relay: &mut Relay,
-    columns: &[(u32, i32)],
+    sql: &str,
     sync: bool,
-) -> Result<Result<Vec<CarriedType>, Bytes>, SessionError> {
-    const NAME: &str = "pgenrich.types";
-    let oids: Vec<String> = columns.iter().map(|(o, _)| o.to_string()).collect();
-    let mods: Vec<String> = columns.iter().map(|(_, m)| m.to_string()).collect();
-    let sql = format!(
-        "SELECT pg_catalog.format_type(x.o, x.m), \
-         (t.typelem <> 0 AND t.typlen = -1) OR t.typsend::oid = 0 \
-         FROM unnest('{{{}}}'::oid[], '{{{}}}'::int4[]) WITH ORDINALITY AS x(o, m, n) \
-         JOIN pg_catalog.pg_type t ON t.oid = x.o ORDER BY x.n",
-        oids.join(","),
-        mods.join(",")
-    );
+) -> Result<Result<Vec<Vec<Option<String>>>, Bytes>, SessionError> {
+    const NAME: &str = "pgenrich.catalog";
     let mut bind = BytesMut::new();
     bind.put_slice(&named_body(NAME));
     bind.put_slice(&named_body(NAME));
     bind.put_slice(&[0, 0, 0, 0, 0, 0]);
     let mut requests = BytesMut::new();
-    requests.put_slice(&message(frontend::PARSE, &parse_body(NAME, &sql, &[])));
+    requests.put_slice(&message(frontend::PARSE, &parse_body(NAME, sql, &[])));
     requests.put_slice(&message(frontend::BIND, &bind));
     requests.put_slice(&message(frontend::EXECUTE, &execute_body(NAME, 0)));
     requests.put_slice(&message(frontend::CLOSE, &named(b'P', NAME)));
     requests.put_slice(&message(frontend::CLOSE, &named(b'S', NAME)));
     requests.put_slice(&message(if sync { frontend::SYNC } else { b'H' }, &[]));
     relay.send_upstream_now(requests.freeze()).await?;
-    let mut types = Vec::new();
+    let mut rows = Vec::new();
     let mut error = None;
     let mut closes = 0;
     loop {
         let (kind, body) = relay.next_upstream_message().await?;
         match kind {
-            b'D' => {
-                let fields = split_row(&body);
-                let name = fields
-                    .first()
-                    .copied()
-                    .flatten()
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                let as_text = fields.get(1).copied().flatten() == Some(b"t");
-                types.push(CarriedType { name, as_text });
-            }
+            b'D' => rows.push(
+                split_row(&body)
+                    .iter()
+                    .map(|v| v.map(|v| String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+            ),
             b'E' => {
                 error = Some(body);
                 if !sync {
@@ -204,15 +189,75 @@ pub(crate) async fn type_names(
             _ => {}
         }
     }
-    if let Some(error) = error {
-        return Ok(Err(error));
-    }
-    if types.len() != columns.len() {
+    Ok(match error {
+        Some(error) => Err(error),
+        None => Ok(rows),
+    })
+}
+
+/// Looks up how each carried column is named in a cast and whether it must travel as text
+/// (arrays cannot nest in an array parameter; some types have no binary I/O); see
+/// [`catalog_rows`] for `sync`.
+pub(crate) async fn type_names(
+    relay: &mut Relay,
+    columns: &[(u32, i32)],
+    sync: bool,
+) -> Result<Result<Vec<CarriedType>, Bytes>, SessionError> {
+    let oids: Vec<String> = columns.iter().map(|(o, _)| o.to_string()).collect();
+    let mods: Vec<String> = columns.iter().map(|(_, m)| m.to_string()).collect();
+    let sql = format!(
+        "SELECT pg_catalog.format_type(x.o, x.m), \
+         (t.typelem <> 0 AND t.typlen = -1) OR t.typsend::oid = 0 \
+         FROM unnest('{{{}}}'::oid[], '{{{}}}'::int4[]) WITH ORDINALITY AS x(o, m, n) \
+         JOIN pg_catalog.pg_type t ON t.oid = x.o ORDER BY x.n",
+        oids.join(","),
+        mods.join(",")
+    );
+    let rows = match catalog_rows(relay, &sql, sync).await? {
+        Ok(rows) => rows,
+        Err(error) => return Ok(Err(error)),
+    };
+    if rows.len() != columns.len() {
         return Ok(Err(internal(
             "could not look up the types of the statement's columns",
         )));
     }
-    Ok(Ok(types))
+    Ok(Ok(rows
+        .into_iter()
+        .map(|row| CarriedType {
+            name: row.first().cloned().flatten().unwrap_or_default(),
+            as_text: row.get(1).cloned().flatten().as_deref() == Some("t"),
+        })
+        .collect()))
+}
+
+/// Whether none of `functions` is an aggregate or window function (by name, in any schema: a
+/// name that is one anywhere keeps the statement from streaming); see [`catalog_rows`].
+pub(crate) async fn only_row_functions(
+    relay: &mut Relay,
+    functions: &[String],
+    sync: bool,
+) -> Result<Result<bool, Bytes>, SessionError> {
+    if functions.is_empty() {
+        return Ok(Ok(true));
+    }
+    let names: Vec<String> = functions
+        .iter()
+        .map(|f| format!("'{}'", f.replace('\'', "''")))
+        .collect();
+    let sql = format!(
+        "SELECT count(*) FROM pg_catalog.pg_proc WHERE prokind IN ('a', 'w') \
+         AND proname = ANY (ARRAY[{}]::name[])",
+        names.join(", ")
+    );
+    Ok(catalog_rows(relay, &sql, sync).await?.map(|rows| {
+        rows.first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .as_deref()
+            == Some("0")
+    }))
 }
 
 /// A one-dimensional array in PostgreSQL's binary format.
