@@ -868,6 +868,17 @@ fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
 
 /// Plans one statement (a Parse): streaming where possible, else base + residual.
 fn plan_statement(text: &str) -> Result<Intercept, plan::PlanError> {
+    if crate::sql::explain::explain(text).is_some() {
+        return Err(plan::PlanError {
+            code: crate::error::SqlState::FeatureNotSupported,
+            message: "EXPLAIN of an ML statement is answered in the simple query protocol only"
+                .into(),
+            hint: Some(
+                "Run the EXPLAIN from psql or as a simple query (e.g. simple_query / execute without parameters)."
+                    .into(),
+            ),
+        });
+    }
     match plan::plan(text) {
         Ok(single) => Ok(Intercept::Query(Box::new(single))),
         Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {

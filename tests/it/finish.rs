@@ -369,6 +369,12 @@ async fn explain_shows_both_phases_and_analyze_adds_what_happened() {
     );
     let (_, rows) = result(&client, "SELECT 1").await;
     assert_eq!(rows, [[Some("1".to_owned())]]);
+    // As a prepared statement, EXPLAIN is refused with a hint rather than misread.
+    let error = client
+        .prepare(&format!("EXPLAIN {sql}"))
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&error), "0A000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
