@@ -420,6 +420,11 @@ pub async fn run_multi(
             crate::sql::plan::Piece::Ml(plan) => {
                 run_one(relay, executor, chunking, plan, &mut outcome).await?
             }
+            crate::sql::plan::Piece::Finish(plan) => {
+                let failed =
+                    super::finish::run_in_transaction(relay, executor, &plan, &mut outcome).await?;
+                (failed, Bytes::copy_from_slice(&[relay.tracker.status()]))
+            }
             crate::sql::plan::Piece::Plain(text) => {
                 let mut query = text.into_bytes();
                 query.push(0);

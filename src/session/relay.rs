@@ -851,19 +851,11 @@ fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
             target: Box::new(target),
         });
     }
-    match plan::plan_query_message(text) {
-        Ok(mut pieces) => Ok(match (pieces.len(), pieces.pop()) {
-            (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),
-            (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
-        }),
-        Err(error)
-            if error.code == crate::error::SqlState::FeatureNotSupported
-                && crate::sql::text::split_statements(text).len() <= 1 =>
-        {
-            crate::sql::finish::plan(text).map(|p| Intercept::Finish(Box::new(p)))
-        }
-        Err(error) => Err(error),
-    }
+    plan::plan_query_message(text).map(|mut pieces| match (pieces.len(), pieces.pop()) {
+        (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),
+        (1, Some(plan::Piece::Finish(single))) => Intercept::Finish(single),
+        (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
+    })
 }
 
 /// Plans one statement (a Parse): streaming where possible, else base + residual.

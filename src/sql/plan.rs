@@ -128,6 +128,20 @@ use super::text::ALL_FIELDS_SUFFIX;
 pub enum Piece {
     Plain(String),
     Ml(StreamingPlan),
+    /// An ML statement that needs the base + residual plan.
+    Finish(Box<super::finish::FinishPlan>),
+}
+
+/// Plans one ML statement: streaming where its calls allow, else base + residual (whose refusal
+/// is then the one reported).
+fn plan_piece(sql: &str) -> Result<Piece, PlanError> {
+    match plan(sql) {
+        Ok(streaming) => Ok(Piece::Ml(streaming)),
+        Err(error) if error.code == SqlState::FeatureNotSupported => {
+            super::finish::plan(sql).map(|p| Piece::Finish(Box::new(p)))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Plans a simple-protocol Query text known to call an ML function: one statement, or several
@@ -136,14 +150,14 @@ pub enum Piece {
 pub fn plan_query_message(sql: &str) -> Result<Vec<Piece>, PlanError> {
     let texts = super::text::split_statements(sql);
     if texts.len() <= 1 {
-        return plan(sql).map(|p| vec![Piece::Ml(p)]);
+        return plan_piece(sql).map(|p| vec![p]);
     }
     let mut pieces = Vec::with_capacity(texts.len());
     for text in texts {
         if super::mentions_ml_schema(text.as_bytes())
             && super::inspect(text) != super::Verdict::Relay
         {
-            pieces.push(Piece::Ml(plan(text)?));
+            pieces.push(plan_piece(text)?);
             continue;
         }
         let controls = Parser::parse_sql(&PostgreSqlDialect {}, text).map(|statements| {

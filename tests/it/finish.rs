@@ -464,3 +464,43 @@ async fn prepared_row_local_statements_stream_per_chunk_with_row_limits() {
         .collect();
     assert_eq!(fetched, all);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_statements_run_among_others_in_one_query_message() {
+    let (_proxy, client, reference) = setup().await;
+    let ml = "SELECT id FROM finish_reviews \
+              WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE' ORDER BY id";
+    let (_, expected) = result(&reference, ml).await;
+    assert!(!expected.is_empty());
+    let messages = client
+        .simple_query(&format!("SELECT 'before' AS x; {ml}; SELECT 'after' AS x"))
+        .await
+        .expect("all three run");
+    let values: Vec<Option<String>> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect();
+    let mut wanted = vec![Some("before".to_owned())];
+    wanted.extend(expected.into_iter().map(|row| row[0].clone()));
+    wanted.push(Some("after".to_owned()));
+    assert_eq!(values, wanted);
+    // A failing model in the middle stops the message and rolls it back, as a native error would.
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS finish_multi (x int); TRUNCATE finish_multi")
+        .await
+        .expect("table");
+    let error = client
+        .simple_query(
+            "INSERT INTO finish_multi VALUES (1); \
+             SELECT id FROM finish_reviews WHERE aws_sagemaker.invoke_endpoint('model-error', NULL, id) > '1'; \
+             INSERT INTO finish_multi VALUES (2)",
+        )
+        .await
+        .expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000");
+    let (_, rows) = result(&client, "SELECT count(*) FROM finish_multi").await;
+    assert_eq!(rows, [[Some("0".to_owned())]]);
+}

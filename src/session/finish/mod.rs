@@ -97,6 +97,26 @@ pub async fn run_query(
     finish_query(relay, wrap, failed, outcome).await
 }
 
+/// Runs `plan` as one statement of a multi-statement Query, inside the transaction the caller
+/// holds open: its answer goes to the client but no ReadyForQuery; an inference error aborts the
+/// transaction as a native error would. Whether it failed.
+pub(crate) async fn run_in_transaction(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: &FinishPlan,
+    outcome: &mut Outcome,
+) -> Result<bool, SessionError> {
+    Ok(match run_phases(relay, executor, plan, outcome).await? {
+        None => false,
+        Some(Failure::Relayed) => true,
+        Some(Failure::Ours(error)) => {
+            abort_client_transaction(relay).await?;
+            relay.push_to_client(error.encode());
+            true
+        }
+    })
+}
+
 /// Ends pgenrich's hidden transaction (if it began one) and answers ReadyForQuery.
 async fn finish_query(
     relay: &mut Relay,
