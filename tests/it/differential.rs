@@ -372,7 +372,7 @@ const CASES: &[Case] = &[
         "SELECT r.id, s.sentiment FROM diff_reviews r \
           CROSS JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s ORDER BY r.id",
     ),
-    pending(
+    same(
         "from_left_join_lateral_on_label",
         Ordered,
         "SELECT r.id, s.sentiment FROM diff_reviews r \

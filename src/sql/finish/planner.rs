@@ -141,24 +141,29 @@ impl Planner {
         for mut item in std::mem::take(&mut select.from) {
             let mut split = Vec::new();
             item.joins.retain(|join| {
-                let cross = matches!(
-                    join.join_operator,
-                    JoinOperator::CrossJoin(JoinConstraint::None)
-                );
-                if cross && ml_table_function(&join.relation).is_some() {
-                    split.push(TableWithJoins {
+                if ml_table_function(&join.relation).is_none() {
+                    return true;
+                }
+                // `LEFT JOIN LATERAL f(…) s ON c` too, with s's columns NULL where c fails.
+                let condition = match &join.join_operator {
+                    JoinOperator::CrossJoin(JoinConstraint::None) => None,
+                    JoinOperator::Left(JoinConstraint::On(on))
+                    | JoinOperator::LeftOuter(JoinConstraint::On(on)) => Some(on.clone()),
+                    _ => return true,
+                };
+                split.push((
+                    TableWithJoins {
                         relation: join.relation.clone(),
                         joins: Vec::new(),
-                    });
-                    false
-                } else {
-                    true
-                }
+                    },
+                    condition,
+                ));
+                false
             });
-            from.push(item);
+            from.push((item, None));
             from.extend(split);
         }
-        for mut item in from {
+        for (mut item, condition) in from {
             if item.joins.is_empty() {
                 if let Some((name, args, alias)) = ml_table_function(&item.relation) {
                     let function = function_of(&name)?;
@@ -183,11 +188,18 @@ impl Planner {
                             .cloned()
                             .unwrap_or_else(|| default.to_owned())
                     };
+                    if condition.as_ref().is_some_and(has_ml) {
+                        return Err(unsupported(
+                            "an ML call in the condition of a LEFT JOIN LATERAL is not supported",
+                            "Filter on the ML result in WHERE, or move the call into the select list.",
+                        ));
+                    }
                     rewriter.functions.push(TableFunction {
                         alias,
                         call,
                         sentiment: column(0, "sentiment"),
                         confidence: column(1, "confidence"),
+                        condition: condition.clone(),
                     });
                     continue;
                 }
@@ -308,7 +320,7 @@ impl Planner {
                     ("confidence", &function.confidence),
                 ] {
                     projection.push(SelectItem::ExprWithAlias {
-                        expr: rewriter.base_ref(&output_column(function.call, field)),
+                        expr: rewriter.function_field(&function, field)?,
                         alias: Ident::with_quote('"', column),
                     });
                 }

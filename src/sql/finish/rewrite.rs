@@ -9,6 +9,9 @@ pub(super) struct TableFunction {
     pub(super) call: usize,
     pub(super) sentiment: String,
     pub(super) confidence: String,
+    /// `LEFT JOIN LATERAL f(…) s ON <condition>`: s's columns are NULL where it does not hold
+    /// (f yields exactly one row per row, so nothing else changes).
+    pub(super) condition: Option<Expr>,
 }
 
 impl TableFunction {
@@ -57,6 +60,35 @@ pub(super) struct Rewriter {
 }
 
 impl Rewriter {
+    /// A table function's column: its base column, NULL where a LEFT JOIN's condition fails.
+    pub(super) fn function_field(
+        &mut self,
+        function: &TableFunction,
+        field: &str,
+    ) -> Result<Expr, PlanError> {
+        let column = self.base_ref(&output_column(function.call, field));
+        let Some(condition) = &function.condition else {
+            return Ok(column);
+        };
+        // The condition itself sees the function's columns as they are.
+        let mut condition = condition.clone();
+        let saved = (self.mode, self.depth, std::mem::take(&mut self.functions));
+        self.functions = saved
+            .2
+            .iter()
+            .map(|f| TableFunction {
+                condition: None,
+                ..f.clone()
+            })
+            .collect();
+        let result = self.rewrite_node(&mut condition, Mode::Plain);
+        (self.mode, self.depth, self.functions) = saved;
+        result?;
+        Ok(parse_expr(&format!(
+            "CASE WHEN {condition} THEN {column} END"
+        )))
+    }
+
     pub(super) fn base_ref(&self, column: &str) -> Expr {
         Expr::CompoundIdentifier(vec![Ident::new(&self.alias), Ident::new(column)])
     }
@@ -308,12 +340,12 @@ impl Rewriter {
                 if mode == Mode::OrderBy && self.aliases.contains(&ident.value) {
                     return None;
                 }
-                if let Some((call, field)) = self
+                if let Some((function, field)) = self
                     .functions
                     .iter()
-                    .find_map(|f| f.field(&ident.value).map(|field| (f.call, field)))
+                    .find_map(|f| f.field(&ident.value).map(|field| (f.clone(), field)))
                 {
-                    return Some(Ok(self.base_ref(&output_column(call, field))));
+                    return Some(self.function_field(&function, field));
                 }
                 if mode == Mode::GroupBy && self.aliases.contains(&ident.value) {
                     return None;
@@ -328,9 +360,14 @@ impl Rewriter {
                     return None;
                 }
                 if let [table, column] = parts.as_slice() {
-                    if let Some(function) = self.functions.iter().find(|f| f.alias == table.value) {
+                    if let Some(function) = self
+                        .functions
+                        .iter()
+                        .find(|f| f.alias == table.value)
+                        .cloned()
+                    {
                         return Some(match function.field(&column.value) {
-                            Some(field) => Ok(self.base_ref(&output_column(function.call, field))),
+                            Some(field) => self.function_field(&function, field),
                             None => Err(PlanError {
                                 code: SqlState::UndefinedColumn,
                                 message: format!(

@@ -349,3 +349,28 @@ fn column_names_follow_postgres() {
         assert_eq!(column_name(&parse_expr(expr)), name, "{expr}");
     }
 }
+
+#[test]
+fn left_join_lateral_conditions_null_the_function_columns() {
+    let p = ok("SELECT r.id, s.sentiment FROM reviews r \
+                LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
+                ON s.sentiment <> 'NEUTRAL' ORDER BY r.id");
+    assert_eq!(
+        p.blocks[0].base_sql,
+        "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", r.id AS \"pgenrich:c0\" FROM reviews AS r"
+            .replace(" AS r", " r")
+    );
+    assert!(
+        residual(&p).starts_with(
+            "SELECT pgenrich_base0.c0 AS \"id\", CASE WHEN pgenrich_base0.m0_sentiment <> 'NEUTRAL' \
+             THEN pgenrich_base0.m0_sentiment END AS \"sentiment\" FROM"
+        ),
+        "{}",
+        residual(&p)
+    );
+    let error = refused(
+        "SELECT r.id FROM reviews r LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
+         ON aws_sagemaker.invoke_endpoint('e', NULL, s.sentiment) = '1'",
+    );
+    assert_eq!(error.code, SqlState::FeatureNotSupported);
+}
