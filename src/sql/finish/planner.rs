@@ -88,6 +88,7 @@ impl Planner {
                 "Use CREATE TABLE … AS in a separate statement over the ML results fetched by the application.",
             ));
         }
+        push_down_outer_join_filters(select);
         // Blocks inside this one's subqueries first.
         let mut inner = Inner {
             planner: self,
@@ -650,4 +651,103 @@ pub(super) fn and_all(exprs: Vec<Expr>) -> Option<Expr> {
         op: BinaryOperator::And,
         right: Box::new(right),
     })
+}
+
+/// `A LEFT JOIN B b ON <plain> AND <ML condition on b alone>` keeps every row of A and only the
+/// rows of B that pass the ML condition: it is `A LEFT JOIN (SELECT * FROM B b WHERE <ML
+/// condition>) b ON <plain>`, whose subquery is an ordinary ML block. Done only when B is a table
+/// and every column the ML conditions mention is qualified by b; other outer joins with ML
+/// conditions stay refused.
+pub(super) fn push_down_outer_join_filters(select: &mut Select) {
+    for item in &mut select.from {
+        for join in &mut item.joins {
+            let (JoinOperator::Left(JoinConstraint::On(on))
+            | JoinOperator::LeftOuter(JoinConstraint::On(on))) = &mut join.join_operator
+            else {
+                continue;
+            };
+            if !has_ml(&*on) {
+                continue;
+            }
+            let TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } = &join.relation
+            else {
+                continue;
+            };
+            let Some(b) = relation_alias(&join.relation) else {
+                continue;
+            };
+            let (plain, ml) = split_conjuncts(on.clone(), &[]);
+            if !ml.iter().all(|e| only_qualified_by(e, &b)) {
+                continue;
+            }
+            let alias_sql = alias
+                .as_ref()
+                .map_or_else(String::new, |a| format!(" AS {a}"));
+            let filter = and_all(ml).map(|e| e.to_string()).unwrap_or_default();
+            let text = format!(
+                "SELECT 1 FROM (SELECT * FROM {name}{alias_sql} WHERE {filter}) AS {}",
+                Ident::with_quote('"', &b)
+            );
+            let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &text) else {
+                continue;
+            };
+            let Some(Statement::Query(query)) = parsed.pop() else {
+                continue;
+            };
+            let SetExpr::Select(wrapper) = *query.body else {
+                continue;
+            };
+            let Some(relation) = wrapper.from.into_iter().next().map(|f| f.relation) else {
+                continue;
+            };
+            join.relation = relation;
+            *on = and_all(plain).unwrap_or_else(true_expr);
+        }
+    }
+}
+
+/// Whether every column reference in `expr` is `name.column` and it holds no subquery (which
+/// could be correlated to either side).
+fn only_qualified_by(expr: &Expr, name: &str) -> bool {
+    struct Finder<'a> {
+        name: &'a str,
+        /// Field names of `(…).field` selections: identifiers that are not columns.
+        fields: Vec<*const Expr>,
+    }
+    impl sqlparser::ast::Visitor for Finder<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            ControlFlow::Break(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::CompoundFieldAccess { access_chain, .. } => {
+                    for access in access_chain {
+                        if let sqlparser::ast::AccessExpr::Dot(field) = access {
+                            self.fields.push(field as *const Expr);
+                        }
+                    }
+                    ControlFlow::Continue(())
+                }
+                Expr::Identifier(_) if self.fields.contains(&(expr as *const Expr)) => {
+                    ControlFlow::Continue(())
+                }
+                Expr::Identifier(_) => ControlFlow::Break(()),
+                Expr::CompoundIdentifier(parts) if parts[0].value != self.name => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    let mut finder = Finder {
+        name,
+        fields: Vec::new(),
+    };
+    !sqlparser::ast::Visit::visit(expr, &mut finder).is_break()
 }

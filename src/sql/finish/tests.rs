@@ -374,3 +374,16 @@ fn left_join_lateral_conditions_null_the_function_columns() {
     );
     assert_eq!(error.code, SqlState::FeatureNotSupported);
 }
+
+#[test]
+fn left_join_ml_conditions_on_the_joined_table_are_pushed_into_it() {
+    let p = ok(
+        "SELECT u.id, u.name, r.id FROM users u LEFT JOIN reviews r ON r.user_id = u.id \
+                AND (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment = 'NEGATIVE'",
+    );
+    assert_eq!(p.blocks.len(), 1);
+    assert_eq!(
+        p.blocks[0].base_sql,
+        "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", *, NULL AS \"pgenrich:end0\" FROM reviews AS r"
+    );
+}
