@@ -129,7 +129,9 @@ const fn same_simple(name: &'static str, order: Order, sql: &'static str) -> Cas
     }
 }
 
-/// Not supported yet in either protocol.
+/// Not supported yet in either protocol. (Every case is supported at the moment; kept for the
+/// next form found.)
+#[allow(dead_code)]
 const fn pending(name: &'static str, order: Order, sql: &'static str) -> Case {
     case(name, order, sql, Expect::Pending)
 }
