@@ -247,11 +247,18 @@ fn output_column(k: usize, field: &str) -> String {
     }
 }
 
-fn parse_expr(text: &str) -> Expr {
+/// Parses an expression pgenrich built around parts of the client's statement. sqlparser prints
+/// what it parsed so that it parses again; should it not, the statement is refused, never
+/// guessed at.
+fn parse_expr(text: &str) -> Result<Expr, PlanError> {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(text)
         .and_then(|mut p| p.parse_expr())
-        .unwrap_or_else(|e| unreachable!("pgenrich builds valid expressions ({text}): {e}"))
+        .map_err(|e| PlanError {
+            code: SqlState::SyntaxError,
+            message: format!("pgenrich could not rewrite this ML statement: {e}"),
+            hint: Some("Simplify the expression around the ML call, or report it.".into()),
+        })
 }
 
 /// Plans one statement text whose ML calls the streaming plan cannot place.

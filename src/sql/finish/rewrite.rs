@@ -84,9 +84,7 @@ impl Rewriter {
         let result = self.rewrite_node(&mut condition, Mode::Plain);
         (self.mode, self.depth, self.functions) = saved;
         result?;
-        Ok(parse_expr(&format!(
-            "CASE WHEN {condition} THEN {column} END"
-        )))
+        parse_expr(&format!("CASE WHEN {condition} THEN {column} END"))
     }
 
     pub(super) fn base_ref(&self, column: &str) -> Expr {

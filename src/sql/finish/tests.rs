@@ -346,7 +346,11 @@ fn column_names_follow_postgres() {
         ("CASE WHEN true THEN 1 END", "case"),
         ("(f(x)).field", "field"),
     ] {
-        assert_eq!(column_name(&parse_expr(expr)), name, "{expr}");
+        assert_eq!(
+            column_name(&parse_expr(expr).expect("an expression")),
+            name,
+            "{expr}"
+        );
     }
 }
 

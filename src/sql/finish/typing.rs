@@ -52,8 +52,8 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
         }
     }
     impl VisitorMut for Typer {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        type Break = PlanError;
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<PlanError> {
             let (call, result) = match &*expr {
                 Expr::Function(f) => match Typer::call(f) {
                     Some((MlFunction::InvokeEndpoint, args)) => {
@@ -85,14 +85,19 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
                 }
                 _ => return ControlFlow::Continue(()),
             };
-            *expr = parse_expr(&format!(
+            match parse_expr(&format!(
                 "(CASE WHEN {} THEN {result} END)",
                 Typer::args(call.0, &call.1)
-            ));
-            ControlFlow::Continue(())
+            )) {
+                Ok(typed) => {
+                    *expr = typed;
+                    ControlFlow::Continue(())
+                }
+                Err(error) => ControlFlow::Break(error),
+            }
         }
 
-        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<PlanError> {
             let Some((name, args, alias)) = ml_table_function(factor) else {
                 return ControlFlow::Continue(());
             };
@@ -123,6 +128,8 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
             ControlFlow::Continue(())
         }
     }
-    let _ = query.visit(&mut Typer);
+    if let ControlFlow::Break(error) = query.visit(&mut Typer) {
+        return Err(error);
+    }
     Ok(query.to_string())
 }
