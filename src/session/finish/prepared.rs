@@ -439,6 +439,11 @@ async fn run_chunked_execute(
     let (block, (_, shape)) = (&prepared.plan.blocks[0], &prepared.bases[0]);
     let mut sent_now = 0usize;
     let outcome = loop {
+        if max_rows > 0 && sent_now >= max_rows {
+            // PostgreSQL too answers PortalSuspended when the limit is met exactly.
+            relay.push_to_client(message(b's', &[]));
+            break outcome;
+        }
         if state.residual_open {
             let limit = if max_rows > 0 { max_rows - sent_now } else { 0 };
             let mut requests = Vec::new();
