@@ -204,8 +204,15 @@ pub fn plan_query_message(sql: &str) -> Result<Vec<Piece>, PlanError> {
 
 /// Plans one statement text known to call an ML function.
 pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
-    let text = rewrite_unparsable_forms(sql);
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| PlanError {
+    let mut query = parse_ml_query(&rewrite_unparsable_forms(sql))?;
+    plan_query(&mut query)?;
+    let planner = Planner::default();
+    planner.finish(&mut query)
+}
+
+/// Parses the one SELECT an ML statement must be (after [`rewrite_unparsable_forms`]).
+pub(super) fn parse_ml_query(text: &str) -> Result<Box<Query>, PlanError> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| PlanError {
         code: SqlState::SyntaxError,
         message: format!("pgenrich could not parse this ML statement: {e}"),
         hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),
@@ -216,33 +223,35 @@ pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
             "Send the statement that calls the ML function on its own.",
         ));
     }
-    let Some(Statement::Query(mut query)) = statements.pop() else {
-        return Err(unsupported(
+    match statements.pop() {
+        Some(Statement::Query(query)) => Ok(query),
+        _ => Err(unsupported(
             "ML functions can only be called in SELECT statements through pgenrich",
-            "Run the SELECT through pgenrich and write its results with a separate statement.",
-        ));
-    };
-    plan_query(&mut query)?;
-    let planner = Planner::default();
-    planner.finish(&mut query)
+            "Run the SELECT through pgenrich and write its results with a separate statement \
+             (INSERT, UPDATE, DELETE, MERGE, COPY and DDL cannot call ML functions).",
+        )),
+    }
+}
+
+/// Refuses a data-modifying WITH query (`WITH x AS (INSERT …)`) next to ML calls.
+pub(super) fn refuse_data_modifying(cte: &sqlparser::ast::Cte) -> Result<(), PlanError> {
+    match cte.query.body.as_ref() {
+        SetExpr::Select(_)
+        | SetExpr::Query(_)
+        | SetExpr::SetOperation { .. }
+        | SetExpr::Values(_) => Ok(()),
+        _ => Err(unsupported(
+            "ML calls in a statement with a data-modifying WITH query are not supported",
+            "Run the INSERT, UPDATE or DELETE in a separate statement.",
+        )),
+    }
 }
 
 /// Refuses ML calls outside the places streaming enrichment handles.
 fn plan_query(query: &mut Query) -> Result<(), PlanError> {
     if let Some(with) = &query.with {
-        if with.cte_tables.iter().any(|cte| {
-            !matches!(
-                cte.query.body.as_ref(),
-                SetExpr::Select(_)
-                    | SetExpr::Query(_)
-                    | SetExpr::SetOperation { .. }
-                    | SetExpr::Values(_)
-            )
-        }) {
-            return Err(unsupported(
-                "ML calls in a statement with a data-modifying WITH query are not supported",
-                "Run the INSERT, UPDATE or DELETE in a separate statement.",
-            ));
+        for cte in &with.cte_tables {
+            refuse_data_modifying(cte)?;
         }
         if has_ml(with) {
             return Err(unsupported(
@@ -933,28 +942,11 @@ fn references_functions_in<V: Visit>(node: &V, functions: &[TableFunction]) -> b
 
 /// Whether a table function's alias is used outside the select list.
 fn references_functions(select: &Select, functions: &[TableFunction]) -> bool {
-    struct Finder<'a>(&'a [TableFunction]);
-    impl Visitor for Finder<'_> {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if let Expr::CompoundIdentifier(parts) = expr {
-                if parts.len() >= 2 && self.0.iter().any(|f| f.alias == parts[0].value) {
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut finder = Finder(functions);
-    [
-        select.selection.visit(&mut finder),
-        select.having.visit(&mut finder),
-        select.group_by.visit(&mut finder),
-        select.named_window.visit(&mut finder),
-        select.from.visit(&mut finder),
-    ]
-    .iter()
-    .any(|flow| flow.is_break())
+    references_functions_in(&select.selection, functions)
+        || references_functions_in(&select.having, functions)
+        || references_functions_in(&select.group_by, functions)
+        || references_functions_in(&select.named_window, functions)
+        || references_functions_in(&select.from, functions)
 }
 
 #[cfg(test)]

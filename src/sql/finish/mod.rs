@@ -32,7 +32,8 @@ use sqlparser::parser::Parser;
 
 use super::plan::{
     call_arguments, function_of, function_short_name, has_ml, ml_name, ml_table_function,
-    relation_alias, unsupported, Call, MlFunction, PlanError,
+    parse_ml_query, refuse_data_modifying, relation_alias, unsupported, Call, MlFunction,
+    PlanError,
 };
 use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
 use crate::error::SqlState;
@@ -270,24 +271,7 @@ pub fn plan(sql: &str) -> Result<FinishPlan, PlanError> {
             "Rename the identifier.",
         ));
     }
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).map_err(|e| PlanError {
-        code: SqlState::SyntaxError,
-        message: format!("pgenrich could not parse this ML statement: {e}"),
-        hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),
-    })?;
-    if statements.len() != 1 {
-        return Err(unsupported(
-            "this text holds several statements; pgenrich plans ML statements one at a time",
-            "Send the statement that calls the ML function on its own.",
-        ));
-    }
-    let Some(Statement::Query(query)) = statements.pop() else {
-        return Err(unsupported(
-            "ML functions can only be called in SELECT statements through pgenrich",
-            "Run the SELECT through pgenrich and write its results with a separate statement \
-             (INSERT, UPDATE, DELETE, MERGE, COPY and DDL cannot call ML functions).",
-        ));
-    };
+    let query = parse_ml_query(&text)?;
     plan_query(*query)
 }
 
@@ -347,12 +331,51 @@ fn row_local_functions(query: &Query, blocks: usize) -> Option<Vec<String>> {
     {
         return None;
     }
-    struct Functions {
-        names: Vec<String>,
-        depth: usize,
-        window: bool,
+    let mut names = Vec::new();
+    let mut window = false;
+    let mut collect = |expr: &Expr| {
+        if let Expr::Function(f) = expr {
+            if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
+                window = true;
+                return ControlFlow::Break(());
+            }
+            if let Some(name) = f.name.0.last().and_then(|p| p.as_ident()) {
+                names.push(ident_name(name));
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    let _ = visit_top_level(&select.projection, &mut collect, |_| {
+        ControlFlow::Continue(())
+    });
+    let _ = visit_top_level(&select.selection, &mut collect, |_| {
+        ControlFlow::Continue(())
+    });
+    if window {
+        return None;
     }
-    impl sqlparser::ast::Visitor for Functions {
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// Visits the expressions and table factors of `node` that belong to it, not to its subqueries,
+/// until a callback breaks.
+fn visit_top_level<V: sqlparser::ast::Visit>(
+    node: &V,
+    expr: impl FnMut(&Expr) -> ControlFlow<()>,
+    factor: impl FnMut(&TableFactor) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    struct TopLevel<E, F> {
+        depth: usize,
+        expr: E,
+        factor: F,
+    }
+    impl<E, F> sqlparser::ast::Visitor for TopLevel<E, F>
+    where
+        E: FnMut(&Expr) -> ControlFlow<()>,
+        F: FnMut(&TableFactor) -> ControlFlow<()>,
+    {
         type Break = ();
         fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
             self.depth += 1;
@@ -363,31 +386,25 @@ fn row_local_functions(query: &Query, blocks: usize) -> Option<Vec<String>> {
             ControlFlow::Continue(())
         }
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if let (0, Expr::Function(f)) = (self.depth, expr) {
-                if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
-                    self.window = true;
-                    return ControlFlow::Break(());
-                }
-                if let Some(name) = f.name.0.last().and_then(|p| p.as_ident()) {
-                    self.names.push(ident_name(name));
-                }
+            if self.depth == 0 {
+                (self.expr)(expr)
+            } else {
+                ControlFlow::Continue(())
             }
-            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if self.depth == 0 {
+                (self.factor)(factor)
+            } else {
+                ControlFlow::Continue(())
+            }
         }
     }
-    let mut functions = Functions {
-        names: Vec::new(),
+    node.visit(&mut TopLevel {
         depth: 0,
-        window: false,
-    };
-    let _ = sqlparser::ast::Visit::visit(&select.projection, &mut functions);
-    let _ = sqlparser::ast::Visit::visit(&select.selection, &mut functions);
-    if functions.window {
-        return None;
-    }
-    functions.names.sort();
-    functions.names.dedup();
-    Some(functions.names)
+        expr,
+        factor,
+    })
 }
 
 #[cfg(test)]

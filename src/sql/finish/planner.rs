@@ -23,18 +23,7 @@ impl Planner {
         let scope = self.ctes.len();
         if let Some(with) = &mut query.with {
             for cte in &mut with.cte_tables {
-                if !matches!(
-                    cte.query.body.as_ref(),
-                    SetExpr::Select(_)
-                        | SetExpr::Query(_)
-                        | SetExpr::SetOperation { .. }
-                        | SetExpr::Values(_)
-                ) {
-                    return Err(unsupported(
-                        "ML calls in a statement with a data-modifying WITH query are not supported",
-                        "Run the INSERT, UPDATE or DELETE in a separate statement.",
-                    ));
-                }
+                refuse_data_modifying(cte)?;
                 if self.needs_residual(&*cte.query) {
                     self.query(&mut cte.query, true)?;
                     self.ml_ctes.push(cte.alias.name.value.clone());
@@ -511,35 +500,19 @@ impl VisitorMut for Inner<'_> {
 /// Whether ML calls sit in `node` itself (not inside its subqueries), or ML table functions in
 /// its own FROM.
 pub(super) fn direct_ml<V: sqlparser::ast::Visit>(node: &V) -> bool {
-    struct Finder {
-        depth: usize,
-    }
-    impl sqlparser::ast::Visitor for Finder {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth += 1;
+    let breaks = |hit: bool| {
+        if hit {
+            ControlFlow::Break(())
+        } else {
             ControlFlow::Continue(())
         }
-        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            match expr {
-                Expr::Function(f) if self.depth == 0 && ml_name(&f.name).is_some() => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            }
-        }
-        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-            if self.depth == 0 && ml_table_function(factor).is_some() {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    node.visit(&mut Finder { depth: 0 }).is_break()
+    };
+    visit_top_level(
+        node,
+        |expr| breaks(matches!(expr, Expr::Function(f) if ml_name(&f.name).is_some())),
+        |factor| breaks(ml_table_function(factor).is_some()),
+    )
+    .is_break()
 }
 
 /// Stands for star `k`'s columns in the residual's select list until they are known.

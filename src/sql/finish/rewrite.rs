@@ -94,41 +94,21 @@ impl Rewriter {
     /// A `name.column` reference in `node` (outside its subqueries) whose name is none of the
     /// block's.
     pub(super) fn outer_reference<V: sqlparser::ast::Visit>(&self, node: &V) -> Option<String> {
-        struct Finder<'a> {
-            rewriter: &'a Rewriter,
-            depth: usize,
-            found: Option<String>,
-        }
-        impl sqlparser::ast::Visitor for Finder<'_> {
-            type Break = ();
-            fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-                self.depth += 1;
-                ControlFlow::Continue(())
-            }
-            fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-                self.depth -= 1;
-                ControlFlow::Continue(())
-            }
-            fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-                if let Expr::CompoundIdentifier(parts) = expr {
-                    if self.depth == 0
-                        && parts.len() == 2
-                        && !self.rewriter.is_block_name(&parts[0].value)
-                    {
-                        self.found = Some(parts[0].value.clone());
-                        return ControlFlow::Break(());
-                    }
+        let mut found = None;
+        let _ = visit_top_level(
+            node,
+            |expr| match expr {
+                Expr::CompoundIdentifier(parts)
+                    if parts.len() == 2 && !self.is_block_name(&parts[0].value) =>
+                {
+                    found = Some(parts[0].value.clone());
+                    ControlFlow::Break(())
                 }
-                ControlFlow::Continue(())
-            }
-        }
-        let mut finder = Finder {
-            rewriter: self,
-            depth: 0,
-            found: None,
-        };
-        let _ = node.visit(&mut finder);
-        finder.found
+                _ => ControlFlow::Continue(()),
+            },
+            |_| ControlFlow::Continue(()),
+        );
+        found
     }
 
     pub(super) fn is_block_name(&self, name: &str) -> bool {
