@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use super::finish::{
-    abort_client_transaction, collect, describe_base, fetch_and_score, parse_body, ready,
-    residual_parameters, Failure,
+    begin_snapshot, collect, describe_base, fetch_and_score, fetch_rows, finish_query, parse_body,
+    ready, report, residual_parameters, Failure,
 };
-use super::ml::{hidden_query, infer, Memo, Outcome, Results};
+use super::ml::{infer, Memo, Outcome, Results};
 use super::relay::Relay;
 use super::rows::{message, split_row};
 use crate::enrich::{CallStats, Executor};
@@ -39,18 +39,9 @@ pub async fn run(
     target: Target,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
-    let wrap = relay.tracker.status() == b'I';
-    if wrap {
-        let begin = if analyze {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ"
-        } else {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-        };
-        if let Some(error) = hidden_query(relay, begin).await? {
-            relay.push_to_client(message(b'E', &error));
-            return ready(relay, b"I", outcome).await;
-        }
-    }
+    let Some(wrap) = begin_snapshot(relay, !analyze).await? else {
+        return ready(relay, b"I", outcome).await;
+    };
     let started = Instant::now();
     let mut lines = Vec::new();
     let result = match &target {
@@ -61,7 +52,7 @@ pub async fn run(
             finish(relay, executor, analyze, plan, &mut lines, &mut outcome).await?
         }
     };
-    let failed = match result {
+    let failure = match result {
         Ok(()) => {
             if analyze {
                 lines.push(format!(
@@ -75,31 +66,13 @@ pub async fn run(
                 ));
             }
             send_plan(relay, &lines);
-            false
+            None
         }
-        Err(Failure::Relayed) => true,
-        Err(Failure::Ours(error)) => {
-            if !wrap {
-                abort_client_transaction(relay).await?;
-            }
-            relay.push_to_client(error.encode());
-            true
-        }
+        Err(failure) => Some(failure),
     };
-    if wrap {
-        // EXPLAIN ANALYZE ran the statement: nothing of it stays (it cannot write anyway).
-        let end = if failed || analyze {
-            "ROLLBACK"
-        } else {
-            "COMMIT"
-        };
-        if let Some(error) = hidden_query(relay, end).await? {
-            relay.push_to_client(message(b'E', &error));
-        }
-        return ready(relay, b"I", outcome).await;
-    }
-    let status = [relay.tracker.status()];
-    ready(relay, &status, outcome).await
+    let failed = report(relay, failure, wrap).await?;
+    // EXPLAIN ANALYZE ran the statement: nothing of it stays (it cannot write anyway).
+    finish_query(relay, wrap, failed || analyze, outcome).await
 }
 
 /// RowDescription `QUERY PLAN` (text), one DataRow per line, CommandComplete `EXPLAIN`.
@@ -150,22 +123,15 @@ async fn postgres_explain(
     requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
     requests.put_slice(&message(frontend::SYNC, &[]));
     relay.send_upstream_now(requests.freeze()).await?;
-    let mut plan = Vec::new();
-    let failed = collect(relay, |kind, body| match kind {
-        b'D' => {
-            if let Some(Some(line)) = split_row(body).first() {
-                plan.push(format!("    {}", String::from_utf8_lossy(line)));
-            }
-            true
+    let rows = match fetch_rows(relay).await? {
+        Ok(rows) => rows,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    for row in &rows {
+        if let Some(Some(line)) = split_row(row).first() {
+            lines.push(format!("    {}", String::from_utf8_lossy(line)));
         }
-        b'1' | b'2' | b'C' => true,
-        _ => false,
-    })
-    .await?;
-    if failed {
-        return Ok(Err(Failure::Relayed));
     }
-    lines.extend(plan);
     Ok(Ok(()))
 }
 
@@ -269,19 +235,10 @@ async fn streaming(
     requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
     requests.put_slice(&message(frontend::SYNC, &[]));
     relay.send_upstream_now(requests.freeze()).await?;
-    let mut rows: Vec<Bytes> = Vec::new();
-    let failed = collect(relay, |kind, body| match kind {
-        b'D' => {
-            rows.push(body.clone());
-            true
-        }
-        b'1' | b'2' | b'C' => true,
-        _ => false,
-    })
-    .await?;
-    if failed {
-        return Ok(Err(Failure::Relayed));
-    }
+    let rows = match fetch_rows(relay).await? {
+        Ok(rows) => rows,
+        Err(failure) => return Ok(Err(failure)),
+    };
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = Instant::now();

@@ -51,23 +51,14 @@ pub async fn run_query(
     plan: FinishPlan,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
-    let wrap = relay.tracker.status() == b'I';
-    if wrap {
-        // nextval() and setval() write, so a statement calling them cannot run read-only.
-        let writes = plan.blocks.iter().any(|b| {
-            let sql = b.base_sql.to_ascii_lowercase();
-            sql.contains("nextval") || sql.contains("setval")
-        });
-        let begin = if writes {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ"
-        } else {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-        };
-        if let Some(error) = hidden_query(relay, begin).await? {
-            relay.push_to_client(message(b'E', &error));
-            return ready(relay, b"I", outcome).await;
-        }
-    }
+    // nextval() and setval() write, so a statement calling them cannot run read-only.
+    let writes = plan.blocks.iter().any(|b| {
+        let sql = b.base_sql.to_ascii_lowercase();
+        sql.contains("nextval") || sql.contains("setval")
+    });
+    let Some(wrap) = begin_snapshot(relay, !writes).await? else {
+        return ready(relay, b"I", outcome).await;
+    };
     let streams = match &plan.row_local {
         Some(functions) => match only_row_functions(relay, functions, true).await? {
             Ok(streams) => streams,
@@ -83,18 +74,52 @@ pub async fn run_query(
     } else {
         run_phases(relay, executor, &plan, &mut outcome).await?
     };
-    let failed = match failure {
+    let failed = report(relay, failure, wrap).await?;
+    finish_query(relay, wrap, failed, outcome).await
+}
+
+/// Outside a transaction block, opens pgenrich's hidden snapshot transaction (REPEATABLE READ,
+/// and READ ONLY if `read_only`) so that every phase sees one snapshot; inside one, the client's
+/// is used. Whether pgenrich opened one; `None` if it could not (the error went to the client).
+pub(crate) async fn begin_snapshot(
+    relay: &mut Relay,
+    read_only: bool,
+) -> Result<Option<bool>, SessionError> {
+    if relay.tracker.status() != b'I' {
+        return Ok(Some(false));
+    }
+    let begin = if read_only {
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    } else {
+        "BEGIN ISOLATION LEVEL REPEATABLE READ"
+    };
+    match hidden_query(relay, begin).await? {
+        None => Ok(Some(true)),
+        Some(error) => {
+            relay.push_to_client(message(b'E', &error));
+            Ok(None)
+        }
+    }
+}
+
+/// Reports how a statement ended; whether it failed. pgenrich's own error in the client's
+/// transaction (not `own_transaction`) first aborts it as a native error would.
+pub(crate) async fn report(
+    relay: &mut Relay,
+    failure: Option<Failure>,
+    own_transaction: bool,
+) -> Result<bool, SessionError> {
+    Ok(match failure {
         None => false,
         Some(Failure::Relayed) => true,
         Some(Failure::Ours(error)) => {
-            if !wrap {
+            if !own_transaction {
                 abort_client_transaction(relay).await?;
             }
             relay.push_to_client(error.encode());
             true
         }
-    };
-    finish_query(relay, wrap, failed, outcome).await
+    })
 }
 
 /// Runs `plan` as one statement of a multi-statement Query, inside the transaction the caller
@@ -106,26 +131,20 @@ pub(crate) async fn run_in_transaction(
     plan: &FinishPlan,
     outcome: &mut Outcome,
 ) -> Result<bool, SessionError> {
-    Ok(match run_phases(relay, executor, plan, outcome).await? {
-        None => false,
-        Some(Failure::Relayed) => true,
-        Some(Failure::Ours(error)) => {
-            abort_client_transaction(relay).await?;
-            relay.push_to_client(error.encode());
-            true
-        }
-    })
+    let failure = run_phases(relay, executor, plan, outcome).await?;
+    report(relay, failure, false).await
 }
 
-/// Ends pgenrich's hidden transaction (if it began one) and answers ReadyForQuery.
-async fn finish_query(
+/// Ends pgenrich's hidden transaction (if it began one; rolled back if `roll_back`) and answers
+/// ReadyForQuery.
+pub(crate) async fn finish_query(
     relay: &mut Relay,
     wrap: bool,
-    failed: bool,
+    roll_back: bool,
     outcome: Outcome,
 ) -> Result<Outcome, SessionError> {
     if wrap {
-        let end = if failed { "ROLLBACK" } else { "COMMIT" };
+        let end = if roll_back { "ROLLBACK" } else { "COMMIT" };
         if let Some(error) = hidden_query(relay, end).await? {
             relay.push_to_client(message(b'E', &error));
         }
@@ -147,7 +166,7 @@ pub(super) async fn ready(
 }
 
 /// How a phase failed.
-pub(super) enum Failure {
+pub(crate) enum Failure {
     /// The upstream's error has been relayed to the client.
     Relayed,
     /// pgenrich's error, not sent yet.
@@ -171,6 +190,28 @@ pub(super) async fn abort_client_transaction(relay: &mut Relay) -> Result<(), Se
             _ => relay.push_to_client(message(kind, &body)),
         }
     }
+}
+
+/// The DataRows of requests just sent (ended by Sync), up to ReadyForQuery; the other answers
+/// pgenrich's requests get are dropped, notices and the like relayed, an error relayed.
+pub(crate) async fn fetch_rows(
+    relay: &mut Relay,
+) -> Result<Result<Vec<Bytes>, Failure>, SessionError> {
+    let mut rows = Vec::new();
+    let failed = collect(relay, |kind, body| match kind {
+        b'D' => {
+            rows.push(body.clone());
+            true
+        }
+        b'1' | b'2' | b'3' | b'C' => true,
+        _ => false,
+    })
+    .await?;
+    Ok(if failed {
+        Err(Failure::Relayed)
+    } else {
+        Ok(rows)
+    })
 }
 
 /// Reads upstream messages up to ReadyForQuery: `keep` decides per message whether pgenrich
@@ -462,19 +503,10 @@ pub(super) async fn fetch_and_score(
     requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
     requests.put_slice(&message(frontend::SYNC, &[]));
     relay.send_upstream_now(requests.freeze()).await?;
-    let mut rows: Vec<Bytes> = Vec::new();
-    let failed = collect(relay, |kind, body| match kind {
-        b'2' | b'C' | b'3' => true,
-        b'D' => {
-            rows.push(body.clone());
-            true
-        }
-        _ => false,
-    })
-    .await?;
-    if failed {
-        return Ok(Err(Failure::Relayed));
-    }
+    let rows = match fetch_rows(relay).await? {
+        Ok(rows) => rows,
+        Err(failure) => return Ok(Err(failure)),
+    };
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();

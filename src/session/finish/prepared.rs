@@ -288,28 +288,25 @@ pub async fn run_execute(
                 match score(relay, executor, block, &parsed, &Memo::new(), &mut outcome).await? {
                     Ok(results) => results,
                     Err(error) => {
-                        crate::session::ml::fail_upstream(relay, error).await?;
-                        relay.mark_extended_failed();
+                        fail_execute(relay, error).await?;
                         relay.flush_client().await?;
                         return Ok(outcome);
                     }
                 };
             ours.extend(residual_parameters(shape, &parsed, &results));
         }
-        let Some(bind) = residual_bind(
+        let bind = match residual_bind(
             &residual_portal,
             &prepared.residual_name,
             &bound.parameters,
             &ours,
             &bound.formats,
-        ) else {
-            crate::session::ml::fail_upstream(
-                relay,
-                ErrorMessage::error(SqlState::ProtocolViolation, "malformed Bind parameters"),
-            )
-            .await?;
-            relay.mark_extended_failed();
-            return Ok(outcome);
+        ) {
+            Ok(bind) => bind,
+            Err(error) => {
+                fail_execute(relay, error).await?;
+                return Ok(outcome);
+            }
         };
         requests.put_slice(&message(frontend::BIND, &bind));
         if let Some(p) = relay.registry().portals.get_mut(portal) {
@@ -347,9 +344,29 @@ pub async fn run_execute(
     Ok(outcome)
 }
 
+/// Fails the client's Execute where pgenrich failed: the upstream fails a stand-in (aborting the
+/// transaction and skipping to Sync as PostgreSQL would) and the client gets `error`.
+async fn fail_execute(relay: &mut Relay, error: ErrorMessage) -> Result<(), SessionError> {
+    crate::session::ml::fail_upstream(relay, error).await?;
+    relay.mark_extended_failed();
+    Ok(())
+}
+
 /// The residual's Bind: the client's parameters (as bound), then ours in binary; results in the
-/// client's formats. `None`: the client's parameter section does not parse.
+/// client's formats. An error if the client's parameter section does not parse.
 pub(crate) fn residual_bind(
+    portal: &str,
+    statement: &str,
+    client: &[u8],
+    ours: &[Vec<u8>],
+    formats: &[i16],
+) -> Result<Vec<u8>, ErrorMessage> {
+    residual_bind_body(portal, statement, client, ours, formats).ok_or_else(|| {
+        ErrorMessage::error(SqlState::ProtocolViolation, "malformed Bind parameters")
+    })
+}
+
+fn residual_bind_body(
     portal: &str,
     statement: &str,
     client: &[u8],
@@ -526,26 +543,23 @@ async fn run_chunked_execute(
         let results = match score(relay, executor, block, &parsed, &memo, &mut outcome).await? {
             Ok(results) => results,
             Err(error) => {
-                crate::session::ml::fail_upstream(relay, error).await?;
-                relay.mark_extended_failed();
+                fail_execute(relay, error).await?;
                 break outcome;
             }
         };
         let ours = residual_parameters(shape, &parsed, &results);
-        let Some(bind) = residual_bind(
+        let bind = match residual_bind(
             &residual_portal,
             &prepared.residual_name,
             &bound.parameters,
             &ours,
             &bound.formats,
-        ) else {
-            crate::session::ml::fail_upstream(
-                relay,
-                ErrorMessage::error(SqlState::ProtocolViolation, "malformed Bind parameters"),
-            )
-            .await?;
-            relay.mark_extended_failed();
-            break outcome;
+        ) {
+            Ok(bind) => bind,
+            Err(error) => {
+                fail_execute(relay, error).await?;
+                break outcome;
+            }
         };
         // The previous chunk's residual portal is done; its name is reused.
         let mut requests = Vec::new();
