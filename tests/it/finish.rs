@@ -37,31 +37,7 @@ async fn setup() -> (Proxy, Client, Client) {
     (proxy, client, reference)
 }
 
-/// Column names, then rows as text, of a simple-protocol query.
-async fn result(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut names = Vec::new();
-    let mut rows = Vec::new();
-    for message in messages {
-        match message {
-            SimpleQueryMessage::RowDescription(columns) => {
-                names = columns.iter().map(|c| c.name().to_owned()).collect();
-            }
-            SimpleQueryMessage::Row(row) => {
-                rows.push(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                );
-            }
-            _ => {}
-        }
-    }
-    (names, rows)
-}
+use crate::harness::text_result as result;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ml_calls_anywhere_in_a_select_match_native_evaluation() {

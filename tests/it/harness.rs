@@ -584,6 +584,42 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The rows of a simple-protocol answer, every value as text.
+pub fn text_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Column names, then rows as text, of a simple-protocol query (which must succeed).
+pub async fn text_result(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}: {:?}", e.as_db_error()));
+    let names = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(columns) => {
+                Some(columns.iter().map(|c| c.name().to_owned()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    (names, text_rows(&messages))
+}
+
 /// The SQLSTATE of a tokio-postgres error.
 pub fn sqlstate(error: &tokio_postgres::Error) -> String {
     error

@@ -49,19 +49,7 @@ async fn real_text(value: f32) -> String {
         .get(0)
 }
 
-fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
+use crate::harness::text_rows as rows;
 
 fn columns(messages: &[SimpleQueryMessage]) -> Vec<String> {
     messages

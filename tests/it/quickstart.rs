@@ -6,9 +6,8 @@ use std::path::Path;
 
 use pgenrich::backends::{local, onnx::OnnxModel};
 use pgenrich::config::{Cli, Config};
-use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{connect, postgres, psql_path, Proxy, DATABASE, PASSWORD, USER};
+use crate::harness::{connect, postgres, psql_path, text_result, Proxy, DATABASE, PASSWORD, USER};
 
 const DEMO_DATABASE: &str = "pgenrich_demo";
 
@@ -32,24 +31,9 @@ fn queries() -> Vec<String> {
 
 /// Rows of a simple-protocol query as text (what psql prints), by column name.
 async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<(String, Option<String>)>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| {
-                        (
-                            row.columns()[i].name().to_owned(),
-                            row.get(i).map(str::to_owned),
-                        )
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
+    let (names, rows) = text_result(client, sql).await;
+    rows.into_iter()
+        .map(|row| names.iter().cloned().zip(row).collect())
         .collect()
 }
 

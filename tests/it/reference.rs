@@ -651,29 +651,7 @@ async fn invoke_endpoint_errors_are_pgenrichs() {
     assert_eq!((row.get::<_, &str>(0), row.get::<_, &str>(1)), ("3", "0"));
 }
 
-/// Query results as text, with column names, for comparing two servers.
-async fn result(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut columns = Vec::new();
-    let mut rows = Vec::new();
-    for message in messages {
-        match message {
-            SimpleQueryMessage::RowDescription(cols) => {
-                columns = cols.iter().map(|c| c.name().to_owned()).collect();
-            }
-            SimpleQueryMessage::Row(row) => rows.push(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => {}
-        }
-    }
-    (columns, rows)
-}
+use crate::harness::text_result as result;
 
 /// The forms pgenrich supports today give the same names, types and values natively on the
 /// reference database as through pgenrich (mock AWS) on the test database.

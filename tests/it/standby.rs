@@ -3,26 +3,12 @@
 //! writes, and runs ML statements, which must never write.
 
 use mock_aws::models;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::harness::{connect, postgres, reference_database, sqlstate, standby, Proxy};
 
 async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}: {:?}", e.as_db_error()));
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    crate::harness::text_result(client, sql).await.1
 }
 
 fn strings(rows: &[&[&str]]) -> Vec<Vec<Option<String>>> {
