@@ -329,18 +329,14 @@ async fn run_chunked(
             return Ok(Some(Failure::Relayed));
         }
         if !rows.is_empty() {
-            let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-            outcome.base_rows += parsed.len() as u64;
-            let started = std::time::Instant::now();
-            let results = match score(relay, executor, block, &parsed, &memo, outcome).await? {
-                Ok(results) => results,
-                Err(error) => {
-                    close_chunked(relay).await?;
-                    return Ok(Some(Failure::Ours(error)));
-                }
-            };
-            outcome.inference += started.elapsed();
-            let params = residual_parameters(&shape, &parsed, &results);
+            let params =
+                match score_rows(relay, executor, block, &shape, &rows, &memo, outcome).await? {
+                    Ok(params) => params,
+                    Err(error) => {
+                        close_chunked(relay).await?;
+                        return Ok(Some(Failure::Ours(error)));
+                    }
+                };
             let mut bind = BytesMut::new();
             bind.put_u8(0);
             bind.put_slice(&named_body(RESIDUAL_STATEMENT));
@@ -509,12 +505,30 @@ pub(super) async fn fetch_and_score(
     };
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
+    Ok(
+        score_rows(relay, executor, plan, shape, &rows, &Memo::new(), outcome)
+            .await?
+            .map_err(Failure::Ours),
+    )
+}
+
+/// Scores base rows (`memo`: the inputs scored so far); the residual's parameters for them, or
+/// pgenrich's error for the client.
+async fn score_rows(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    plan: &BlockPlan,
+    shape: &Shape,
+    rows: &[Bytes],
+    memo: &Memo,
+    outcome: &mut Outcome,
+) -> Result<Result<Vec<Vec<u8>>, ErrorMessage>, SessionError> {
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = std::time::Instant::now();
-    let results = match score(relay, executor, plan, &parsed, &Memo::new(), outcome).await? {
+    let results = match score(relay, executor, plan, &parsed, memo, outcome).await? {
         Ok(results) => results,
-        Err(error) => return Ok(Err(Failure::Ours(error))),
+        Err(error) => return Ok(Err(error)),
     };
     outcome.inference += started.elapsed();
     Ok(Ok(residual_parameters(shape, &parsed, &results)))

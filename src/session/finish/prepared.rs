@@ -283,17 +283,24 @@ pub async fn run_execute(
                     _ => relay.push_to_client(message(kind, &body)),
                 }
             }
-            let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-            let results =
-                match score(relay, executor, block, &parsed, &Memo::new(), &mut outcome).await? {
-                    Ok(results) => results,
-                    Err(error) => {
-                        fail_execute(relay, error).await?;
-                        relay.flush_client().await?;
-                        return Ok(outcome);
-                    }
-                };
-            ours.extend(residual_parameters(shape, &parsed, &results));
+            match score_rows(
+                relay,
+                executor,
+                block,
+                shape,
+                &rows,
+                &Memo::new(),
+                &mut outcome,
+            )
+            .await?
+            {
+                Ok(params) => ours.extend(params),
+                Err(error) => {
+                    fail_execute(relay, error).await?;
+                    relay.flush_client().await?;
+                    return Ok(outcome);
+                }
+            }
         }
         let bind = match residual_bind(
             &residual_portal,
@@ -539,15 +546,14 @@ async fn run_chunked_execute(
         if rows.is_empty() {
             continue;
         }
-        let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
-        let results = match score(relay, executor, block, &parsed, &memo, &mut outcome).await? {
-            Ok(results) => results,
-            Err(error) => {
-                fail_execute(relay, error).await?;
-                break outcome;
-            }
-        };
-        let ours = residual_parameters(shape, &parsed, &results);
+        let ours =
+            match score_rows(relay, executor, block, shape, &rows, &memo, &mut outcome).await? {
+                Ok(params) => params,
+                Err(error) => {
+                    fail_execute(relay, error).await?;
+                    break outcome;
+                }
+            };
         let bind = match residual_bind(
             &residual_portal,
             &prepared.residual_name,
