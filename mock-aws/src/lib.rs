@@ -116,6 +116,11 @@ impl MockAws {
         self.state.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// Requests received and not yet answered (latency included).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn stats(&self) -> Stats {
         self.state
             .stats

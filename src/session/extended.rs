@@ -43,6 +43,11 @@ pub enum Prepared {
 }
 
 impl MlStatement {
+    /// Runs as base + residual statements (two snapshots unless pgenrich holds one).
+    pub fn two_phase(&self) -> bool {
+        matches!(self.prepared, Prepared::Finish(_))
+    }
+
     /// Columns of the client's result.
     pub fn columns(&self) -> usize {
         match &self.prepared {
@@ -117,6 +122,10 @@ pub enum Intercept {
         portal: String,
         max_rows: usize,
     },
+    /// A Bind (body) of a base + residual statement while the session may be idle.
+    Bind(Bytes),
+    /// pgenrich's snapshot transaction must end before the client's next message.
+    EndSnapshot,
 }
 
 fn cstr(bytes: &[u8]) -> String {
@@ -152,6 +161,13 @@ impl Registry {
     /// A transaction ended with the `answered`-th ReadyForQuery: its portals are gone.
     pub fn transaction_ended(&mut self, answered: u64) {
         self.portals.retain(|_, portal| portal.epoch >= answered);
+    }
+
+    /// The ML statement a Bind body names, if any.
+    pub fn statement_of_bind(&self, body: &[u8]) -> Option<&Arc<MlStatement>> {
+        let (_portal, rest) = split_cstr(body)?;
+        let (statement, _) = split_cstr(rest)?;
+        self.statements.get(&cstr(statement))
     }
 
     /// Rewrites a Bind of an ML statement to the upstream statement with per-base-column result

@@ -205,6 +205,11 @@ async fn intercept_ml(
         use futures_util::FutureExt;
         let _ = relay.cancel_notify().notified().now_or_never();
     }
+    if let Intercept::EndSnapshot = intercept {
+        // Also (above all) after an error: the transaction must end before the client's Sync.
+        finish::end_snapshot(relay).await?;
+        return relay.flush_client().await;
+    }
     if !matches!(
         intercept,
         Intercept::Query(_)
@@ -238,6 +243,11 @@ async fn intercept_ml(
             finish::handle_parse(relay, name, types, *plan).await?;
             return relay.flush_client().await;
         }
+        Intercept::Bind(body) => {
+            finish::handle_bind(relay, body).await?;
+            return relay.flush_client().await;
+        }
+        Intercept::EndSnapshot => return Ok(()),
         Intercept::Execute { portal, max_rows } => {
             let Some(bound) = relay.registry().portals.get(&portal).cloned() else {
                 tracing::warn!(%portal, "ML portal vanished before Execute");

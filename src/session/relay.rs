@@ -193,6 +193,9 @@ pub struct Relay {
     pub(crate) ml_running: bool,
     /// The client sent Terminate and closed its side while an ML statement ran.
     client_done_sending: bool,
+    /// pgenrich's snapshot transaction for a prepared base + residual statement is open
+    /// ([`crate::session::finish`]'s `snapshot` module).
+    pub(crate) snapshot_open: bool,
 }
 
 impl Relay {
@@ -219,6 +222,7 @@ impl Relay {
             reprocess_client: false,
             ml_running: false,
             client_done_sending: false,
+            snapshot_open: false,
         }
     }
 
@@ -336,6 +340,19 @@ impl Relay {
                 Some(Ok(frame)) => frame,
             };
             let total = 1 + len;
+            if self.snapshot_open
+                && matches!(
+                    kind,
+                    frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL
+                )
+            {
+                // pgenrich's snapshot transaction ends first; the message is then processed
+                // again as usual.
+                inbound.release(&mut self.to_upstream);
+                self.pending = Some(Intercept::EndSnapshot);
+                self.await_answers();
+                return Ok(());
+            }
             let inspected = self.ready
                 && match kind {
                     frontend::QUERY | frontend::PARSE => true,
@@ -392,6 +409,16 @@ impl Relay {
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
             // Extended-protocol messages naming ML statements or portals.
             let handled = match kind {
+                frontend::BIND
+                    if !self.snapshot_open
+                        && self.tracker.status() == b'I'
+                        && self
+                            .ml
+                            .statement_of_bind(body)
+                            .is_some_and(|s| s.two_phase()) =>
+                {
+                    Some(Err(Intercept::Bind(Bytes::copy_from_slice(body))))
+                }
                 frontend::BIND => self
                     .ml
                     .rewrite_bind(body, self.tracker.closings_forwarded())
@@ -787,6 +814,13 @@ impl Relay {
     /// Upstream-bound bytes end at a message boundary.
     pub fn upstream_at_boundary(&self) -> bool {
         self.from_client.at_boundary()
+    }
+
+    /// Forwards a client message of type `kind` (as `bytes`, possibly rewritten) to the upstream,
+    /// as the relay would have.
+    pub fn forward_upstream(&mut self, kind: u8, bytes: Bytes) {
+        self.tracker.on_client(kind);
+        self.to_upstream.push(bytes);
     }
 
     pub fn push_to_client(&mut self, bytes: Bytes) {

@@ -31,6 +31,8 @@ struct Segment {
     synced: bool,
     /// The upstream already reported an error here and skips until Sync.
     failed: bool,
+    /// A portal was bound or executed here: the implicit transaction holds client state.
+    portals: bool,
     /// Errors to send instead of the upstream's answers to stand-in messages, in order.
     substitutions: VecDeque<Bytes>,
 }
@@ -42,6 +44,7 @@ impl Segment {
             pending: 0,
             synced: false,
             failed: false,
+            portals: false,
             substitutions: VecDeque::new(),
         }
     }
@@ -96,6 +99,13 @@ impl Tracker {
         self.segments
             .iter()
             .all(|s| s.kind == Kind::Extended && !s.synced && s.pending == 0)
+    }
+
+    /// Everything forwarded is answered, and the client has neither bound nor executed a portal
+    /// since its last Sync, nor met an error: the upstream's implicit transaction holds nothing of
+    /// the client's, so pgenrich may end it with a Sync of its own.
+    pub fn can_resync(&self) -> bool {
+        self.caught_up() && self.segments.iter().all(|s| !s.failed && !s.portals)
     }
 
     /// The open extended-protocol run has failed: the upstream skips everything up to Sync.
@@ -156,11 +166,14 @@ impl Tracker {
                 self.closings_forwarded += 1;
                 self.segments.push_back(Segment::new(Kind::Simple))
             }
-            frontend::PARSE
-            | frontend::BIND
-            | frontend::DESCRIBE
-            | frontend::EXECUTE
-            | frontend::CLOSE => self.open_extended().pending += 1,
+            frontend::BIND | frontend::EXECUTE => {
+                let run = self.open_extended();
+                run.pending += 1;
+                run.portals = true;
+            }
+            frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE => {
+                self.open_extended().pending += 1
+            }
             frontend::SYNC => {
                 self.closings_forwarded += 1;
                 self.open_extended().synced = true
@@ -322,6 +335,28 @@ mod tests {
         assert!(t.open_failed());
         t.on_client(b'S');
         assert!(!t.caught_up());
+    }
+
+    #[test]
+    fn resync_only_while_the_run_holds_no_portal() {
+        let mut t = Tracker::default();
+        assert!(t.can_resync());
+        t.on_client(b'P');
+        assert!(!t.can_resync(), "the Parse is not answered yet");
+        t.on_backend(b'1', None);
+        assert!(
+            t.can_resync(),
+            "a prepared statement outlives the transaction"
+        );
+        t.on_client(b'B');
+        t.on_backend(b'2', None);
+        assert!(!t.can_resync(), "a Sync would end the client's portal");
+        t.on_client(b'S');
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.can_resync());
+        t.on_client(b'D');
+        t.mark_open_failed();
+        assert!(!t.can_resync(), "the upstream skips to the client's Sync");
     }
 
     #[test]

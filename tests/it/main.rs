@@ -17,5 +17,6 @@ mod psycopg;
 mod queries;
 mod quickstart;
 mod reference;
+mod snapshot;
 mod standby;
 mod tls;

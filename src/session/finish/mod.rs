@@ -29,9 +29,11 @@ use crate::protocol::{frontend, ErrorMessage};
 use crate::sql::finish::{BlockPlan, CarriedType, Described, FinishPlan};
 
 mod prepared;
+mod snapshot;
 mod wire;
 
 pub use prepared::{handle_parse, run_execute, ChunkedState, Prepared};
+pub use snapshot::{end_snapshot, handle_bind};
 pub(crate) use wire::parse_body;
 use wire::{array, execute_body, named, named_body, only_row_functions, shape, Shape};
 
@@ -51,12 +53,7 @@ pub async fn run_query(
     plan: FinishPlan,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
-    // nextval() and setval() write, so a statement calling them cannot run read-only.
-    let writes = plan.blocks.iter().any(|b| {
-        let sql = b.base_sql.to_ascii_lowercase();
-        sql.contains("nextval") || sql.contains("setval")
-    });
-    let Some(wrap) = begin_snapshot(relay, !writes).await? else {
+    let Some(wrap) = begin_snapshot(relay, !plan.writes()).await? else {
         return ready(relay, b"I", outcome).await;
     };
     let streams = match &plan.row_local {
@@ -88,17 +85,21 @@ pub(crate) async fn begin_snapshot(
     if relay.tracker.status() != b'I' {
         return Ok(Some(false));
     }
-    let begin = if read_only {
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-    } else {
-        "BEGIN ISOLATION LEVEL REPEATABLE READ"
-    };
-    match hidden_query(relay, begin).await? {
+    match hidden_query(relay, snapshot_begin(read_only)).await? {
         None => Ok(Some(true)),
         Some(error) => {
             relay.push_to_client(message(b'E', &error));
             Ok(None)
         }
+    }
+}
+
+/// The statement opening pgenrich's hidden snapshot transaction.
+pub(crate) fn snapshot_begin(read_only: bool) -> &'static str {
+    if read_only {
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    } else {
+        "BEGIN ISOLATION LEVEL REPEATABLE READ"
     }
 }
 

@@ -36,6 +36,11 @@ impl Prepared {
         Some(out)
     }
 
+    /// Whether the statement writes (so its snapshot transaction cannot be READ ONLY).
+    pub fn writes(&self) -> bool {
+        self.plan.writes()
+    }
+
     /// Result formats of the base statement: arguments in text, carried values as they travel.
     pub fn base_formats(&self) -> Vec<i16> {
         self.bases
@@ -335,7 +340,12 @@ pub async fn run_execute(
                 relay.push_to_client(message(kind, &body));
                 relay.flush_client_soft().await?;
             }
-            b'C' | b's' => {
+            b'C' => {
+                relay.push_to_client(message(kind, &body));
+                snapshot::portal_done(relay).await?;
+                break;
+            }
+            b's' => {
                 relay.push_to_client(message(kind, &body));
                 break;
             }
@@ -512,6 +522,7 @@ async fn run_chunked_execute(
         }
         if state.base_done {
             relay.push_to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
+            snapshot::portal_done(relay).await?;
             break outcome;
         }
         // The next chunk of base rows from the client's (rewritten) portal.

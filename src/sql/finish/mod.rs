@@ -146,6 +146,15 @@ pub struct Described {
 }
 
 impl FinishPlan {
+    /// Whether a base statement calls nextval() or setval(), which write: then the statement
+    /// cannot run in a READ ONLY transaction.
+    pub fn writes(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            let sql = b.base_sql.to_ascii_lowercase();
+            sql.contains("nextval") || sql.contains("setval")
+        })
+    }
+
     /// The residual statement, given each block's [`Described`] base. Its parameters are
     /// numbered from `first_param`: per block, first its value columns, then per call its
     /// results (`varchar[]` sentiment and `float4[]` confidence, or `varchar[]` text).
