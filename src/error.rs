@@ -51,12 +51,15 @@ pub enum SqlState {
     WrongObjectType,
     /// XX000 — the upstream answered pgenrich's own catalog query unexpectedly.
     InternalError,
+    /// 25P02 — a statement pgenrich answers itself, in a failed transaction block.
+    InFailedSqlTransaction,
 }
 
 impl SqlState {
     pub fn code(self) -> &'static str {
         match self {
             SqlState::FeatureNotSupported => "0A000",
+            SqlState::InFailedSqlTransaction => "25P02",
             SqlState::ProtocolViolation => "08P01",
             SqlState::ConnectionFailure => "08006",
             SqlState::TooManyConnections => "53300",

@@ -7,18 +7,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
+use super::extended::{MlPortal, MlStatement, Prepared};
+use super::finish::sync_upstream;
 use super::finish::{
     begin_snapshot, collect, describe_base, fetch_and_score, fetch_rows, finish_query, parse_body,
     ready, report, residual_parameters, Failure,
 };
-use super::ml::{infer, Memo, Outcome, Results};
+use super::ml::{fail_upstream, hidden_query, infer, Memo, Outcome, Results};
 use super::relay::Relay;
 use super::rows::{message, split_row};
 use crate::enrich::{CallStats, Executor};
-use crate::error::SessionError;
-use crate::protocol::frontend;
+use crate::error::{SessionError, SqlState};
+use crate::protocol::{frontend, ErrorMessage};
 use crate::sql::finish::FinishPlan;
 use crate::sql::plan::{Call, MlFunction, StreamingPlan};
 
@@ -30,6 +32,15 @@ pub enum Target {
 }
 
 const TEXT_OID: u32 = 25;
+/// The statement EXPLAINs run under upstream.
+const EXPLAIN_STATEMENT: &str = "pgenrich.explain";
+
+fn close_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body
+}
 
 /// Answers an EXPLAIN of an ML statement (simple protocol), up to ReadyForQuery.
 pub async fn run(
@@ -42,30 +53,11 @@ pub async fn run(
     let Some(wrap) = begin_snapshot(relay, !analyze).await? else {
         return ready(relay, b"I", outcome).await;
     };
-    let started = Instant::now();
-    let mut lines = Vec::new();
-    let result = match &target {
-        Target::Streaming(plan) => {
-            streaming(relay, executor, analyze, plan, &mut lines, &mut outcome).await?
-        }
-        Target::Finish(plan) => {
-            finish(relay, executor, analyze, plan, &mut lines, &mut outcome).await?
-        }
-    };
-    let failure = match result {
-        Ok(()) => {
-            if analyze {
-                lines.push(format!(
-                    "pgenrich execution: {} base rows, {} ML inputs, {} service calls, {} duplicate inputs saved, {:.3} ms in inference, {:.3} ms in all",
-                    outcome.base_rows,
-                    outcome.stats.rows,
-                    outcome.stats.calls,
-                    outcome.stats.duplicates_saved,
-                    outcome.inference.as_secs_f64() * 1000.0,
-                    started.elapsed().as_secs_f64() * 1000.0
-                ));
-            }
-            send_plan(relay, &lines);
+    let failure = match plan_lines(relay, executor, analyze, &target, &mut outcome).await? {
+        Ok(lines) => {
+            relay.push_to_client(message(b'T', &plan_description(0)));
+            send_lines(relay, &lines);
+            relay.push_to_client(message(b'C', b"EXPLAIN\0"));
             None
         }
         Err(failure) => Some(failure),
@@ -75,8 +67,169 @@ pub async fn run(
     finish_query(relay, wrap, failed || analyze, outcome).await
 }
 
-/// RowDescription `QUERY PLAN` (text), one DataRow per line, CommandComplete `EXPLAIN`.
-fn send_plan(relay: &mut Relay, lines: &[String]) {
+/// pgenrich's plan of `target` as lines; with `analyze` the statement runs and a line of what
+/// happened ends the plan.
+async fn plan_lines(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    analyze: bool,
+    target: &Target,
+    outcome: &mut Outcome,
+) -> Result<Result<Vec<String>, Failure>, SessionError> {
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    let result = match target {
+        Target::Streaming(plan) => {
+            streaming(relay, executor, analyze, plan, &mut lines, outcome).await?
+        }
+        Target::Finish(plan) => finish(relay, executor, analyze, plan, &mut lines, outcome).await?,
+    };
+    if let Err(failure) = result {
+        return Ok(Err(failure));
+    }
+    if analyze {
+        lines.push(format!(
+            "pgenrich execution: {} base rows, {} ML inputs, {} service calls, {} duplicate inputs saved, {:.3} ms in inference, {:.3} ms in all",
+            outcome.base_rows,
+            outcome.stats.rows,
+            outcome.stats.calls,
+            outcome.stats.duplicates_saved,
+            outcome.inference.as_secs_f64() * 1000.0,
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
+    Ok(Ok(lines))
+}
+
+/// Registers a client's Parse of an EXPLAIN of an ML statement (extended protocol): it is
+/// answered by pgenrich at Execute, so nothing is prepared upstream.
+pub fn handle_parse(relay: &mut Relay, name: String, analyze: bool, target: Target) {
+    let statement = MlStatement {
+        // No such statement exists upstream: a Close of it is answered there all the same.
+        upstream_name: format!("pgenrich.explain.{name}"),
+        parameters: Bytes::from_static(&[0, 0]),
+        prepared: Prepared::Explain {
+            analyze,
+            target: Arc::new(target),
+        },
+    };
+    relay
+        .registry()
+        .statements
+        .insert(name, Arc::new(statement));
+    relay.push_to_client(message(b'1', &[]));
+}
+
+/// Answers a client's Execute of an EXPLAIN portal (extended protocol). The first Execute works
+/// out the plan as [`run`] does — in the client's transaction block, or in pgenrich's snapshot
+/// transaction after a Sync of its own when the session is idle and its pipeline holds nothing
+/// of the client's yet (otherwise the EXPLAIN is refused) — and later Executes continue after a
+/// row limit. Errors leave the upstream skipping to the client's Sync, as a native error would.
+pub async fn run_execute(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    (analyze, target): (bool, &Target),
+    portal: &str,
+    bound: &MlPortal,
+    max_rows: usize,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let (lines, sent) = match &bound.explained {
+        Some((lines, sent)) => (Arc::clone(lines), *sent),
+        None => match explain_in_pipeline(relay, executor, analyze, target, &mut outcome).await? {
+            Some(lines) => (Arc::new(lines), 0),
+            None => {
+                relay.flush_client().await?;
+                return Ok(outcome);
+            }
+        },
+    };
+    let end = if max_rows > 0 {
+        lines.len().min(sent + max_rows)
+    } else {
+        lines.len()
+    };
+    send_lines(relay, &lines[sent..end]);
+    if end < lines.len() {
+        relay.push_to_client(message(b's', &[]));
+    } else {
+        relay.push_to_client(message(b'C', b"EXPLAIN\0"));
+    }
+    // pgenrich's own round trips may have ended the portal's registration with its epoch.
+    let mut bound = bound.clone();
+    bound.epoch = relay.tracker.closings_forwarded();
+    bound.explained = Some((lines, end));
+    relay.registry().portals.insert(portal.to_owned(), bound);
+    relay.flush_client().await?;
+    Ok(outcome)
+}
+
+/// The plan's lines for [`run_execute`]; `None` when it failed (the client has the error and the
+/// upstream skips to the client's Sync).
+async fn explain_in_pipeline(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    analyze: bool,
+    target: &Target,
+    outcome: &mut Outcome,
+) -> Result<Option<Vec<String>>, SessionError> {
+    let refusal = match relay.tracker.status() {
+        b'E' => Some(ErrorMessage::error(
+            SqlState::InFailedSqlTransaction,
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )),
+        b'I' if !relay.tracker.can_resync() => Some(
+            ErrorMessage::error(
+                SqlState::FeatureNotSupported,
+                "EXPLAIN of an ML statement must begin its pipeline in the extended query protocol",
+            )
+            .with_hint("Send Sync before the EXPLAIN, or run it as a simple query."),
+        ),
+        _ => None,
+    };
+    if let Some(error) = refusal {
+        fail_upstream(relay, Some(error)).await?;
+        relay.mark_extended_failed();
+        return Ok(None);
+    }
+    if relay.tracker.status() == b'I' {
+        // The pipeline's implicit transaction holds only pgenrich's own work: end it, so that
+        // the snapshot transaction can begin.
+        sync_upstream(relay).await?;
+    }
+    let Some(wrap) = begin_snapshot(relay, !analyze).await? else {
+        fail_upstream(relay, None).await?;
+        relay.mark_extended_failed();
+        return Ok(None);
+    };
+    let (lines, failure) = match plan_lines(relay, executor, analyze, target, outcome).await? {
+        Ok(lines) => (Some(lines), None),
+        Err(failure) => (None, Some(failure)),
+    };
+    let failed = report(relay, failure, wrap).await?;
+    if wrap {
+        let end = if failed || analyze {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        if let Some(error) = hidden_query(relay, end).await? {
+            relay.push_to_client(message(b'E', &error));
+        }
+    }
+    match lines {
+        Some(lines) if !failed => Ok(Some(lines)),
+        _ => {
+            // pgenrich's Syncs ended the upstream's skipping: a stand-in restores it.
+            fail_upstream(relay, None).await?;
+            relay.mark_extended_failed();
+            Ok(None)
+        }
+    }
+}
+
+/// The RowDescription of the `QUERY PLAN` column (text) in `format`.
+pub fn plan_description(format: i16) -> Vec<u8> {
     let mut description = BytesMut::new();
     description.put_u16(1);
     description.put_slice(b"QUERY PLAN\0");
@@ -85,8 +238,12 @@ fn send_plan(relay: &mut Relay, lines: &[String]) {
     description.put_u32(TEXT_OID);
     description.put_i16(-1);
     description.put_i32(-1);
-    description.put_i16(0);
-    relay.push_to_client(message(b'T', &description));
+    description.put_i16(format);
+    description.to_vec()
+}
+
+/// One DataRow per line (text is the same bytes in both formats).
+fn send_lines(relay: &mut Relay, lines: &[String]) {
     for line in lines {
         let mut row = BytesMut::with_capacity(line.len() + 6);
         row.put_u16(1);
@@ -94,7 +251,6 @@ fn send_plan(relay: &mut Relay, lines: &[String]) {
         row.put_slice(line.as_bytes());
         relay.push_to_client(message(b'D', &row));
     }
-    relay.push_to_client(message(b'C', b"EXPLAIN\0"));
 }
 
 /// The lines of PostgreSQL's EXPLAIN of `sql` (run with `params`, binary), indented.
@@ -108,6 +264,7 @@ async fn postgres_explain(
     let explain = format!("EXPLAIN {}{sql}", if analyze { "(ANALYZE) " } else { "" });
     let mut bind = BytesMut::new();
     bind.put_u8(0);
+    bind.put_slice(EXPLAIN_STATEMENT.as_bytes());
     bind.put_u8(0);
     bind.put_u16(1);
     bind.put_i16(1);
@@ -117,8 +274,17 @@ async fn postgres_explain(
         bind.put_slice(param);
     }
     bind.put_u16(0);
+    // A statement of pgenrich's own name: the client's unnamed statement stays as it is.
+    // (closed first: a failed run leaves it prepared).
     let mut requests = BytesMut::new();
-    requests.put_slice(&message(frontend::PARSE, &parse_body("", &explain, &[])));
+    requests.put_slice(&message(
+        frontend::CLOSE,
+        &close_statement(EXPLAIN_STATEMENT),
+    ));
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(EXPLAIN_STATEMENT, &explain, &[]),
+    ));
     requests.put_slice(&message(frontend::BIND, &bind));
     requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
     requests.put_slice(&message(frontend::SYNC, &[]));

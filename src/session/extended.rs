@@ -40,6 +40,12 @@ pub enum Prepared {
     },
     /// Base statement, then residual statement ([`crate::session::finish`]).
     Finish(Box<crate::session::finish::Prepared>),
+    /// `EXPLAIN [ANALYZE]` of an ML statement, answered by pgenrich
+    /// ([`crate::session::explain`]); nothing of it is prepared upstream.
+    Explain {
+        analyze: bool,
+        target: Arc<crate::session::explain::Target>,
+    },
 }
 
 impl MlStatement {
@@ -48,11 +54,17 @@ impl MlStatement {
         matches!(self.prepared, Prepared::Finish(_))
     }
 
+    /// An EXPLAIN, whose Bind pgenrich answers itself.
+    pub fn is_explain(&self) -> bool {
+        matches!(self.prepared, Prepared::Explain { .. })
+    }
+
     /// Columns of the client's result.
     pub fn columns(&self) -> usize {
         match &self.prepared {
             Prepared::Streaming { layout, .. } => layout.columns.len(),
             Prepared::Finish(finish) => finish.columns(),
+            Prepared::Explain { .. } => 1,
         }
     }
 
@@ -61,6 +73,9 @@ impl MlStatement {
         match &self.prepared {
             Prepared::Streaming { layout, .. } => Some(layout.row_description(formats)),
             Prepared::Finish(finish) => finish.row_description(formats),
+            Prepared::Explain { .. } => Some(crate::session::explain::plan_description(
+                formats.first().copied().unwrap_or(0),
+            )),
         }
     }
 }
@@ -80,6 +95,8 @@ pub struct MlPortal {
     pub started: bool,
     /// Where a chunked base + residual portal stands.
     pub chunked: crate::session::finish::ChunkedState,
+    /// An EXPLAIN portal's lines, once computed, and how many were sent.
+    pub explained: Option<(Arc<Vec<String>>, usize)>,
 }
 
 /// The session's ML statements and portals, by client name.
@@ -122,7 +139,13 @@ pub enum Intercept {
         portal: String,
         max_rows: usize,
     },
-    /// A Bind (body) of a base + residual statement while the session may be idle.
+    ParseExplain {
+        name: String,
+        analyze: bool,
+        target: Box<crate::session::explain::Target>,
+    },
+    /// A Bind (body) of an EXPLAIN, or of a base + residual statement while the session may be
+    /// idle.
     Bind(Bytes),
     /// pgenrich's snapshot transaction must end before the client's next message.
     EndSnapshot,
@@ -209,6 +232,7 @@ impl Registry {
         let base_formats = match &ml.prepared {
             Prepared::Streaming { layout, .. } => layout.base_formats(&client_formats),
             Prepared::Finish(finish) => finish.base_formats(),
+            Prepared::Explain { .. } => Vec::new(),
         };
         let mut out = BytesMut::with_capacity(body.len() + 2 * base_formats.len() + 32);
         out.put_slice(portal.as_bytes());
@@ -229,6 +253,7 @@ impl Registry {
                 parameters: Bytes::copy_from_slice(params),
                 started: false,
                 chunked: Default::default(),
+                explained: None,
             },
         );
         Some(message(frontend::BIND, &out))

@@ -253,10 +253,10 @@ async fn drain_execute(relay: &mut Relay) -> Result<(), SessionError> {
 }
 
 /// Makes the upstream fail where pgenrich did (so it skips to Sync and aborts the transaction)
-/// and sends `error` to the client in place of the upstream's.
+/// and sends `error` to the client in place of the upstream's (`None`: the client has been told).
 pub(super) async fn fail_upstream(
     relay: &mut Relay,
-    error: ErrorMessage,
+    error: Option<ErrorMessage>,
 ) -> Result<(), SessionError> {
     relay.send_upstream_now(standin()).await?;
     loop {
@@ -267,7 +267,9 @@ pub(super) async fn fail_upstream(
             _ => relay.push_to_client(message(kind, &body)),
         }
     }
-    relay.push_to_client(error.encode());
+    if let Some(error) = error {
+        relay.push_to_client(error.encode());
+    }
     Ok(())
 }
 
@@ -340,7 +342,7 @@ async fn run_one(
             true
         }
         End::Failed(error) => {
-            fail_upstream(relay, error).await?;
+            fail_upstream(relay, Some(error)).await?;
             true
         }
     };
@@ -484,7 +486,7 @@ pub async fn run_execute(
             relay.mark_extended_failed();
         }
         End::Failed(error) => {
-            fail_upstream(relay, error).await?;
+            fail_upstream(relay, Some(error)).await?;
             relay.mark_extended_failed();
         }
     }

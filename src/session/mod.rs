@@ -243,6 +243,14 @@ async fn intercept_ml(
             finish::handle_parse(relay, name, types, *plan).await?;
             return relay.flush_client().await;
         }
+        Intercept::ParseExplain {
+            name,
+            analyze,
+            target,
+        } => {
+            explain::handle_parse(relay, name, analyze, *target);
+            return relay.flush_client().await;
+        }
         Intercept::Bind(body) => {
             finish::handle_bind(relay, body).await?;
             return relay.flush_client().await;
@@ -255,6 +263,19 @@ async fn intercept_ml(
             };
             let (plan, layout) = match &bound.statement.prepared {
                 extended::Prepared::Streaming { plan, layout } => (plan, layout),
+                extended::Prepared::Explain { analyze, target } => {
+                    let outcome = explain::run_execute(
+                        relay,
+                        &ctx.executor,
+                        (*analyze, target),
+                        &portal,
+                        &bound,
+                        max_rows,
+                    )
+                    .await?;
+                    log_outcome(&outcome, started);
+                    return Ok(());
+                }
                 extended::Prepared::Finish(_) => {
                     let outcome = finish::run_execute(
                         relay,

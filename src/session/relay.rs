@@ -410,12 +410,12 @@ impl Relay {
             // Extended-protocol messages naming ML statements or portals.
             let handled = match kind {
                 frontend::BIND
-                    if !self.snapshot_open
-                        && self.tracker.status() == b'I'
-                        && self
-                            .ml
-                            .statement_of_bind(body)
-                            .is_some_and(|s| s.two_phase()) =>
+                    if self.ml.statement_of_bind(body).is_some_and(|s| {
+                        s.is_explain()
+                            || (s.two_phase()
+                                && !self.snapshot_open
+                                && self.tracker.status() == b'I')
+                    }) =>
                 {
                     Some(Err(Intercept::Bind(Bytes::copy_from_slice(body))))
                 }
@@ -486,6 +486,15 @@ impl Relay {
                             (frontend::PARSE, Some((name, types)), Intercept::Finish(plan)) => {
                                 Intercept::ParseFinish { name, types, plan }
                             }
+                            (
+                                frontend::PARSE,
+                                Some((name, _)),
+                                Intercept::Explain { analyze, target },
+                            ) => Intercept::ParseExplain {
+                                name,
+                                analyze,
+                                target,
+                            },
                             (_, _, intercept) => intercept,
                         });
                         self.await_answers();
@@ -872,18 +881,7 @@ fn inspect(kind: u8, body: &[u8]) -> Verdict {
 /// statement) the base + residual plan, whose refusal is then the one reported.
 fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
     if let Some(request) = crate::sql::explain::explain(text) {
-        use crate::session::explain::Target;
-        let target = match plan::plan(&request.statement) {
-            Ok(streaming) => Target::Streaming(streaming),
-            Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
-                Target::Finish(crate::sql::finish::plan(&request.statement)?)
-            }
-            Err(error) => return Err(error),
-        };
-        return Ok(Intercept::Explain {
-            analyze: request.analyze,
-            target: Box::new(target),
-        });
+        return plan_explain(&request);
     }
     plan::plan_query_message(text).map(|mut pieces| match (pieces.len(), pieces.pop()) {
         (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),
@@ -892,18 +890,37 @@ fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
     })
 }
 
+/// Plans the statement an EXPLAIN is about: streaming where possible, else base + residual.
+fn plan_explain(
+    request: &crate::sql::explain::ExplainRequest,
+) -> Result<Intercept, plan::PlanError> {
+    use crate::session::explain::Target;
+    let target = match plan::plan(&request.statement) {
+        Ok(streaming) => Target::Streaming(streaming),
+        Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
+            Target::Finish(crate::sql::finish::plan(&request.statement)?)
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(Intercept::Explain {
+        analyze: request.analyze,
+        target: Box::new(target),
+    })
+}
+
 /// Plans one statement (a Parse): streaming where possible, else base + residual.
 fn plan_statement(text: &str) -> Result<Intercept, plan::PlanError> {
-    if crate::sql::explain::explain(text).is_some() {
-        return Err(plan::PlanError {
-            code: crate::error::SqlState::FeatureNotSupported,
-            message: "EXPLAIN of an ML statement is answered in the simple query protocol only"
-                .into(),
-            hint: Some(
-                "Run the EXPLAIN from psql or as a simple query (e.g. simple_query / execute without parameters)."
-                    .into(),
-            ),
-        });
+    if let Some(request) = crate::sql::explain::explain(text) {
+        if crate::sql::explain::has_parameters(&request.statement) {
+            return Err(plan::PlanError {
+                code: crate::error::SqlState::FeatureNotSupported,
+                message: "EXPLAIN of an ML statement with $n parameters is not supported".into(),
+                hint: Some(
+                    "Write the parameter values into the EXPLAINed statement as literals.".into(),
+                ),
+            });
+        }
+        return plan_explain(&request);
     }
     match plan::plan(text) {
         Ok(single) => Ok(Intercept::Query(Box::new(single))),

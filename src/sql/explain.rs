@@ -16,6 +16,18 @@ pub struct ExplainRequest {
     pub statement: String,
 }
 
+/// Whether `sql` has `$n` parameters (outside literals and comments).
+pub fn has_parameters(sql: &str) -> bool {
+    sqlparser::tokenizer::Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map(|tokens| {
+            tokens.iter().any(
+                |t| matches!(t, sqlparser::tokenizer::Token::Placeholder(p) if p.starts_with('$')),
+            )
+        })
+        .unwrap_or(true)
+}
+
 /// `Some` when `sql` is one `EXPLAIN` statement (`EXPLAIN ANALYZE …`, `EXPLAIN (ANALYZE) …`).
 /// Output options (FORMAT, COSTS, …) are accepted and the answer is always text.
 pub fn explain(sql: &str) -> Option<ExplainRequest> {
@@ -61,6 +73,14 @@ pub fn explain(sql: &str) -> Option<ExplainRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_found_outside_literals_and_comments() {
+        assert!(has_parameters("SELECT f($1) FROM t"));
+        assert!(!has_parameters(
+            "SELECT '$1', \"$2\" -- $3\n FROM t /* $4 */"
+        ));
+    }
 
     #[test]
     fn explain_forms_are_recognised() {

@@ -33,6 +33,7 @@ mod snapshot;
 mod wire;
 
 pub use prepared::{handle_parse, run_execute, ChunkedState, Prepared};
+pub(crate) use snapshot::sync_upstream;
 pub use snapshot::{end_snapshot, handle_bind};
 pub(crate) use wire::parse_body;
 use wire::{array, execute_body, named, named_body, only_row_functions, shape, Shape};

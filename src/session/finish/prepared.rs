@@ -364,7 +364,7 @@ pub async fn run_execute(
 /// Fails the client's Execute where pgenrich failed: the upstream fails a stand-in (aborting the
 /// transaction and skipping to Sync as PostgreSQL would) and the client gets `error`.
 async fn fail_execute(relay: &mut Relay, error: ErrorMessage) -> Result<(), SessionError> {
-    crate::session::ml::fail_upstream(relay, error).await?;
+    crate::session::ml::fail_upstream(relay, Some(error)).await?;
     relay.mark_extended_failed();
     Ok(())
 }

@@ -18,12 +18,21 @@ use super::*;
 /// Passes on the client's Bind of a base + residual statement, first opening pgenrich's
 /// snapshot transaction when the session is idle and nothing of the client's would be lost.
 pub async fn handle_bind(relay: &mut Relay, body: Bytes) -> Result<(), SessionError> {
-    let read_only = match relay.registry().statement_of_bind(&body) {
-        Some(statement) => match &statement.prepared {
-            crate::session::extended::Prepared::Finish(prepared) => !prepared.writes(),
-            crate::session::extended::Prepared::Streaming { .. } => true,
-        },
-        None => true,
+    use crate::session::extended::Prepared as Kind;
+    let read_only = match relay
+        .registry()
+        .statement_of_bind(&body)
+        .map(|s| &s.prepared)
+    {
+        Some(Kind::Finish(prepared)) => !prepared.writes(),
+        Some(Kind::Explain { .. }) => {
+            // Nothing is bound upstream: the portal is pgenrich's alone.
+            let epoch = relay.tracker.closings_forwarded();
+            relay.registry().rewrite_bind(&body, epoch);
+            relay.push_to_client(message(b'2', &[]));
+            return Ok(());
+        }
+        _ => true,
     };
     if !relay.snapshot_open && relay.tracker.status() == b'I' && relay.tracker.can_resync() {
         sync_upstream(relay).await?;
@@ -78,7 +87,7 @@ pub async fn end_snapshot(relay: &mut Relay) -> Result<(), SessionError> {
 }
 
 /// Sends a Sync of pgenrich's and reads up to its ReadyForQuery.
-async fn sync_upstream(relay: &mut Relay) -> Result<(), SessionError> {
+pub(crate) async fn sync_upstream(relay: &mut Relay) -> Result<(), SessionError> {
     relay
         .send_upstream_now(message(frontend::SYNC, &[]))
         .await?;
