@@ -96,7 +96,8 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     // The file names a wrong upstream; the environment overrides it, the flag sets the port.
     std::fs::write(
         &file,
-        "upstream = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n",
+        "upstream = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n\
+         worker_threads = 3\n",
     )
     .expect("write");
     let mock = mock_aws::MockAws::start().await.expect("mock AWS");
@@ -153,6 +154,34 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
         (1, 1, 0)
     );
     let _ = connect(&pg.direct_conninfo()).await;
+
+    // Concurrent sessions on the three runtime threads: each works, ML included, and each
+    // cancel request (a connection of its own) reaches its session.
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(connect(&conninfo).await);
+    }
+    let answers = futures_util::future::join_all(others.iter().enumerate().map(|(i, c)| {
+        let sql = format!("SELECT aws_sagemaker.invoke_endpoint('m', NULL, {i}, 1)");
+        async move { c.query_one(sql.as_str(), &[]).await }
+    }))
+    .await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let value: String = answer.expect("ML on every shard").get(0);
+        assert_eq!(value, (i + 1).to_string());
+    }
+    for sleeper in &others {
+        let token = sleeper.cancel_token();
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(tokio_postgres::NoTls).await
+        };
+        let (slept, cancelled) = tokio::join!(sleeper.simple_query("SELECT pg_sleep(30)"), cancel);
+        cancelled.expect("cancel request");
+        let error = slept.expect_err("cancelled");
+        assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    }
+    drop(others);
 
     let pid = child.id().expect("pid");
     let status = std::process::Command::new("kill")
