@@ -74,6 +74,10 @@ pub struct Cli {
     /// Largest Query/Parse message text pgenrich inspects; longer ones get 54000 [default: 64MiB].
     #[arg(long, env = "PGENRICH_MAX_QUERY_BYTES", value_name = "BYTES")]
     pub max_query_bytes: Option<String>,
+    /// Most base-row bytes one ML statement that cannot stream (grouping, sorting, …) holds in
+    /// memory; more gets 54000 [default: 256MiB].
+    #[arg(long, env = "PGENRICH_MAX_BUFFERED_BYTES", value_name = "BYTES")]
+    pub max_buffered_bytes: Option<String>,
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -157,6 +161,7 @@ struct FileConfig {
     drain_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     max_query_bytes: Option<toml::Value>,
+    max_buffered_bytes: Option<toml::Value>,
     log_format: Option<String>,
     worker_threads: Option<toml::Value>,
     aws_region: Option<String>,
@@ -254,6 +259,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub max_query_bytes: usize,
+    /// Base-row bytes a non-streaming ML statement may hold.
+    pub max_buffered_bytes: usize,
     pub log_format: LogFormat,
     pub worker_threads: usize,
     pub inference: InferenceConfig,
@@ -366,6 +373,15 @@ impl Config {
                 "max_query_bytes",
                 "must be between 1024 and 1073741824",
             ));
+        }
+        let max_buffered_bytes = number(
+            "max_buffered_bytes",
+            cli.max_buffered_bytes,
+            file.max_buffered_bytes,
+            256 << 20,
+        )?;
+        if max_buffered_bytes < 1 << 20 {
+            return Err(invalid("max_buffered_bytes", "must be at least 1MiB"));
         }
         let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
         let positive =
@@ -507,6 +523,7 @@ impl Config {
                 )?,
             )?,
             max_query_bytes,
+            max_buffered_bytes,
             log_format,
             worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
             inference,
@@ -709,6 +726,15 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_secs(30));
         assert_eq!(config.idle_timeout, None);
         assert_eq!(config.max_query_bytes, 64 << 20);
+        assert_eq!(config.max_buffered_bytes, 256 << 20);
+        let small = Config::load(cli(&[
+            "--upstream",
+            "db:1",
+            "--max-buffered-bytes",
+            "512KiB",
+        ]))
+        .expect_err("too small");
+        assert!(small.to_string().contains("max_buffered_bytes"), "{small}");
         let missing = Config::resolve(Cli::default(), FileConfig::default()).expect_err("missing");
         assert!(missing.to_string().contains("`upstream`"), "{missing}");
     }

@@ -159,6 +159,8 @@ impl Outbound {
 /// Everything the relay needs besides the two streams.
 pub struct RelayContext {
     pub max_query_bytes: usize,
+    /// Base-row bytes one non-streaming ML statement may hold.
+    pub max_buffered_bytes: usize,
     /// Woken by a cancel request for this session (stops ML work in progress).
     pub cancel_notify: Arc<tokio::sync::Notify>,
     pub cancels: Arc<CancelRegistry>,
@@ -787,6 +789,11 @@ impl Relay {
                 self.ml.transaction_ended(self.tracker.closings_answered());
             }
         }
+    }
+
+    /// Base-row bytes one non-streaming ML statement may hold (`max_buffered_bytes`).
+    pub fn max_buffered_bytes(&self) -> usize {
+        self.ctx.max_buffered_bytes
     }
 
     /// The session's ML statements and portals.

@@ -584,3 +584,58 @@ async fn two_phase_statements_run_among_others_in_one_query_message() {
     let (_, rows) = result(&client, "SELECT count(*) FROM finish_multi").await;
     assert_eq!(rows, [[Some("0".to_owned())]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_cannot_stream_stop_at_max_buffered_bytes() {
+    let proxy = Proxy::start_with(|c| c.max_buffered_bytes = 1 << 20).await;
+    let client = proxy.connect().await;
+    // About 2.5 MB of base rows, sorted: they must all be held before the residual runs.
+    let sql = "SELECT g FROM generate_series(1, 200000) g \
+               ORDER BY aws_sagemaker.invoke_endpoint('score', NULL, g)::int DESC LIMIT 3";
+    for prepared in [false, true] {
+        let error = if prepared {
+            client
+                .query(sql, &[])
+                .await
+                .map(|_| ())
+                .expect_err("over the limit")
+        } else {
+            client
+                .simple_query(sql)
+                .await
+                .map(|_| ())
+                .expect_err("over the limit")
+        };
+        assert_eq!(sqlstate(&error), "54000", "{error}");
+        let db = error.as_db_error().expect("a database error");
+        assert!(
+            db.message().contains("max_buffered_bytes (1048576 bytes)"),
+            "{db:?}"
+        );
+        assert!(db.hint().is_some_and(|h| h.contains("stream")), "{db:?}");
+    }
+    assert_eq!(proxy.mock.stats().sagemaker_calls, 0, "nothing was scored");
+    // Inside a transaction block the error aborts it, as a native one would.
+    client.batch_execute("BEGIN").await.expect("begin");
+    let error = client.simple_query(sql).await.expect_err("over the limit");
+    assert_eq!(sqlstate(&error), "54000");
+    let error = client.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(sqlstate(&error), "25P02");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    // Under the limit, and streaming statements of any size (here all 200000 base rows are
+    // scored, chunk by chunk), are unaffected.
+    let (_, rows) = result(
+        &client,
+        "SELECT g FROM generate_series(1, 1000) g \
+         ORDER BY aws_sagemaker.invoke_endpoint('score', NULL, g)::int DESC, g LIMIT 1",
+    )
+    .await;
+    assert_eq!(rows.len(), 1);
+    let (_, rows) = result(
+        &client,
+        "SELECT g FROM generate_series(1, 200000) g \
+         WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int > 199800",
+    )
+    .await;
+    assert_eq!(rows.len(), 200);
+}

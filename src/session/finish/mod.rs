@@ -199,10 +199,10 @@ pub(super) async fn abort_client_transaction(relay: &mut Relay) -> Result<(), Se
 pub(crate) async fn fetch_rows(
     relay: &mut Relay,
 ) -> Result<Result<Vec<Bytes>, Failure>, SessionError> {
-    let mut rows = Vec::new();
+    let mut rows = Held::new(relay.max_buffered_bytes());
     let failed = collect(relay, |kind, body| match kind {
         b'D' => {
-            rows.push(body.clone());
+            rows.push(body);
             true
         }
         b'1' | b'2' | b'3' | b'C' => true,
@@ -212,8 +212,59 @@ pub(crate) async fn fetch_rows(
     Ok(if failed {
         Err(Failure::Relayed)
     } else {
-        Ok(rows)
+        rows.into_rows().map_err(Failure::Ours)
     })
+}
+
+/// Base rows held for a statement that cannot stream, up to `max_buffered_bytes`: past it they
+/// are dropped as they arrive (the rest of the result is still read, so the session stays in
+/// step) and the statement fails with 54000 instead of exhausting memory.
+pub(crate) struct Held {
+    rows: Vec<Bytes>,
+    bytes: usize,
+    limit: usize,
+    over: bool,
+}
+
+impl Held {
+    pub(crate) fn new(limit: usize) -> Held {
+        Held {
+            rows: Vec::new(),
+            bytes: 0,
+            limit,
+            over: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, row: &Bytes) {
+        if self.over {
+            return;
+        }
+        self.bytes += row.len();
+        if self.bytes > self.limit {
+            self.over = true;
+            self.rows = Vec::new();
+        } else {
+            self.rows.push(row.clone());
+        }
+    }
+
+    pub(crate) fn into_rows(self) -> Result<Vec<Bytes>, ErrorMessage> {
+        if self.over {
+            return Err(ErrorMessage::error(
+                SqlState::ProgramLimitExceeded,
+                format!(
+                    "the base rows of this ML statement exceed pgenrich's max_buffered_bytes ({} bytes)",
+                    self.limit
+                ),
+            )
+            .with_hint(
+                "Filter the rows in WHERE, or raise max_buffered_bytes. Statements without grouping, \
+                 DISTINCT, windows, ORDER BY or LIMIT stream in chunks and hold no more than a few chunks.",
+            ));
+        }
+        Ok(self.rows)
+    }
 }
 
 /// Reads upstream messages up to ReadyForQuery: `keep` decides per message whether pgenrich

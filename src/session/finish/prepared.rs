@@ -272,11 +272,11 @@ pub async fn run_execute(
             requests.extend_from_slice(&message(frontend::EXECUTE, &execute_body(&base_portal, 0)));
             requests.extend_from_slice(&message(b'H', &[]));
             relay.send_upstream_now(Bytes::from(requests)).await?;
-            let mut rows = Vec::new();
+            let mut rows = Held::new(relay.max_buffered_bytes());
             loop {
                 let (kind, body) = relay.next_upstream_message().await?;
                 match kind {
-                    b'D' => rows.push(body),
+                    b'D' => rows.push(&body),
                     b'2' => {}
                     b'C' => break,
                     b'E' => {
@@ -288,6 +288,14 @@ pub async fn run_execute(
                     _ => relay.push_to_client(message(kind, &body)),
                 }
             }
+            let rows = match rows.into_rows() {
+                Ok(rows) => rows,
+                Err(error) => {
+                    fail_execute(relay, error).await?;
+                    relay.flush_client().await?;
+                    return Ok(outcome);
+                }
+            };
             match score_rows(
                 relay,
                 executor,
