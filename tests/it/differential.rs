@@ -457,6 +457,52 @@ const CASES: &[Case] = &[
              ON u.id = t.user_id \
             AND aws_sagemaker.invoke_endpoint('score', 10, t.amount, t.qty)::numeric > u.id",
     ),
+    same(
+        "left_join_on_labels_of_both_sides",
+        AnyOrder,
+        "SELECT u.id, r.id FROM diff_users u LEFT JOIN diff_reviews r \
+             ON r.user_id = u.id \
+            AND (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment \
+              = (aws_comprehend.detect_sentiment(u.bio, 'en')).sentiment",
+    ),
+    same(
+        "left_join_on_unqualified_columns",
+        AnyOrder,
+        "SELECT u.id, r.id, r.rating FROM diff_users u LEFT JOIN diff_reviews r \
+             ON r.user_id = u.id AND (aws_comprehend.detect_sentiment(body, lang)).sentiment = 'POSITIVE'",
+    ),
+    same(
+        "right_join_on_score_of_both_sides",
+        AnyOrder,
+        "SELECT t.id, u.id, u.name FROM diff_users u RIGHT JOIN diff_tx t \
+             ON u.id = t.user_id \
+            AND aws_sagemaker.invoke_endpoint('score', 10, t.amount, t.qty)::numeric > u.id",
+    ),
+    same(
+        "full_join_on_confidence_of_both_sides",
+        AnyOrder,
+        "SELECT u.id, r.id, r.rating FROM diff_users u FULL JOIN diff_reviews r \
+             ON r.user_id = u.id \
+            AND (aws_comprehend.detect_sentiment(r.body || coalesce(u.name, ''), 'en')).confidence > 0.6",
+    ),
+    same(
+        "left_join_chain_condition_on_an_outer_joined_side",
+        Ordered,
+        "SELECT u.id, count(r.id), count(t.id), sum(t.qty) FROM diff_users u \
+           LEFT JOIN diff_reviews r ON r.user_id = u.id AND r.rating > 3 \
+           LEFT JOIN diff_tx t ON t.user_id = u.id \
+            AND aws_sagemaker.invoke_endpoint('score', 10, t.qty, r.rating)::numeric > 5 \
+          GROUP BY u.id ORDER BY u.id",
+    ),
+    same(
+        "left_join_labels_with_parameters",
+        AnyOrder,
+        "SELECT u.id, r.id FROM diff_users u LEFT JOIN diff_reviews r \
+             ON r.user_id = u.id \
+            AND (aws_comprehend.detect_sentiment(r.body, $1)).sentiment \
+              = (aws_comprehend.detect_sentiment(u.bio, $1)).sentiment",
+    )
+    .with(&[Param::Text("en")]),
     // --- GROUP BY and HAVING -------------------------------------------------------------------
     same(
         "group_by_label_ordinal",
@@ -899,6 +945,12 @@ const CASES: &[Case] = &[
         "refused_create_view",
         "CREATE VIEW diff_view AS \
          SELECT id, (aws_comprehend.detect_sentiment(body, 'en')).sentiment FROM diff_reviews",
+    ),
+    refused(
+        "refused_outer_join_condition_next_to_other_ml_calls",
+        "SELECT u.id, (aws_comprehend.detect_sentiment(u.bio, 'en')).sentiment \
+           FROM diff_users u LEFT JOIN diff_reviews r ON r.user_id = u.id \
+            AND (aws_comprehend.detect_sentiment(r.body || u.name, 'en')).sentiment = 'POSITIVE'",
     ),
     refused(
         "refused_nested_ml_argument",

@@ -639,3 +639,41 @@ async fn statements_that_cannot_stream_stop_at_max_buffered_bytes() {
     .await;
     assert_eq!(rows.len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outer_join_ml_conditions_keep_unmatched_rows_as_natively() {
+    let (_proxy, client, reference) = setup().await;
+    // Pairs of reviews whose labels agree: some rows match, others are NULL-extended, on either
+    // side. (A FULL JOIN needs a plain equality in its condition: PostgreSQL hashes or merges on
+    // it, and the ML part is a key probe.)
+    for join in ["LEFT", "RIGHT", "FULL"] {
+        let sql = format!(
+            "SELECT count(*) FILTER (WHERE a.id IS NOT NULL AND b.id IS NOT NULL), \
+                    count(*) FILTER (WHERE b.id IS NULL), count(*) FILTER (WHERE a.id IS NULL) \
+               FROM finish_reviews a {join} JOIN finish_reviews b \
+                 ON (a.stars > 2) = (b.stars > 2) AND a.id < b.id \
+                AND (aws_comprehend.detect_sentiment(a.body, 'en')).sentiment \
+                  = (aws_comprehend.detect_sentiment(b.body, 'en')).sentiment"
+        );
+        let got = result(&client, &sql).await;
+        let expected = result(&reference, &sql).await;
+        assert_eq!(got, expected, "{sql}");
+        let counts: Vec<i64> = expected.1[0]
+            .iter()
+            .map(|v| v.as_deref().unwrap_or("0").parse().expect("a count"))
+            .collect();
+        assert!(counts[0] > 0, "{join}: some pairs match: {counts:?}");
+        if join != "RIGHT" {
+            assert!(
+                counts[1] > 0,
+                "{join}: some left rows are NULL-extended: {counts:?}"
+            );
+        }
+        if join != "LEFT" {
+            assert!(
+                counts[2] > 0,
+                "{join}: some right rows are NULL-extended: {counts:?}"
+            );
+        }
+    }
+}

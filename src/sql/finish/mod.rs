@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
+    BinaryOperator, Cte, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
     JoinOperator, ObjectName, OrderBy, OrderByKind, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
     VisitorMut, WildcardAdditionalOptions,
@@ -39,6 +39,7 @@ use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
 use crate::error::SqlState;
 
 mod names;
+mod outer;
 mod planner;
 mod rewrite;
 mod typing;

@@ -1,6 +1,7 @@
 //! Finding the ML-bearing SELECT blocks of a statement and splitting each into its base relation
 //! and its residual form.
 
+use super::outer::{probe_outer_joins_in, push_down_outer_join_filters};
 use super::*;
 
 /// Finds the ML-bearing SELECT blocks of a statement, innermost first, rewriting each into its
@@ -13,6 +14,8 @@ pub(super) struct Planner {
     pub(super) recursive: bool,
     /// Names of CTEs that hold ML blocks: their rows exist only in the residual.
     pub(super) ml_ctes: Vec<String>,
+    /// CTEs made for outer-join ML conditions so far (they are numbered).
+    pub(super) probes: usize,
 }
 
 impl Planner {
@@ -21,6 +24,20 @@ impl Planner {
             return Ok(());
         }
         let scope = self.ctes.len();
+        // Outer joins with ML conditions probe CTEs of pgenrich's, which run as ML blocks.
+        let probes = probe_outer_joins_in(query.body.as_mut(), &mut self.probes);
+        if !probes.is_empty() {
+            match &mut query.with {
+                Some(with) => with.cte_tables.extend(probes),
+                None => {
+                    query.with = Some(sqlparser::ast::With {
+                        with_token: sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+                        recursive: false,
+                        cte_tables: probes,
+                    })
+                }
+            }
+        }
         if let Some(with) = &mut query.with {
             for cte in &mut with.cte_tables {
                 refuse_data_modifying(cte)?;
@@ -221,8 +238,8 @@ impl Planner {
                     other => {
                         if has_ml(&*other) {
                             return Err(unsupported(
-                                "ML calls in the condition of an outer join are not supported yet",
-                                "Use an inner join, or filter on the ML result in WHERE.",
+                                "ML calls in the condition of an outer join are supported only when the SELECT calls no other ML function, the condition holds no subquery and, for a FULL JOIN, it has a plain equality",
+                                "Join in a subquery and call the other ML functions over it: SELECT …, aws_comprehend.detect_sentiment(s.body, 'en') FROM (SELECT … FROM a LEFT JOIN b ON …) s.",
                             ));
                         }
                     }
@@ -624,103 +641,4 @@ pub(super) fn and_all(exprs: Vec<Expr>) -> Option<Expr> {
         op: BinaryOperator::And,
         right: Box::new(right),
     })
-}
-
-/// `A LEFT JOIN B b ON <plain> AND <ML condition on b alone>` keeps every row of A and only the
-/// rows of B that pass the ML condition: it is `A LEFT JOIN (SELECT * FROM B b WHERE <ML
-/// condition>) b ON <plain>`, whose subquery is an ordinary ML block. Done only when B is a table
-/// and every column the ML conditions mention is qualified by b; other outer joins with ML
-/// conditions stay refused.
-pub(super) fn push_down_outer_join_filters(select: &mut Select) {
-    for item in &mut select.from {
-        for join in &mut item.joins {
-            let (JoinOperator::Left(JoinConstraint::On(on))
-            | JoinOperator::LeftOuter(JoinConstraint::On(on))) = &mut join.join_operator
-            else {
-                continue;
-            };
-            if !has_ml(&*on) {
-                continue;
-            }
-            let TableFactor::Table {
-                name,
-                alias,
-                args: None,
-                ..
-            } = &join.relation
-            else {
-                continue;
-            };
-            let Some(b) = relation_alias(&join.relation) else {
-                continue;
-            };
-            let (plain, ml) = split_conjuncts(on.clone(), &[]);
-            if !ml.iter().all(|e| only_qualified_by(e, &b)) {
-                continue;
-            }
-            let alias_sql = alias
-                .as_ref()
-                .map_or_else(String::new, |a| format!(" AS {a}"));
-            let filter = and_all(ml).map(|e| e.to_string()).unwrap_or_default();
-            let text = format!(
-                "SELECT 1 FROM (SELECT * FROM {name}{alias_sql} WHERE {filter}) AS {}",
-                Ident::with_quote('"', &b)
-            );
-            let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &text) else {
-                continue;
-            };
-            let Some(Statement::Query(query)) = parsed.pop() else {
-                continue;
-            };
-            let SetExpr::Select(wrapper) = *query.body else {
-                continue;
-            };
-            let Some(relation) = wrapper.from.into_iter().next().map(|f| f.relation) else {
-                continue;
-            };
-            join.relation = relation;
-            *on = and_all(plain).unwrap_or_else(true_expr);
-        }
-    }
-}
-
-/// Whether every column reference in `expr` is `name.column` and it holds no subquery (which
-/// could be correlated to either side).
-fn only_qualified_by(expr: &Expr, name: &str) -> bool {
-    struct Finder<'a> {
-        name: &'a str,
-        /// Field names of `(…).field` selections: identifiers that are not columns.
-        fields: Vec<*const Expr>,
-    }
-    impl sqlparser::ast::Visitor for Finder<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            ControlFlow::Break(())
-        }
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            match expr {
-                Expr::CompoundFieldAccess { access_chain, .. } => {
-                    for access in access_chain {
-                        if let sqlparser::ast::AccessExpr::Dot(field) = access {
-                            self.fields.push(field as *const Expr);
-                        }
-                    }
-                    ControlFlow::Continue(())
-                }
-                Expr::Identifier(_) if self.fields.contains(&(expr as *const Expr)) => {
-                    ControlFlow::Continue(())
-                }
-                Expr::Identifier(_) => ControlFlow::Break(()),
-                Expr::CompoundIdentifier(parts) if parts[0].value != self.name => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            }
-        }
-    }
-    let mut finder = Finder {
-        name,
-        fields: Vec::new(),
-    };
-    !sqlparser::ast::Visit::visit(expr, &mut finder).is_break()
 }

@@ -227,7 +227,7 @@ fn unsupported_forms_are_refused_with_a_hint() {
         "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, t.x) = '1')",
         "WITH w AS (SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) v FROM t) SELECT aws_sagemaker.invoke_endpoint('e', NULL, v) FROM w",
         "SELECT aws_sagemaker.invoke_endpoint('e', NULL, v) FROM (SELECT aws_sagemaker.invoke_endpoint('f', NULL, x) v FROM t) sub WHERE v > '1'",
-        "SELECT x FROM t LEFT JOIN s ON aws_sagemaker.invoke_endpoint('e', NULL, x) = s.y",
+        "SELECT x, aws_sagemaker.invoke_endpoint('e', NULL, s.y) FROM t LEFT JOIN s ON aws_sagemaker.invoke_endpoint('e', NULL, x) = s.y",
         "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, aws_sagemaker.invoke_endpoint('f', NULL, x)) = '1'",
         "SELECT x FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) = '1' FOR UPDATE",
     ] {
@@ -390,4 +390,48 @@ fn left_join_ml_conditions_on_the_joined_table_are_pushed_into_it() {
         p.blocks[0].base_sql,
         "SELECT r.body AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", *, NULL AS \"pgenrich:end0\" FROM reviews AS r"
     );
+}
+
+#[test]
+fn outer_join_ml_conditions_probe_a_cte_of_scored_pairs() {
+    let p = ok("SELECT a.id, b.id FROM ta a LEFT JOIN tb b ON a.k = b.k \
+                AND (aws_comprehend.detect_sentiment(a.t || b.t, 'en')).sentiment = 'POSITIVE'");
+    // The pairs the plain condition admits are scored by an inner join ...
+    assert_eq!(
+        p.blocks[0].base_sql,
+        "SELECT a.t || b.t AS \"pgenrich:arg0\", 'en' AS \"pgenrich:arg1\", a.t AS \"pgenrich:c0\", \
+         b.t AS \"pgenrich:c1\" FROM ta a INNER JOIN tb b ON a.k = b.k"
+    );
+    // ... and the outer join runs natively, probing the keys of the pairs that passed.
+    let text = residual(&p);
+    assert!(
+        text.starts_with("WITH \"pgenrich:oj0\" AS (SELECT ROW(pgenrich_base0.c0, pgenrich_base0.c1)::TEXT AS \"pgenrich:key\" FROM"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("FROM ta a LEFT JOIN tb b ON a.k = b.k AND ROW(a.t, b.t)::TEXT IN (SELECT \"pgenrich:key\" FROM \"pgenrich:oj0\")"),
+        "{text}"
+    );
+    // RIGHT and FULL joins, unqualified columns, and a condition on an earlier outer join's side.
+    for sql in [
+        "SELECT * FROM ta a RIGHT JOIN tb b ON a.k = b.k AND aws_sagemaker.invoke_endpoint('e', NULL, a.x, b.y)::int > 1",
+        "SELECT * FROM ta a FULL JOIN tb b ON a.k = b.k AND aws_sagemaker.invoke_endpoint('e', NULL, x, y)::int > 1",
+        "SELECT count(*) FROM ta a LEFT JOIN tc c ON c.k = a.k LEFT JOIN tb b ON b.k = a.k \
+         AND aws_sagemaker.invoke_endpoint('e', NULL, c.z, b.y)::int > 1",
+    ] {
+        let p = ok(sql);
+        assert_eq!(p.blocks.len(), 1, "{sql}");
+        assert!(residual(&p).contains("IN (SELECT \"pgenrich:key\" FROM \"pgenrich:oj0\")"), "{sql}");
+    }
+    // With other ML calls in the same SELECT, or a subquery in the condition: refused.
+    for sql in [
+        "SELECT aws_sagemaker.invoke_endpoint('e', NULL, a.x) FROM ta a LEFT JOIN tb b ON a.k = b.k \
+         AND aws_sagemaker.invoke_endpoint('e', NULL, a.x, b.y)::int > 1",
+        "SELECT * FROM ta a LEFT JOIN tb b ON a.k = b.k \
+         AND aws_sagemaker.invoke_endpoint('e', NULL, (SELECT max(z) FROM tc), b.y)::int > 1",
+        "SELECT * FROM ta a FULL JOIN tb b ON a.k < b.k \
+         AND aws_sagemaker.invoke_endpoint('e', NULL, a.x) = aws_sagemaker.invoke_endpoint('e', NULL, b.y)",
+    ] {
+        assert_eq!(refused(sql).code, SqlState::FeatureNotSupported, "{sql}");
+    }
 }
