@@ -6,6 +6,7 @@ mod harness;
 mod auth;
 mod cli;
 mod differential;
+mod explain;
 mod finish;
 mod lifecycle;
 mod malformed;

@@ -28,11 +28,14 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::sql::finish::{BlockPlan, CarriedType, Described, FinishPlan};
 
+mod chunked;
 mod prepared;
 mod snapshot;
 mod wire;
 
-pub use prepared::{handle_parse, run_execute, ChunkedState, Prepared};
+pub use chunked::ChunkedState;
+use chunked::{run_chunked, run_chunked_execute};
+pub use prepared::{handle_parse, run_execute, Prepared};
 pub(crate) use snapshot::sync_upstream;
 pub use snapshot::{end_snapshot, handle_bind};
 pub(crate) use wire::parse_body;
@@ -289,160 +292,6 @@ pub(super) async fn collect(
             _ => relay.push_to_client(message(kind, &body)),
         }
     }
-}
-
-/// Names of the statements and portal a chunked run keeps open between chunks.
-const RESIDUAL_STATEMENT: &str = "pgenrich.residual";
-const BASE_PORTAL: &str = "pgenrich.base";
-
-/// Runs a row-local statement chunk by chunk: the base portal is fetched `chunking.rows` rows at
-/// a time, each chunk scored and run through the prepared residual, its rows sent on at once, so
-/// memory stays bounded and the first rows arrive after one chunk.
-async fn run_chunked(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
-    plan: &FinishPlan,
-    outcome: &mut Outcome,
-) -> Result<Option<Failure>, SessionError> {
-    let block = &plan.blocks[0];
-    let shape = match describe_base(relay, block).await? {
-        Ok(shape) => shape,
-        Err(failure) => return Ok(Some(failure)),
-    };
-    let residual = plan.residual_sql(&[shape.described()], 1);
-    // The residual, prepared once; the base bound to a portal kept open between chunks.
-    let mut bind = named_body(BASE_PORTAL);
-    bind.extend_from_slice(&named_body(BASE_STATEMENT));
-    bind.extend_from_slice(&[0, 0, 0, 0]);
-    let formats = shape.base_formats();
-    bind.extend_from_slice(&(formats.len() as u16).to_be_bytes());
-    for format in formats {
-        bind.extend_from_slice(&format.to_be_bytes());
-    }
-    let mut requests = BytesMut::new();
-    requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
-    requests.put_slice(&message(
-        frontend::PARSE,
-        &parse_body(RESIDUAL_STATEMENT, &residual, &[]),
-    ));
-    requests.put_slice(&message(
-        frontend::DESCRIBE,
-        &named(b'S', RESIDUAL_STATEMENT),
-    ));
-    requests.put_slice(&message(frontend::BIND, &bind));
-    requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let mut description = None;
-    let failed = collect(relay, |kind, body| match kind {
-        b'T' => {
-            description = Some(body.clone());
-            true
-        }
-        b'1' | b'2' | b'3' | b't' | b'n' => true,
-        _ => false,
-    })
-    .await?;
-    if failed {
-        close_chunked(relay).await?;
-        return Ok(Some(Failure::Relayed));
-    }
-    if let Some(description) = description {
-        relay.push_to_client(message(b'T', &description));
-    }
-    let mut total = 0u64;
-    // Identical inputs are scored once per statement, not once per chunk.
-    let memo = Memo::new();
-    loop {
-        // The next chunk of base rows.
-        let mut requests = BytesMut::new();
-        requests.put_slice(&message(
-            frontend::EXECUTE,
-            &execute_body(BASE_PORTAL, chunking.rows),
-        ));
-        requests.put_slice(&message(frontend::SYNC, &[]));
-        relay.send_upstream_now(requests.freeze()).await?;
-        let mut rows: Vec<Bytes> = Vec::new();
-        let mut done = false;
-        let failed = collect(relay, |kind, body| match kind {
-            b'D' => {
-                rows.push(body.clone());
-                true
-            }
-            b's' => true,
-            b'C' => {
-                done = true;
-                true
-            }
-            _ => false,
-        })
-        .await?;
-        if failed {
-            close_chunked(relay).await?;
-            return Ok(Some(Failure::Relayed));
-        }
-        if !rows.is_empty() {
-            let params =
-                match score_rows(relay, executor, block, &shape, &rows, &memo, outcome).await? {
-                    Ok(params) => params,
-                    Err(error) => {
-                        close_chunked(relay).await?;
-                        return Ok(Some(Failure::Ours(error)));
-                    }
-                };
-            let mut bind = BytesMut::new();
-            bind.put_u8(0);
-            bind.put_slice(&named_body(RESIDUAL_STATEMENT));
-            bind.put_u16(1);
-            bind.put_i16(1);
-            bind.put_u16(params.len() as u16);
-            for param in &params {
-                bind.put_i32(param.len() as i32);
-                bind.put_slice(param);
-            }
-            bind.put_u16(0);
-            let mut requests = BytesMut::new();
-            requests.put_slice(&message(frontend::BIND, &bind));
-            requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
-            requests.put_slice(&message(frontend::SYNC, &[]));
-            relay.send_upstream_now(requests.freeze()).await?;
-            let mut sent = 0u64;
-            let failed = collect(relay, |kind, _| match kind {
-                b'D' => {
-                    sent += 1;
-                    false
-                }
-                b'2' | b'C' => true,
-                _ => false,
-            })
-            .await?;
-            total += sent;
-            outcome.rows += sent;
-            if failed {
-                close_chunked(relay).await?;
-                return Ok(Some(Failure::Relayed));
-            }
-            relay.flush_client_soft().await?;
-        }
-        if done {
-            break;
-        }
-    }
-    close_chunked(relay).await?;
-    relay.push_to_client(message(b'C', format!("SELECT {total}\0").as_bytes()));
-    Ok(None)
-}
-
-/// Closes what a chunked run keeps open (none of it is an error if already gone).
-async fn close_chunked(relay: &mut Relay) -> Result<(), SessionError> {
-    let mut requests = BytesMut::new();
-    requests.put_slice(&message(frontend::CLOSE, &named(b'P', BASE_PORTAL)));
-    requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
-    requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
-    requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    collect(relay, |kind, _| kind == b'3').await?;
-    Ok(())
 }
 
 async fn run_phases(

@@ -6,11 +6,11 @@ use super::*;
 /// A prepared base + residual statement (extended protocol).
 #[derive(Debug)]
 pub struct Prepared {
-    plan: FinishPlan,
+    pub(super) plan: FinishPlan,
     /// Per block: its base statement's name upstream and its shape.
-    bases: Vec<(String, Shape)>,
+    pub(super) bases: Vec<(String, Shape)>,
     /// The residual statement's name upstream.
-    residual_name: String,
+    pub(super) residual_name: String,
     /// The residual's RowDescription body; `None`: NoData.
     row_description: Option<Bytes>,
     /// Row-local: executions fetch, score and finish the base rows chunk by chunk.
@@ -371,7 +371,10 @@ pub async fn run_execute(
 
 /// Fails the client's Execute where pgenrich failed: the upstream fails a stand-in (aborting the
 /// transaction and skipping to Sync as PostgreSQL would) and the client gets `error`.
-async fn fail_execute(relay: &mut Relay, error: ErrorMessage) -> Result<(), SessionError> {
+pub(super) async fn fail_execute(
+    relay: &mut Relay,
+    error: ErrorMessage,
+) -> Result<(), SessionError> {
     crate::session::ml::fail_upstream(relay, Some(error)).await?;
     relay.mark_extended_failed();
     Ok(())
@@ -436,186 +439,4 @@ fn residual_bind_body(
         body.extend_from_slice(&format.to_be_bytes());
     }
     Some(body)
-}
-
-/// Where a chunked portal stands between the client's Executes.
-#[derive(Clone, Default)]
-pub struct ChunkedState {
-    /// The base portal has no more rows.
-    base_done: bool,
-    /// The residual portal of the current chunk has rows left.
-    residual_open: bool,
-    /// Rows sent for the whole portal so far (for CommandComplete).
-    sent: u64,
-    /// Inputs scored so far: each distinct one once per execution.
-    memo: Option<Arc<Memo>>,
-}
-
-impl std::fmt::Debug for ChunkedState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkedState")
-            .field("base_done", &self.base_done)
-            .field("residual_open", &self.residual_open)
-            .field("sent", &self.sent)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A row-local portal: base chunks of `chunking.rows`, each scored and run through the residual;
-/// the client's row limit is honoured across chunks (PortalSuspended, then the next Execute
-/// continues where it stopped), and CommandComplete counts the whole result.
-async fn run_chunked_execute(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
-    portal: &str,
-    bound: &MlPortal,
-    prepared: &Prepared,
-    max_rows: usize,
-) -> Result<Outcome, SessionError> {
-    let mut outcome = Outcome::default();
-    let residual_portal = format!("pgenrich.r.{portal}");
-    let mut state = bound.chunked.clone();
-    let failed = |relay: &Relay| relay.extended_failed();
-    let memo = Arc::clone(state.memo.get_or_insert_with(|| Arc::new(Memo::new())));
-    let (block, (_, shape)) = (&prepared.plan.blocks[0], &prepared.bases[0]);
-    let mut sent_now = 0usize;
-    let outcome = loop {
-        if max_rows > 0 && sent_now >= max_rows {
-            // PostgreSQL too answers PortalSuspended when the limit is met exactly.
-            relay.push_to_client(message(b's', &[]));
-            break outcome;
-        }
-        if state.residual_open {
-            let limit = if max_rows > 0 { max_rows - sent_now } else { 0 };
-            let mut requests = Vec::new();
-            requests.extend_from_slice(&message(
-                frontend::EXECUTE,
-                &execute_body(&residual_portal, limit),
-            ));
-            requests.extend_from_slice(&message(b'H', &[]));
-            relay.send_upstream_now(Bytes::from(requests)).await?;
-            loop {
-                let (kind, body) = relay.next_upstream_message().await?;
-                match kind {
-                    b'2' => {}
-                    b'D' => {
-                        sent_now += 1;
-                        state.sent += 1;
-                        outcome.rows += 1;
-                        relay.push_to_client(message(kind, &body));
-                        relay.flush_client_soft().await?;
-                    }
-                    b's' => break,
-                    b'C' => {
-                        state.residual_open = false;
-                        break;
-                    }
-                    b'E' => {
-                        relay.push_to_client(message(kind, &body));
-                        relay.mark_extended_failed();
-                        break;
-                    }
-                    _ => relay.push_to_client(message(kind, &body)),
-                }
-            }
-            if failed(relay) {
-                break outcome;
-            }
-            if state.residual_open {
-                // The client's row limit is reached.
-                relay.push_to_client(message(b's', &[]));
-                break outcome;
-            }
-        }
-        if state.base_done {
-            relay.push_to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
-            snapshot::portal_done(relay).await?;
-            break outcome;
-        }
-        // The next chunk of base rows from the client's (rewritten) portal.
-        let mut requests = Vec::new();
-        requests.extend_from_slice(&message(
-            frontend::EXECUTE,
-            &execute_body(portal, chunking.rows),
-        ));
-        requests.extend_from_slice(&message(b'H', &[]));
-        relay.send_upstream_now(Bytes::from(requests)).await?;
-        let mut rows = Vec::new();
-        loop {
-            let (kind, body) = relay.next_upstream_message().await?;
-            match kind {
-                b'D' => rows.push(body),
-                b's' => break,
-                b'C' => {
-                    state.base_done = true;
-                    break;
-                }
-                b'E' => {
-                    relay.push_to_client(message(b'E', &body));
-                    relay.mark_extended_failed();
-                    break;
-                }
-                _ => relay.push_to_client(message(kind, &body)),
-            }
-        }
-        if failed(relay) {
-            break outcome;
-        }
-        if rows.is_empty() {
-            continue;
-        }
-        let ours =
-            match score_rows(relay, executor, block, shape, &rows, &memo, &mut outcome).await? {
-                Ok(params) => params,
-                Err(error) => {
-                    fail_execute(relay, error).await?;
-                    break outcome;
-                }
-            };
-        let bind = match residual_bind(
-            &residual_portal,
-            &prepared.residual_name,
-            &bound.parameters,
-            &ours,
-            &bound.formats,
-        ) {
-            Ok(bind) => bind,
-            Err(error) => {
-                fail_execute(relay, error).await?;
-                break outcome;
-            }
-        };
-        // The previous chunk's residual portal is done; its name is reused.
-        let mut requests = Vec::new();
-        requests.extend_from_slice(&message(frontend::CLOSE, &named(b'P', &residual_portal)));
-        requests.extend_from_slice(&message(frontend::BIND, &bind));
-        requests.extend_from_slice(&message(b'H', &[]));
-        relay.send_upstream_now(Bytes::from(requests)).await?;
-        let mut bound_ok = true;
-        let mut answers = 0;
-        while answers < 2 {
-            let (kind, body) = relay.next_upstream_message().await?;
-            match kind {
-                b'3' | b'2' => answers += 1,
-                b'E' => {
-                    relay.push_to_client(message(b'E', &body));
-                    relay.mark_extended_failed();
-                    bound_ok = false;
-                    break;
-                }
-                _ => relay.push_to_client(message(kind, &body)),
-            }
-        }
-        if !bound_ok {
-            break outcome;
-        }
-        state.residual_open = true;
-    };
-    if let Some(p) = relay.registry().portals.get_mut(portal) {
-        p.chunked = state;
-        p.started = true;
-    }
-    relay.flush_client().await?;
-    Ok(outcome)
 }

@@ -42,12 +42,14 @@ mod names;
 mod outer;
 mod planner;
 mod rewrite;
+mod scan;
 mod typing;
 
 pub use names::column_name;
 use names::ident_name;
-use planner::{correlated, needs_residual, Planner};
+use planner::{correlated, Planner};
 use rewrite::{Mode, Rewriter, TableFunction};
+use scan::needs_residual;
 use typing::{has_parameters, typing_statement};
 
 /// The alias the residual gives the enriched base rows.

@@ -15,7 +15,7 @@
 //!    the same snapshot. (The key is text, so NULLs compare as values and the membership test is
 //!    one hash probe.)
 
-use super::planner::{and_all, direct_ml, split_conjuncts, true_expr};
+use super::scan::{and_all, direct_ml, split_conjuncts, true_expr};
 use super::*;
 
 /// Names the CTEs of [`probe_outer_joins`].

@@ -1,0 +1,342 @@
+//! Row-local two-phase statements, in both protocols: the base portal is fetched a chunk at a
+//! time and each chunk scored and finished by the residual, so rows stream and memory stays
+//! bounded.
+
+use super::prepared::{fail_execute, residual_bind};
+use super::*;
+
+/// Names of the statements and portal a chunked run keeps open between chunks.
+const RESIDUAL_STATEMENT: &str = "pgenrich.residual";
+const BASE_PORTAL: &str = "pgenrich.base";
+
+/// Runs a row-local statement chunk by chunk: the base portal is fetched `chunking.rows` rows at
+/// a time, each chunk scored and run through the prepared residual, its rows sent on at once, so
+/// memory stays bounded and the first rows arrive after one chunk.
+pub(super) async fn run_chunked(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    chunking: Chunking,
+    plan: &FinishPlan,
+    outcome: &mut Outcome,
+) -> Result<Option<Failure>, SessionError> {
+    let block = &plan.blocks[0];
+    let shape = match describe_base(relay, block).await? {
+        Ok(shape) => shape,
+        Err(failure) => return Ok(Some(failure)),
+    };
+    let residual = plan.residual_sql(&[shape.described()], 1);
+    // The residual, prepared once; the base bound to a portal kept open between chunks.
+    let mut bind = named_body(BASE_PORTAL);
+    bind.extend_from_slice(&named_body(BASE_STATEMENT));
+    bind.extend_from_slice(&[0, 0, 0, 0]);
+    let formats = shape.base_formats();
+    bind.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+    for format in formats {
+        bind.extend_from_slice(&format.to_be_bytes());
+    }
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(RESIDUAL_STATEMENT, &residual, &[]),
+    ));
+    requests.put_slice(&message(
+        frontend::DESCRIBE,
+        &named(b'S', RESIDUAL_STATEMENT),
+    ));
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    let mut description = None;
+    let failed = collect(relay, |kind, body| match kind {
+        b'T' => {
+            description = Some(body.clone());
+            true
+        }
+        b'1' | b'2' | b'3' | b't' | b'n' => true,
+        _ => false,
+    })
+    .await?;
+    if failed {
+        close_chunked(relay).await?;
+        return Ok(Some(Failure::Relayed));
+    }
+    if let Some(description) = description {
+        relay.push_to_client(message(b'T', &description));
+    }
+    let mut total = 0u64;
+    // Identical inputs are scored once per statement, not once per chunk.
+    let memo = Memo::new();
+    loop {
+        // The next chunk of base rows.
+        let mut requests = BytesMut::new();
+        requests.put_slice(&message(
+            frontend::EXECUTE,
+            &execute_body(BASE_PORTAL, chunking.rows),
+        ));
+        requests.put_slice(&message(frontend::SYNC, &[]));
+        relay.send_upstream_now(requests.freeze()).await?;
+        let mut rows: Vec<Bytes> = Vec::new();
+        let mut done = false;
+        let failed = collect(relay, |kind, body| match kind {
+            b'D' => {
+                rows.push(body.clone());
+                true
+            }
+            b's' => true,
+            b'C' => {
+                done = true;
+                true
+            }
+            _ => false,
+        })
+        .await?;
+        if failed {
+            close_chunked(relay).await?;
+            return Ok(Some(Failure::Relayed));
+        }
+        if !rows.is_empty() {
+            let params =
+                match score_rows(relay, executor, block, &shape, &rows, &memo, outcome).await? {
+                    Ok(params) => params,
+                    Err(error) => {
+                        close_chunked(relay).await?;
+                        return Ok(Some(Failure::Ours(error)));
+                    }
+                };
+            let mut bind = BytesMut::new();
+            bind.put_u8(0);
+            bind.put_slice(&named_body(RESIDUAL_STATEMENT));
+            bind.put_u16(1);
+            bind.put_i16(1);
+            bind.put_u16(params.len() as u16);
+            for param in &params {
+                bind.put_i32(param.len() as i32);
+                bind.put_slice(param);
+            }
+            bind.put_u16(0);
+            let mut requests = BytesMut::new();
+            requests.put_slice(&message(frontend::BIND, &bind));
+            requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
+            requests.put_slice(&message(frontend::SYNC, &[]));
+            relay.send_upstream_now(requests.freeze()).await?;
+            let mut sent = 0u64;
+            let failed = collect(relay, |kind, _| match kind {
+                b'D' => {
+                    sent += 1;
+                    false
+                }
+                b'2' | b'C' => true,
+                _ => false,
+            })
+            .await?;
+            total += sent;
+            outcome.rows += sent;
+            if failed {
+                close_chunked(relay).await?;
+                return Ok(Some(Failure::Relayed));
+            }
+            relay.flush_client_soft().await?;
+        }
+        if done {
+            break;
+        }
+    }
+    close_chunked(relay).await?;
+    relay.push_to_client(message(b'C', format!("SELECT {total}\0").as_bytes()));
+    Ok(None)
+}
+
+/// Closes what a chunked run keeps open (none of it is an error if already gone).
+async fn close_chunked(relay: &mut Relay) -> Result<(), SessionError> {
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(frontend::CLOSE, &named(b'P', BASE_PORTAL)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
+    requests.put_slice(&message(frontend::SYNC, &[]));
+    relay.send_upstream_now(requests.freeze()).await?;
+    collect(relay, |kind, _| kind == b'3').await?;
+    Ok(())
+}
+
+/// Where a chunked portal stands between the client's Executes.
+#[derive(Clone, Default)]
+pub struct ChunkedState {
+    /// The base portal has no more rows.
+    base_done: bool,
+    /// The residual portal of the current chunk has rows left.
+    residual_open: bool,
+    /// Rows sent for the whole portal so far (for CommandComplete).
+    sent: u64,
+    /// Inputs scored so far: each distinct one once per execution.
+    memo: Option<Arc<Memo>>,
+}
+
+impl std::fmt::Debug for ChunkedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkedState")
+            .field("base_done", &self.base_done)
+            .field("residual_open", &self.residual_open)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A row-local portal: base chunks of `chunking.rows`, each scored and run through the residual;
+/// the client's row limit is honoured across chunks (PortalSuspended, then the next Execute
+/// continues where it stopped), and CommandComplete counts the whole result.
+pub(super) async fn run_chunked_execute(
+    relay: &mut Relay,
+    executor: &Arc<Executor>,
+    chunking: Chunking,
+    portal: &str,
+    bound: &MlPortal,
+    prepared: &Prepared,
+    max_rows: usize,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let residual_portal = format!("pgenrich.r.{portal}");
+    let mut state = bound.chunked.clone();
+    let failed = |relay: &Relay| relay.extended_failed();
+    let memo = Arc::clone(state.memo.get_or_insert_with(|| Arc::new(Memo::new())));
+    let (block, (_, shape)) = (&prepared.plan.blocks[0], &prepared.bases[0]);
+    let mut sent_now = 0usize;
+    let outcome = loop {
+        if max_rows > 0 && sent_now >= max_rows {
+            // PostgreSQL too answers PortalSuspended when the limit is met exactly.
+            relay.push_to_client(message(b's', &[]));
+            break outcome;
+        }
+        if state.residual_open {
+            let limit = if max_rows > 0 { max_rows - sent_now } else { 0 };
+            let mut requests = Vec::new();
+            requests.extend_from_slice(&message(
+                frontend::EXECUTE,
+                &execute_body(&residual_portal, limit),
+            ));
+            requests.extend_from_slice(&message(b'H', &[]));
+            relay.send_upstream_now(Bytes::from(requests)).await?;
+            loop {
+                let (kind, body) = relay.next_upstream_message().await?;
+                match kind {
+                    b'2' => {}
+                    b'D' => {
+                        sent_now += 1;
+                        state.sent += 1;
+                        outcome.rows += 1;
+                        relay.push_to_client(message(kind, &body));
+                        relay.flush_client_soft().await?;
+                    }
+                    b's' => break,
+                    b'C' => {
+                        state.residual_open = false;
+                        break;
+                    }
+                    b'E' => {
+                        relay.push_to_client(message(kind, &body));
+                        relay.mark_extended_failed();
+                        break;
+                    }
+                    _ => relay.push_to_client(message(kind, &body)),
+                }
+            }
+            if failed(relay) {
+                break outcome;
+            }
+            if state.residual_open {
+                // The client's row limit is reached.
+                relay.push_to_client(message(b's', &[]));
+                break outcome;
+            }
+        }
+        if state.base_done {
+            relay.push_to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
+            snapshot::portal_done(relay).await?;
+            break outcome;
+        }
+        // The next chunk of base rows from the client's (rewritten) portal.
+        let mut requests = Vec::new();
+        requests.extend_from_slice(&message(
+            frontend::EXECUTE,
+            &execute_body(portal, chunking.rows),
+        ));
+        requests.extend_from_slice(&message(b'H', &[]));
+        relay.send_upstream_now(Bytes::from(requests)).await?;
+        let mut rows = Vec::new();
+        loop {
+            let (kind, body) = relay.next_upstream_message().await?;
+            match kind {
+                b'D' => rows.push(body),
+                b's' => break,
+                b'C' => {
+                    state.base_done = true;
+                    break;
+                }
+                b'E' => {
+                    relay.push_to_client(message(b'E', &body));
+                    relay.mark_extended_failed();
+                    break;
+                }
+                _ => relay.push_to_client(message(kind, &body)),
+            }
+        }
+        if failed(relay) {
+            break outcome;
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let ours =
+            match score_rows(relay, executor, block, shape, &rows, &memo, &mut outcome).await? {
+                Ok(params) => params,
+                Err(error) => {
+                    fail_execute(relay, error).await?;
+                    break outcome;
+                }
+            };
+        let bind = match residual_bind(
+            &residual_portal,
+            &prepared.residual_name,
+            &bound.parameters,
+            &ours,
+            &bound.formats,
+        ) {
+            Ok(bind) => bind,
+            Err(error) => {
+                fail_execute(relay, error).await?;
+                break outcome;
+            }
+        };
+        // The previous chunk's residual portal is done; its name is reused.
+        let mut requests = Vec::new();
+        requests.extend_from_slice(&message(frontend::CLOSE, &named(b'P', &residual_portal)));
+        requests.extend_from_slice(&message(frontend::BIND, &bind));
+        requests.extend_from_slice(&message(b'H', &[]));
+        relay.send_upstream_now(Bytes::from(requests)).await?;
+        let mut bound_ok = true;
+        let mut answers = 0;
+        while answers < 2 {
+            let (kind, body) = relay.next_upstream_message().await?;
+            match kind {
+                b'3' | b'2' => answers += 1,
+                b'E' => {
+                    relay.push_to_client(message(b'E', &body));
+                    relay.mark_extended_failed();
+                    bound_ok = false;
+                    break;
+                }
+                _ => relay.push_to_client(message(kind, &body)),
+            }
+        }
+        if !bound_ok {
+            break outcome;
+        }
+        state.residual_open = true;
+    };
+    if let Some(p) = relay.registry().portals.get_mut(portal) {
+        p.chunked = state;
+        p.started = true;
+    }
+    relay.flush_client().await?;
+    Ok(outcome)
+}

@@ -1,0 +1,123 @@
+//! The relay's byte buffers: what was read from one side with the framing state of the message
+//! passing through, and what is queued for the other side.
+
+use super::*;
+
+/// Read buffers grow by this much when they run low.
+const READ_CHUNK: usize = 128 * 1024;
+/// At most this many slices per vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Bytes read from one side, with the framing state of the message being passed through.
+#[derive(Default)]
+pub(super) struct Inbound {
+    pub(super) buf: BytesMut,
+    /// Bytes at the front of `buf` that are framed and may be forwarded as they are.
+    pub(super) ready: usize,
+    /// Bytes of the current message, not yet read, that pass through without inspection.
+    pub(super) body_left: usize,
+    /// Bytes of the current message, not yet read, to drop (a rejected oversized statement).
+    pub(super) discard_left: usize,
+}
+
+impl Inbound {
+    pub(super) fn available(&self) -> usize {
+        self.buf.len() - self.ready
+    }
+
+    /// At a message boundary: nothing half-forwarded or half-dropped.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.body_left == 0 && self.discard_left == 0
+    }
+
+    /// Passes bytes of the current pass-through message; true when it is complete.
+    pub(super) fn pass_body(&mut self) -> bool {
+        let n = self.body_left.min(self.available());
+        self.ready += n;
+        self.body_left -= n;
+        self.body_left == 0
+    }
+
+    /// Queues the framed bytes for the other side.
+    pub(super) fn release(&mut self, out: &mut Outbound) {
+        if self.ready > 0 {
+            out.push(self.buf.split_to(self.ready).freeze());
+            self.ready = 0;
+        }
+    }
+}
+
+/// Bytes queued for one side.
+#[derive(Default)]
+pub(super) struct Outbound {
+    pub(super) queue: VecDeque<Bytes>,
+    pub(super) len: usize,
+    pub(super) needs_flush: bool,
+}
+
+impl Outbound {
+    pub(super) fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.queue.push_back(bytes);
+        }
+    }
+
+    pub(super) fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Writes as much as the socket takes; Ok(true) if anything was written.
+    pub(super) fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> io::Result<bool> {
+        let mut wrote = false;
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
+            }
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.consume(n);
+                    wrote = true;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        if self.queue.is_empty() && self.needs_flush {
+            // TLS streams buffer records internally; TCP flush is free.
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(wrote)
+    }
+}
+
+pub(super) fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}

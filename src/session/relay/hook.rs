@@ -1,0 +1,65 @@
+//! The ML hook: which Query and Parse messages are ML statements, and how they are planned.
+
+use super::*;
+
+/// Runs the ML hook on a Query or Parse body.
+pub(super) fn inspect(kind: u8, body: &[u8]) -> Verdict {
+    match protocol::statement_text(kind, body) {
+        Some(text) if sql::mentions_ml_schema(text) => sql::inspect(&String::from_utf8_lossy(text)),
+        _ => Verdict::Relay,
+    }
+}
+
+/// Plans a simple-protocol Query with ML calls: streaming where the calls allow it, else (one
+/// statement) the base + residual plan, whose refusal is then the one reported.
+pub(super) fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
+    if let Some(request) = crate::sql::explain::explain(text) {
+        return plan_explain(&request);
+    }
+    plan::plan_query_message(text).map(|mut pieces| match (pieces.len(), pieces.pop()) {
+        (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),
+        (1, Some(plan::Piece::Finish(single))) => Intercept::Finish(single),
+        (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
+    })
+}
+
+/// Plans the statement an EXPLAIN is about: streaming where possible, else base + residual.
+fn plan_explain(
+    request: &crate::sql::explain::ExplainRequest,
+) -> Result<Intercept, plan::PlanError> {
+    use crate::session::explain::Target;
+    let target = match plan::plan(&request.statement) {
+        Ok(streaming) => Target::Streaming(streaming),
+        Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
+            Target::Finish(crate::sql::finish::plan(&request.statement)?)
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(Intercept::Explain {
+        analyze: request.analyze,
+        target: Box::new(target),
+    })
+}
+
+/// Plans one statement (a Parse): streaming where possible, else base + residual.
+pub(super) fn plan_statement(text: &str) -> Result<Intercept, plan::PlanError> {
+    if let Some(request) = crate::sql::explain::explain(text) {
+        if crate::sql::explain::has_parameters(&request.statement) {
+            return Err(plan::PlanError {
+                code: crate::error::SqlState::FeatureNotSupported,
+                message: "EXPLAIN of an ML statement with $n parameters is not supported".into(),
+                hint: Some(
+                    "Write the parameter values into the EXPLAINed statement as literals.".into(),
+                ),
+            });
+        }
+        return plan_explain(&request);
+    }
+    match plan::plan(text) {
+        Ok(single) => Ok(Intercept::Query(Box::new(single))),
+        Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
+            crate::sql::finish::plan(text).map(|p| Intercept::Finish(Box::new(p)))
+        }
+        Err(error) => Err(error),
+    }
+}

@@ -1,0 +1,239 @@
+//! pgenrich's own traffic while it runs an ML statement: waiting for its requests to be written
+//! and its answers to arrive, and noticing a client that went away meanwhile.
+
+use super::*;
+
+impl Relay {
+    /// Queues bytes for the upstream and waits until they are written.
+    pub async fn send_upstream_now(&mut self, bytes: Bytes) -> Result<(), SessionError> {
+        self.to_upstream.push(bytes);
+        std::future::poll_fn(|cx| {
+            let _ = self
+                .to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            self.to_upstream
+                .poll_write(&mut self.upstream, cx)
+                .map_err(SessionError::UpstreamIo)?;
+            if self.to_upstream.queue.is_empty() && !self.to_upstream.needs_flush {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Waits until everything queued for the client is written.
+    pub async fn flush_client(&mut self) -> Result<(), SessionError> {
+        std::future::poll_fn(|cx| {
+            self.to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            if self.to_client.queue.is_empty() && !self.to_client.needs_flush {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Writes what the client socket takes now; waits only when much is queued (back-pressure).
+    pub async fn flush_client_soft(&mut self) -> Result<(), SessionError> {
+        if self.to_client.len >= HIGH_WATER {
+            return self.flush_client().await;
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        self.to_client
+            .poll_write(&mut self.client, &mut cx)
+            .map_err(SessionError::ClientIo)?;
+        Ok(())
+    }
+
+    /// The next whole message from the upstream (type and body), for statements pgenrich runs
+    /// itself. Bytes of a message already being passed through go to the client first.
+    pub async fn next_upstream_message(&mut self) -> Result<(u8, Bytes), SessionError> {
+        std::future::poll_fn(|cx| self.poll_upstream_message(cx)).await
+    }
+
+    fn poll_upstream_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(u8, Bytes), SessionError>> {
+        if let Poll::Ready(gone) = self.poll_client_gone(cx) {
+            return Poll::Ready(Err(gone));
+        }
+        loop {
+            self.to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            let inbound = &mut self.from_upstream;
+            if inbound.body_left > 0 {
+                inbound.pass_body();
+                inbound.release(&mut self.to_client);
+            } else {
+                inbound.release(&mut self.to_client);
+                match header(&inbound.buf) {
+                    Some(Err(bad)) => {
+                        return Poll::Ready(Err(SessionError::UpstreamIo(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("invalid message length {} from upstream", bad.0),
+                        ))))
+                    }
+                    Some(Ok((kind, len))) if inbound.buf.len() > len => {
+                        let message = inbound.buf.split_to(1 + len).freeze();
+                        return Poll::Ready(Ok((kind, message.slice(HEADER_LEN..))));
+                    }
+                    Some(Ok((_, len))) => inbound.buf.reserve(1 + len - inbound.buf.len()),
+                    None => {}
+                }
+            }
+            reserve(&mut self.from_upstream.buf);
+            match poll_read_buf(
+                Pin::new(&mut self.upstream),
+                cx,
+                &mut self.from_upstream.buf,
+            ) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(SessionError::UpstreamIo(
+                        io::ErrorKind::UnexpectedEof.into(),
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Ready when the client has hung up (or its connection failed) while pgenrich works on an
+    /// ML statement. Bytes the client sends meanwhile are kept for later, up to the usual
+    /// back-pressure limit.
+    pub async fn client_gone(&mut self) -> SessionError {
+        std::future::poll_fn(|cx| self.poll_client_gone(cx)).await
+    }
+
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<SessionError> {
+        if self.client_terminated
+            || self.client_done_sending
+            || self.from_client.buf.len() >= HIGH_WATER
+        {
+            return Poll::Pending;
+        }
+        reserve(&mut self.from_client.buf);
+        match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
+            // A client that sent Terminate after its query and closed its side still reads the
+            // answer, as PostgreSQL would give it: finish, then let the Terminate end the session.
+            Poll::Ready(Ok(0))
+                if self
+                    .from_client
+                    .buf
+                    .ends_with(&[frontend::TERMINATE, 0, 0, 0, 4]) =>
+            {
+                self.client_done_sending = true;
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => {
+                Poll::Ready(SessionError::ClientIo(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Poll::Ready(Ok(_)) => {
+                // Kept for after the statement; look again for a hang-up.
+                self.last_client_activity = Instant::now();
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(SessionError::ClientIo(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Records the status of a ReadyForQuery pgenrich read itself.
+    pub fn note_ready(&mut self, body: &[u8]) {
+        if let Some(&status) = body.first() {
+            self.tracker.own_round_trip(status);
+            if status == b'I' {
+                self.ml.transaction_ended(self.tracker.closings_answered());
+            }
+        }
+    }
+
+    /// Base-row bytes one non-streaming ML statement may hold (`max_buffered_bytes`).
+    pub fn max_buffered_bytes(&self) -> usize {
+        self.ctx.max_buffered_bytes
+    }
+
+    /// The session's ML statements and portals.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.ml
+    }
+
+    /// The upstream now skips to Sync (after an error in the current pipeline).
+    pub fn mark_extended_failed(&mut self) {
+        self.tracker.mark_open_failed();
+    }
+
+    /// Whether the upstream now skips to the client's Sync after an error.
+    pub fn extended_failed(&self) -> bool {
+        self.tracker.open_failed()
+    }
+
+    /// Notified when a cancel request for this session arrives.
+    pub fn cancel_notify(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.ctx.cancel_notify)
+    }
+
+    /// Whether the upstream's last message was an error (then it has told the client why it
+    /// closed, and pgenrich adds nothing).
+    pub fn upstream_sent_error_last(&self) -> bool {
+        self.last_backend_kind == backend::ERROR_RESPONSE
+    }
+
+    /// Client-bound bytes end at a message boundary, so a message of pgenrich's may follow.
+    pub fn client_at_boundary(&self) -> bool {
+        self.from_upstream.at_boundary()
+    }
+
+    /// Upstream-bound bytes end at a message boundary.
+    pub fn upstream_at_boundary(&self) -> bool {
+        self.from_client.at_boundary()
+    }
+
+    /// Forwards a client message of type `kind` (as `bytes`, possibly rewritten) to the upstream,
+    /// as the relay would have.
+    pub fn forward_upstream(&mut self, kind: u8, bytes: Bytes) {
+        self.tracker.on_client(kind);
+        self.to_upstream.push(bytes);
+    }
+
+    pub fn push_to_client(&mut self, bytes: Bytes) {
+        self.to_client.push(bytes);
+    }
+
+    /// Drops whatever the client sent that was not forwarded yet (used when closing).
+    pub fn discard_pending_input(&mut self) {
+        self.from_client.buf.clear();
+        self.from_client.ready = 0;
+        self.from_upstream.buf.clear();
+        self.from_upstream.ready = 0;
+    }
+
+    pub fn push_to_upstream(&mut self, bytes: Bytes) {
+        self.to_upstream.push(bytes);
+    }
+
+    /// Writes out both queues; Ready when they are empty and flushed.
+    pub fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let up = self.to_upstream.poll_write(&mut self.upstream, cx);
+        let down = self.to_client.poll_write(&mut self.client, cx);
+        up?;
+        down?;
+        let done = |o: &Outbound| o.queue.is_empty() && !o.needs_flush;
+        if done(&self.to_upstream) && done(&self.to_client) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
