@@ -16,6 +16,7 @@
 #   QUICK=1     smoke-test defaults (explicit ROUNDS/DURATION still win)
 #   OUT=path    also write the Markdown results to this file
 #   SKIP_BUILD=1  use the existing target/release/pgenrich instead of running cargo build --release
+#   PGENRICH_ARGS extra pgenrich flags, split on spaces (e.g. "--worker-threads 1")
 #
 # Everything runs on 127.0.0.1 on free ports, in a mktemp -d directory that is removed on exit,
 # together with every process the script started. Missing tools are installed with apt-get
@@ -57,7 +58,9 @@ unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE
       PGCHANNELBINDING PGAPPNAME PGCONNECT_TIMEOUT PGDATA || true
 # ... plain TCP all the way (no SSLRequest/GSSENCRequest round trip on connect) ...
 export PGSSLMODE=disable PGGSSENCMODE=disable
-# ... and no pgenrich config file or PGENRICH_* override: only the flags given below count.
+# ... and no pgenrich config file or PGENRICH_* override: only the flags given below count
+# (PGENRICH_ARGS, this script's own knob, is kept first).
+EXTRA_PGENRICH_ARGS=${PGENRICH_ARGS:-}
 while read -r var; do unset "$var"; done < <(compgen -e | grep '^PGENRICH_' || true)
 
 # ---------------------------------------------------------------------------------------------
@@ -258,8 +261,9 @@ as_pg "$PGBOUNCER" -d "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.out" 2>&1 \
 # 4. pgenrich
 # ---------------------------------------------------------------------------------------------
 log "pgenrich ($PGENRICH_BIN) on 127.0.0.1:$PGENRICH_PORT"
+read -r -a EXTRA_ARGS <<<"$EXTRA_PGENRICH_ARGS"
 RUST_LOG=warn "$PGENRICH_BIN" --listen "127.0.0.1:$PGENRICH_PORT" --upstream "127.0.0.1:$PG_PORT" \
-    --upstream-tls-mode disable >"$TMP/pgenrich.log" 2>&1 </dev/null &
+    --upstream-tls-mode disable "${EXTRA_ARGS[@]}" >"$TMP/pgenrich.log" 2>&1 </dev/null &
 PGENRICH_PID=$!
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +365,7 @@ report() {
     echo "## pgenrich end-to-end relay benchmark"
     echo
     echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit$dirty, $(nproc) CPUs"
-    echo "- $("$PG_BIN/postgres" --version), $("$PGBOUNCER" --version | head -n 1) (pool_mode=session), pgenrich --upstream-tls-mode disable"
+    echo "- $("$PG_BIN/postgres" --version), $("$PGBOUNCER" --version | head -n 1) (pool_mode=session), pgenrich --upstream-tls-mode disable${EXTRA_PGENRICH_ARGS:+ $EXTRA_PGENRICH_ARGS}"
     echo "- pgbench -s 10; $ROUNDS round(s) × ${DURATION}s per run, interleaved, target order rotated each round; warm-up ${WARMUP}s"
     echo "- select-simple / select-prepared: \`pgbench -n -S -c 8 -j 2 -M simple|prepared\` (tps);" \
          "large-result: \`SELECT * FROM pgbench_accounts LIMIT $LARGE_ROWS\`, \`-c 1 -j 1\` (rows/s = tps × $LARGE_ROWS)"
