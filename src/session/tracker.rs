@@ -58,6 +58,8 @@ pub struct Tracker {
     /// bound after the n-th forwarded one outlives the first n answers.
     closings_forwarded: u64,
     closings_answered: u64,
+    /// Bind messages forwarded.
+    binds: u64,
 }
 
 impl Default for Tracker {
@@ -67,6 +69,7 @@ impl Default for Tracker {
             status: b'I',
             closings_forwarded: 0,
             closings_answered: 0,
+            binds: 0,
         }
     }
 }
@@ -87,6 +90,11 @@ impl Tracker {
 
     pub fn closings_forwarded(&self) -> u64 {
         self.closings_forwarded
+    }
+
+    /// Bind messages forwarded so far.
+    pub fn binds(&self) -> u64 {
+        self.binds
     }
 
     pub fn closings_answered(&self) -> u64 {
@@ -167,6 +175,7 @@ impl Tracker {
                 self.segments.push_back(Segment::new(Kind::Simple))
             }
             frontend::BIND | frontend::EXECUTE => {
+                self.binds += u64::from(kind == frontend::BIND);
                 let run = self.open_extended();
                 run.pending += 1;
                 run.portals = true;

@@ -167,6 +167,36 @@ async fn the_snapshot_transaction_never_shows() {
     );
     assert_eq!(status(&reply), b'I');
 
+    // Two portals in one snapshot transaction: finishing the second does not end the first.
+    let mut parse = cstr("snap_stmt");
+    parse.extend(cstr(&sql));
+    parse.extend(0u16.to_be_bytes());
+    let bind = |portal: &str| {
+        let mut body = cstr(portal);
+        body.extend(cstr("snap_stmt"));
+        body.extend([0u8; 6]);
+        message(b'B', &body)
+    };
+    let execute = |portal: &str, rows: i32| {
+        let mut body = cstr(portal);
+        body.extend(rows.to_be_bytes());
+        message(b'E', &body)
+    };
+    let bytes = [
+        message(b'P', &parse),
+        bind("snap_a"),
+        execute("snap_a", 1),
+        bind("snap_b"),
+        execute("snap_b", 0),
+        execute("snap_a", 0),
+        message(b'S', &[]),
+    ]
+    .concat();
+    raw.stream_write(&bytes).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "12Ds2DDDCDDCZ", "{reply:?}");
+    assert_eq!(status(&reply), b'I');
+
     // A portal run to the end, followed in the same pipeline by a write: the write runs outside
     // pgenrich's READ ONLY transaction.
     let mut bytes = pipeline(&sql, 0, false);

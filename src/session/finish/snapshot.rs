@@ -37,7 +37,10 @@ pub async fn handle_bind(relay: &mut Relay, body: Bytes) -> Result<(), SessionEr
     if !relay.snapshot_open && relay.tracker.status() == b'I' && relay.tracker.can_resync() {
         sync_upstream(relay).await?;
         match wire::catalog_rows(relay, snapshot_begin(read_only), false).await? {
-            Ok(_) => relay.snapshot_open = true,
+            Ok(_) => {
+                relay.snapshot_open = true;
+                relay.snapshot_binds = relay.tracker.binds();
+            }
             Err(error) => {
                 // The upstream now skips to the client's Sync, the Bind included.
                 relay.push_to_client(message(b'E', &error));
@@ -55,9 +58,13 @@ pub async fn handle_bind(relay: &mut Relay, body: Bytes) -> Result<(), SessionEr
 }
 
 /// The client's portal has returned its last row: commits pgenrich's snapshot transaction, if
-/// one is open and has not failed, so the rest of the pipeline runs outside it.
+/// one is open for this portal alone and has not failed, so the rest of the pipeline runs
+/// outside it.
 pub(crate) async fn portal_done(relay: &mut Relay) -> Result<(), SessionError> {
-    if !relay.snapshot_open || relay.extended_failed() {
+    // With other portals bound in it (a suspended one, say), it lasts until the client's Sync,
+    // as they would natively.
+    let binds = relay.tracker.binds() - relay.snapshot_binds;
+    if !relay.snapshot_open || relay.extended_failed() || binds > 1 {
         return Ok(());
     }
     match wire::catalog_rows(relay, "COMMIT", false).await? {

@@ -93,6 +93,9 @@ pub struct Relay {
     /// pgenrich's snapshot transaction for a prepared base + residual statement is open
     /// ([`crate::session::finish`]'s `snapshot` module).
     pub(crate) snapshot_open: bool,
+    /// The tracker's Bind count when that transaction began: with more than one Bind since,
+    /// committing it when one portal is done would end the others.
+    pub(crate) snapshot_binds: u64,
 }
 
 impl Relay {
@@ -120,6 +123,7 @@ impl Relay {
             ml_running: false,
             client_done_sending: false,
             snapshot_open: false,
+            snapshot_binds: 0,
         }
     }
 
