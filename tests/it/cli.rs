@@ -19,6 +19,42 @@ fn pgenrich() -> Command {
     cmd
 }
 
+/// Points the binary's AWS SDK clients at `mock` with static test credentials.
+fn with_mock_aws<'a>(cmd: &'a mut Command, mock: &mock_aws::MockAws) -> &'a mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDCLITEST")
+        .env("AWS_SECRET_ACCESS_KEY", "cli-test-secret")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", mock.url())
+        .env("AWS_ENDPOINT_URL_COMPREHEND", mock.url())
+}
+
+/// Connects once the binary accepts connections (it is given ten seconds).
+async fn connect_when_ready(conninfo: &str) -> tokio_postgres::Client {
+    for _ in 0..100 {
+        if let Ok((c, conn)) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pgenrich binary does not accept connections on {conninfo}");
+}
+
+/// Sends SIGTERM and waits for the binary to exit.
+async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("pgenrich exits after SIGTERM")
+        .expect("wait")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_settings_stop_start_up_naming_the_key() {
     let dir = tempfile::tempdir().expect("dir");
@@ -101,7 +137,8 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     )
     .expect("write");
     let mock = mock_aws::MockAws::start().await.expect("mock AWS");
-    let mut child = pgenrich()
+    let mut cmd = pgenrich();
+    let mut child = with_mock_aws(&mut cmd, &mock)
         .args([
             "--config",
             &file.display().to_string(),
@@ -109,28 +146,13 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
             &format!("127.0.0.1:{port}"),
         ])
         .env("PGENRICH_UPSTREAM", pg.upstream())
-        .env("AWS_ACCESS_KEY_ID", "AKIDCLITEST")
-        .env("AWS_SECRET_ACCESS_KEY", "cli-test-secret")
-        .env("AWS_REGION", "eu-west-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", mock.url())
-        .env("AWS_ENDPOINT_URL_COMPREHEND", mock.url())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pgenrich");
     let conninfo =
         format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
-    let mut client = None;
-    for _ in 0..100 {
-        if let Ok((c, conn)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
-            tokio::spawn(conn);
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let client = client.expect("pgenrich binary accepts connections");
+    let client = connect_when_ready(&conninfo).await;
     let row = client.query_one("SELECT 1 + 1", &[]).await.expect("query");
     assert_eq!(row.get::<_, i32>(0), 2);
     // The AWS chain: credentials, region and service endpoints from the standard variables.
@@ -183,16 +205,7 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     }
     drop(others);
 
-    let pid = child.id().expect("pid");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("pgenrich exits after SIGTERM")
-        .expect("wait");
+    let exit = terminate(&mut child).await;
     assert!(exit.success(), "{exit:?}");
     // The idle session was closed with 57P01.
     let error = client.simple_query("SELECT 1").await.expect_err("closed");
@@ -220,4 +233,55 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
         !stderr.contains("cli-test-secret"),
         "no AWS secrets in logs"
     );
+}
+
+/// The single-threaded runtime (`worker_threads = 1`) serves plain and ML statements side by side,
+/// cancels, and drains on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
+    let pg = postgres();
+    let port = free_port();
+    let mock = mock_aws::MockAws::start().await.expect("mock AWS");
+    let mut cmd = pgenrich();
+    let mut child = with_mock_aws(&mut cmd, &mock)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &pg.upstream(),
+            "--worker-threads",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgenrich");
+    let conninfo =
+        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
+    let clients = [
+        connect_when_ready(&conninfo).await,
+        connect(&conninfo).await,
+    ];
+    let (a, b) = (&clients[0], &clients[1]);
+    let (ml, plain) = tokio::join!(
+        a.query_one(
+            "SELECT aws_sagemaker.invoke_endpoint('m', NULL, 40, 2)",
+            &[]
+        ),
+        b.query_one("SELECT count(*) FROM generate_series(1, 1000)", &[])
+    );
+    assert_eq!(ml.expect("ML").get::<_, String>(0), "42");
+    assert_eq!(plain.expect("plain").get::<_, i64>(0), 1000);
+    let token = b.cancel_token();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    };
+    let (slept, cancelled) = tokio::join!(b.simple_query("SELECT pg_sleep(30)"), cancel);
+    cancelled.expect("cancel request");
+    let error = slept.expect_err("cancelled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    drop(clients);
+    let exit = terminate(&mut child).await;
+    assert!(exit.success(), "{exit:?}");
 }
