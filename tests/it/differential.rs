@@ -982,6 +982,8 @@ const STANDBY_CASES: &[&str] = &[
     "nested_cast_float",
     "where_params_endpoint_threshold",
     "left_join_on_label",
+    "full_join_on_confidence_of_both_sides",
+    "left_join_labels_with_parameters",
     "in_subquery",
     "cte_two_ml_ctes_joined",
     "union_all_branches",
