@@ -95,6 +95,7 @@ pub(super) fn probe_outer_joins(select: &mut Select, next: &mut usize) -> Vec<Ct
         let Some(columns) = columns_read(&ml) else {
             continue;
         };
+        let columns: Vec<String> = columns.iter().map(ToString::to_string).collect();
         let key = format!("ROW({})::text", columns.join(", "));
         let name = format!("{PROBE_CTE}{next}");
         let mut pairs = TableWithJoins {
@@ -159,11 +160,11 @@ fn parse_probe(text: &str) -> Option<(Cte, Expr)> {
     Some((cte, select.selection?))
 }
 
-/// The column references `expr` reads, as SQL, each once; `None` if it holds a subquery (whose
-/// columns may be its own).
-fn columns_read(expr: &Expr) -> Option<Vec<String>> {
+/// The column references `expr` reads (identifiers, qualified or not, but not the field names of
+/// `(…).field`), each once; `None` if it holds a subquery (whose columns may be its own).
+fn columns_read(expr: &Expr) -> Option<Vec<Expr>> {
     struct Collector {
-        columns: Vec<String>,
+        columns: Vec<Expr>,
         /// Field names of `(…).field` selections: identifiers that are not columns.
         fields: Vec<*const Expr>,
     }
@@ -182,11 +183,10 @@ fn columns_read(expr: &Expr) -> Option<Vec<String>> {
                     }
                 }
                 Expr::Identifier(_) if self.fields.contains(&(expr as *const Expr)) => {}
-                Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
-                    let column = expr.to_string();
-                    if !self.columns.contains(&column) {
-                        self.columns.push(column);
-                    }
+                Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+                    if !self.columns.contains(expr) =>
+                {
+                    self.columns.push(expr.clone());
                 }
                 _ => {}
             }
@@ -264,40 +264,9 @@ pub(super) fn push_down_outer_join_filters(select: &mut Select) {
 /// Whether every column reference in `expr` is `name.column` and it holds no subquery (which
 /// could be correlated to either side).
 fn only_qualified_by(expr: &Expr, name: &str) -> bool {
-    struct Finder<'a> {
-        name: &'a str,
-        /// Field names of `(…).field` selections: identifiers that are not columns.
-        fields: Vec<*const Expr>,
-    }
-    impl sqlparser::ast::Visitor for Finder<'_> {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            ControlFlow::Break(())
-        }
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            match expr {
-                Expr::CompoundFieldAccess { access_chain, .. } => {
-                    for access in access_chain {
-                        if let sqlparser::ast::AccessExpr::Dot(field) = access {
-                            self.fields.push(field as *const Expr);
-                        }
-                    }
-                    ControlFlow::Continue(())
-                }
-                Expr::Identifier(_) if self.fields.contains(&(expr as *const Expr)) => {
-                    ControlFlow::Continue(())
-                }
-                Expr::Identifier(_) => ControlFlow::Break(()),
-                Expr::CompoundIdentifier(parts) if parts[0].value != self.name => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            }
-        }
-    }
-    let mut finder = Finder {
-        name,
-        fields: Vec::new(),
-    };
-    !sqlparser::ast::Visit::visit(expr, &mut finder).is_break()
+    columns_read(expr).is_some_and(|columns| {
+        columns
+            .iter()
+            .all(|c| matches!(c, Expr::CompoundIdentifier(parts) if parts[0].value == name))
+    })
 }
