@@ -12,8 +12,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::extended::{MlPortal, MlStatement, Prepared};
 use super::finish::sync_upstream;
 use super::finish::{
-    begin_snapshot, collect, describe_base, fetch_and_score, fetch_rows, finish_query, parse_body,
-    ready, report, residual_parameters, Failure,
+    begin_snapshot, collect, describe_base, fetch_and_score, fetch_rows, finish_query, named,
+    parse_body, ready, report, residual_parameters, Failure,
 };
 use super::ml::{fail_upstream, hidden_query, infer, Memo, Outcome, Results};
 use super::relay::Relay;
@@ -34,13 +34,6 @@ pub enum Target {
 const TEXT_OID: u32 = 25;
 /// The statement EXPLAINs run under upstream.
 const EXPLAIN_STATEMENT: &str = "pgenrich.explain";
-
-fn close_statement(name: &str) -> Vec<u8> {
-    let mut body = vec![b'S'];
-    body.extend_from_slice(name.as_bytes());
-    body.push(0);
-    body
-}
 
 /// Answers an EXPLAIN of an ML statement (simple protocol), up to ReadyForQuery.
 pub async fn run(
@@ -277,10 +270,7 @@ async fn postgres_explain(
     // A statement of pgenrich's own name: the client's unnamed statement stays as it is.
     // (closed first: a failed run leaves it prepared).
     let mut requests = BytesMut::new();
-    requests.put_slice(&message(
-        frontend::CLOSE,
-        &close_statement(EXPLAIN_STATEMENT),
-    ));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', EXPLAIN_STATEMENT)));
     requests.put_slice(&message(
         frontend::PARSE,
         &parse_body(EXPLAIN_STATEMENT, &explain, &[]),

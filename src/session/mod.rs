@@ -262,10 +262,25 @@ async fn intercept_ml(
                 tracing::warn!(%portal, "ML portal vanished before Execute");
                 return Ok(());
             };
-            let (plan, layout) = match &bound.statement.prepared {
-                extended::Prepared::Streaming { plan, layout } => (plan, layout),
+            match &bound.statement.prepared {
+                extended::Prepared::Streaming { plan, layout } => {
+                    let enrichment = ml::Enrichment {
+                        plan: Arc::clone(plan),
+                        layout: Arc::clone(layout),
+                        formats: Arc::clone(&bound.formats),
+                    };
+                    ml::run_execute(
+                        relay,
+                        &ctx.executor,
+                        chunking,
+                        &enrichment,
+                        &portal,
+                        max_rows,
+                    )
+                    .await?
+                }
                 extended::Prepared::Explain { analyze, target } => {
-                    let outcome = explain::run_execute(
+                    explain::run_execute(
                         relay,
                         &ctx.executor,
                         (*analyze, target),
@@ -273,38 +288,13 @@ async fn intercept_ml(
                         &bound,
                         max_rows,
                     )
-                    .await?;
-                    log_outcome(&outcome, started);
-                    return Ok(());
+                    .await?
                 }
                 extended::Prepared::Finish(_) => {
-                    let outcome = finish::run_execute(
-                        relay,
-                        &ctx.executor,
-                        chunking,
-                        &portal,
-                        &bound,
-                        max_rows,
-                    )
-                    .await?;
-                    log_outcome(&outcome, started);
-                    return Ok(());
+                    finish::run_execute(relay, &ctx.executor, chunking, &portal, &bound, max_rows)
+                        .await?
                 }
-            };
-            let enrichment = ml::Enrichment {
-                plan: Arc::clone(plan),
-                layout: Arc::clone(layout),
-                formats: Arc::clone(&bound.formats),
-            };
-            ml::run_execute(
-                relay,
-                &ctx.executor,
-                chunking,
-                &enrichment,
-                &portal,
-                max_rows,
-            )
-            .await?
+            }
         }
     };
     log_outcome(&outcome, started);

@@ -38,8 +38,8 @@ use chunked::{run_chunked, run_chunked_execute};
 pub use prepared::{handle_parse, run_execute, Prepared};
 pub(crate) use snapshot::sync_upstream;
 pub use snapshot::{end_snapshot, handle_bind};
-pub(crate) use wire::parse_body;
-use wire::{array, execute_body, named, named_body, only_row_functions, shape, Shape};
+use wire::{array, execute_body, named_body, only_row_functions, shape, Shape};
+pub(crate) use wire::{named, parse_body};
 
 /// The base statement's name on the upstream while pgenrich runs it.
 const BASE_STATEMENT: &str = "pgenrich.base";
