@@ -55,6 +55,20 @@ async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatu
         .expect("wait")
 }
 
+/// A cancel request for `client`'s `pg_sleep(30)`, sent on a connection of its own, stops it
+/// with 57014.
+async fn assert_cancels(client: &tokio_postgres::Client) {
+    let token = client.cancel_token();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    };
+    let (slept, cancelled) = tokio::join!(client.simple_query("SELECT pg_sleep(30)"), cancel);
+    cancelled.expect("cancel request");
+    let error = slept.expect_err("cancelled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_settings_stop_start_up_naming_the_key() {
     let dir = tempfile::tempdir().expect("dir");
@@ -189,19 +203,11 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     }))
     .await;
     for (i, answer) in answers.into_iter().enumerate() {
-        let value: String = answer.expect("ML on every shard").get(0);
+        let value: String = answer.expect("ML in every session").get(0);
         assert_eq!(value, (i + 1).to_string());
     }
     for sleeper in &others {
-        let token = sleeper.cancel_token();
-        let cancel = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            token.cancel_query(tokio_postgres::NoTls).await
-        };
-        let (slept, cancelled) = tokio::join!(sleeper.simple_query("SELECT pg_sleep(30)"), cancel);
-        cancelled.expect("cancel request");
-        let error = slept.expect_err("cancelled");
-        assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+        assert_cancels(sleeper).await;
     }
     drop(others);
 
@@ -272,15 +278,7 @@ async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
     );
     assert_eq!(ml.expect("ML").get::<_, String>(0), "42");
     assert_eq!(plain.expect("plain").get::<_, i64>(0), 1000);
-    let token = b.cancel_token();
-    let cancel = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    };
-    let (slept, cancelled) = tokio::join!(b.simple_query("SELECT pg_sleep(30)"), cancel);
-    cancelled.expect("cancel request");
-    let error = slept.expect_err("cancelled");
-    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    assert_cancels(b).await;
     drop(clients);
     let exit = terminate(&mut child).await;
     assert!(exit.success(), "{exit:?}");

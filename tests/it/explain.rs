@@ -5,7 +5,10 @@ use tokio_postgres::Client;
 
 use crate::finish::setup;
 use crate::harness::text_result as result;
-use crate::harness::{cstr, error_code, kinds, message, sqlstate, RawClient};
+use crate::harness::{
+    cstr, error_code, kinds, message, parse_bind_execute, parse_bind_execute_rows, sqlstate,
+    RawClient,
+};
 
 async fn plan_lines(client: &Client, sql: &str) -> Vec<String> {
     let (names, rows) = result(client, sql).await;
@@ -104,24 +107,6 @@ async fn explain_shows_both_phases_and_analyze_adds_what_happened() {
     assert_eq!(rows, [[Some("1".to_owned())]]);
 }
 
-/// Parse + Bind + Execute (with a row limit) of one unnamed statement, raw.
-fn raw_execute(sql: &str, max_rows: i32) -> Vec<u8> {
-    let mut parse = cstr("");
-    parse.extend(cstr(sql));
-    parse.extend(0u16.to_be_bytes());
-    let mut bind = cstr("");
-    bind.extend(cstr(""));
-    bind.extend([0u8; 6]);
-    let mut execute = cstr("");
-    execute.extend(max_rows.to_be_bytes());
-    [
-        message(b'P', &parse),
-        message(b'B', &bind),
-        message(b'E', &execute),
-    ]
-    .concat()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_in_the_extended_protocol_keeps_pipelines_intact() {
     let (proxy, client, _reference) = setup().await;
@@ -133,7 +118,7 @@ async fn explain_in_the_extended_protocol_keeps_pipelines_intact() {
                    WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE'";
     let mut raw = RawClient::startup(proxy.addr).await;
     // A row limit: PortalSuspended, then the next Execute goes on where it stopped.
-    let mut bytes = raw_execute(explain, 2);
+    let mut bytes = parse_bind_execute_rows(explain, 2);
     let mut execute = cstr("");
     execute.extend(0i32.to_be_bytes());
     bytes.extend(message(b'E', &execute));
@@ -149,9 +134,9 @@ async fn explain_in_the_extended_protocol_keeps_pipelines_intact() {
 
     // After a portal of the client's in the same pipeline it is refused, and the rest of the
     // pipeline is skipped as after any error.
-    let mut bytes = raw_execute("SELECT 1", 0);
-    bytes.extend(raw_execute(explain, 0));
-    bytes.extend(raw_execute(
+    let mut bytes = parse_bind_execute("SELECT 1");
+    bytes.extend(parse_bind_execute(explain));
+    bytes.extend(parse_bind_execute_rows(
         "INSERT INTO finish_reviews VALUES (500, 'x', 1, 'x')",
         0,
     ));

@@ -734,6 +734,11 @@ pub fn cstr(s: &str) -> Vec<u8> {
 
 /// Parse, Bind (no parameters, text results), Execute for an unnamed statement.
 pub fn parse_bind_execute(sql: &str) -> Vec<u8> {
+    parse_bind_execute_rows(sql, 0)
+}
+
+/// [`parse_bind_execute`] with a row limit on the Execute (0: none).
+pub fn parse_bind_execute_rows(sql: &str, max_rows: i32) -> Vec<u8> {
     let mut parse = cstr("");
     parse.extend(cstr(sql));
     parse.extend(0u16.to_be_bytes());
@@ -741,7 +746,7 @@ pub fn parse_bind_execute(sql: &str) -> Vec<u8> {
     bind.extend(cstr(""));
     bind.extend([0u8; 6]);
     let mut execute = cstr("");
-    execute.extend(0i32.to_be_bytes());
+    execute.extend(max_rows.to_be_bytes());
     [
         message(b'P', &parse),
         message(b'B', &bind),

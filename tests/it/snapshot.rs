@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{cstr, kinds, message, postgres, text_result, Proxy, RawClient};
+use crate::harness::{
+    cstr, kinds, message, parse_bind_execute_rows, postgres, text_result, Proxy, RawClient,
+};
 
 /// The outer query reads `<t>_log` in the residual; the ML block reads `<t>_rows` in the base.
 fn query(t: &str) -> String {
@@ -120,22 +122,9 @@ async fn both_phases_see_one_snapshot_in_both_protocols() {
         .expect("the session is writable after a prepared ML statement");
 }
 
-/// Parse + Bind of the ML statement, Execute with a row limit, then Sync (raw messages).
+/// Parse + Bind of the ML statement, Execute with a row limit, then Sync if `sync`.
 fn pipeline(sql: &str, max_rows: i32, sync: bool) -> Vec<u8> {
-    let mut parse = cstr("");
-    parse.extend(cstr(sql));
-    parse.extend(0u16.to_be_bytes());
-    let mut bind = cstr("");
-    bind.extend(cstr(""));
-    bind.extend([0u8; 6]);
-    let mut execute = cstr("");
-    execute.extend(max_rows.to_be_bytes());
-    let mut out = [
-        message(b'P', &parse),
-        message(b'B', &bind),
-        message(b'E', &execute),
-    ]
-    .concat();
+    let mut out = parse_bind_execute_rows(sql, max_rows);
     if sync {
         out.extend(message(b'S', &[]));
     }
