@@ -1,6 +1,7 @@
 //! One client session: pre-startup negotiation (SSL, GSSENC, cancel requests), connecting the
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
+mod controls;
 pub mod explain;
 pub mod extended;
 pub mod finish;
@@ -11,11 +12,12 @@ pub mod tracker;
 
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Span};
@@ -27,6 +29,7 @@ use crate::protocol::frontend;
 use crate::protocol::startup::{self, StartupError, StartupPacket};
 use crate::stream::ClientStream;
 use crate::upstream::Upstream;
+use controls::{Control, Controls};
 use relay::{Event, Relay, RelayContext};
 
 /// How long pgenrich keeps trying to deliver its last words to a closing session.
@@ -145,44 +148,73 @@ async fn relay_loop(
     handshake_deadline: Instant,
 ) -> Result<(), SessionError> {
     let idle_timeout = ctx.config.idle_timeout;
+    let mut controls = Controls::new(
+        handshake_deadline,
+        idle_timeout,
+        &ctx.draining,
+        &ctx.terminate,
+    );
     loop {
-        let idle_deadline = idle_timeout.map(|t| Instant::from_std(relay.last_client_activity) + t);
-        tokio::select! {
-            event = poll_fn(|cx| relay.poll_progress(cx)) => match event? {
-                // After the client's Terminate both sides simply hang up.
-                Event::ClientClosed | Event::UpstreamClosed if relay.client_terminated() => {
-                    return Ok(())
-                }
-                Event::ClientClosed => return Err(SessionError::ClientIo(
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                )),
-                Event::UpstreamClosed => return Err(SessionError::UpstreamIo(
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                )),
-                Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
-                Event::Intercept(intercept) => {
-                    relay.ml_running = true;
-                    intercept_ml(ctx, relay, intercept).await?;
-                    relay.ml_running = false;
-                }
-            },
-            _ = sleep_until(handshake_deadline), if !relay.ready => {
-                // The condition was read when this select began; authentication may have
-                // finished since.
-                if !relay.ready {
-                    return Err(SessionError::HandshakeTimeout);
-                }
+        let step = poll_fn(|cx| {
+            if let Poll::Ready(control) = controls.poll(cx, relay) {
+                return Poll::Ready(Err(control));
             }
-            _ = sleep_until(idle_deadline.unwrap_or(handshake_deadline)),
-                if idle_deadline.is_some() && relay.ready =>
-            {
-                let idle_for = relay.last_client_activity.elapsed();
-                if relay.tracker.is_quiescent() && idle_timeout.is_some_and(|t| idle_for >= t) {
-                    return Err(SessionError::IdleTimeout);
-                }
+            relay.poll_progress(cx).map(Ok)
+        })
+        .await;
+        let event = match step {
+            Ok(event) => event?,
+            // Authentication may have finished since the deadline fired.
+            Err(Control::HandshakeTimeout) if relay.ready => continue,
+            Err(Control::HandshakeTimeout) => return Err(SessionError::HandshakeTimeout),
+            Err(Control::IdleCheck) => {
+                let Some(timeout) = idle_timeout else {
+                    continue;
+                };
+                // A busy session, or one inside a transaction block, is looked at again one
+                // timeout later; an idle one when its idle time is up.
+                let next = if relay.tracker.is_quiescent() {
+                    let since = Instant::from_std(relay.last_activity);
+                    if since.elapsed() >= timeout {
+                        return Err(SessionError::IdleTimeout);
+                    }
+                    since + timeout
+                } else {
+                    Instant::now() + timeout
+                };
+                controls.rearm_idle(next);
+                continue;
             }
-            _ = ctx.draining.cancelled(), if !relay.draining => relay.draining = true,
-            _ = ctx.terminate.cancelled(), if !relay.terminating => relay.terminating = true,
+            Err(Control::Drain) => {
+                relay.draining = true;
+                continue;
+            }
+            Err(Control::Terminate) => {
+                relay.terminating = true;
+                continue;
+            }
+        };
+        match event {
+            // After the client's Terminate both sides simply hang up.
+            Event::ClientClosed | Event::UpstreamClosed if relay.client_terminated() => {
+                return Ok(())
+            }
+            Event::ClientClosed => {
+                return Err(SessionError::ClientIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ))
+            }
+            Event::UpstreamClosed => {
+                return Err(SessionError::UpstreamIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ))
+            }
+            Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
+            Event::Intercept(intercept) => {
+                relay.ml_running = true;
+                intercept_ml(ctx, relay, intercept).await?;
+                relay.ml_running = false;
+            }
         }
     }
 }

@@ -283,3 +283,83 @@ async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
     let exit = terminate(&mut child).await;
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf CLK_TCK");
+    let hz: u64 = String::from_utf8_lossy(&hz.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK");
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// The idle timeout counts from the session's last turn to idle: a statement that runs longer
+/// than the timeout leaves a usable session, and a session inside a transaction block (not
+/// idle) is looked at once per timeout instead of the timer firing over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_counts_from_idle_and_does_not_spin() {
+    let pg = postgres();
+    let port = free_port();
+    let mut child = pgenrich()
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &pg.upstream(),
+            "--idle-timeout",
+            "300ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgenrich");
+    let pid = child.id().expect("pid");
+    let conninfo =
+        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
+
+    let client = connect_when_ready(&conninfo).await;
+    client
+        .simple_query("SELECT pg_sleep(0.8)")
+        .await
+        .expect("long statement");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session outlives a statement longer than idle_timeout");
+
+    client.simple_query("BEGIN").await.expect("BEGIN");
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = cpu_time(pid) - before;
+    assert!(
+        used < Duration::from_millis(400),
+        "pgenrich used {used:?} of CPU while one session sat in a transaction block"
+    );
+    client
+        .simple_query("COMMIT")
+        .await
+        .expect("not closed inside a block");
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let error = client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("closed once idle longer than idle_timeout");
+    assert!(client.is_closed(), "{error}");
+    let exit = terminate(&mut child).await;
+    assert!(exit.success(), "{exit:?}");
+}

@@ -80,20 +80,38 @@ impl Outbound {
     }
 
     /// Writes as much as the socket takes; Ok(true) if anything was written.
+    #[inline]
     pub(super) fn poll_write<S: AsyncWrite + Unpin>(
         &mut self,
         stream: &mut S,
         cx: &mut Context<'_>,
     ) -> io::Result<bool> {
+        if self.queue.is_empty() && !self.needs_flush {
+            return Ok(false);
+        }
+        self.poll_write_queued(stream, cx)
+    }
+
+    fn poll_write_queued<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> io::Result<bool> {
         let mut wrote = false;
-        while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
-                *slot = IoSlice::new(bytes);
-                count += 1;
-            }
-            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+        while let Some(front) = self.queue.front() {
+            let written = if self.queue.len() == 1 {
+                // The usual case (one read's worth of messages): no slice array to fill.
+                Pin::new(&mut *stream).poll_write(cx, front)
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (slot, bytes) in slices.iter_mut().zip(&self.queue) {
+                    *slot = IoSlice::new(bytes);
+                    count += 1;
+                }
+                Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count])
+            };
+            match written {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.consume(n);

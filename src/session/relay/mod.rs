@@ -77,7 +77,9 @@ pub struct Relay {
     pub(crate) terminating: bool,
     client_terminated: bool,
     last_backend_kind: u8,
-    pub(crate) last_client_activity: Instant,
+    /// The client's last message, or the session's last turn to idle outside a transaction
+    /// block, whichever came later: the idle timeout counts from here.
+    pub(crate) last_activity: Instant,
     pub(crate) cancel_target: Option<CancelTarget>,
     cancel_key: Option<CancelKeyGuard>,
     /// Work on an ML statement waiting for the upstream to answer everything before it.
@@ -114,7 +116,7 @@ impl Relay {
             terminating: false,
             client_terminated: false,
             last_backend_kind: 0,
-            last_client_activity: Instant::now(),
+            last_activity: Instant::now(),
             cancel_target: None,
             cancel_key: None,
             pending: None,
@@ -134,6 +136,10 @@ impl Relay {
 
     /// Moves both directions forward until an [`Event`] or until nothing can progress.
     pub fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, SessionError>> {
+        // A read that returned Pending has registered the waker: polling it again in this call
+        // would only ask the reactor the same question (twice per relayed message).
+        let mut client_pending = false;
+        let mut upstream_pending = false;
         loop {
             if self.terminating && self.from_upstream.at_boundary() {
                 return Poll::Ready(Ok(Event::AtBoundary));
@@ -153,9 +159,13 @@ impl Relay {
                     return Poll::Ready(Ok(Event::Intercept(intercept)));
                 }
             }
+            // Set by reads that brought bytes, and by held client input processed again (which
+            // may leave an ML message whose answers are already in).
+            let mut progress = false;
             if self.reprocess_client && self.pending.is_none() {
                 self.reprocess_client = false;
                 self.process_client()?;
+                progress = true;
             }
             if self.draining
                 && self.ready
@@ -165,34 +175,39 @@ impl Relay {
             {
                 return Poll::Ready(Ok(Event::Quiescent));
             }
-            let mut progress = self
+            // Writing matters to the next round only when it lets a held-back read go on; reads
+            // that brought bytes always get another round.
+            let throttled = self.to_upstream.len >= HIGH_WATER || self.to_client.len >= HIGH_WATER;
+            let mut wrote = self
                 .to_upstream
                 .poll_write(&mut self.upstream, cx)
                 .map_err(SessionError::UpstreamIo)?;
-            progress |= self
+            wrote |= self
                 .to_client
                 .poll_write(&mut self.client, cx)
                 .map_err(SessionError::ClientIo)?;
+            progress |= wrote && throttled;
 
             let holding = self.pending.is_some();
             if self.to_upstream.len < HIGH_WATER
                 && !self.terminating
                 && !self.client_terminated
                 && !holding
+                && !client_pending
             {
                 reserve(&mut self.from_client.buf);
                 match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
                     Poll::Ready(Ok(_)) => {
-                        self.last_client_activity = Instant::now();
+                        self.last_activity = Instant::now();
                         self.process_client()?;
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
-                    Poll::Pending => {}
+                    Poll::Pending => client_pending = true,
                 }
             }
-            if self.to_client.len < HIGH_WATER {
+            if self.to_client.len < HIGH_WATER && !upstream_pending {
                 reserve(&mut self.from_upstream.buf);
                 match poll_read_buf(
                     Pin::new(&mut self.upstream),
@@ -205,7 +220,7 @@ impl Relay {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
-                    Poll::Pending => {}
+                    Poll::Pending => upstream_pending = true,
                 }
             }
             if !progress {
@@ -491,6 +506,7 @@ impl Relay {
                 if kind == backend::READY_FOR_QUERY {
                     self.ready = true;
                     if body.first() == Some(&b'I') {
+                        self.last_activity = Instant::now();
                         // Portals end with their transaction.
                         self.ml.transaction_ended(self.tracker.closings_answered());
                     }

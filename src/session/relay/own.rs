@@ -140,7 +140,7 @@ impl Relay {
             }
             Poll::Ready(Ok(_)) => {
                 // Kept for after the statement; look again for a hang-up.
-                self.last_client_activity = Instant::now();
+                self.last_activity = Instant::now();
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
