@@ -95,7 +95,7 @@ fi
 PG_BIN=$(find_pg_bin) || die "no /usr/lib/postgresql/<ver>/bin with initdb, pg_ctl, postgres, pgbench and psql"
 PGBOUNCER=$(find_pgbouncer) || die "pgbouncer not found after installation"
 export PATH="$PG_BIN:$PATH"
-for tool in awk sort timeout runuser; do
+for tool in awk sort timeout runuser setsid; do
     command -v "$tool" >/dev/null || die "'$tool' is required"
 done
 
@@ -262,9 +262,18 @@ as_pg "$PGBOUNCER" -d "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.out" 2>&1 \
 # ---------------------------------------------------------------------------------------------
 log "pgenrich ($PGENRICH_BIN) on 127.0.0.1:$PGENRICH_PORT"
 read -r -a EXTRA_ARGS <<<"$EXTRA_PGENRICH_ARGS"
-RUST_LOG=warn "$PGENRICH_BIN" --listen "127.0.0.1:$PGENRICH_PORT" --upstream "127.0.0.1:$PG_PORT" \
+# In a session of its own, as PostgreSQL (pg_ctl) and PgBouncer (-d) are: with the kernel's
+# autogroup scheduling (sched_autogroup_enabled) CPU is shared between sessions first, and
+# pgenrich must not compete inside pgbench's share while PgBouncer has one of its own. Started
+# from this non-interactive shell it is no process-group leader, so setsid execs in place and $!
+# stays pgenrich's pid.
+RUST_LOG=warn setsid "$PGENRICH_BIN" --listen "127.0.0.1:$PGENRICH_PORT" --upstream "127.0.0.1:$PG_PORT" \
     --upstream-tls-mode disable "${EXTRA_ARGS[@]}" >"$TMP/pgenrich.log" 2>&1 </dev/null &
 PGENRICH_PID=$!
+sleep 0.2
+if alive "$PGENRICH_PID" && [[ $(cat "/proc/$PGENRICH_PID/comm" 2>/dev/null) != pgenrich ]]; then
+    die "pid $PGENRICH_PID is not pgenrich (did setsid fork?)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 5. Readiness
