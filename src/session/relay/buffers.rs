@@ -30,6 +30,23 @@ impl Inbound {
         self.body_left == 0 && self.discard_left == 0
     }
 
+    /// Starts passing through a message of `total` bytes (type byte included) without looking
+    /// at its body: what has arrived is framed now, the rest as it comes.
+    pub(super) fn pass(&mut self, total: usize) {
+        let n = total.min(self.available());
+        self.ready += n;
+        self.body_left = total - n;
+    }
+
+    /// Whether the whole next message of `total` bytes has arrived; if not, room is made for it.
+    pub(super) fn holds_whole(&mut self, total: usize) -> bool {
+        let available = self.available();
+        if available < total {
+            self.buf.reserve(total - available);
+        }
+        available >= total
+    }
+
     /// Passes bytes of the current pass-through message; true when it is complete.
     pub(super) fn pass_body(&mut self) -> bool {
         let n = self.body_left.min(self.available());
@@ -52,7 +69,7 @@ impl Inbound {
 pub(super) struct Outbound {
     pub(super) queue: VecDeque<Bytes>,
     pub(super) len: usize,
-    pub(super) needs_flush: bool,
+    needs_flush: bool,
 }
 
 impl Outbound {
@@ -79,6 +96,11 @@ impl Outbound {
         }
     }
 
+    /// Everything queued has been written and flushed.
+    pub(super) fn flushed(&self) -> bool {
+        self.queue.is_empty() && !self.needs_flush
+    }
+
     /// Writes as much as the socket takes; Ok(true) if anything was written.
     #[inline]
     pub(super) fn poll_write<S: AsyncWrite + Unpin>(
@@ -86,7 +108,7 @@ impl Outbound {
         stream: &mut S,
         cx: &mut Context<'_>,
     ) -> io::Result<bool> {
-        if self.queue.is_empty() && !self.needs_flush {
+        if self.flushed() {
             return Ok(false);
         }
         self.poll_write_queued(stream, cx)

@@ -294,9 +294,7 @@ impl Relay {
                 if kind == frontend::TERMINATE {
                     self.client_terminated = true;
                 }
-                let n = total.min(inbound.available());
-                inbound.ready += n;
-                inbound.body_left = total - n;
+                inbound.pass(total);
                 continue;
             }
             if (kind == frontend::QUERY || kind == frontend::PARSE)
@@ -318,8 +316,7 @@ impl Relay {
                 self.reject(kind, error);
                 continue;
             }
-            if inbound.available() < total {
-                inbound.buf.reserve(total - inbound.available());
+            if !inbound.holds_whole(total) {
                 break;
             }
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
@@ -486,13 +483,10 @@ impl Relay {
             let is_auth = kind == backend::AUTHENTICATION && !self.ready;
             if !is_key && !is_auth && !self.tracker.wants_body(kind) {
                 self.tracker.on_backend(kind, None);
-                let n = total.min(inbound.available());
-                inbound.ready += n;
-                inbound.body_left = total - n;
+                inbound.pass(total);
                 continue;
             }
-            if inbound.available() < total {
-                inbound.buf.reserve(total - inbound.available());
+            if !inbound.holds_whole(total) {
                 break;
             }
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];

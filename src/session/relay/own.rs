@@ -15,7 +15,7 @@ impl Relay {
             self.to_upstream
                 .poll_write(&mut self.upstream, cx)
                 .map_err(SessionError::UpstreamIo)?;
-            if self.to_upstream.queue.is_empty() && !self.to_upstream.needs_flush {
+            if self.to_upstream.flushed() {
                 Poll::Ready(Ok(()))
             } else {
                 Poll::Pending
@@ -30,7 +30,7 @@ impl Relay {
             self.to_client
                 .poll_write(&mut self.client, cx)
                 .map_err(SessionError::ClientIo)?;
-            if self.to_client.queue.is_empty() && !self.to_client.needs_flush {
+            if self.to_client.flushed() {
                 Poll::Ready(Ok(()))
             } else {
                 Poll::Pending
@@ -229,8 +229,7 @@ impl Relay {
         let down = self.to_client.poll_write(&mut self.client, cx);
         up?;
         down?;
-        let done = |o: &Outbound| o.queue.is_empty() && !o.needs_flush;
-        if done(&self.to_upstream) && done(&self.to_client) {
+        if self.to_upstream.flushed() && self.to_client.flushed() {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
