@@ -29,6 +29,29 @@ fn with_mock_aws<'a>(cmd: &'a mut Command, mock: &mock_aws::MockAws) -> &'a mut 
         .env("AWS_ENDPOINT_URL_COMPREHEND", mock.url())
 }
 
+/// Starts the binary listening on `port` and relaying to `pg`, with `extra` flags.
+fn serve(
+    cmd: &mut Command,
+    port: u16,
+    pg: &crate::harness::Postgres,
+    extra: &[&str],
+) -> tokio::process::Child {
+    cmd.arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--upstream")
+        .arg(pg.upstream())
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgenrich")
+}
+
+/// Connection string for the binary on `port`.
+fn conninfo(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}")
+}
+
 /// Connects once the binary accepts connections (it is given ten seconds).
 async fn connect_when_ready(conninfo: &str) -> tokio_postgres::Client {
     for _ in 0..100 {
@@ -164,8 +187,7 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pgenrich");
-    let conninfo =
-        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
+    let conninfo = conninfo(port);
     let client = connect_when_ready(&conninfo).await;
     let row = client.query_one("SELECT 1 + 1", &[]).await.expect("query");
     assert_eq!(row.get::<_, i32>(0), 2);
@@ -249,21 +271,13 @@ async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
     let port = free_port();
     let mock = mock_aws::MockAws::start().await.expect("mock AWS");
     let mut cmd = pgenrich();
-    let mut child = with_mock_aws(&mut cmd, &mock)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &pg.upstream(),
-            "--worker-threads",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgenrich");
-    let conninfo =
-        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
+    let mut child = serve(
+        with_mock_aws(&mut cmd, &mock),
+        port,
+        pg,
+        &["--worker-threads", "1"],
+    );
+    let conninfo = conninfo(port);
     let clients = [
         connect_when_ready(&conninfo).await,
         connect(&conninfo).await,
@@ -314,22 +328,9 @@ fn cpu_time(pid: u32) -> Duration {
 async fn idle_timeout_counts_from_idle_and_does_not_spin() {
     let pg = postgres();
     let port = free_port();
-    let mut child = pgenrich()
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &pg.upstream(),
-            "--idle-timeout",
-            "300ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgenrich");
+    let mut child = serve(&mut pgenrich(), port, pg, &["--idle-timeout", "300ms"]);
     let pid = child.id().expect("pid");
-    let conninfo =
-        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DATABASE}");
+    let conninfo = conninfo(port);
 
     let client = connect_when_ready(&conninfo).await;
     client
