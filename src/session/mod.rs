@@ -129,6 +129,7 @@ async fn session(
         upstream,
         RelayContext {
             max_query_bytes: ctx.config.max_query_bytes,
+            idle_timeout: ctx.config.idle_timeout.is_some(),
             max_buffered_bytes: ctx.config.max_buffered_bytes,
             cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: Arc::clone(&ctx.cancels),

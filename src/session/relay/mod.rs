@@ -54,6 +54,9 @@ pub enum Event {
 /// Everything the relay needs besides the two streams.
 pub struct RelayContext {
     pub max_query_bytes: usize,
+    /// An idle timeout is configured: [`Relay::last_activity`] is kept (a clock read per
+    /// message otherwise spent for nothing).
+    pub idle_timeout: bool,
     /// Base-row bytes one non-streaming ML statement may hold.
     pub max_buffered_bytes: usize,
     /// Woken by a cancel request for this session (stops ML work in progress).
@@ -78,7 +81,8 @@ pub struct Relay {
     client_terminated: bool,
     last_backend_kind: u8,
     /// The client's last message, or the session's last turn to idle outside a transaction
-    /// block, whichever came later: the idle timeout counts from here.
+    /// block, whichever came later: the idle timeout counts from here (kept only when one is
+    /// configured).
     pub(crate) last_activity: Instant,
     pub(crate) cancel_target: Option<CancelTarget>,
     cancel_key: Option<CancelKeyGuard>,
@@ -126,6 +130,13 @@ impl Relay {
             client_done_sending: false,
             snapshot_open: false,
             snapshot_binds: 0,
+        }
+    }
+
+    /// Notes activity for the idle timeout.
+    pub(crate) fn touch(&mut self) {
+        if self.ctx.idle_timeout {
+            self.last_activity = Instant::now();
         }
     }
 
@@ -199,7 +210,7 @@ impl Relay {
                 match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
                     Poll::Ready(Ok(_)) => {
-                        self.last_activity = Instant::now();
+                        self.touch();
                         self.process_client()?;
                         progress = true;
                     }
@@ -500,7 +511,7 @@ impl Relay {
                 if kind == backend::READY_FOR_QUERY {
                     self.ready = true;
                     if body.first() == Some(&b'I') {
-                        self.last_activity = Instant::now();
+                        self.touch();
                         // Portals end with their transaction.
                         self.ml.transaction_ended(self.tracker.closings_answered());
                     }

@@ -140,7 +140,7 @@ impl Relay {
             }
             Poll::Ready(Ok(_)) => {
                 // Kept for after the statement; look again for a hang-up.
-                self.last_activity = Instant::now();
+                self.touch();
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
