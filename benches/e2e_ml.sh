@@ -23,6 +23,7 @@
 #   RUN_TIMEOUT     seconds one measured query may take before it counts as failed (default 600)
 #   OUT=path        also write the Markdown results to this file
 #   SKIP_BUILD=1    use the existing release binaries instead of running cargo build --release
+#   PGENRICH_ARGS   extra pgenrich flags, split on spaces (e.g. "--worker-threads 2")
 #
 # Every measured run gets a fresh pgenrich and a fresh mock-aws (VmHWM, the peak RSS read from
 # /proc/<pid>/status, is a process-lifetime high-water mark; mock-aws's call counters and peak
@@ -90,6 +91,7 @@ unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE
       PGOPTIONS PGSSLMODE PGREQUIRESSL PGSSLNEGOTIATION PGGSSENCMODE PGTARGETSESSIONATTRS \
       PGCHANNELBINDING PGAPPNAME PGCONNECT_TIMEOUT PGDATA || true
 export PGSSLMODE=disable PGGSSENCMODE=disable
+EXTRA_PGENRICH_ARGS=${PGENRICH_ARGS:-}   # this script's own knob, kept before the unset below
 while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(PGENRICH_|AWS_)' || true)
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +254,8 @@ PGENRICH_LOG_FILTER="warn,pgenrich::session=info"   # info: the one "ML statemen
 PGENRICH_FLAGS=(--chunk-rows "$CHUNK_ROWS" --chunks-in-flight "$CHUNKS_IN_FLIGHT"
     --default-batch-rows "$BATCH_ROWS" --max-concurrent-calls "$MAX_CALLS"
     --max-concurrent-calls-per-endpoint "$PER_ENDPOINT")
+read -r -a EXTRA_ARGS <<<"$EXTRA_PGENRICH_ARGS"
+PGENRICH_FLAGS+=("${EXTRA_ARGS[@]}")
 MOCK_PORT=""
 PGENRICH_PORT=""
 

@@ -81,9 +81,14 @@ pub struct Cli {
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// Runtime threads: 0 = one per CPU core, 1 = a single-threaded runtime [default: 0].
+    /// Threads that relay sessions: 0 = automatic (one on hosts with up to 2 CPUs, else one
+    /// per CPU), 1 = a single-threaded runtime, n = that many [default: 0].
     #[arg(long, env = "PGENRICH_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<String>,
+    /// Threads for ML work (service calls, enriching rows), apart from the relay: 0 = one per
+    /// CPU [default: 0].
+    #[arg(long, env = "PGENRICH_ENRICH_THREADS", value_name = "N")]
+    pub enrich_threads: Option<String>,
     /// AWS region for Comprehend and SageMaker [default: from the AWS chain, e.g. AWS_REGION].
     #[arg(long, env = "PGENRICH_AWS_REGION", value_name = "REGION")]
     pub aws_region: Option<String>,
@@ -164,6 +169,7 @@ struct FileConfig {
     max_buffered_bytes: Option<toml::Value>,
     log_format: Option<String>,
     worker_threads: Option<toml::Value>,
+    enrich_threads: Option<toml::Value>,
     aws_region: Option<String>,
     sagemaker_endpoint_url: Option<String>,
     comprehend_endpoint_url: Option<String>,
@@ -262,11 +268,33 @@ pub struct Config {
     /// Base-row bytes a non-streaming ML statement may hold.
     pub max_buffered_bytes: usize,
     pub log_format: LogFormat,
+    /// Relay runtime threads as configured (0: automatic, see [`Config::relay_threads`]).
     pub worker_threads: usize,
+    /// ML runtime threads as configured (0: one per CPU, see [`Config::enrich_threads`]).
+    pub enrich_threads: usize,
     pub inference: InferenceConfig,
 }
 
 impl Config {
+    /// Threads of the runtime that relays sessions, on a host with `cpus` CPUs. Automatic: one
+    /// on up to 2 CPUs, where the sidecar shares its cores with the application or the database
+    /// and a second relay thread mostly adds cross-thread wake-ups; one per CPU above that.
+    pub fn relay_threads(&self, cpus: usize) -> usize {
+        match self.worker_threads {
+            0 if cpus <= 2 => 1,
+            0 => cpus,
+            n => n,
+        }
+    }
+
+    /// Threads of the runtime that runs ML work, on a host with `cpus` CPUs.
+    pub fn ml_threads(&self, cpus: usize) -> usize {
+        match self.enrich_threads {
+            0 => cpus.max(1),
+            n => n,
+        }
+    }
+
     /// Settings for tests and embedding: defaults plus the two addresses.
     pub fn new(listen: SocketAddr, upstream: &str) -> Result<Config, ConfigError> {
         Self::resolve(
@@ -526,6 +554,7 @@ impl Config {
             max_buffered_bytes,
             log_format,
             worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
+            enrich_threads: number("enrich_threads", cli.enrich_threads, file.enrich_threads, 0)?,
             inference,
         })
     }
@@ -737,6 +766,26 @@ mod tests {
         assert!(small.to_string().contains("max_buffered_bytes"), "{small}");
         let missing = Config::resolve(Cli::default(), FileConfig::default()).expect_err("missing");
         assert!(missing.to_string().contains("`upstream`"), "{missing}");
+    }
+
+    #[test]
+    fn runtime_threads_follow_the_host_unless_set() {
+        let auto = Config::load(cli(&["--upstream", "h:1"])).expect("config");
+        assert_eq!((auto.worker_threads, auto.enrich_threads), (0, 0));
+        assert_eq!(auto.relay_threads(1), 1);
+        assert_eq!(auto.relay_threads(2), 1);
+        assert_eq!(auto.relay_threads(8), 8);
+        assert_eq!(auto.ml_threads(2), 2);
+        assert_eq!(auto.ml_threads(0), 1);
+        let file: FileConfig =
+            toml::from_str("upstream = \"h:1\"\nworker_threads = 3\nenrich_threads = \"5\"")
+                .expect("toml");
+        let set = Config::resolve(cli(&["--enrich-threads", "4"]), file).expect("config");
+        assert_eq!(set.relay_threads(2), 3);
+        assert_eq!(set.ml_threads(16), 4);
+        let bad = Config::load(cli(&["--upstream", "h:1", "--enrich-threads", "many"]))
+            .expect_err("not a number");
+        assert!(bad.to_string().contains("`enrich_threads`"), "{bad}");
     }
 
     #[test]

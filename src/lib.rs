@@ -20,6 +20,13 @@
 //! - [`tls`]: rustls configuration for both legs.
 //! - [`stream`]: the client and upstream stream types.
 //! - [`telemetry`]: tracing subscriber set-up.
+//!
+//! # Threads
+//!
+//! The binary runs two tokio runtimes: one relays sessions (a single thread on hosts with up to
+//! 2 CPUs), the other runs ML work — service calls and the enrichment of streamed chunks — on
+//! every CPU ([`enrich::Executor::spawn`]). A relayed query then costs no cross-thread wake-up,
+//! and an ML statement neither waits behind the relay nor holds it up.
 
 pub mod backends;
 pub mod cancel;

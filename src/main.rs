@@ -18,24 +18,33 @@ fn main() -> ExitCode {
         }
     };
     pgenrich::telemetry::init(config.log_format);
-    let mut builder = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Sessions are relayed on one runtime; ML work (service calls, enriching rows) runs on
+    // another, so that it neither waits behind the relay nor holds it up.
+    let relay = match config.relay_threads(cpus) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     };
-    let runtime = match builder.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
+    let ml = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.ml_threads(cpus))
+        .thread_name("pgenrich-ml")
+        .enable_all()
+        .build();
+    let (relay, ml) = match (relay, ml) {
+        (Ok(relay), Ok(ml)) => (relay, ml),
+        (Err(error), _) | (_, Err(error)) => {
             eprintln!("pgenrich: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let server = match Server::bind(config).await {
+    let ml_handle = ml.handle().clone();
+    let code = relay.block_on(async move {
+        let server = match Server::bind(config, Some(ml_handle)).await {
             Ok(server) => server,
             Err(error) => {
                 tracing::error!(%error, "cannot start");
@@ -47,7 +56,10 @@ fn main() -> ExitCode {
         tokio::spawn(watch_signals(shutdown.clone()));
         server.run(shutdown).await;
         ExitCode::SUCCESS
-    })
+    });
+    // Every session has ended; ML work still running belonged to them.
+    ml.shutdown_background();
+    code
 }
 
 /// The first SIGTERM or SIGINT starts a graceful drain; a second one exits at once.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -48,15 +49,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates TLS material and opens the listeners. `listen` may use port 0.
-    pub async fn bind(config: Config) -> Result<Server, StartError> {
+    /// Validates TLS material and opens the listeners. `listen` may use port 0. ML work runs on
+    /// `ml_runtime`, apart from the sessions' relaying (`None`: on the caller's runtime).
+    pub async fn bind(config: Config, ml_runtime: Option<Handle>) -> Result<Server, StartError> {
         let backends = crate::backends::aws(&config.inference, None).await;
-        Self::bind_with(config, backends).await
+        Self::open(config, backends, ml_runtime).await
     }
 
-    /// Like [`Server::bind`], with the remote inference backends given (tests, embedding); the
-    /// embedded ones the configuration names still go in front of them.
+    /// Like [`Server::bind`] on the caller's runtime, with the remote inference backends given
+    /// (tests, embedding); the embedded ones the configuration names still go in front of them.
     pub async fn bind_with(config: Config, backends: Backends) -> Result<Server, StartError> {
+        Self::open(config, backends, None).await
+    }
+
+    async fn open(
+        config: Config,
+        backends: Backends,
+        ml_runtime: Option<Handle>,
+    ) -> Result<Server, StartError> {
         let backends = crate::backends::with_local(backends, &config.inference)?;
         let executor = Executor::new(
             backends,
@@ -67,6 +77,7 @@ impl Server {
                     .inference
                     .max_concurrent_calls_per_endpoint,
                 comprehend_truncate: config.inference.comprehend_truncate,
+                runtime: ml_runtime,
             },
         );
         let tls = crate::tls::server_config(&config)?.map(TlsAcceptor::from);

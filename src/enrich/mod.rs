@@ -5,18 +5,23 @@
 //! service limits, runs the batches concurrently under a global and a per-endpoint limit, and
 //! returns results in input order. NULL or empty documents give NULL without a call.
 //!
-//! Cancel safety: dropping a returned future drops its in-flight service calls (the SDK aborts
+//! Service calls run on the ML runtime ([`ExecutorConfig::runtime`]), apart from the relay.
+//!
+//! Cancel safety: dropping a returned future aborts its in-flight service calls (the SDK aborts
 //! the requests) and releases their concurrency permits; nothing is left running.
 
 pub mod csv;
 pub mod memo;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::backends::{comprehend, sagemaker, Backends, Sentiment};
 use crate::error::InferenceError;
@@ -32,6 +37,9 @@ pub struct ExecutorConfig {
     pub max_concurrent_calls_per_endpoint: usize,
     /// Cut Comprehend documents longer than 5,000 bytes at a character boundary instead of failing.
     pub comprehend_truncate: bool,
+    /// The runtime that runs service calls and chunk enrichment, apart from the one relaying
+    /// sessions (`None`: the caller's runtime).
+    pub runtime: Option<Handle>,
 }
 
 impl Default for ExecutorConfig {
@@ -41,6 +49,7 @@ impl Default for ExecutorConfig {
             max_concurrent_calls: 16,
             max_concurrent_calls_per_endpoint: 8,
             comprehend_truncate: false,
+            runtime: None,
         }
     }
 }
@@ -115,6 +124,18 @@ impl Executor {
             .await
             .map_err(closed)?;
         Ok((target_permit, global_permit))
+    }
+
+    /// Runs `work` on the ML runtime; dropping the handle aborts it.
+    pub fn spawn<F>(&self, work: F) -> AbortOnDropHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        AbortOnDropHandle::new(match &self.config.runtime {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        })
     }
 
     /// Most documents per sentiment call of the configured backend.
@@ -195,7 +216,12 @@ impl Executor {
                     error,
                 };
                 let _permits = self.permits(language).await.map_err(fail)?;
-                let sentiments = backend.detect(language, texts).await.map_err(fail)?;
+                let (backend, owned) = (Arc::clone(backend), language.to_owned());
+                let sentiments = self
+                    .spawn(async move { backend.detect(&owned, texts).await })
+                    .await
+                    .map_err(|e| fail(lost(e)))?
+                    .map_err(fail)?;
                 Ok::<_, CallError>((index, group, sentiments))
             })
             .collect();
@@ -303,9 +329,11 @@ impl Executor {
                     error,
                 };
                 let _permits = self.permits(batch.endpoint).await.map_err(fail)?;
-                let (body, request_id) = backend
-                    .invoke(batch.endpoint, batch.body)
+                let (backend, endpoint) = (Arc::clone(backend), batch.endpoint.to_owned());
+                let (body, request_id) = self
+                    .spawn(async move { backend.invoke(&endpoint, batch.body).await })
                     .await
+                    .map_err(|e| fail(lost(e)))?
                     .map_err(fail)?;
                 let records = csv::split_records(&body).map_err(|why| {
                     fail(InferenceError::Malformed {
@@ -328,6 +356,17 @@ impl Executor {
             })
             .collect();
         gather(calls, plans, inputs.len()).await
+    }
+}
+
+/// A service call that ended without an answer: it panicked, or the ML runtime shut down.
+fn lost(error: tokio::task::JoinError) -> InferenceError {
+    InferenceError::Transport {
+        message: if error.is_panic() {
+            "the call failed unexpectedly".into()
+        } else {
+            "the call was stopped: pgenrich is shutting down".into()
+        },
     }
 }
 

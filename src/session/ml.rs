@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::backends::Sentiment;
 use crate::enrich::{CallError, CallStats, Executor, InvokeInput, SentimentInput};
@@ -25,7 +26,9 @@ use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
 use crate::sql::plan::{Call, MlFunction, StreamingPlan};
 
 /// A chunk in inference: its enriched DataRows and what the calls cost.
-type ChunkTask = tokio::task::JoinHandle<Result<(Bytes, usize, CallStats), CallError>>;
+/// A chunk in inference, on the ML runtime. Dropping it (the statement ended early, the client
+/// went away) stops its service calls.
+type ChunkTask = AbortOnDropHandle<Result<(Bytes, usize, CallStats), CallError>>;
 
 /// How an ML statement ended, for the session's logs.
 #[derive(Debug, Default)]
@@ -91,36 +94,6 @@ fn canceled() -> ErrorMessage {
     )
 }
 
-/// Chunks in inference. Dropping it (the statement ended early, the client went away) stops
-/// their service calls: a dropped JoinHandle alone would let them run on.
-#[derive(Default)]
-struct InFlight(VecDeque<ChunkTask>);
-
-impl std::ops::Deref for InFlight {
-    type Target = VecDeque<ChunkTask>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for InFlight {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        abort_all(self);
-    }
-}
-
-fn abort_all(pending: &mut InFlight) {
-    for task in pending.drain(..) {
-        task.abort();
-    }
-}
-
 /// Streams the already bound upstream `portal`: fetches chunks (or exactly `limit` rows),
 /// enriches them and queues the rows for the client. Completion messages are left to the caller.
 async fn stream(
@@ -137,7 +110,7 @@ async fn stream(
     let memo = Arc::new(Memo::new());
     let cancelled = relay.cancel_notify();
     let mut rows: Vec<Bytes> = Vec::new();
-    let mut pending = InFlight::default();
+    let mut pending: VecDeque<ChunkTask> = VecDeque::new();
     let mut executing = true;
     let mut end: Option<End> = None;
     loop {
@@ -146,21 +119,15 @@ async fn stream(
             let Some(front) = pending.pop_front() else {
                 break;
             };
-            let abort = front.abort_handle();
+            // Leaving the select any other way drops (so aborts) the chunk.
             let joined = tokio::select! {
                 joined = front => Some(joined),
                 _ = cancelled.notified() => None,
                 // A client that hung up stops the statement at once, not at the next write.
-                gone = relay.client_gone() => {
-                    abort.abort();
-                    return Err(gone);
-                }
+                gone = relay.client_gone() => return Err(gone),
             };
             let failure = match joined {
-                None => {
-                    abort.abort();
-                    Some(canceled())
-                }
+                None => Some(canceled()),
                 Some(Ok(Ok((out, rows, stats)))) => {
                     outcome.rows += rows as u64;
                     outcome.stats.rows += stats.rows;
@@ -185,7 +152,7 @@ async fn stream(
                 )),
             };
             if let Some(error) = failure {
-                abort_all(&mut pending);
+                pending.clear();
                 if executing {
                     drain_execute(relay).await?;
                 }
@@ -198,7 +165,7 @@ async fn stream(
         let (kind, body) = tokio::select! {
             next = relay.next_upstream_message() => next?,
             _ = cancelled.notified() => {
-                abort_all(&mut pending);
+                pending.clear();
                 if executing {
                     drain_execute(relay).await?;
                 }
@@ -219,19 +186,19 @@ async fn stream(
                     });
                 }
                 let chunk = std::mem::take(&mut rows);
-                let (executor, plan, layout, formats, memo) = (
+                let (owned, plan, layout, formats, memo) = (
                     Arc::clone(executor),
                     Arc::clone(&enrichment.plan),
                     Arc::clone(&enrichment.layout),
                     Arc::clone(&enrichment.formats),
                     Arc::clone(&memo),
                 );
-                pending.push_back(tokio::spawn(async move {
-                    enrich_chunk(&executor, &plan, &layout, &formats, &memo, chunk).await
+                pending.push_back(executor.spawn(async move {
+                    enrich_chunk(&owned, &plan, &layout, &formats, &memo, chunk).await
                 }));
             }
             b'E' => {
-                abort_all(&mut pending);
+                pending.clear();
                 return Ok(End::UpstreamError(body));
             }
             // Notices, notifications, parameter changes: pass on.

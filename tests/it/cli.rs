@@ -170,7 +170,7 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     std::fs::write(
         &file,
         "upstream = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n\
-         worker_threads = 3\n",
+         worker_threads = 3\nenrich_threads = 1\n",
     )
     .expect("write");
     let mock = mock_aws::MockAws::start().await.expect("mock AWS");

@@ -65,6 +65,9 @@ impl Relay {
         if let Poll::Ready(gone) = self.poll_client_gone(cx) {
             return Poll::Ready(Err(gone));
         }
+        // Each message counts against the task's budget: a result already buffered in full
+        // would otherwise be read without ever yielding to the other sessions on this thread.
+        let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             self.to_client
                 .poll_write(&mut self.client, cx)
@@ -84,6 +87,7 @@ impl Relay {
                     }
                     Some(Ok((kind, len))) if inbound.buf.len() > len => {
                         let message = inbound.buf.split_to(1 + len).freeze();
+                        budget.made_progress();
                         return Poll::Ready(Ok((kind, message.slice(HEADER_LEN..))));
                     }
                     Some(Ok((_, len))) => inbound.buf.reserve(1 + len - inbound.buf.len()),
