@@ -365,6 +365,12 @@ done
 # ---------------------------------------------------------------------------------------------
 values() { awk -F'\t' -v w="$1" -v t="$2" '$2 == w && $3 == t && $4 != "FAIL" {print $4}' "$RESULTS"; }
 fmt() { [[ $1 == NA || $1 == FAIL ]] && echo "$1" || awk -v x="$1" 'BEGIN {printf "%.0f", x}'; }
+# pgenrich ÷ PgBouncer per round in which both runs succeeded, one per line.
+paired_ratios() {
+    awk -F'\t' -v w="$1" '$2 == w && $4 != "FAIL" && $3 == "pgbouncer" {b[$1] = $4}
+        $2 == w && $4 != "FAIL" && $3 == "pgenrich" {e[$1] = $4}
+        END {for (r in e) if ((r in b) && b[r] > 0) printf "%.6f\n", e[r] / b[r]}' "$RESULTS"
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f×", a / b}'; }
 
 report() {
@@ -389,6 +395,23 @@ report() {
         b=$(values "$workload" pgbouncer | median)
         e=$(values "$workload" pgenrich | median)
         echo "| $workload | $(workload_unit "$workload") | $(fmt "$d") | $(fmt "$b") | $(ratio "$b" "$d") | $(fmt "$e") | $(ratio "$e" "$d") |"
+    done
+    echo
+    echo "### Paired: pgenrich ÷ PgBouncer within each round"
+    echo
+    echo "Both ran in the same round, seconds apart, so host-wide swings (the spreads below) largely"
+    echo "cancel out of the per-round ratio."
+    echo
+    echo "| workload | median ratio | min | max | rounds pgenrich ≥ PgBouncer |"
+    echo "|---|--:|--:|--:|--:|"
+    local ratios
+    for workload in "${WORKLOADS[@]}"; do
+        ratios=$(paired_ratios "$workload")
+        if [[ -z $ratios ]]; then
+            echo "| $workload | NA | NA | NA | 0/0 |"
+            continue
+        fi
+        echo "| $workload | $(echo "$ratios" | median | xargs printf '%.2f×') | $(echo "$ratios" | sort -g | head -n 1 | xargs printf '%.2f×') | $(echo "$ratios" | sort -g | tail -n 1 | xargs printf '%.2f×') | $(echo "$ratios" | awk '$1 >= 1 {n++} END {printf "%d/%d", n, NR}') |"
     done
     echo
     echo "### Raw per-round results (spread = (max − min) / median)"

@@ -270,7 +270,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Relay runtime threads as configured (0: automatic, see [`Config::relay_threads`]).
     pub worker_threads: usize,
-    /// ML runtime threads as configured (0: one per CPU, see [`Config::enrich_threads`]).
+    /// ML runtime threads as configured (0: one per CPU, see [`Config::ml_threads`]).
     pub enrich_threads: usize,
     pub inference: InferenceConfig,
 }

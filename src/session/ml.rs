@@ -25,9 +25,8 @@ use crate::session::relay::Relay;
 use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
 use crate::sql::plan::{Call, MlFunction, StreamingPlan};
 
-/// A chunk in inference: its enriched DataRows and what the calls cost.
-/// A chunk in inference, on the ML runtime. Dropping it (the statement ended early, the client
-/// went away) stops its service calls.
+/// A chunk in inference on the ML runtime: its enriched DataRows and what the calls cost.
+/// Dropping it (the statement ended early, the client went away) stops its service calls.
 type ChunkTask = AbortOnDropHandle<Result<(Bytes, usize, CallStats), CallError>>;
 
 /// How an ML statement ended, for the session's logs.
