@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::backends::Backends;
 use crate::cancel::CancelRegistry;
@@ -165,13 +165,10 @@ impl Server {
                 database = tracing::field::Empty,
             );
             let ctx = Arc::clone(&self.ctx);
-            sessions.spawn(
-                async move {
-                    session::run(ctx, stream, permit.is_some()).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            sessions.spawn(async move {
+                session::run(ctx, stream, permit.is_some(), span).await;
+                drop(permit);
+            });
         }
         drop(self.tcp);
         if let Some((listener, path)) = self.unix {

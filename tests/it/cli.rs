@@ -256,6 +256,18 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
             .any(|l| l.starts_with('{') && l.contains("pgenrich stopped")),
         "JSON logs: {stderr}"
     );
+    // Session log lines carry the session's span (the relay pump runs outside it).
+    let ml_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ML statement"))
+        .collect();
+    assert_eq!(ml_lines.len(), 5, "one line per ML statement: {stderr}");
+    for line in ml_lines {
+        assert!(
+            line.contains("\"session_id\"") && line.contains(&format!("\"user\":\"{USER}\"")),
+            "session fields in {line}"
+        );
+    }
     assert!(!stderr.contains(PASSWORD), "no secrets in logs");
     assert!(
         !stderr.contains("cli-test-secret"),
