@@ -138,6 +138,15 @@ impl Executor {
         })
     }
 
+    /// Runs a service call on the ML runtime; a call that ends without an answer (it panicked,
+    /// or the runtime shut down) is a transport failure.
+    async fn call<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = Result<T, InferenceError>> + Send + 'static,
+    ) -> Result<T, InferenceError> {
+        self.spawn(call).await.map_err(lost)?
+    }
+
     /// Most documents per sentiment call of the configured backend.
     pub fn sentiment_batch_limit(&self) -> usize {
         self.backends.sentiment.max_batch()
@@ -218,9 +227,8 @@ impl Executor {
                 let _permits = self.permits(language).await.map_err(fail)?;
                 let (backend, owned) = (Arc::clone(backend), language.to_owned());
                 let sentiments = self
-                    .spawn(async move { backend.detect(&owned, texts).await })
+                    .call(async move { backend.detect(&owned, texts).await })
                     .await
-                    .map_err(|e| fail(lost(e)))?
                     .map_err(fail)?;
                 Ok::<_, CallError>((index, group, sentiments))
             })
@@ -331,9 +339,8 @@ impl Executor {
                 let _permits = self.permits(batch.endpoint).await.map_err(fail)?;
                 let (backend, endpoint) = (Arc::clone(backend), batch.endpoint.to_owned());
                 let (body, request_id) = self
-                    .spawn(async move { backend.invoke(&endpoint, batch.body).await })
+                    .call(async move { backend.invoke(&endpoint, batch.body).await })
                     .await
-                    .map_err(|e| fail(lost(e)))?
                     .map_err(fail)?;
                 let records = csv::split_records(&body).map_err(|why| {
                     fail(InferenceError::Malformed {

@@ -92,12 +92,8 @@ async fn open(
     let raw_startup = loop {
         let packet = match timeout_at(deadline, read_startup_packet(&mut stream)).await {
             Ok(Ok(packet)) => packet,
-            Ok(Err(error)) => return fail(stream, error).await.map(|()| None),
-            Err(_) => {
-                return fail(stream, SessionError::HandshakeTimeout)
-                    .await
-                    .map(|()| None)
-            }
+            Ok(Err(error)) => return fail(stream, error).await,
+            Err(_) => return fail(stream, SessionError::HandshakeTimeout).await,
         };
         match packet {
             StartupPacket::SslRequest => {
@@ -141,16 +137,14 @@ async fn open(
         }
     };
     if !admitted {
-        return fail(stream, SessionError::TooManyConnections)
-            .await
-            .map(|()| None);
+        return fail(stream, SessionError::TooManyConnections).await;
     }
     if ctx.draining.is_cancelled() {
-        return fail(stream, SessionError::Shutdown).await.map(|()| None);
+        return fail(stream, SessionError::Shutdown).await;
     }
     let (upstream, upstream_addr) = match ctx.upstream.connect().await {
         Ok(connected) => connected,
-        Err(error) => return fail(stream, error).await.map(|()| None),
+        Err(error) => return fail(stream, error).await,
     };
     debug!(%upstream_addr, tls = stream.is_tls(), "connected upstream");
     let mut relay = Relay::new(
@@ -435,7 +429,7 @@ fn terminate_message() -> Bytes {
 }
 
 /// Sends a FATAL for `error` (if it has one) on a session that never reached the relay.
-async fn fail(mut stream: ClientStream, error: SessionError) -> Result<(), SessionError> {
+async fn fail<T>(mut stream: ClientStream, error: SessionError) -> Result<T, SessionError> {
     if let Some(message) = error.to_client() {
         let _ = timeout(CLOSE_FLUSH_TIMEOUT, async {
             stream.write_all(&message.encode()).await?;
