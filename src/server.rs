@@ -22,6 +22,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::enrich::{Executor, ExecutorConfig};
 use crate::error::ConfigError;
+use crate::session::direct::Loops;
 use crate::session::{self, SessionContext};
 use crate::stream::ClientStream;
 use crate::upstream::Upstream;
@@ -39,6 +40,8 @@ pub enum StartError {
         what: String,
         source: std::io::Error,
     },
+    #[error("could not start the pass-through loop: {0}")]
+    Loop(std::io::Error),
 }
 
 pub struct Server {
@@ -106,6 +109,8 @@ impl Server {
             None => None,
         };
         let limit = Arc::new(Semaphore::new(config.max_client_connections));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let direct = Some(Loops::start(config.relay_threads(cpus)).map_err(StartError::Loop)?);
         Ok(Server {
             tcp,
             unix,
@@ -118,6 +123,7 @@ impl Server {
                 executor,
                 draining: CancellationToken::new(),
                 terminate: CancellationToken::new(),
+                direct,
             }),
         })
     }

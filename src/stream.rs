@@ -1,13 +1,20 @@
 //! The byte streams a session runs over: a client on TCP, a Unix socket or TLS, and an upstream
 //! on TCP or TLS. Enums rather than trait objects keep the relay's reads and writes statically
 //! dispatched.
+//!
+//! A plain (non-TLS) socket can also be *direct*: taken out of the tokio reactor and driven by the
+//! pass-through loop ([`crate::session::direct`]) from its own epoll events. Its reads and writes
+//! are non-blocking system calls; `Pending` means "until the loop's next event for it", and the
+//! task context is not used.
 
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_util::io::poll_read_buf;
 
 macro_rules! delegate_io {
     ($name:ident { $($variant:ident),* }) => {
@@ -41,13 +48,74 @@ pub enum ClientStream {
     Tcp(TcpStream),
     Unix(UnixStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// With the pass-through loop.
+    Direct(DirectSocket),
+    /// Between owners, for an instant: all I/O fails.
+    Detached(Detached),
 }
 
-delegate_io!(ClientStream { Tcp, Unix, Tls });
+delegate_io!(ClientStream {
+    Tcp,
+    Unix,
+    Tls,
+    Direct,
+    Detached
+});
 
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Takes a plain socket out of the tokio reactor for the pass-through loop; false (and the
+    /// stream unchanged) for TLS.
+    pub fn detach(&mut self) -> io::Result<bool> {
+        let socket = match std::mem::replace(self, ClientStream::Detached(Detached)) {
+            ClientStream::Tcp(tcp) => Plain::Tcp(tcp.into_std()?),
+            ClientStream::Unix(unix) => Plain::Unix(unix.into_std()?),
+            ClientStream::Direct(direct) => direct.io,
+            other => {
+                *self = other;
+                return Ok(false);
+            }
+        };
+        *self = ClientStream::Direct(DirectSocket::new(socket));
+        Ok(true)
+    }
+
+    /// Puts a socket back from the pass-through loop into the tokio reactor (in a runtime).
+    pub fn attach(&mut self) -> io::Result<()> {
+        if let ClientStream::Direct(_) = self {
+            let ClientStream::Direct(direct) =
+                std::mem::replace(self, ClientStream::Detached(Detached))
+            else {
+                unreachable!("matched above");
+            };
+            *self = match direct.io {
+                Plain::Tcp(tcp) => ClientStream::Tcp(TcpStream::from_std(tcp)?),
+                Plain::Unix(unix) => ClientStream::Unix(UnixStream::from_std(unix)?),
+            };
+        }
+        Ok(())
+    }
+
+    /// Reads into the spare capacity of `buf`.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            ClientStream::Direct(direct) => direct.poll_read_into(buf),
+            other => poll_read_buf(Pin::new(other), cx, buf),
+        }
+    }
+
+    pub fn direct(&mut self) -> Option<&mut DirectSocket> {
+        match self {
+            ClientStream::Direct(direct) => Some(direct),
+            _ => None,
+        }
     }
 }
 
@@ -55,6 +123,284 @@ impl ClientStream {
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// With the pass-through loop.
+    Direct(DirectSocket),
+    /// Between owners, for an instant: all I/O fails.
+    Detached(Detached),
 }
 
-delegate_io!(UpstreamStream { Tcp, Tls });
+delegate_io!(UpstreamStream {
+    Tcp,
+    Tls,
+    Direct,
+    Detached
+});
+
+impl UpstreamStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
+    }
+
+    /// See [`ClientStream::detach`].
+    pub fn detach(&mut self) -> io::Result<bool> {
+        let socket = match std::mem::replace(self, UpstreamStream::Detached(Detached)) {
+            UpstreamStream::Tcp(tcp) => Plain::Tcp(tcp.into_std()?),
+            UpstreamStream::Direct(direct) => direct.io,
+            other => {
+                *self = other;
+                return Ok(false);
+            }
+        };
+        *self = UpstreamStream::Direct(DirectSocket::new(socket));
+        Ok(true)
+    }
+
+    /// See [`ClientStream::attach`].
+    pub fn attach(&mut self) -> io::Result<()> {
+        if let UpstreamStream::Direct(_) = self {
+            let UpstreamStream::Direct(direct) =
+                std::mem::replace(self, UpstreamStream::Detached(Detached))
+            else {
+                unreachable!("matched above");
+            };
+            *self = match direct.io {
+                Plain::Tcp(tcp) => UpstreamStream::Tcp(TcpStream::from_std(tcp)?),
+                Plain::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
+            };
+        }
+        Ok(())
+    }
+
+    /// See [`ClientStream::poll_read_into`].
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            UpstreamStream::Direct(direct) => direct.poll_read_into(buf),
+            other => poll_read_buf(Pin::new(other), cx, buf),
+        }
+    }
+
+    pub fn direct(&mut self) -> Option<&mut DirectSocket> {
+        match self {
+            UpstreamStream::Direct(direct) => Some(direct),
+            _ => None,
+        }
+    }
+}
+
+/// A plain socket outside the tokio reactor (non-blocking, as tokio left it).
+pub enum Plain {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl std::os::fd::AsFd for Plain {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Plain::Tcp(tcp) => tcp.as_fd(),
+            Plain::Unix(unix) => unix.as_fd(),
+        }
+    }
+}
+
+impl Plain {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Plain::Tcp(tcp) => (&*tcp).write(buf),
+            Plain::Unix(unix) => (&*unix).write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Plain::Tcp(tcp) => (&*tcp).write_vectored(bufs),
+            Plain::Unix(unix) => (&*unix).write_vectored(bufs),
+        }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Plain::Tcp(tcp) => (&*tcp).read(buf),
+            Plain::Unix(unix) => (&*unix).read(buf),
+        }
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Plain::Tcp(tcp) => tcp.shutdown(std::net::Shutdown::Write),
+            Plain::Unix(unix) => unix.shutdown(std::net::Shutdown::Write),
+        }
+    }
+}
+
+/// A socket driven by the pass-through loop: its readiness comes from the loop's edge-triggered
+/// events, as tokio's reactor keeps it for its own sockets, so that a socket known to be drained
+/// is not asked again (no failed `recv` per wake-up).
+pub struct DirectSocket {
+    io: Plain,
+    readable: bool,
+    writable: bool,
+    /// The peer hung up or the socket failed: reads go on until they say so.
+    hung_up: bool,
+}
+
+impl DirectSocket {
+    fn new(io: Plain) -> DirectSocket {
+        // Whatever happened while nobody watched is found out by trying.
+        DirectSocket {
+            io,
+            readable: true,
+            writable: true,
+            hung_up: false,
+        }
+    }
+
+    pub fn plain(&self) -> &Plain {
+        &self.io
+    }
+
+    /// Records an event of the loop's poll.
+    pub fn on_event(&mut self, readable: bool, writable: bool, hung_up: bool) {
+        self.readable |= readable || hung_up;
+        self.writable |= writable || hung_up;
+        self.hung_up |= hung_up;
+    }
+
+    fn poll_read_into(&mut self, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        if !self.readable {
+            return Poll::Pending;
+        }
+        let room = buf.capacity() - buf.len();
+        loop {
+            match socket2::SockRef::from(&self.io).recv(buf.spare_capacity_mut()) {
+                Ok(n) => {
+                    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        buf.advance_mut(n);
+                    }
+                    // Less than asked for: the socket is drained; new data brings a new event.
+                    if n < room && !self.hung_up {
+                        self.readable = false;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = self.hung_up;
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_with<T>(&mut self, op: impl Fn(&Plain) -> io::Result<T>) -> Poll<io::Result<T>> {
+        if !self.writable {
+            return Poll::Pending;
+        }
+        loop {
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = self.hung_up;
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+impl AsyncRead for DirectSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Not the relay's path (that is `poll_read_into`, which does not zero the buffer).
+        let this = self.get_mut();
+        if !this.readable {
+            return Poll::Pending;
+        }
+        match this.io.read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                this.readable = this.hung_up;
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for DirectSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_with(|io| io.write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_with(|io| io.write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.io.shutdown())
+    }
+}
+
+/// The placeholder while a socket changes hands.
+pub struct Detached;
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket is being handed over")
+}
+
+impl AsyncRead for Detached {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(detached()))
+    }
+}
+
+impl AsyncWrite for Detached {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(detached()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(detached()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(detached()))
+    }
+}

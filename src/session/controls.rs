@@ -17,8 +17,6 @@ use futures_util::task::{waker, ArcWake, AtomicWaker};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::relay::Relay;
-
 /// Which control fired.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Control {
@@ -84,27 +82,32 @@ impl Controls {
     }
 
     /// Ready with the control that fired; otherwise Pending, and `cx` is woken when one may fire.
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>, relay: &Relay) -> Poll<Control> {
+    /// `state` is the relay's [`control_state`](super::relay::Relay::control_state).
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        state: (bool, bool, bool),
+    ) -> Poll<Control> {
         self.gate.task.register(cx.waker());
-        let state = (relay.ready, relay.draining, relay.terminating);
+        let (ready, draining, terminating) = state;
         let woken = self.gate.woken.swap(false, Ordering::AcqRel);
         if !woken && self.seen == Some(state) {
             return Poll::Pending;
         }
         self.seen = Some(state);
         let mut own = Context::from_waker(&self.waker);
-        let fired = if !relay.ready && self.handshake.as_mut().poll(&mut own).is_ready() {
+        let fired = if !ready && self.handshake.as_mut().poll(&mut own).is_ready() {
             Some(Control::HandshakeTimeout)
-        } else if relay.ready
+        } else if ready
             && self
                 .idle
                 .as_mut()
                 .is_some_and(|idle| idle.as_mut().poll(&mut own).is_ready())
         {
             Some(Control::IdleCheck)
-        } else if !relay.draining && self.draining.as_mut().poll(&mut own).is_ready() {
+        } else if !draining && self.draining.as_mut().poll(&mut own).is_ready() {
             Some(Control::Drain)
-        } else if !relay.terminating && self.terminate.as_mut().poll(&mut own).is_ready() {
+        } else if !terminating && self.terminate.as_mut().poll(&mut own).is_ready() {
             Some(Control::Terminate)
         } else {
             None

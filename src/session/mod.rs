@@ -2,6 +2,7 @@
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
 mod controls;
+pub mod direct;
 pub mod explain;
 pub mod extended;
 pub mod finish;
@@ -46,6 +47,8 @@ pub struct SessionContext {
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: sessions close now.
     pub terminate: CancellationToken,
+    /// The pass-through loops for plain sessions (None: everything is relayed on tokio).
+    pub direct: Option<direct::Loops>,
 }
 
 /// Runs a client connection to its end. `admitted` is false when the connection limit is reached.
@@ -70,14 +73,14 @@ async fn session(
     span: &Span,
 ) -> Result<(), SessionError> {
     let deadline = Instant::now() + ctx.config.handshake_timeout;
-    let Some(mut relay) = open(ctx, stream, admitted, deadline)
+    let Some(relay) = open(ctx, stream, admitted, deadline)
         .instrument(span.clone())
         .await?
     else {
         return Ok(());
     };
-    let result = relay_loop(ctx, &mut relay, deadline, span).await;
-    close(ctx, relay, result).instrument(span.clone()).await
+    let (relay, result) = relay_loop(ctx, Box::new(relay), deadline, span).await?;
+    close(ctx, *relay, result).instrument(span.clone()).await
 }
 
 /// Negotiates with the client up to its StartupMessage and connects upstream; the relay that
@@ -164,83 +167,113 @@ async fn open(
 }
 
 /// Pumps until the session ends, honouring the handshake deadline, the idle timeout, draining
-/// and termination.
+/// and termination; the relay comes back for closing with the result. Err when the relay was
+/// lost (the pass-through loop stopped), with nothing left to close.
 async fn relay_loop(
     ctx: &SessionContext,
-    relay: &mut Relay,
+    mut relay: Box<Relay>,
     handshake_deadline: Instant,
     span: &Span,
-) -> Result<(), SessionError> {
-    let idle_timeout = ctx.config.idle_timeout;
+) -> Result<(Box<Relay>, Result<(), SessionError>), SessionError> {
     let mut controls = Controls::new(
         handshake_deadline,
-        idle_timeout,
+        ctx.config.idle_timeout,
         &ctx.draining,
         &ctx.terminate,
     );
+    let direct = ctx.direct.as_ref().map(|loops| (loops, loops.pick()));
     loop {
-        let step = poll_fn(|cx| {
-            if let Poll::Ready(control) = controls.poll(cx, relay) {
-                return Poll::Ready(Err(control));
+        let step = match direct {
+            Some((loops, index)) if relay.can_go_direct() => {
+                let (back, step) = loops.pump(index, relay, &mut controls).await?;
+                relay = back;
+                step
             }
-            relay.poll_progress(cx).map(Ok)
-        })
-        .await;
-        let event = match step {
-            Ok(event) => event?,
-            // Authentication may have finished since the deadline fired.
-            Err(Control::HandshakeTimeout) if relay.ready => continue,
-            Err(Control::HandshakeTimeout) => return Err(SessionError::HandshakeTimeout),
-            Err(Control::IdleCheck) => {
-                let Some(timeout) = idle_timeout else {
+            _ => {
+                let step = poll_fn(|cx| {
+                    if let Poll::Ready(control) = controls.poll(cx, relay.control_state()) {
+                        return Poll::Ready(Some(Err(control)));
+                    }
+                    match relay.poll_progress(cx) {
+                        // Authentication is over: the pass-through loop takes it from here.
+                        Poll::Pending if direct.is_some() && relay.can_go_direct() => {
+                            Poll::Ready(None)
+                        }
+                        progress => progress.map(|event| Some(Ok(event))),
+                    }
+                })
+                .await;
+                let Some(step) = step else {
                     continue;
                 };
-                // A busy session, or one inside a transaction block, is looked at again one
-                // timeout later; an idle one when its idle time is up.
-                let next = if relay.tracker.is_quiescent() {
-                    let since = Instant::from_std(relay.last_activity);
-                    if since.elapsed() >= timeout {
-                        return Err(SessionError::IdleTimeout);
-                    }
-                    since + timeout
-                } else {
-                    Instant::now() + timeout
-                };
-                controls.rearm_idle(next);
-                continue;
-            }
-            Err(Control::Drain) => {
-                relay.draining = true;
-                continue;
-            }
-            Err(Control::Terminate) => {
-                relay.terminating = true;
-                continue;
+                step
             }
         };
-        match event {
-            // After the client's Terminate both sides simply hang up.
-            Event::ClientClosed | Event::UpstreamClosed if relay.client_terminated() => {
-                return Ok(())
-            }
-            Event::ClientClosed => {
-                return Err(SessionError::ClientIo(
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                ))
-            }
-            Event::UpstreamClosed => {
-                return Err(SessionError::UpstreamIo(
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                ))
-            }
-            Event::Quiescent | Event::AtBoundary => return Err(SessionError::Shutdown),
-            Event::Intercept(intercept) => {
-                relay.ml_running = true;
-                intercept_ml(ctx, relay, intercept)
-                    .instrument(span.clone())
-                    .await?;
-                relay.ml_running = false;
-            }
+        match relay_step(ctx, &mut relay, &mut controls, step, span).await {
+            Ok(true) => {}
+            Ok(false) => return Ok((relay, Ok(()))),
+            Err(error) => return Ok((relay, Err(error))),
+        }
+    }
+}
+
+/// Acts on one step of the relay loop: Ok(true) to go on, Ok(false) when the session is over.
+async fn relay_step(
+    ctx: &SessionContext,
+    relay: &mut Relay,
+    controls: &mut Controls,
+    step: direct::Step,
+    span: &Span,
+) -> Result<bool, SessionError> {
+    let event = match step {
+        Ok(event) => event?,
+        // Authentication may have finished since the deadline fired.
+        Err(Control::HandshakeTimeout) if relay.ready => return Ok(true),
+        Err(Control::HandshakeTimeout) => return Err(SessionError::HandshakeTimeout),
+        Err(Control::IdleCheck) => {
+            let Some(timeout) = ctx.config.idle_timeout else {
+                return Ok(true);
+            };
+            // A busy session, or one inside a transaction block, is looked at again one
+            // timeout later; an idle one when its idle time is up.
+            let next = if relay.tracker.is_quiescent() {
+                let since = Instant::from_std(relay.last_activity);
+                if since.elapsed() >= timeout {
+                    return Err(SessionError::IdleTimeout);
+                }
+                since + timeout
+            } else {
+                Instant::now() + timeout
+            };
+            controls.rearm_idle(next);
+            return Ok(true);
+        }
+        Err(Control::Drain) => {
+            relay.draining = true;
+            return Ok(true);
+        }
+        Err(Control::Terminate) => {
+            relay.terminating = true;
+            return Ok(true);
+        }
+    };
+    match event {
+        // After the client's Terminate both sides simply hang up.
+        Event::ClientClosed | Event::UpstreamClosed if relay.client_terminated() => Ok(false),
+        Event::ClientClosed => Err(SessionError::ClientIo(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )),
+        Event::UpstreamClosed => Err(SessionError::UpstreamIo(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )),
+        Event::Quiescent | Event::AtBoundary => Err(SessionError::Shutdown),
+        Event::Intercept(intercept) => {
+            relay.ml_running = true;
+            intercept_ml(ctx, relay, intercept)
+                .instrument(span.clone())
+                .await?;
+            relay.ml_running = false;
+            Ok(true)
         }
     }
 }

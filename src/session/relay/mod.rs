@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
-use tokio_util::io::poll_read_buf;
 
 use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
 use crate::error::{SessionError, SqlState};
@@ -140,6 +139,36 @@ impl Relay {
         }
     }
 
+    /// Plain sockets on both legs, and authentication over: the pass-through loop
+    /// ([`crate::session::direct`]) can carry the session.
+    pub(crate) fn can_go_direct(&self) -> bool {
+        self.ready && !self.client.is_tls() && !self.upstream.is_tls()
+    }
+
+    /// What the session's controls depend on: (ready, draining, terminating).
+    pub(crate) fn control_state(&self) -> (bool, bool, bool) {
+        (self.ready, self.draining, self.terminating)
+    }
+
+    /// Takes both sockets out of the tokio reactor for the pass-through loop.
+    pub(crate) fn detach_streams(&mut self) -> Result<(), SessionError> {
+        let client = self.client.detach().map_err(SessionError::ClientIo)?;
+        let upstream = self.upstream.detach().map_err(SessionError::UpstreamIo)?;
+        if client && upstream {
+            return Ok(());
+        }
+        self.attach_streams()?;
+        Err(SessionError::UpstreamIo(io::Error::other(
+            "a TLS session cannot leave the tokio runtime",
+        )))
+    }
+
+    /// Puts both sockets back into the tokio reactor (in a runtime).
+    pub(crate) fn attach_streams(&mut self) -> Result<(), SessionError> {
+        self.client.attach().map_err(SessionError::ClientIo)?;
+        self.upstream.attach().map_err(SessionError::UpstreamIo)
+    }
+
     /// Queues bytes for the upstream (the startup packet).
     pub fn send_upstream(&mut self, bytes: Bytes) {
         self.to_upstream.push(bytes);
@@ -207,7 +236,7 @@ impl Relay {
                 && !client_pending
             {
                 reserve(&mut self.from_client.buf);
-                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
+                match self.client.poll_read_into(cx, &mut self.from_client.buf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
                     Poll::Ready(Ok(_)) => {
                         self.touch();
@@ -220,11 +249,10 @@ impl Relay {
             }
             if self.to_client.len < HIGH_WATER && !upstream_pending {
                 reserve(&mut self.from_upstream.buf);
-                match poll_read_buf(
-                    Pin::new(&mut self.upstream),
-                    cx,
-                    &mut self.from_upstream.buf,
-                ) {
+                match self
+                    .upstream
+                    .poll_read_into(cx, &mut self.from_upstream.buf)
+                {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::UpstreamClosed)),
                     Poll::Ready(Ok(_)) => {
                         self.process_upstream()?;

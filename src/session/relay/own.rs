@@ -95,11 +95,10 @@ impl Relay {
                 }
             }
             reserve(&mut self.from_upstream.buf);
-            match poll_read_buf(
-                Pin::new(&mut self.upstream),
-                cx,
-                &mut self.from_upstream.buf,
-            ) {
+            match self
+                .upstream
+                .poll_read_into(cx, &mut self.from_upstream.buf)
+            {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(SessionError::UpstreamIo(
                         io::ErrorKind::UnexpectedEof.into(),
@@ -127,7 +126,7 @@ impl Relay {
             return Poll::Pending;
         }
         reserve(&mut self.from_client.buf);
-        match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.from_client.buf) {
+        match self.client.poll_read_into(cx, &mut self.from_client.buf) {
             // A client that sent Terminate after its query and closed its side still reads the
             // answer, as PostgreSQL would give it: finish, then let the Terminate end the session.
             Poll::Ready(Ok(0))

@@ -1,0 +1,298 @@
+//! The pass-through loop: plain (non-TLS) sessions are relayed between ML statements by a thread
+//! of pgenrich's own that waits on epoll (mio) and calls [`Relay::poll_progress`] directly, not
+//! by the tokio runtime.
+//!
+//! Why: per relayed query, tokio's reactor, scheduler and task wake-ups cost about 2,500
+//! user-space instructions more than PgBouncer's whole loop, and on a small host the relay's
+//! thread is the queue every query waits in. Here an event costs a table lookup and the relay's
+//! own framing.
+//!
+//! A session's task hands its [`Relay`] over ([`Loops::pump`]) with both sockets taken out of the
+//! tokio reactor, and gets it back, sockets returned to tokio, when the relay has an [`Event`]
+//! (an ML statement, a hang-up, ...) or when the task recalls it because a control fired (idle
+//! check, draining, termination). TLS sessions stay on tokio: they are never handed over.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll as MioPoll, Registry, Token};
+use tokio::sync::oneshot;
+use tracing::error;
+
+use super::controls::{Control, Controls};
+use super::relay::{Event, Relay};
+use crate::error::SessionError;
+use crate::stream::DirectSocket;
+
+/// What a step of the relay loop ended with: the relay's event or error, or a control.
+pub(super) type Step = Result<Result<Event, SessionError>, Control>;
+
+/// The token of the loop's waker; sockets have `2 × slot` (client) and `2 × slot + 1`.
+const WAKE: Token = Token(usize::MAX);
+
+enum Command {
+    Adopt {
+        id: u64,
+        relay: Box<Relay>,
+        back: oneshot::Sender<Returned>,
+    },
+    Recall {
+        id: u64,
+    },
+    Stop,
+}
+
+/// A relay coming back from the loop, with what ended its stay (None: it was recalled).
+struct Returned {
+    relay: Box<Relay>,
+    outcome: Option<Result<Event, SessionError>>,
+}
+
+/// One loop thread's mailbox.
+struct Handle {
+    commands: mpsc::Sender<Command>,
+    waker: mio::Waker,
+}
+
+impl Handle {
+    fn send(&self, command: Command) -> Result<(), Command> {
+        self.commands.send(command).map_err(|e| e.0)?;
+        if let Err(error) = self.waker.wake() {
+            error!(%error, "cannot wake the pass-through loop");
+        }
+        Ok(())
+    }
+}
+
+/// The pass-through loops of a server (one per relay thread).
+pub struct Loops {
+    handles: Vec<Handle>,
+    next_loop: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Loops {
+    /// Starts `threads` loop threads.
+    pub fn start(threads: usize) -> io::Result<Loops> {
+        let mut handles = Vec::with_capacity(threads);
+        for n in 0..threads.max(1) {
+            let poll = MioPoll::new()?;
+            let waker = mio::Waker::new(poll.registry(), WAKE)?;
+            let (commands, inbox) = mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("pgenrich-relay-{n}"))
+                .spawn(move || run(poll, inbox))?;
+            handles.push(Handle { commands, waker });
+        }
+        Ok(Loops {
+            handles,
+            next_loop: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Picks the loop for a new session.
+    pub(super) fn pick(&self) -> usize {
+        self.next_loop.fetch_add(1, Ordering::Relaxed) % self.handles.len()
+    }
+
+    /// Relays on loop `index` until the relay has an event or a control fires. Err when the
+    /// relay cannot be handed over or was lost (the session then ends without last words).
+    pub(super) async fn pump(
+        &self,
+        index: usize,
+        mut relay: Box<Relay>,
+        controls: &mut Controls,
+    ) -> Result<(Box<Relay>, Step), SessionError> {
+        let state = relay.control_state();
+        relay.detach_streams()?;
+        let handle = &self.handles[index];
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (back, mut returned) = oneshot::channel();
+        if let Err(Command::Adopt { mut relay, .. }) =
+            handle.send(Command::Adopt { id, relay, back })
+        {
+            // The loop thread is gone (it cannot be, short of a bug): the session ends.
+            relay.attach_streams()?;
+            return Ok((relay, Ok(Err(lost()))));
+        }
+        let control = tokio::select! {
+            biased;
+            back = &mut returned => return finish(back, None),
+            control = poll_fn(|cx| controls.poll(cx, state)) => control,
+        };
+        let _ = handle.send(Command::Recall { id });
+        finish(returned.await, Some(control))
+    }
+}
+
+/// Takes the relay back into the tokio reactor.
+fn finish(
+    back: Result<Returned, oneshot::error::RecvError>,
+    control: Option<Control>,
+) -> Result<(Box<Relay>, Step), SessionError> {
+    let Returned { mut relay, outcome } = back.map_err(|_| lost())?;
+    relay.attach_streams()?;
+    let step = match (outcome, control) {
+        // An event that raced the recall comes first; the control fires again.
+        (Some(outcome), _) => Ok(outcome),
+        (None, Some(control)) => Err(control),
+        (None, None) => Ok(Err(lost())),
+    };
+    Ok((relay, step))
+}
+
+fn lost() -> SessionError {
+    SessionError::UpstreamIo(io::Error::other("the pass-through loop stopped"))
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for handle in &self.handles {
+            let _ = handle.send(Command::Stop);
+        }
+    }
+}
+
+struct Entry {
+    id: u64,
+    relay: Box<Relay>,
+    back: oneshot::Sender<Returned>,
+}
+
+/// The loop thread.
+fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
+    let mut events = Events::with_capacity(1024);
+    let mut slots: Vec<Option<Entry>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Err(error) = poll.poll(&mut events, None) {
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            error!(%error, "the pass-through loop cannot poll");
+            return;
+        }
+        let registry = poll.registry();
+        for event in events.iter() {
+            if event.token() == WAKE {
+                continue;
+            }
+            let slot = event.token().0 / 2;
+            let Some(entry) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let hung_up = event.is_read_closed() || event.is_error();
+            let socket = if event.token().0 % 2 == 0 {
+                entry.relay.client.direct()
+            } else {
+                entry.relay.upstream.direct()
+            };
+            if let Some(socket) = socket {
+                socket.on_event(event.is_readable(), event.is_writable(), hung_up);
+            }
+            pump(registry, &mut slots, &mut free, slot, &mut cx);
+        }
+        loop {
+            match inbox.try_recv() {
+                Ok(Command::Adopt { id, relay, back }) => {
+                    let slot = free.pop().unwrap_or_else(|| {
+                        slots.push(None);
+                        slots.len() - 1
+                    });
+                    let mut entry = Entry { id, relay, back };
+                    if let Err(error) = register(registry, &mut entry.relay, slot) {
+                        deregister(registry, &mut entry.relay);
+                        let outcome = Some(Err(SessionError::ClientIo(error)));
+                        let _ = entry.back.send(Returned {
+                            relay: entry.relay,
+                            outcome,
+                        });
+                        free.push(slot);
+                        continue;
+                    }
+                    slots[slot] = Some(entry);
+                    // Input may be waiting already.
+                    pump(registry, &mut slots, &mut free, slot, &mut cx);
+                }
+                Ok(Command::Recall { id }) => {
+                    let found = slots
+                        .iter()
+                        .position(|s| s.as_ref().is_some_and(|e| e.id == id));
+                    if let Some(slot) = found {
+                        give_back(registry, &mut slots, &mut free, slot, None);
+                    }
+                }
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+    }
+}
+
+/// Moves one session's relay forward; gives it back when it has an event.
+fn pump(
+    registry: &Registry,
+    slots: &mut [Option<Entry>],
+    free: &mut Vec<usize>,
+    slot: usize,
+    cx: &mut Context<'_>,
+) {
+    let Some(entry) = slots[slot].as_mut() else {
+        return;
+    };
+    if let Poll::Ready(outcome) = entry.relay.poll_progress(cx) {
+        give_back(registry, slots, free, slot, Some(outcome));
+    }
+}
+
+fn give_back(
+    registry: &Registry,
+    slots: &mut [Option<Entry>],
+    free: &mut Vec<usize>,
+    slot: usize,
+    outcome: Option<Result<Event, SessionError>>,
+) {
+    let Some(mut entry) = slots[slot].take() else {
+        return;
+    };
+    free.push(slot);
+    deregister(registry, &mut entry.relay);
+    // A session whose task is gone (runtime shutdown) is dropped here, closing its sockets.
+    let _ = entry.back.send(Returned {
+        relay: entry.relay,
+        outcome,
+    });
+}
+
+fn sockets(relay: &mut Relay) -> [Option<&mut DirectSocket>; 2] {
+    [relay.client.direct(), relay.upstream.direct()]
+}
+
+fn register(registry: &Registry, relay: &mut Relay, slot: usize) -> io::Result<()> {
+    for (side, socket) in sockets(relay).into_iter().enumerate() {
+        let socket = socket.ok_or_else(|| io::Error::other("socket is not direct"))?;
+        let fd = socket.plain().as_fd().as_raw_fd();
+        registry.register(
+            &mut SourceFd(&fd),
+            Token(2 * slot + side),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+    }
+    Ok(())
+}
+
+fn deregister(registry: &Registry, relay: &mut Relay) {
+    for socket in sockets(relay).into_iter().flatten() {
+        let fd = socket.plain().as_fd().as_raw_fd();
+        // Not registered (a failed registration): nothing to undo.
+        let _ = registry.deregister(&mut SourceFd(&fd));
+    }
+}
