@@ -28,3 +28,6 @@ if ! python3 -c 'import psycopg' 2>/dev/null; then
 fi
 
 cargo test --locked --workspace --all-targets "$@"
+# The integration suite once more with TLS to the database: the first pass's sessions were
+# relayed by the pass-through loops, these are relayed on the tokio runtime.
+PGENRICH_TEST_UPSTREAM_TLS=prefer cargo test --locked --test it "$@"

@@ -85,6 +85,10 @@ pub struct Cli {
     /// per CPU), 1 = a single-threaded runtime, n = that many [default: 0].
     #[arg(long, env = "PGENRICH_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<String>,
+    /// Relay plain (non-TLS) sessions between ML statements on pgenrich's own epoll loop, one
+    /// per relay thread; false = on the tokio runtime, as TLS sessions [default: true].
+    #[arg(long, env = "PGENRICH_DIRECT_RELAY", value_name = "BOOL")]
+    pub direct_relay: Option<String>,
     /// Threads for ML work (service calls, enriching rows), apart from the relay: 0 = one per
     /// CPU [default: 0].
     #[arg(long, env = "PGENRICH_ENRICH_THREADS", value_name = "N")]
@@ -169,6 +173,7 @@ struct FileConfig {
     max_buffered_bytes: Option<toml::Value>,
     log_format: Option<String>,
     worker_threads: Option<toml::Value>,
+    direct_relay: Option<toml::Value>,
     enrich_threads: Option<toml::Value>,
     aws_region: Option<String>,
     sagemaker_endpoint_url: Option<String>,
@@ -270,6 +275,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Relay runtime threads as configured (0: automatic, see [`Config::relay_threads`]).
     pub worker_threads: usize,
+    /// Plain sessions are relayed on the pass-through loops ([`crate::session::direct`]).
+    pub direct_relay: bool,
     /// ML runtime threads as configured (0: one per CPU, see [`Config::ml_threads`]).
     pub enrich_threads: usize,
     pub inference: InferenceConfig,
@@ -485,6 +492,7 @@ impl Config {
                 "comprehend_truncate",
                 cli.comprehend_truncate,
                 file.comprehend_truncate,
+                false,
             )?,
             comprehend_backend: match cli
                 .comprehend_backend
@@ -554,6 +562,7 @@ impl Config {
             max_buffered_bytes,
             log_format,
             worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
+            direct_relay: boolean("direct_relay", cli.direct_relay, file.direct_relay, true)?,
             enrich_threads: number("enrich_threads", cli.enrich_threads, file.enrich_threads, 0)?,
             inference,
         })
@@ -697,6 +706,7 @@ fn boolean(
     key: &'static str,
     cli: Option<String>,
     file: Option<toml::Value>,
+    default: bool,
 ) -> Result<bool, ConfigError> {
     match (cli, file) {
         (Some(text), _) => match text.trim() {
@@ -709,7 +719,7 @@ fn boolean(
             key,
             format!("`{other:?}` (expected true or false)"),
         )),
-        (None, None) => Ok(false),
+        (None, None) => Ok(default),
     }
 }
 
@@ -786,6 +796,28 @@ mod tests {
         let bad = Config::load(cli(&["--upstream", "h:1", "--enrich-threads", "many"]))
             .expect_err("not a number");
         assert!(bad.to_string().contains("`enrich_threads`"), "{bad}");
+    }
+
+    #[test]
+    fn direct_relay_is_on_unless_turned_off() {
+        assert!(
+            Config::load(cli(&["--upstream", "h:1"]))
+                .expect("config")
+                .direct_relay
+        );
+        let file = || -> FileConfig {
+            toml::from_str("upstream = \"h:1\"\ndirect_relay = false").expect("toml")
+        };
+        assert!(
+            !Config::resolve(Cli::default(), file())
+                .expect("config")
+                .direct_relay
+        );
+        let cli_wins = Config::resolve(cli(&["--direct-relay", "on"]), file()).expect("config");
+        assert!(cli_wins.direct_relay);
+        let bad = Config::load(cli(&["--upstream", "h:1", "--direct-relay", "maybe"]))
+            .expect_err("not a boolean");
+        assert!(bad.to_string().contains("`direct_relay`"), "{bad}");
     }
 
     #[test]

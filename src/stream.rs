@@ -404,3 +404,83 @@ impl AsyncWrite for Detached {
         Poll::Ready(Err(detached()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream as StdUnix;
+
+    fn direct_pair() -> (DirectSocket, StdUnix) {
+        let (ours, theirs) = StdUnix::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        (DirectSocket::new(Plain::Unix(ours)), theirs)
+    }
+
+    /// Readiness is kept as tokio keeps it: a short read means drained, and nothing is read
+    /// again until the loop reports an event; a hang-up keeps reads going until they return 0.
+    #[test]
+    fn direct_socket_reads_only_after_events() {
+        let (mut socket, mut peer) = direct_pair();
+        let mut buf = BytesMut::with_capacity(64);
+        assert!(
+            socket.poll_read_into(&mut buf).is_pending(),
+            "nothing sent yet"
+        );
+        peer.write_all(b"hello").expect("send");
+        assert!(
+            socket.poll_read_into(&mut buf).is_pending(),
+            "not readable until an event says so"
+        );
+        socket.on_event(true, false, false);
+        assert!(matches!(
+            socket.poll_read_into(&mut buf),
+            Poll::Ready(Ok(5))
+        ));
+        assert_eq!(&buf[..], b"hello");
+        peer.write_all(b"more").expect("send");
+        assert!(
+            socket.poll_read_into(&mut buf).is_pending(),
+            "a short read drained the socket"
+        );
+        socket.on_event(true, false, false);
+        assert!(matches!(
+            socket.poll_read_into(&mut buf),
+            Poll::Ready(Ok(4))
+        ));
+        drop(peer);
+        socket.on_event(false, false, true);
+        assert!(matches!(
+            socket.poll_read_into(&mut buf),
+            Poll::Ready(Ok(0))
+        ));
+        assert!(matches!(
+            socket.poll_read_into(&mut buf),
+            Poll::Ready(Ok(0))
+        ));
+        assert_eq!(&buf[..], b"hellomore");
+    }
+
+    /// A full socket buffer makes writes Pending until a writable event.
+    #[test]
+    fn direct_socket_writes_until_the_peer_is_full() {
+        let (mut socket, mut peer) = direct_pair();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 0;
+        while let Poll::Ready(n) = Pin::new(&mut socket).poll_write(&mut cx, &chunk) {
+            written += n.expect("write");
+            assert!(written < 64 << 20, "the socket buffer never filled");
+        }
+        assert!(
+            Pin::new(&mut socket).poll_write(&mut cx, b"x").is_pending(),
+            "stays Pending without an event"
+        );
+        let mut sink = vec![0u8; written];
+        peer.read_exact(&mut sink).expect("drain");
+        socket.on_event(false, true, false);
+        assert!(matches!(
+            Pin::new(&mut socket).poll_write(&mut cx, b"x"),
+            Poll::Ready(Ok(1))
+        ));
+    }
+}

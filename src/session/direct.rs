@@ -7,7 +7,7 @@
 //! thread is the queue every query waits in. Here an event costs a table lookup and the relay's
 //! own framing.
 //!
-//! A session's task hands its [`Relay`] over ([`Loops::pump`]) with both sockets taken out of the
+//! A session's task hands its [`Relay`] over ([`Loops::hand_over`]) with both sockets taken out of the
 //! tokio reactor, and gets it back, sockets returned to tokio, when the relay has an [`Event`]
 //! (an ML statement, a hang-up, ...) or when the task recalls it because a control fired (idle
 //! check, draining, termination). TLS sessions stay on tokio: they are never handed over.
@@ -17,6 +17,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -33,7 +34,7 @@ use crate::stream::DirectSocket;
 /// What a step of the relay loop ended with: the relay's event or error, or a control.
 pub(super) type Step = Result<Result<Event, SessionError>, Control>;
 
-/// The token of the loop's waker; sockets have `2 × slot` (client) and `2 × slot + 1`.
+/// The token of the loop's waker (sockets: see [`Table`]).
 const WAKE: Token = Token(usize::MAX);
 
 enum Command {
@@ -81,12 +82,12 @@ impl Loops {
     /// Starts `threads` loop threads.
     pub fn start(threads: usize) -> io::Result<Loops> {
         let mut handles = Vec::with_capacity(threads);
-        for n in 0..threads.max(1) {
+        for _ in 0..threads.max(1) {
             let poll = MioPoll::new()?;
             let waker = mio::Waker::new(poll.registry(), WAKE)?;
             let (commands, inbox) = mpsc::channel();
             std::thread::Builder::new()
-                .name(format!("pgenrich-relay-{n}"))
+                .name("pgenrich-relay".to_owned())
                 .spawn(move || run(poll, inbox))?;
             handles.push(Handle { commands, waker });
         }
@@ -104,7 +105,7 @@ impl Loops {
 
     /// Relays on loop `index` until the relay has an event or a control fires. Err when the
     /// relay cannot be handed over or was lost (the session then ends without last words).
-    pub(super) async fn pump(
+    pub(super) async fn hand_over(
         &self,
         index: usize,
         mut relay: Box<Relay>,
@@ -169,11 +170,16 @@ struct Entry {
 /// The loop thread.
 fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
     let mut events = Events::with_capacity(1024);
-    let mut slots: Vec<Option<Entry>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut cx = Context::from_waker(Waker::noop());
+    let mut table = Table::default();
+    // Sessions that stopped only to give the others a turn, for the next round.
+    let mut again: Vec<usize> = Vec::new();
     loop {
-        if let Err(error) = poll.poll(&mut events, None) {
+        let wait = if again.is_empty() {
+            None
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(error) = poll.poll(&mut events, wait) {
             if error.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -181,53 +187,57 @@ fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
             return;
         }
         let registry = poll.registry();
+        let turn = std::mem::take(&mut again);
         for event in events.iter() {
             if event.token() == WAKE {
                 continue;
             }
             let slot = event.token().0 / 2;
-            let Some(entry) = slots.get_mut(slot).and_then(Option::as_mut) else {
+            let Some(entry) = table.slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            let hung_up = event.is_read_closed() || event.is_error();
             let socket = if event.token().0 % 2 == 0 {
                 entry.relay.client.direct()
             } else {
                 entry.relay.upstream.direct()
             };
             if let Some(socket) = socket {
+                let hung_up = event.is_read_closed() || event.is_error();
                 socket.on_event(event.is_readable(), event.is_writable(), hung_up);
             }
-            pump(registry, &mut slots, &mut free, slot, &mut cx);
+            table.pump(registry, slot, &mut again);
+        }
+        for slot in turn {
+            table.pump(registry, slot, &mut again);
         }
         loop {
             match inbox.try_recv() {
                 Ok(Command::Adopt { id, relay, back }) => {
-                    let slot = free.pop().unwrap_or_else(|| {
-                        slots.push(None);
-                        slots.len() - 1
+                    let slot = table.free.pop().unwrap_or_else(|| {
+                        table.slots.push(None);
+                        table.slots.len() - 1
                     });
                     let mut entry = Entry { id, relay, back };
                     if let Err(error) = register(registry, &mut entry.relay, slot) {
                         deregister(registry, &mut entry.relay);
-                        let outcome = Some(Err(SessionError::ClientIo(error)));
+                        table.free.push(slot);
                         let _ = entry.back.send(Returned {
                             relay: entry.relay,
-                            outcome,
+                            outcome: Some(Err(SessionError::ClientIo(error))),
                         });
-                        free.push(slot);
                         continue;
                     }
-                    slots[slot] = Some(entry);
+                    table.slots[slot] = Some(entry);
                     // Input may be waiting already.
-                    pump(registry, &mut slots, &mut free, slot, &mut cx);
+                    table.pump(registry, slot, &mut again);
                 }
                 Ok(Command::Recall { id }) => {
-                    let found = slots
+                    let found = table
+                        .slots
                         .iter()
                         .position(|s| s.as_ref().is_some_and(|e| e.id == id));
                     if let Some(slot) = found {
-                        give_back(registry, &mut slots, &mut free, slot, None);
+                        table.give_back(registry, slot, None);
                     }
                 }
                 Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
@@ -237,39 +247,45 @@ fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
     }
 }
 
-/// Moves one session's relay forward; gives it back when it has an event.
-fn pump(
-    registry: &Registry,
-    slots: &mut [Option<Entry>],
-    free: &mut Vec<usize>,
-    slot: usize,
-    cx: &mut Context<'_>,
-) {
-    let Some(entry) = slots[slot].as_mut() else {
-        return;
-    };
-    if let Poll::Ready(outcome) = entry.relay.poll_progress(cx) {
-        give_back(registry, slots, free, slot, Some(outcome));
-    }
+/// The sessions a loop carries; a slot's sockets have tokens `2 × slot` and `2 × slot + 1`.
+#[derive(Default)]
+struct Table {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
 }
 
-fn give_back(
-    registry: &Registry,
-    slots: &mut [Option<Entry>],
-    free: &mut Vec<usize>,
-    slot: usize,
-    outcome: Option<Result<Event, SessionError>>,
-) {
-    let Some(mut entry) = slots[slot].take() else {
-        return;
-    };
-    free.push(slot);
-    deregister(registry, &mut entry.relay);
-    // A session whose task is gone (runtime shutdown) is dropped here, closing its sockets.
-    let _ = entry.back.send(Returned {
-        relay: entry.relay,
-        outcome,
-    });
+impl Table {
+    /// Moves one session's relay forward; gives it back when it has an event, and notes it in
+    /// `again` when it stopped to give others a turn.
+    fn pump(&mut self, registry: &Registry, slot: usize, again: &mut Vec<usize>) {
+        let Some(entry) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match entry.relay.poll_progress(&mut cx) {
+            Poll::Ready(outcome) => self.give_back(registry, slot, Some(outcome)),
+            Poll::Pending if entry.relay.yielded => again.push(slot),
+            Poll::Pending => {}
+        }
+    }
+
+    fn give_back(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        outcome: Option<Result<Event, SessionError>>,
+    ) {
+        let Some(mut entry) = self.slots[slot].take() else {
+            return;
+        };
+        self.free.push(slot);
+        deregister(registry, &mut entry.relay);
+        // A session whose task is gone (runtime shutdown) is dropped here, closing its sockets.
+        let _ = entry.back.send(Returned {
+            relay: entry.relay,
+            outcome,
+        });
+    }
 }
 
 fn sockets(relay: &mut Relay) -> [Option<&mut DirectSocket>; 2] {

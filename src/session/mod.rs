@@ -185,7 +185,7 @@ async fn relay_loop(
     loop {
         let step = match direct {
             Some((loops, index)) if relay.can_go_direct() => {
-                let (back, step) = loops.pump(index, relay, &mut controls).await?;
+                let (back, step) = loops.hand_over(index, relay, &mut controls).await?;
                 relay = back;
                 step
             }

@@ -170,7 +170,7 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     std::fs::write(
         &file,
         "upstream = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n\
-         worker_threads = 3\nenrich_threads = 1\n",
+         worker_threads = 3\nenrich_threads = 1\nupstream_tls_mode = \"disable\"\n",
     )
     .expect("write");
     let mock = mock_aws::MockAws::start().await.expect("mock AWS");
@@ -212,6 +212,18 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
         (1, 1, 0)
     );
     let _ = connect(&pg.direct_conninfo()).await;
+    // Plain sessions are relayed by the pass-through loops, one per relay thread.
+    let pid = child.id().expect("pid");
+    let before = threads(pid, "pgenrich-relay");
+    assert_eq!(before.len(), 3, "three pass-through loops: {before:?}");
+    for _ in 0..200 {
+        client.query_one("SELECT 1", &[]).await.expect("query");
+    }
+    let after = threads(pid, "pgenrich-relay");
+    assert!(
+        after.iter().sum::<u64>() > before.iter().sum::<u64>(),
+        "the loops relayed the queries: {before:?} -> {after:?}"
+    );
 
     // Concurrent sessions on the three runtime threads: each works, ML included, and each
     // cancel request (a connection of its own) reaches its session.
@@ -275,8 +287,8 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     );
 }
 
-/// The single-threaded runtime (`worker_threads = 1`) serves plain and ML statements side by side,
-/// cancels, and drains on SIGTERM.
+/// The single-threaded runtime (`worker_threads = 1`) with `direct_relay` off relays everything
+/// itself: plain and ML statements side by side, cancels, and drains on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
     let pg = postgres();
@@ -284,7 +296,7 @@ async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
     let mock = mock_aws::MockAws::start().await.expect("mock AWS");
     let mut cmd = pgenrich();
     let mut child = serve(
-        with_mock_aws(&mut cmd, &mock),
+        with_mock_aws(&mut cmd, &mock).env("PGENRICH_DIRECT_RELAY", "false"),
         port,
         pg,
         &["--worker-threads", "1"],
@@ -305,9 +317,34 @@ async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
     assert_eq!(ml.expect("ML").get::<_, String>(0), "42");
     assert_eq!(plain.expect("plain").get::<_, i64>(0), 1000);
     assert_cancels(b).await;
+    let pid = child.id().expect("pid");
+    assert_eq!(
+        threads(pid, "pgenrich-relay"),
+        Vec::<u64>::new(),
+        "no loops"
+    );
     drop(clients);
     let exit = terminate(&mut child).await;
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The time on CPU, in nanoseconds, of each of the process's threads named `name`.
+fn threads(pid: u32, name: &str) -> Vec<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    let mut times = Vec::new();
+    for task in tasks {
+        let path = task.expect("task").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).expect("schedstat");
+            let on_cpu = schedstat
+                .split_whitespace()
+                .next()
+                .expect("schedstat format");
+            times.push(on_cpu.parse().expect("nanoseconds"));
+        }
+    }
+    times
 }
 
 /// The CPU time (user + system) the process has used so far.

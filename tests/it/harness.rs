@@ -3,7 +3,8 @@
 //! protocol client for malformed-input and pipelining tests.
 //!
 //! The server runs in a temp directory on a free loopback port with SCRAM authentication (plus
-//! one role per other method), TLS enabled with a certificate made by the test. A watchdog shell
+//! one role per other method), TLS enabled with a certificate made by the test; pgenrich reaches
+//! it without TLS unless [`upstream_tls_mode`] says otherwise. A watchdog shell
 //! stops it and removes the directory when the test process exits. On demand the harness also
 //! starts a hot standby streaming from it ([`standby`]) and creates the differential suite's
 //! reference database ([`reference_database`]).
@@ -102,6 +103,17 @@ fn run_as(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
 fn chown(path: &Path, user: Option<(u32, u32)>) {
     if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    }
+}
+
+/// The upstream leg of in-process proxies: plain by default, so that sessions are relayed by
+/// the pass-through loops; `PGENRICH_TEST_UPSTREAM_TLS=prefer` (the test script's second pass)
+/// runs the suite over TLS to the database, relayed on the tokio runtime.
+pub fn upstream_tls_mode() -> UpstreamTlsMode {
+    match std::env::var("PGENRICH_TEST_UPSTREAM_TLS").as_deref() {
+        Err(_) | Ok("disable") => UpstreamTlsMode::Disable,
+        Ok("prefer") => UpstreamTlsMode::Prefer,
+        Ok(other) => panic!("PGENRICH_TEST_UPSTREAM_TLS={other}: expected disable or prefer"),
     }
 }
 
@@ -538,7 +550,7 @@ impl Proxy {
     ) -> Proxy {
         let mut config =
             Config::new("127.0.0.1:0".parse().expect("addr"), upstream).expect("config");
-        config.upstream_tls_mode = UpstreamTlsMode::Prefer;
+        config.upstream_tls_mode = upstream_tls_mode();
         // Few retries, so fault tests stay quick.
         config.inference.max_attempts = 2;
         adjust(&mut config);

@@ -36,6 +36,9 @@ use hook::{inspect, plan_query, plan_statement};
 
 /// Stop reading from one side while this much is queued for the other (back-pressure).
 const HIGH_WATER: usize = 1024 * 1024;
+/// Rounds of reads that brought bytes before [`Relay::poll_progress`] lets other sessions on the
+/// thread have a turn (a stream whose both ends keep up would otherwise never yield).
+const ROUNDS_PER_TURN: u32 = 32;
 
 /// Why [`Relay::poll_progress`] returned.
 #[derive(Debug)]
@@ -75,6 +78,9 @@ pub struct Relay {
     ctx: RelayContext,
     /// The first ReadyForQuery has arrived: authentication is over.
     pub(crate) ready: bool,
+    /// The last [`Relay::poll_progress`] returned Pending to give others a turn, not because
+    /// it waits for the sockets.
+    pub(crate) yielded: bool,
     pub(crate) draining: bool,
     pub(crate) terminating: bool,
     client_terminated: bool,
@@ -115,6 +121,7 @@ impl Relay {
             tracker: Tracker::default(),
             ctx,
             ready: false,
+            yielded: false,
             draining: false,
             terminating: false,
             client_terminated: false,
@@ -180,6 +187,8 @@ impl Relay {
         // would only ask the reactor the same question (twice per relayed message).
         let mut client_pending = false;
         let mut upstream_pending = false;
+        let mut rounds = 0;
+        self.yielded = false;
         loop {
             if self.terminating && self.from_upstream.at_boundary() {
                 return Poll::Ready(Ok(Event::AtBoundary));
@@ -263,6 +272,12 @@ impl Relay {
                 }
             }
             if !progress {
+                return Poll::Pending;
+            }
+            rounds += 1;
+            if rounds == ROUNDS_PER_TURN {
+                self.yielded = true;
+                cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
         }
