@@ -7,19 +7,18 @@
 //! thread is the queue every query waits in. Here an event costs a table lookup and the relay's
 //! own framing.
 //!
-//! A session's task hands its [`Relay`] over ([`Loops::hand_over`]) with both sockets taken out of the
-//! tokio reactor, and gets it back, sockets returned to tokio, when the relay has an [`Event`]
-//! (an ML statement, a hang-up, ...) or when the task recalls it because a control fired (idle
-//! check, draining, termination). TLS sessions stay on tokio: they are never handed over.
+//! A session's task hands its [`Relay`] over ([`Loops::hand_over`]) with both sockets taken out
+//! of the tokio reactor, and gets it back, sockets returned to tokio, when the relay has an
+//! [`Event`] (an ML statement, a hang-up, ...) or when the task recalls it because a control fired
+//! (idle check, draining, termination). TLS sessions stay on tokio: they are never handed over.
 
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-
-use std::os::fd::{AsFd, AsRawFd};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll, Registry, Token};

@@ -375,9 +375,22 @@ fn cpu_time(pid: u32) -> Duration {
 /// idle) is looked at once per timeout instead of the timer firing over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_counts_from_idle_and_does_not_spin() {
+    // Plain sessions on the pass-through loop, then TLS ones on the runtime.
+    for upstream_tls_mode in ["disable", "prefer"] {
+        idle_timeout_on(upstream_tls_mode).await;
+    }
+}
+
+async fn idle_timeout_on(upstream_tls_mode: &str) {
     let pg = postgres();
     let port = free_port();
-    let mut child = serve(&mut pgenrich(), port, pg, &["--idle-timeout", "300ms"]);
+    let args = [
+        "--idle-timeout",
+        "300ms",
+        "--upstream-tls-mode",
+        upstream_tls_mode,
+    ];
+    let mut child = serve(&mut pgenrich(), port, pg, &args);
     let pid = child.id().expect("pid");
     let conninfo = conninfo(port);
 
@@ -397,7 +410,8 @@ async fn idle_timeout_counts_from_idle_and_does_not_spin() {
     let used = cpu_time(pid) - before;
     assert!(
         used < Duration::from_millis(400),
-        "pgenrich used {used:?} of CPU while one session sat in a transaction block"
+        "{upstream_tls_mode}: pgenrich used {used:?} of CPU while one session sat in a \
+         transaction block"
     );
     client
         .simple_query("COMMIT")
@@ -409,7 +423,7 @@ async fn idle_timeout_counts_from_idle_and_does_not_spin() {
         .simple_query("SELECT 1")
         .await
         .expect_err("closed once idle longer than idle_timeout");
-    assert!(client.is_closed(), "{error}");
+    assert!(client.is_closed(), "{upstream_tls_mode}: {error}");
     let exit = terminate(&mut child).await;
-    assert!(exit.success(), "{exit:?}");
+    assert!(exit.success(), "{upstream_tls_mode}: {exit:?}");
 }
