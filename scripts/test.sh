@@ -28,6 +28,7 @@ if ! python3 -c 'import psycopg' 2>/dev/null; then
 fi
 
 cargo test --locked --workspace --all-targets "$@"
-# The integration suite once more with TLS to the database: the first pass's sessions were
-# relayed by the pass-through loops, these are relayed on the tokio runtime.
+# The integration suite twice more: with TLS to the database (TLS sessions on the pass-through
+# loops), and with the loops off (every session relayed on the tokio runtime).
 PGENRICH_TEST_UPSTREAM_TLS=prefer cargo test --locked --test it "$@"
+PGENRICH_TEST_DIRECT_RELAY=false cargo test --locked --test it "$@"

@@ -85,8 +85,8 @@ pub struct Cli {
     /// per CPU), 1 = a single-threaded runtime, n = that many [default: 0].
     #[arg(long, env = "PGENRICH_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<String>,
-    /// Relay plain (non-TLS) sessions between ML statements on pgenrich's own epoll loop, one
-    /// per relay thread; false = on the tokio runtime, as TLS sessions [default: true].
+    /// Relay sessions between ML statements on pgenrich's own epoll loop, one per relay thread;
+    /// false = on the tokio runtime [default: true].
     #[arg(long, env = "PGENRICH_DIRECT_RELAY", value_name = "BOOL")]
     pub direct_relay: Option<String>,
     /// Threads for ML work (service calls, enriching rows), apart from the relay: 0 = one per
@@ -275,7 +275,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Relay runtime threads as configured (0: automatic, see [`Config::relay_threads`]).
     pub worker_threads: usize,
-    /// Plain sessions are relayed on the pass-through loops ([`crate::session::direct`]).
+    /// Sessions are relayed on the pass-through loops ([`crate::session::direct`]).
     pub direct_relay: bool,
     /// ML runtime threads as configured (0: one per CPU, see [`Config::ml_threads`]).
     pub enrich_threads: usize,

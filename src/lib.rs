@@ -28,12 +28,12 @@
 //! every CPU ([`enrich::Executor::spawn`]). A relayed query then costs no cross-thread wake-up,
 //! and an ML statement neither waits behind the relay nor holds it up.
 //!
-//! Plain (non-TLS) sessions are relayed between ML statements by pass-through loops
+//! Sessions are relayed between ML statements by pass-through loops
 //! ([`session::direct`], one thread per relay thread) that wait on epoll themselves: per relayed
 //! query about half the user-space instructions of relaying on tokio. The session's task hands its
 //! relay over once authentication is done and gets it back for each ML statement, each control
-//! that fires (idle check, draining) and at the end. TLS sessions, handshakes and ML statements
-//! run on the tokio runtime.
+//! that fires (idle check, draining) and at the end; a TLS session goes with its TLS state.
+//! Handshakes and ML statements run on the tokio runtime.
 
 pub mod backends;
 pub mod cancel;

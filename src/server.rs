@@ -24,7 +24,7 @@ use crate::enrich::{Executor, ExecutorConfig};
 use crate::error::ConfigError;
 use crate::session::direct::Loops;
 use crate::session::{self, SessionContext};
-use crate::stream::ClientStream;
+use crate::stream::{ClientStream, Socket};
 use crate::upstream::Upstream;
 
 /// Time sessions get to write their goodbye after the drain timeout, before the server returns.
@@ -151,9 +151,9 @@ impl Server {
                 tcp = self.tcp.accept() => tcp.map(|(stream, peer)| {
                     // Small request/response messages dominate; Nagle would delay each one.
                     let _ = stream.set_nodelay(true);
-                    (ClientStream::Tcp(stream), peer.to_string())
+                    (ClientStream::Plain(Socket::Tcp(stream)), peer.to_string())
                 }),
-                unix = accept_unix(&self.unix) => unix.map(|stream| (ClientStream::Unix(stream), "unix".to_owned())),
+                unix = accept_unix(&self.unix) => unix.map(|stream| (ClientStream::Plain(Socket::Unix(stream)), "unix".to_owned())),
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,

@@ -2,10 +2,10 @@
 //! on TCP or TLS. Enums rather than trait objects keep the relay's reads and writes statically
 //! dispatched.
 //!
-//! A plain (non-TLS) socket can also be *direct*: taken out of the tokio reactor and driven by the
-//! pass-through loop ([`crate::session::direct`]) from its own epoll events. Its reads and writes
-//! are non-blocking system calls; `Pending` means "until the loop's next event for it", and the
-//! task context is not used.
+//! A connection's socket (under the TLS layer, if any) can also be *direct*: taken out of the
+//! tokio reactor and driven by the pass-through loop ([`crate::session::direct`]) from its own
+//! epoll events. Its reads and writes are non-blocking system calls; `Pending` means "until the
+//! loop's next event for it", and the task context is not used.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
@@ -43,60 +43,71 @@ macro_rules! delegate_io {
     };
 }
 
-/// A client connection after SSL negotiation.
-pub enum ClientStream {
+/// A connection's socket, in the tokio reactor or with the pass-through loop. TLS streams wrap
+/// one too, so that a TLS session can change hands without its TLS state.
+pub enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// With the pass-through loop.
     Direct(DirectSocket),
     /// Between owners, for an instant: all I/O fails.
     Detached(Detached),
 }
 
-delegate_io!(ClientStream {
+delegate_io!(Socket {
     Tcp,
     Unix,
-    Tls,
     Direct,
     Detached
 });
+
+impl Socket {
+    /// Takes the socket out of the tokio reactor for the pass-through loop.
+    pub fn detach(&mut self) -> io::Result<()> {
+        let plain = match std::mem::replace(self, Socket::Detached(Detached)) {
+            Socket::Tcp(tcp) => Plain::Tcp(tcp.into_std()?),
+            Socket::Unix(unix) => Plain::Unix(unix.into_std()?),
+            Socket::Direct(direct) => direct.io,
+            Socket::Detached(_) => return Err(detached()),
+        };
+        *self = Socket::Direct(DirectSocket::new(plain));
+        Ok(())
+    }
+
+    /// Puts the socket back from the pass-through loop into the tokio reactor (in a runtime).
+    pub fn attach(&mut self) -> io::Result<()> {
+        if let Socket::Direct(_) = self {
+            let Socket::Direct(direct) = std::mem::replace(self, Socket::Detached(Detached)) else {
+                unreachable!("matched above");
+            };
+            *self = match direct.io {
+                Plain::Tcp(tcp) => Socket::Tcp(TcpStream::from_std(tcp)?),
+                Plain::Unix(unix) => Socket::Unix(UnixStream::from_std(unix)?),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// A client connection after SSL negotiation.
+pub enum ClientStream {
+    Plain(Socket),
+    Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
+}
+
+delegate_io!(ClientStream { Plain, Tls });
 
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
     }
 
-    /// Takes a plain socket out of the tokio reactor for the pass-through loop; false (and the
-    /// stream unchanged) for TLS.
-    pub fn detach(&mut self) -> io::Result<bool> {
-        let socket = match std::mem::replace(self, ClientStream::Detached(Detached)) {
-            ClientStream::Tcp(tcp) => Plain::Tcp(tcp.into_std()?),
-            ClientStream::Unix(unix) => Plain::Unix(unix.into_std()?),
-            ClientStream::Direct(direct) => direct.io,
-            other => {
-                *self = other;
-                return Ok(false);
-            }
-        };
-        *self = ClientStream::Direct(DirectSocket::new(socket));
-        Ok(true)
-    }
-
-    /// Puts a socket back from the pass-through loop into the tokio reactor (in a runtime).
-    pub fn attach(&mut self) -> io::Result<()> {
-        if let ClientStream::Direct(_) = self {
-            let ClientStream::Direct(direct) =
-                std::mem::replace(self, ClientStream::Detached(Detached))
-            else {
-                unreachable!("matched above");
-            };
-            *self = match direct.io {
-                Plain::Tcp(tcp) => ClientStream::Tcp(TcpStream::from_std(tcp)?),
-                Plain::Unix(unix) => ClientStream::Unix(UnixStream::from_std(unix)?),
-            };
+    /// The socket under the TLS layer, if any.
+    pub fn socket(&mut self) -> &mut Socket {
+        match self {
+            ClientStream::Plain(socket) => socket,
+            ClientStream::Tls(tls) => tls.get_mut().0,
         }
-        Ok(())
     }
 
     /// Reads into the spare capacity of `buf`.
@@ -106,69 +117,31 @@ impl ClientStream {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            ClientStream::Direct(direct) => direct.poll_read_into(buf),
+            ClientStream::Plain(Socket::Direct(direct)) => direct.poll_read_into(buf),
             other => poll_read_buf(Pin::new(other), cx, buf),
-        }
-    }
-
-    pub fn direct(&mut self) -> Option<&mut DirectSocket> {
-        match self {
-            ClientStream::Direct(direct) => Some(direct),
-            _ => None,
         }
     }
 }
 
 /// A connection to the upstream database after SSL negotiation.
 pub enum UpstreamStream {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// With the pass-through loop.
-    Direct(DirectSocket),
-    /// Between owners, for an instant: all I/O fails.
-    Detached(Detached),
+    Plain(Socket),
+    Tls(Box<tokio_rustls::client::TlsStream<Socket>>),
 }
 
-delegate_io!(UpstreamStream {
-    Tcp,
-    Tls,
-    Direct,
-    Detached
-});
+delegate_io!(UpstreamStream { Plain, Tls });
 
 impl UpstreamStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, UpstreamStream::Tls(_))
     }
 
-    /// See [`ClientStream::detach`].
-    pub fn detach(&mut self) -> io::Result<bool> {
-        let socket = match std::mem::replace(self, UpstreamStream::Detached(Detached)) {
-            UpstreamStream::Tcp(tcp) => Plain::Tcp(tcp.into_std()?),
-            UpstreamStream::Direct(direct) => direct.io,
-            other => {
-                *self = other;
-                return Ok(false);
-            }
-        };
-        *self = UpstreamStream::Direct(DirectSocket::new(socket));
-        Ok(true)
-    }
-
-    /// See [`ClientStream::attach`].
-    pub fn attach(&mut self) -> io::Result<()> {
-        if let UpstreamStream::Direct(_) = self {
-            let UpstreamStream::Direct(direct) =
-                std::mem::replace(self, UpstreamStream::Detached(Detached))
-            else {
-                unreachable!("matched above");
-            };
-            *self = match direct.io {
-                Plain::Tcp(tcp) => UpstreamStream::Tcp(TcpStream::from_std(tcp)?),
-                Plain::Unix(_) => return Err(io::ErrorKind::Unsupported.into()),
-            };
+    /// See [`ClientStream::socket`].
+    pub fn socket(&mut self) -> &mut Socket {
+        match self {
+            UpstreamStream::Plain(socket) => socket,
+            UpstreamStream::Tls(tls) => tls.get_mut().0,
         }
-        Ok(())
     }
 
     /// See [`ClientStream::poll_read_into`].
@@ -178,15 +151,8 @@ impl UpstreamStream {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            UpstreamStream::Direct(direct) => direct.poll_read_into(buf),
+            UpstreamStream::Plain(Socket::Direct(direct)) => direct.poll_read_into(buf),
             other => poll_read_buf(Pin::new(other), cx, buf),
-        }
-    }
-
-    pub fn direct(&mut self) -> Option<&mut DirectSocket> {
-        match self {
-            UpstreamStream::Direct(direct) => Some(direct),
-            _ => None,
         }
     }
 }
@@ -321,14 +287,19 @@ impl AsyncRead for DirectSocket {
         _cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // Not the relay's path (that is `poll_read_into`, which does not zero the buffer).
+        // The TLS layer's reads (into its own, initialised buffer); the relay's plain reads go
+        // through `poll_read_into`, which does not zero the buffer.
         let this = self.get_mut();
         if !this.readable {
             return Poll::Pending;
         }
+        let room = buf.remaining();
         match this.io.read(buf.initialize_unfilled()) {
             Ok(n) => {
                 buf.advance(n);
+                if n < room && !this.hung_up {
+                    this.readable = false;
+                }
                 Poll::Ready(Ok(()))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

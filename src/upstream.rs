@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::{Config, UpstreamTlsMode};
 use crate::error::{ConfigError, SessionError};
 use crate::protocol::startup::{CANCEL_REQUEST_CODE, SSL_REQUEST_CODE};
-use crate::stream::UpstreamStream;
+use crate::stream::{Socket, UpstreamStream};
 
 /// How to reach the upstream; cheap to share between sessions.
 pub struct Upstream {
@@ -75,7 +75,7 @@ impl Upstream {
 
     async fn negotiate_tls(&self, mut tcp: TcpStream) -> Result<UpstreamStream, SessionError> {
         let Some(connector) = &self.connector else {
-            return Ok(UpstreamStream::Tcp(tcp));
+            return Ok(UpstreamStream::Plain(Socket::Tcp(tcp)));
         };
         let mut request = BytesMut::with_capacity(8);
         request.put_u32(8);
@@ -87,12 +87,14 @@ impl Upstream {
         match answer {
             b'S' => {
                 let tls = connector
-                    .connect(self.server_name.clone(), tcp)
+                    .connect(self.server_name.clone(), Socket::Tcp(tcp))
                     .await
                     .map_err(|e| self.connect_error(format!("TLS handshake: {e}")))?;
                 Ok(UpstreamStream::Tls(Box::new(tls)))
             }
-            b'N' if self.mode == UpstreamTlsMode::Prefer => Ok(UpstreamStream::Tcp(tcp)),
+            b'N' if self.mode == UpstreamTlsMode::Prefer => {
+                Ok(UpstreamStream::Plain(Socket::Tcp(tcp)))
+            }
             b'N' => Err(self.connect_error("the server does not support TLS")),
             other => {
                 Err(self.connect_error(format!("unexpected answer {other:#04x} to SSLRequest")))

@@ -1,4 +1,4 @@
-//! The pass-through loop: plain (non-TLS) sessions are relayed between ML statements by a thread
+//! The pass-through loop: sessions are relayed between ML statements by a thread
 //! of pgenrich's own that waits on epoll (mio) and calls [`Relay::poll_progress`] directly, not
 //! by the tokio runtime.
 //!
@@ -10,7 +10,8 @@
 //! A session's task hands its [`Relay`] over ([`Loops::hand_over`]) with both sockets taken out
 //! of the tokio reactor, and gets it back, sockets returned to tokio, when the relay has an
 //! [`Event`] (an ML statement, a hang-up, ...) or when the task recalls it because a control fired
-//! (idle check, draining, termination). TLS sessions stay on tokio: they are never handed over.
+//! (idle check, draining, termination). A TLS session goes over with its TLS state: only the
+//! socket under it changes hands.
 
 use std::future::poll_fn;
 use std::io;
@@ -28,7 +29,7 @@ use tracing::error;
 use super::controls::{Control, Controls};
 use super::relay::{Event, Relay};
 use crate::error::SessionError;
-use crate::stream::DirectSocket;
+use crate::stream::{DirectSocket, Socket};
 
 /// What a step of the relay loop ended with: the relay's event or error, or a control.
 pub(super) type Step = Result<Result<Event, SessionError>, Control>;
@@ -196,11 +197,11 @@ fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
                 continue;
             };
             let socket = if event.token().0 % 2 == 0 {
-                entry.relay.client.direct()
+                entry.relay.client.socket()
             } else {
-                entry.relay.upstream.direct()
+                entry.relay.upstream.socket()
             };
-            if let Some(socket) = socket {
+            if let Socket::Direct(socket) = socket {
                 let hung_up = event.is_read_closed() || event.is_error();
                 socket.on_event(event.is_readable(), event.is_writable(), hung_up);
             }
@@ -288,7 +289,17 @@ impl Table {
 }
 
 fn sockets(relay: &mut Relay) -> [Option<&mut DirectSocket>; 2] {
-    [relay.client.direct(), relay.upstream.direct()]
+    [
+        direct(relay.client.socket()),
+        direct(relay.upstream.socket()),
+    ]
+}
+
+fn direct(socket: &mut Socket) -> Option<&mut DirectSocket> {
+    match socket {
+        Socket::Direct(direct) => Some(direct),
+        _ => None,
+    }
 }
 
 fn register(registry: &Registry, relay: &mut Relay, slot: usize) -> io::Result<()> {

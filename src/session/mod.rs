@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::error::SessionError;
 use crate::protocol::frontend;
 use crate::protocol::startup::{self, StartupError, StartupPacket};
-use crate::stream::ClientStream;
+use crate::stream::{ClientStream, Socket};
 use crate::upstream::Upstream;
 use controls::{Control, Controls};
 use relay::{Event, Relay, RelayContext};
@@ -47,7 +47,7 @@ pub struct SessionContext {
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: sessions close now.
     pub terminate: CancellationToken,
-    /// The pass-through loops for plain sessions (None: everything is relayed on tokio).
+    /// The pass-through loops (None: everything is relayed on tokio).
     pub direct: Option<direct::Loops>,
 }
 
@@ -101,9 +101,9 @@ async fn open(
         match packet {
             StartupPacket::SslRequest => {
                 stream = match (stream, &ctx.tls) {
-                    (ClientStream::Tcp(mut tcp), Some(acceptor)) => {
+                    (ClientStream::Plain(Socket::Tcp(mut tcp)), Some(acceptor)) => {
                         tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
-                        let tls = timeout_at(deadline, acceptor.accept(tcp))
+                        let tls = timeout_at(deadline, acceptor.accept(Socket::Tcp(tcp)))
                             .await
                             .map_err(|_| SessionError::HandshakeTimeout)?
                             .map_err(SessionError::ClientTls)?;

@@ -375,13 +375,17 @@ fn cpu_time(pid: u32) -> Duration {
 /// idle) is looked at once per timeout instead of the timer firing over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_counts_from_idle_and_does_not_spin() {
-    // Plain sessions on the pass-through loop, then TLS ones on the runtime.
-    for upstream_tls_mode in ["disable", "prefer"] {
-        idle_timeout_on(upstream_tls_mode).await;
+    // On the pass-through loop, without and with TLS to the database, and on the runtime.
+    for (upstream_tls_mode, direct_relay) in [
+        ("disable", "true"),
+        ("prefer", "true"),
+        ("disable", "false"),
+    ] {
+        idle_timeout_on(upstream_tls_mode, direct_relay).await;
     }
 }
 
-async fn idle_timeout_on(upstream_tls_mode: &str) {
+async fn idle_timeout_on(upstream_tls_mode: &str, direct_relay: &str) {
     let pg = postgres();
     let port = free_port();
     let args = [
@@ -389,6 +393,8 @@ async fn idle_timeout_on(upstream_tls_mode: &str) {
         "300ms",
         "--upstream-tls-mode",
         upstream_tls_mode,
+        "--direct-relay",
+        direct_relay,
     ];
     let mut child = serve(&mut pgenrich(), port, pg, &args);
     let pid = child.id().expect("pid");
@@ -410,7 +416,7 @@ async fn idle_timeout_on(upstream_tls_mode: &str) {
     let used = cpu_time(pid) - before;
     assert!(
         used < Duration::from_millis(400),
-        "{upstream_tls_mode}: pgenrich used {used:?} of CPU while one session sat in a \
+        "{upstream_tls_mode}/{direct_relay}: pgenrich used {used:?} of CPU while one session sat in a \
          transaction block"
     );
     client
@@ -423,7 +429,13 @@ async fn idle_timeout_on(upstream_tls_mode: &str) {
         .simple_query("SELECT 1")
         .await
         .expect_err("closed once idle longer than idle_timeout");
-    assert!(client.is_closed(), "{upstream_tls_mode}: {error}");
+    assert!(
+        client.is_closed(),
+        "{upstream_tls_mode}/{direct_relay}: {error}"
+    );
     let exit = terminate(&mut child).await;
-    assert!(exit.success(), "{upstream_tls_mode}: {exit:?}");
+    assert!(
+        exit.success(),
+        "{upstream_tls_mode}/{direct_relay}: {exit:?}"
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! The server runs in a temp directory on a free loopback port with SCRAM authentication (plus
 //! one role per other method), TLS enabled with a certificate made by the test; pgenrich reaches
-//! it without TLS unless [`upstream_tls_mode`] says otherwise. A watchdog shell
+//! it without TLS and relays on its pass-through loops unless [`upstream_tls_mode`] and
+//! [`direct_relay`] say otherwise. A watchdog shell
 //! stops it and removes the directory when the test process exits. On demand the harness also
 //! starts a hot standby streaming from it ([`standby`]) and creates the differential suite's
 //! reference database ([`reference_database`]).
@@ -106,14 +107,23 @@ fn chown(path: &Path, user: Option<(u32, u32)>) {
     }
 }
 
-/// The upstream leg of in-process proxies: plain by default, so that sessions are relayed by
-/// the pass-through loops; `PGENRICH_TEST_UPSTREAM_TLS=prefer` (the test script's second pass)
-/// runs the suite over TLS to the database, relayed on the tokio runtime.
+/// The upstream leg of in-process proxies: plain by default; `PGENRICH_TEST_UPSTREAM_TLS=prefer`
+/// (a pass of the test script) runs the suite over TLS to the database.
 pub fn upstream_tls_mode() -> UpstreamTlsMode {
     match std::env::var("PGENRICH_TEST_UPSTREAM_TLS").as_deref() {
         Err(_) | Ok("disable") => UpstreamTlsMode::Disable,
         Ok("prefer") => UpstreamTlsMode::Prefer,
         Ok(other) => panic!("PGENRICH_TEST_UPSTREAM_TLS={other}: expected disable or prefer"),
+    }
+}
+
+/// Whether in-process proxies relay on the pass-through loops (the default) or, with
+/// `PGENRICH_TEST_DIRECT_RELAY=false` (a pass of the test script), on the tokio runtime.
+pub fn direct_relay() -> bool {
+    match std::env::var("PGENRICH_TEST_DIRECT_RELAY").as_deref() {
+        Err(_) | Ok("true") => true,
+        Ok("false") => false,
+        Ok(other) => panic!("PGENRICH_TEST_DIRECT_RELAY={other}: expected true or false"),
     }
 }
 
@@ -551,6 +561,7 @@ impl Proxy {
         let mut config =
             Config::new("127.0.0.1:0".parse().expect("addr"), upstream).expect("config");
         config.upstream_tls_mode = upstream_tls_mode();
+        config.direct_relay = direct_relay();
         // Few retries, so fault tests stay quick.
         config.inference.max_attempts = 2;
         adjust(&mut config);

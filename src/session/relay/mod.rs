@@ -146,10 +146,10 @@ impl Relay {
         }
     }
 
-    /// Plain sockets on both legs, and authentication over: the pass-through loop
-    /// ([`crate::session::direct`]) can carry the session.
+    /// Authentication is over: the pass-through loop ([`crate::session::direct`]) can carry the
+    /// session.
     pub(crate) fn can_go_direct(&self) -> bool {
-        self.ready && !self.client.is_tls() && !self.upstream.is_tls()
+        self.ready
     }
 
     /// What the session's controls depend on: (ready, draining, terminating).
@@ -159,21 +159,26 @@ impl Relay {
 
     /// Takes both sockets out of the tokio reactor for the pass-through loop.
     pub(crate) fn detach_streams(&mut self) -> Result<(), SessionError> {
-        let client = self.client.detach().map_err(SessionError::ClientIo)?;
-        let upstream = self.upstream.detach().map_err(SessionError::UpstreamIo)?;
-        if client && upstream {
-            return Ok(());
-        }
-        self.attach_streams()?;
-        Err(SessionError::UpstreamIo(io::Error::other(
-            "a TLS session cannot leave the tokio runtime",
-        )))
+        self.client
+            .socket()
+            .detach()
+            .map_err(SessionError::ClientIo)?;
+        self.upstream
+            .socket()
+            .detach()
+            .map_err(SessionError::UpstreamIo)
     }
 
     /// Puts both sockets back into the tokio reactor (in a runtime).
     pub(crate) fn attach_streams(&mut self) -> Result<(), SessionError> {
-        self.client.attach().map_err(SessionError::ClientIo)?;
-        self.upstream.attach().map_err(SessionError::UpstreamIo)
+        self.client
+            .socket()
+            .attach()
+            .map_err(SessionError::ClientIo)?;
+        self.upstream
+            .socket()
+            .attach()
+            .map_err(SessionError::UpstreamIo)
     }
 
     /// Queues bytes for the upstream (the startup packet).
