@@ -16,28 +16,29 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::io::poll_read_buf;
 
+/// Implements tokio's I/O traits for an enum by delegating to each variant's stream.
 macro_rules! delegate_io {
-    ($name:ident { $($variant:ident),* }) => {
-        impl AsyncRead for $name {
+    ([$($generics:tt)*] $name:ty { $($variant:ident),* }) => {
+        impl<$($generics)*> AsyncRead for $name {
             fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_read(cx, buf),)* }
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_read(cx, buf),)* }
             }
         }
-        impl AsyncWrite for $name {
+        impl<$($generics)*> AsyncWrite for $name {
             fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_write(cx, buf),)* }
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_write(cx, buf),)* }
             }
             fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)* }
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)* }
             }
             fn is_write_vectored(&self) -> bool {
-                match self { $($name::$variant(s) => s.is_write_vectored(),)* }
+                match self { $(Self::$variant(s) => s.is_write_vectored(),)* }
             }
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_flush(cx),)* }
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_flush(cx),)* }
             }
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_shutdown(cx),)* }
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_shutdown(cx),)* }
             }
         }
     };
@@ -54,7 +55,7 @@ pub enum Socket {
     Detached(Detached),
 }
 
-delegate_io!(Socket {
+delegate_io!([] Socket {
     Tcp,
     Unix,
     Direct,
@@ -89,24 +90,44 @@ impl Socket {
     }
 }
 
-/// A client connection after SSL negotiation.
-pub enum ClientStream {
+/// A connection after SSL negotiation: its socket, or TLS over it.
+pub enum Stream<T> {
     Plain(Socket),
-    Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
+    Tls(Box<T>),
 }
 
-delegate_io!(ClientStream { Plain, Tls });
+/// A client connection.
+pub type ClientStream = Stream<tokio_rustls::server::TlsStream<Socket>>;
+/// A connection to the upstream database.
+pub type UpstreamStream = Stream<tokio_rustls::client::TlsStream<Socket>>;
 
-impl ClientStream {
+/// A TLS layer over a [`Socket`].
+pub trait TlsOver: AsyncRead + AsyncWrite + Unpin {
+    fn socket(&mut self) -> &mut Socket;
+}
+
+impl TlsOver for tokio_rustls::server::TlsStream<Socket> {
+    fn socket(&mut self) -> &mut Socket {
+        self.get_mut().0
+    }
+}
+
+impl TlsOver for tokio_rustls::client::TlsStream<Socket> {
+    fn socket(&mut self) -> &mut Socket {
+        self.get_mut().0
+    }
+}
+
+impl<T: TlsOver> Stream<T> {
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, Stream::Tls(_))
     }
 
     /// The socket under the TLS layer, if any.
     pub fn socket(&mut self) -> &mut Socket {
         match self {
-            ClientStream::Plain(socket) => socket,
-            ClientStream::Tls(tls) => tls.get_mut().0,
+            Stream::Plain(socket) => socket,
+            Stream::Tls(tls) => tls.socket(),
         }
     }
 
@@ -117,45 +138,13 @@ impl ClientStream {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            ClientStream::Plain(Socket::Direct(direct)) => direct.poll_read_into(buf),
+            Stream::Plain(Socket::Direct(direct)) => direct.poll_read_into(buf),
             other => poll_read_buf(Pin::new(other), cx, buf),
         }
     }
 }
 
-/// A connection to the upstream database after SSL negotiation.
-pub enum UpstreamStream {
-    Plain(Socket),
-    Tls(Box<tokio_rustls::client::TlsStream<Socket>>),
-}
-
-delegate_io!(UpstreamStream { Plain, Tls });
-
-impl UpstreamStream {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, UpstreamStream::Tls(_))
-    }
-
-    /// See [`ClientStream::socket`].
-    pub fn socket(&mut self) -> &mut Socket {
-        match self {
-            UpstreamStream::Plain(socket) => socket,
-            UpstreamStream::Tls(tls) => tls.get_mut().0,
-        }
-    }
-
-    /// See [`ClientStream::poll_read_into`].
-    pub fn poll_read_into(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        match self {
-            UpstreamStream::Plain(Socket::Direct(direct)) => direct.poll_read_into(buf),
-            other => poll_read_buf(Pin::new(other), cx, buf),
-        }
-    }
-}
+delegate_io!([T: TlsOver] Stream<T> { Plain, Tls });
 
 /// A plain socket outside the tokio reactor (non-blocking, as tokio left it).
 pub enum Plain {
