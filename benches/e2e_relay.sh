@@ -17,6 +17,9 @@
 #   OUT=path    also write the Markdown results to this file
 #   SKIP_BUILD=1  use the existing target/release/pgenrich instead of running cargo build --release
 #   PGENRICH_ARGS extra pgenrich flags, split on spaces (e.g. "--worker-threads 1")
+#   UPSTREAM_TLS=1  TLS between each proxy and PostgreSQL (a self-signed certificate made with
+#                 openssl; PgBouncer server_tls_sslmode and pgenrich upstream_tls_mode "require");
+#                 clients still connect in plain text, direct ones too
 #
 # Everything runs on 127.0.0.1 on free ports, in a mktemp -d directory that is removed on exit,
 # together with every process the script started. Missing tools are installed with apt-get
@@ -36,6 +39,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 OUT=${OUT:-}
+UPSTREAM_TLS=${UPSTREAM_TLS:-0}
 LARGE_ROWS=100000
 TARGETS=(direct pgbouncer pgenrich)
 WORKLOADS=(select-simple select-prepared large-result)
@@ -196,9 +200,24 @@ declare -A PORT=([direct]=$PG_PORT [pgbouncer]=$BOUNCER_PORT [pgenrich]=$PGENRIC
 log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT (data in $TMP/data)"
 as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
     || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+PG_OPTS="-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=100 -c shared_buffers=256MB"
+UPSTREAM_MODE=disable
+BOUNCER_TLS=disable
+if [[ $UPSTREAM_TLS == 1 ]]; then
+    command -v openssl >/dev/null || die "UPSTREAM_TLS=1 needs openssl (apt-get install -y openssl)"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+        -keyout "$TMP/server.key" -out "$TMP/server.crt" >"$TMP/openssl.log" 2>&1 \
+        || { cat "$TMP/openssl.log" >&2; die "openssl could not make a certificate"; }
+    chmod 600 "$TMP/server.key"
+    if ((EUID == 0)); then chown "$RUN_AS": "$TMP/server.key" "$TMP/server.crt"; fi
+    PG_OPTS+=" -c ssl=on -c ssl_cert_file=$TMP/server.crt -c ssl_key_file=$TMP/server.key"
+    UPSTREAM_MODE=require
+    BOUNCER_TLS=require
+    log "TLS between the proxies and PostgreSQL (self-signed certificate)"
+fi
 PG_STARTED=1
 as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=100 -c shared_buffers=256MB" \
+    -o "$PG_OPTS" \
     start >/dev/null 2>&1 || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
 
 # psql SELECT 1 through the given port, retried for up to $2 seconds.
@@ -250,6 +269,7 @@ pool_mode = session
 max_client_conn = 100
 default_pool_size = 20
 ignore_startup_parameters = extra_float_digits
+server_tls_sslmode = $BOUNCER_TLS
 logfile = $TMP/pgbouncer.log
 pidfile = $TMP/pgbouncer.pid
 EOF
@@ -268,7 +288,7 @@ read -r -a EXTRA_ARGS <<<"$EXTRA_PGENRICH_ARGS"
 # from this non-interactive shell it is no process-group leader, so setsid execs in place and $!
 # stays pgenrich's pid.
 RUST_LOG=warn setsid "$PGENRICH_BIN" --listen "127.0.0.1:$PGENRICH_PORT" --upstream "127.0.0.1:$PG_PORT" \
-    --upstream-tls-mode disable "${EXTRA_ARGS[@]}" >"$TMP/pgenrich.log" 2>&1 </dev/null &
+    --upstream-tls-mode "$UPSTREAM_MODE" "${EXTRA_ARGS[@]}" >"$TMP/pgenrich.log" 2>&1 </dev/null &
 PGENRICH_PID=$!
 sleep 0.2
 if alive "$PGENRICH_PID" && [[ $(cat "/proc/$PGENRICH_PID/comm" 2>/dev/null) != pgenrich ]]; then
@@ -380,7 +400,7 @@ report() {
     echo "## pgenrich end-to-end relay benchmark"
     echo
     echo "- $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit$dirty, $(nproc) CPUs"
-    echo "- $("$PG_BIN/postgres" --version), $("$PGBOUNCER" --version | head -n 1) (pool_mode=session), pgenrich --upstream-tls-mode disable${EXTRA_PGENRICH_ARGS:+ $EXTRA_PGENRICH_ARGS}"
+    echo "- $("$PG_BIN/postgres" --version), $("$PGBOUNCER" --version | head -n 1) (pool_mode=session, server_tls_sslmode=$BOUNCER_TLS), pgenrich --upstream-tls-mode $UPSTREAM_MODE${EXTRA_PGENRICH_ARGS:+ $EXTRA_PGENRICH_ARGS}"
     echo "- pgbench -s 10; $ROUNDS round(s) × ${DURATION}s per run, interleaved, target order rotated each round; warm-up ${WARMUP}s"
     echo "- select-simple / select-prepared: \`pgbench -n -S -c 8 -j 2 -M simple|prepared\` (tps);" \
          "large-result: \`SELECT * FROM pgbench_accounts LIMIT $LARGE_ROWS\`, \`-c 1 -j 1\` (rows/s = tps × $LARGE_ROWS)"

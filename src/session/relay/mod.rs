@@ -1,6 +1,7 @@
 //! The byte pump between one client and its upstream connection.
 //!
-//! Both directions are driven from one task by [`Relay::poll_progress`], which never blocks one
+//! Both directions are driven by [`Relay::poll_progress`] — from the session's task, or between
+//! ML statements from a pass-through loop ([`crate::session::direct`]) — which never blocks one
 //! direction on the other: bytes are read into large reusable buffers, frame headers are hopped
 //! over, and whole byte ranges are queued for writing as shared slices of the read buffer (no
 //! copy), written with one vectored write per wake-up. Only the messages the relay must look at are
