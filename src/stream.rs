@@ -9,7 +9,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -77,15 +77,13 @@ impl Socket {
 
     /// Puts the socket back from the pass-through loop into the tokio reactor (in a runtime).
     pub fn attach(&mut self) -> io::Result<()> {
-        if let Socket::Direct(_) = self {
-            let Socket::Direct(direct) = std::mem::replace(self, Socket::Detached(Detached)) else {
-                unreachable!("matched above");
-            };
-            *self = match direct.io {
+        *self = match std::mem::replace(self, Socket::Detached(Detached)) {
+            Socket::Direct(direct) => match direct.io {
                 Plain::Tcp(tcp) => Socket::Tcp(TcpStream::from_std(tcp)?),
                 Plain::Unix(unix) => Socket::Unix(UnixStream::from_std(unix)?),
-            };
-        }
+            },
+            other => other,
+        };
         Ok(())
     }
 }
@@ -224,20 +222,33 @@ impl DirectSocket {
         self.hung_up |= hung_up;
     }
 
+    /// Reads into the spare capacity of `buf` without zeroing it.
     fn poll_read_into(&mut self, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        let room = buf.capacity() - buf.len();
+        let n = ready!(self.poll_recv(room, |io| {
+            socket2::SockRef::from(io).recv(buf.spare_capacity_mut())
+        }))?;
+        // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+        #[allow(unsafe_code)]
+        unsafe {
+            buf.advance_mut(n);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// One read of at most `room` bytes by `op`, keeping the readiness flag: a short read means
+    /// the socket is drained (new data brings a new event).
+    fn poll_recv(
+        &mut self,
+        room: usize,
+        mut op: impl FnMut(&Plain) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         if !self.readable {
             return Poll::Pending;
         }
-        let room = buf.capacity() - buf.len();
         loop {
-            match socket2::SockRef::from(&self.io).recv(buf.spare_capacity_mut()) {
+            match op(&self.io) {
                 Ok(n) => {
-                    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        buf.advance_mut(n);
-                    }
-                    // Less than asked for: the socket is drained; new data brings a new event.
                     if n < room && !self.hung_up {
                         self.readable = false;
                     }
@@ -278,25 +289,12 @@ impl AsyncRead for DirectSocket {
     ) -> Poll<io::Result<()>> {
         // The TLS layer's reads (into its own, initialised buffer); the relay's plain reads go
         // through `poll_read_into`, which does not zero the buffer.
-        let this = self.get_mut();
-        if !this.readable {
-            return Poll::Pending;
-        }
         let room = buf.remaining();
-        match this.io.read(buf.initialize_unfilled()) {
-            Ok(n) => {
-                buf.advance(n);
-                if n < room && !this.hung_up {
-                    this.readable = false;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                this.readable = this.hung_up;
-                Poll::Pending
-            }
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        let n = ready!(self
+            .get_mut()
+            .poll_recv(room, |io| io.read(buf.initialize_unfilled())))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
