@@ -294,6 +294,18 @@ impl Config {
         }
     }
 
+    /// Pass-through loops ([`crate::session::direct`]) on a host with `cpus` CPUs. Automatic:
+    /// one per CPU, also on small hosts. A loop's thread sleeps in epoll when it has nothing to
+    /// relay, and sessions stay on the loop they were given, so a second loop costs no
+    /// cross-thread wake-ups; it does keep half the sessions moving while the other loop's
+    /// thread waits for a CPU.
+    pub fn loop_threads(&self, cpus: usize) -> usize {
+        match self.worker_threads {
+            0 => cpus.max(1),
+            n => n,
+        }
+    }
+
     /// Threads of the runtime that runs ML work, on a host with `cpus` CPUs.
     pub fn ml_threads(&self, cpus: usize) -> usize {
         match self.enrich_threads {
@@ -785,13 +797,15 @@ mod tests {
         assert_eq!(auto.relay_threads(1), 1);
         assert_eq!(auto.relay_threads(2), 1);
         assert_eq!(auto.relay_threads(8), 8);
+        assert_eq!((auto.loop_threads(1), auto.loop_threads(2)), (1, 2));
+        assert_eq!(auto.loop_threads(8), 8);
         assert_eq!(auto.ml_threads(2), 2);
         assert_eq!(auto.ml_threads(0), 1);
         let file: FileConfig =
             toml::from_str("upstream = \"h:1\"\nworker_threads = 3\nenrich_threads = \"5\"")
                 .expect("toml");
         let set = Config::resolve(cli(&["--enrich-threads", "4"]), file).expect("config");
-        assert_eq!(set.relay_threads(2), 3);
+        assert_eq!((set.relay_threads(2), set.loop_threads(2)), (3, 3));
         assert_eq!(set.ml_threads(16), 4);
         let bad = Config::load(cli(&["--upstream", "h:1", "--enrich-threads", "many"]))
             .expect_err("not a number");

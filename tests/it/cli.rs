@@ -401,6 +401,14 @@ async fn idle_timeout_on(upstream_tls_mode: &str, direct_relay: &str) {
     let conninfo = conninfo(port);
 
     let client = connect_when_ready(&conninfo).await;
+    // Automatic thread counts: one pass-through loop per CPU, small hosts included.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let loops = if direct_relay == "true" { cpus } else { 0 };
+    assert_eq!(
+        threads(pid, "pgenrich-relay").len(),
+        loops,
+        "{upstream_tls_mode}/{direct_relay}: loops on {cpus} CPUs"
+    );
     client
         .simple_query("SELECT pg_sleep(0.8)")
         .await
