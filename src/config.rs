@@ -81,12 +81,13 @@ pub struct Cli {
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// Threads that relay sessions: 0 = automatic (one on hosts with up to 2 CPUs, else one
-    /// per CPU), 1 = a single-threaded runtime, n = that many [default: 0].
+    /// Threads that relay sessions: 0 = automatic (pass-through loops: one per CPU; session
+    /// runtime: one thread on hosts with up to 2 CPUs, else one per CPU), 1 = a single-threaded
+    /// runtime and one loop, n = n of each [default: 0].
     #[arg(long, env = "PGENRICH_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<String>,
-    /// Relay sessions between ML statements on pgenrich's own epoll loop, one per relay thread;
-    /// false = on the tokio runtime [default: true].
+    /// Relay sessions between ML statements on pgenrich's own epoll loops (see
+    /// --worker-threads); false = on the tokio runtime [default: true].
     #[arg(long, env = "PGENRICH_DIRECT_RELAY", value_name = "BOOL")]
     pub direct_relay: Option<String>,
     /// Threads for ML work (service calls, enriching rows), apart from the relay: 0 = one per

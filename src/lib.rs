@@ -29,7 +29,7 @@
 //! and an ML statement neither waits behind the relay nor holds it up.
 //!
 //! Sessions are relayed between ML statements by pass-through loops
-//! ([`session::direct`], one thread per relay thread) that wait on epoll themselves: per relayed
+//! ([`session::direct`], one thread per CPU) that wait on epoll themselves: per relayed
 //! query about half the user-space instructions of relaying on tokio. The session's task hands its
 //! relay over once authentication is done and gets it back for each ML statement, each control
 //! that fires (idle check, draining) and at the end; a TLS session goes with its TLS state.
