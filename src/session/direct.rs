@@ -201,7 +201,7 @@ fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
             } else {
                 entry.relay.upstream.socket()
             };
-            if let Socket::Direct(socket) = socket {
+            if let Some(socket) = direct(socket) {
                 let hung_up = event.is_read_closed() || event.is_error();
                 socket.on_event(event.is_readable(), event.is_writable(), hung_up);
             }

@@ -26,7 +26,7 @@ use crate::session::extended::{self, Intercept, Registry};
 use crate::session::tracker::Tracker;
 use crate::sql::plan;
 use crate::sql::{self, Verdict};
-use crate::stream::{ClientStream, UpstreamStream};
+use crate::stream::{ClientStream, Socket, UpstreamStream};
 
 mod buffers;
 mod hook;
@@ -160,26 +160,21 @@ impl Relay {
 
     /// Takes both sockets out of the tokio reactor for the pass-through loop.
     pub(crate) fn detach_streams(&mut self) -> Result<(), SessionError> {
-        self.client
-            .socket()
-            .detach()
-            .map_err(SessionError::ClientIo)?;
-        self.upstream
-            .socket()
-            .detach()
-            .map_err(SessionError::UpstreamIo)
+        self.on_both_sockets(Socket::detach)
     }
 
     /// Puts both sockets back into the tokio reactor (in a runtime).
     pub(crate) fn attach_streams(&mut self) -> Result<(), SessionError> {
-        self.client
-            .socket()
-            .attach()
-            .map_err(SessionError::ClientIo)?;
-        self.upstream
-            .socket()
-            .attach()
-            .map_err(SessionError::UpstreamIo)
+        self.on_both_sockets(Socket::attach)
+    }
+
+    /// Applies `op` to the client's socket, then the upstream's, naming the side that failed.
+    fn on_both_sockets(
+        &mut self,
+        op: fn(&mut Socket) -> io::Result<()>,
+    ) -> Result<(), SessionError> {
+        op(self.client.socket()).map_err(SessionError::ClientIo)?;
+        op(self.upstream.socket()).map_err(SessionError::UpstreamIo)
     }
 
     /// Queues bytes for the upstream (the startup packet).
