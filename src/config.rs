@@ -90,6 +90,11 @@ pub struct Cli {
     /// --worker-threads); false = on the tokio runtime [default: true].
     #[arg(long, env = "PGENRICH_DIRECT_RELAY", value_name = "BOOL")]
     pub direct_relay: Option<String>,
+    /// Run the pass-through loops under Linux's SCHED_BATCH policy: a loop woken by arriving
+    /// bytes does not preempt the task on that CPU (often the PostgreSQL backend or client that
+    /// sent them) but runs on an idle CPU or when that task's time slice ends [default: true].
+    #[arg(long, env = "PGENRICH_RELAY_SCHED_BATCH", value_name = "BOOL")]
+    pub relay_sched_batch: Option<String>,
     /// Threads for ML work (service calls, enriching rows), apart from the relay: 0 = one per
     /// CPU [default: 0].
     #[arg(long, env = "PGENRICH_ENRICH_THREADS", value_name = "N")]
@@ -175,6 +180,7 @@ struct FileConfig {
     log_format: Option<String>,
     worker_threads: Option<toml::Value>,
     direct_relay: Option<toml::Value>,
+    relay_sched_batch: Option<toml::Value>,
     enrich_threads: Option<toml::Value>,
     aws_region: Option<String>,
     sagemaker_endpoint_url: Option<String>,
@@ -278,6 +284,8 @@ pub struct Config {
     pub worker_threads: usize,
     /// Sessions are relayed on the pass-through loops ([`crate::session::direct`]).
     pub direct_relay: bool,
+    /// The pass-through loops run under SCHED_BATCH ([`crate::session::direct`]).
+    pub relay_sched_batch: bool,
     /// ML runtime threads as configured (0: one per CPU, see [`Config::ml_threads`]).
     pub enrich_threads: usize,
     pub inference: InferenceConfig,
@@ -576,6 +584,12 @@ impl Config {
             log_format,
             worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
             direct_relay: boolean("direct_relay", cli.direct_relay, file.direct_relay, true)?,
+            relay_sched_batch: boolean(
+                "relay_sched_batch",
+                cli.relay_sched_batch,
+                file.relay_sched_batch,
+                true,
+            )?,
             enrich_threads: number("enrich_threads", cli.enrich_threads, file.enrich_threads, 0)?,
             inference,
         })
@@ -833,6 +847,26 @@ mod tests {
         let bad = Config::load(cli(&["--upstream", "h:1", "--direct-relay", "maybe"]))
             .expect_err("not a boolean");
         assert!(bad.to_string().contains("`direct_relay`"), "{bad}");
+    }
+
+    #[test]
+    fn relay_sched_batch_is_on_unless_turned_off() {
+        let on = Config::load(cli(&["--upstream", "h:1"])).expect("config");
+        assert!(on.relay_sched_batch);
+        let file = || -> FileConfig {
+            toml::from_str("upstream = \"h:1\"\nrelay_sched_batch = false").expect("toml")
+        };
+        assert!(
+            !Config::resolve(Cli::default(), file())
+                .expect("config")
+                .relay_sched_batch
+        );
+        let cli_wins =
+            Config::resolve(cli(&["--relay-sched-batch", "true"]), file()).expect("config");
+        assert!(cli_wins.relay_sched_batch);
+        let bad = Config::load(cli(&["--upstream", "h:1", "--relay-sched-batch", "2"]))
+            .expect_err("not a boolean");
+        assert!(bad.to_string().contains("`relay_sched_batch`"), "{bad}");
     }
 
     #[test]

@@ -33,7 +33,9 @@
 //! query about half the user-space instructions of relaying on tokio. The session's task hands its
 //! relay over once authentication is done and gets it back for each ML statement, each control
 //! that fires (idle check, draining) and at the end; a TLS session goes with its TLS state.
-//! Handshakes and ML statements run on the tokio runtime.
+//! The loops run under SCHED_BATCH (`relay_sched_batch`) so that their wake-ups do not preempt
+//! the database backend or client sharing their CPU. Handshakes and ML statements run on the
+//! tokio runtime.
 
 pub mod backends;
 pub mod cancel;

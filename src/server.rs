@@ -111,7 +111,10 @@ impl Server {
         let limit = Arc::new(Semaphore::new(config.max_client_connections));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let direct = match config.direct_relay {
-            true => Some(Loops::start(config.loop_threads(cpus)).map_err(StartError::Loop)?),
+            true => Some(
+                Loops::start(config.loop_threads(cpus), config.relay_sched_batch)
+                    .map_err(StartError::Loop)?,
+            ),
             false => None,
         };
         Ok(Server {

@@ -183,6 +183,7 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
             &format!("127.0.0.1:{port}"),
         ])
         .env("PGENRICH_UPSTREAM", pg.upstream())
+        .env("PGENRICH_RELAY_SCHED_BATCH", "false")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -216,6 +217,8 @@ async fn binary_serves_with_env_over_file_and_drains_on_sigterm() {
     let pid = child.id().expect("pid");
     let before = threads(pid, "pgenrich-relay");
     assert_eq!(before.len(), 3, "three pass-through loops: {before:?}");
+    // PGENRICH_RELAY_SCHED_BATCH=false leaves them under the default policy.
+    assert_eq!(policies(pid, "pgenrich-relay"), vec![SCHED_OTHER; 3]);
     for _ in 0..200 {
         client.query_one("SELECT 1", &[]).await.expect("query");
     }
@@ -347,16 +350,41 @@ fn threads(pid: u32, name: &str) -> Vec<u64> {
     times
 }
 
-/// The CPU time (user + system) the process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
+/// Linux scheduling policies (`sched.h`).
+const SCHED_OTHER: u32 = 0;
+const SCHED_BATCH: u32 = 3;
+
+/// The scheduling policy of each of the process's threads named `name`.
+fn policies(pid: u32, name: &str) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    let mut policies = Vec::new();
+    for task in tasks {
+        let path = task.expect("task").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
+            // Field 41 of proc_pid_stat(5); fields are counted from 3 after the command name.
+            let policy = stat_fields(&stat)[41 - 3];
+            policies.push(policy.parse().expect("policy"));
+        }
+    }
+    policies
+}
+
+/// The fields of a `/proc/.../stat` line after the command name, which is in parentheses and
+/// may hold spaces.
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
         .expect("stat format")
         .1
         .split_whitespace()
-        .collect();
+        .collect()
+}
+
+/// The CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields = stat_fields(&stat);
     let ticks: u64 =
         fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     let hz = std::process::Command::new("getconf")
@@ -408,6 +436,12 @@ async fn idle_timeout_on(upstream_tls_mode: &str, direct_relay: &str) {
         threads(pid, "pgenrich-relay").len(),
         loops,
         "{upstream_tls_mode}/{direct_relay}: loops on {cpus} CPUs"
+    );
+    // They run under SCHED_BATCH by default.
+    assert_eq!(
+        policies(pid, "pgenrich-relay"),
+        vec![SCHED_BATCH; loops],
+        "{upstream_tls_mode}/{direct_relay}: scheduling policy of the loops"
     );
     client
         .simple_query("SELECT pg_sleep(0.8)")
