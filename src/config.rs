@@ -827,46 +827,34 @@ mod tests {
         assert!(bad.to_string().contains("`enrich_threads`"), "{bad}");
     }
 
+    /// A boolean key that is on by default: off from the file, the flag wins over the file,
+    /// and a bad value names the key.
+    fn on_unless_turned_off(key: &str, field: fn(&Config) -> bool) {
+        let flag = format!("--{}", key.replace('_', "-"));
+        assert!(field(
+            &Config::load(cli(&["--upstream", "h:1"])).expect("config")
+        ));
+        let file = || -> FileConfig {
+            toml::from_str(&format!("upstream = \"h:1\"\n{key} = false")).expect("toml")
+        };
+        assert!(!field(
+            &Config::resolve(Cli::default(), file()).expect("config")
+        ));
+        let cli_wins = Config::resolve(cli(&[&flag, "on"]), file()).expect("config");
+        assert!(field(&cli_wins), "{flag} wins over the file");
+        let bad =
+            Config::load(cli(&["--upstream", "h:1", &flag, "maybe"])).expect_err("not a boolean");
+        assert!(bad.to_string().contains(&format!("`{key}`")), "{bad}");
+    }
+
     #[test]
     fn direct_relay_is_on_unless_turned_off() {
-        assert!(
-            Config::load(cli(&["--upstream", "h:1"]))
-                .expect("config")
-                .direct_relay
-        );
-        let file = || -> FileConfig {
-            toml::from_str("upstream = \"h:1\"\ndirect_relay = false").expect("toml")
-        };
-        assert!(
-            !Config::resolve(Cli::default(), file())
-                .expect("config")
-                .direct_relay
-        );
-        let cli_wins = Config::resolve(cli(&["--direct-relay", "on"]), file()).expect("config");
-        assert!(cli_wins.direct_relay);
-        let bad = Config::load(cli(&["--upstream", "h:1", "--direct-relay", "maybe"]))
-            .expect_err("not a boolean");
-        assert!(bad.to_string().contains("`direct_relay`"), "{bad}");
+        on_unless_turned_off("direct_relay", |c| c.direct_relay);
     }
 
     #[test]
     fn relay_sched_batch_is_on_unless_turned_off() {
-        let on = Config::load(cli(&["--upstream", "h:1"])).expect("config");
-        assert!(on.relay_sched_batch);
-        let file = || -> FileConfig {
-            toml::from_str("upstream = \"h:1\"\nrelay_sched_batch = false").expect("toml")
-        };
-        assert!(
-            !Config::resolve(Cli::default(), file())
-                .expect("config")
-                .relay_sched_batch
-        );
-        let cli_wins =
-            Config::resolve(cli(&["--relay-sched-batch", "true"]), file()).expect("config");
-        assert!(cli_wins.relay_sched_batch);
-        let bad = Config::load(cli(&["--upstream", "h:1", "--relay-sched-batch", "2"]))
-            .expect_err("not a boolean");
-        assert!(bad.to_string().contains("`relay_sched_batch`"), "{bad}");
+        on_unless_turned_off("relay_sched_batch", |c| c.relay_sched_batch);
     }
 
     #[test]

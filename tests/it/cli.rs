@@ -333,21 +333,17 @@ async fn binary_on_one_runtime_thread_serves_cancels_and_drains() {
 
 /// The time on CPU, in nanoseconds, of each of the process's threads named `name`.
 fn threads(pid: u32, name: &str) -> Vec<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
-    let mut times = Vec::new();
-    for task in tasks {
-        let path = task.expect("task").path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            let schedstat = std::fs::read_to_string(path.join("schedstat")).expect("schedstat");
+    tasks_named(pid, name)
+        .iter()
+        .map(|task| {
+            let schedstat = std::fs::read_to_string(task.join("schedstat")).expect("schedstat");
             let on_cpu = schedstat
                 .split_whitespace()
                 .next()
                 .expect("schedstat format");
-            times.push(on_cpu.parse().expect("nanoseconds"));
-        }
-    }
-    times
+            on_cpu.parse().expect("nanoseconds")
+        })
+        .collect()
 }
 
 /// Linux scheduling policies (`sched.h`).
@@ -356,19 +352,26 @@ const SCHED_BATCH: u32 = 3;
 
 /// The scheduling policy of each of the process's threads named `name`.
 fn policies(pid: u32, name: &str) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
-    let mut policies = Vec::new();
-    for task in tasks {
-        let path = task.expect("task").path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
+    tasks_named(pid, name)
+        .iter()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.join("stat")).expect("stat");
             // Field 41 of proc_pid_stat(5); fields are counted from 3 after the command name.
-            let policy = stat_fields(&stat)[41 - 3];
-            policies.push(policy.parse().expect("policy"));
-        }
-    }
-    policies
+            stat_fields(&stat)[41 - 3].parse().expect("policy")
+        })
+        .collect()
+}
+
+/// The `/proc` directories of the process's threads named `name`.
+fn tasks_named(pid: u32, name: &str) -> Vec<std::path::PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    tasks
+        .map(|task| task.expect("task").path())
+        .filter(|path| {
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            comm.trim_end() == name
+        })
+        .collect()
 }
 
 /// The fields of a `/proc/.../stat` line after the command name, which is in parentheses and
