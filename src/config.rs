@@ -78,6 +78,10 @@ pub struct Cli {
     /// memory; more gets 54000 [default: 256MiB].
     #[arg(long, env = "PGENRICH_MAX_BUFFERED_BYTES", value_name = "BYTES")]
     pub max_buffered_bytes: Option<String>,
+    /// Most base-row bytes all ML statements together hold; at least max_buffered_bytes
+    /// [default: 512MiB].
+    #[arg(long, env = "PGENRICH_MAX_ML_MEMORY", value_name = "BYTES")]
+    pub max_ml_memory: Option<String>,
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -123,6 +127,9 @@ pub struct Cli {
     /// Chunks of an ML statement in inference at once while the next is fetched [default: 4].
     #[arg(long, env = "PGENRICH_CHUNKS_IN_FLIGHT", value_name = "N")]
     pub chunks_in_flight: Option<String>,
+    /// Base-row bytes that end a chunk before chunk_rows rows [default: 4MiB].
+    #[arg(long, env = "PGENRICH_CHUNK_BYTES", value_name = "BYTES")]
+    pub chunk_bytes: Option<String>,
     /// Rows per InvokeEndpoint call when max_rows_per_batch is NULL [default: 500].
     #[arg(long, env = "PGENRICH_DEFAULT_BATCH_ROWS", value_name = "N")]
     pub default_batch_rows: Option<String>,
@@ -177,6 +184,7 @@ struct FileConfig {
     upstream_connect_timeout: Option<String>,
     max_query_bytes: Option<toml::Value>,
     max_buffered_bytes: Option<toml::Value>,
+    max_ml_memory: Option<toml::Value>,
     log_format: Option<String>,
     worker_threads: Option<toml::Value>,
     direct_relay: Option<toml::Value>,
@@ -190,6 +198,7 @@ struct FileConfig {
     inference_timeout: Option<String>,
     chunk_rows: Option<toml::Value>,
     chunks_in_flight: Option<toml::Value>,
+    chunk_bytes: Option<toml::Value>,
     default_batch_rows: Option<toml::Value>,
     max_concurrent_calls: Option<toml::Value>,
     max_concurrent_calls_per_endpoint: Option<toml::Value>,
@@ -216,6 +225,8 @@ pub struct InferenceConfig {
     pub timeout: Duration,
     pub chunk_rows: usize,
     pub chunks_in_flight: usize,
+    /// A chunk ends at `chunk_rows` rows or at this many bytes of base rows, whichever first.
+    pub chunk_bytes: usize,
     pub default_batch_rows: usize,
     pub max_concurrent_calls: usize,
     pub max_concurrent_calls_per_endpoint: usize,
@@ -279,6 +290,8 @@ pub struct Config {
     pub max_query_bytes: usize,
     /// Base-row bytes a non-streaming ML statement may hold.
     pub max_buffered_bytes: usize,
+    /// Base-row bytes all ML statements together may hold.
+    pub max_ml_memory: usize,
     pub log_format: LogFormat,
     /// Relay runtime threads as configured (0: automatic, see [`Config::relay_threads`]).
     pub worker_threads: usize,
@@ -439,6 +452,18 @@ impl Config {
         if max_buffered_bytes < 1 << 20 {
             return Err(invalid("max_buffered_bytes", "must be at least 1MiB"));
         }
+        let max_ml_memory = number(
+            "max_ml_memory",
+            cli.max_ml_memory,
+            file.max_ml_memory,
+            (512 << 20).max(max_buffered_bytes),
+        )?;
+        if max_ml_memory < max_buffered_bytes {
+            return Err(invalid(
+                "max_ml_memory",
+                "must be at least max_buffered_bytes",
+            ));
+        }
         let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
         let positive =
             |key: &'static str, cli: Option<String>, file: Option<toml::Value>, default: usize| {
@@ -491,6 +516,13 @@ impl Config {
                 file.chunks_in_flight,
                 4,
             )?,
+            chunk_bytes: {
+                let n = number("chunk_bytes", cli.chunk_bytes, file.chunk_bytes, 4 << 20)?;
+                if !(64 << 10..=1 << 30).contains(&n) {
+                    return Err(invalid("chunk_bytes", "must be between 64KiB and 1GiB"));
+                }
+                n
+            },
             default_batch_rows: positive(
                 "default_batch_rows",
                 cli.default_batch_rows,
@@ -581,6 +613,7 @@ impl Config {
             )?,
             max_query_bytes,
             max_buffered_bytes,
+            max_ml_memory,
             log_format,
             worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
             direct_relay: boolean("direct_relay", cli.direct_relay, file.direct_relay, true)?,

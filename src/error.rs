@@ -53,6 +53,12 @@ pub enum SqlState {
     InternalError,
     /// 25P02 — a statement pgenrich answers itself, in a failed transaction block.
     InFailedSqlTransaction,
+    /// 53200 — the process's memory for ML statements (`max_ml_memory`) is used up.
+    OutOfMemory,
+    /// 34000 — Describe or Execute of an ML portal that no longer exists.
+    InvalidCursorName,
+    /// 26000 — Describe of an ML statement that no longer exists.
+    InvalidSqlStatementName,
 }
 
 impl SqlState {
@@ -78,6 +84,9 @@ impl SqlState {
             SqlState::SyntaxError => "42601",
             SqlState::WrongObjectType => "42809",
             SqlState::InternalError => "XX000",
+            SqlState::InvalidCursorName => "34000",
+            SqlState::OutOfMemory => "53200",
+            SqlState::InvalidSqlStatementName => "26000",
         }
     }
 }

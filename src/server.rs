@@ -117,6 +117,7 @@ impl Server {
             ),
             false => None,
         };
+        let memory = crate::enrich::budget::MemoryBudget::new(config.max_ml_memory);
         Ok(Server {
             tcp,
             unix,
@@ -127,6 +128,7 @@ impl Server {
                 tls,
                 cancels: CancelRegistry::new(),
                 executor,
+                memory,
                 draining: CancellationToken::new(),
                 terminate: CancellationToken::new(),
                 direct,

@@ -10,6 +10,7 @@
 //! Cancel safety: dropping a returned future aborts its in-flight service calls (the SDK aborts
 //! the requests) and releases their concurrency permits; nothing is left running.
 
+pub mod budget;
 pub mod csv;
 pub mod memo;
 

@@ -283,7 +283,7 @@ async fn postgres_explain(
         Ok(rows) => rows,
         Err(failure) => return Ok(Err(failure)),
     };
-    for row in &rows {
+    for row in rows.iter() {
         if let Some(Some(line)) = split_row(row).first() {
             lines.push(format!("    {}", String::from_utf8_lossy(line)));
         }

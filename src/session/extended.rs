@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::SessionError;
+use crate::error::{SessionError, SqlState};
+use crate::protocol::ErrorMessage;
 use crate::protocol::{frontend, split_cstr};
 use crate::session::relay::Relay;
 use crate::session::rows::{expand_formats, message, Layout};
@@ -332,10 +333,27 @@ pub async fn handle_parse(
     }
 }
 
+/// Answers a message naming a portal that no longer exists, as PostgreSQL does (34000); the
+/// upstream now skips to the client's Sync.
+pub fn no_such_portal(relay: &mut Relay, portal: &str) {
+    let error = ErrorMessage::error(
+        SqlState::InvalidCursorName,
+        format!("portal \"{portal}\" does not exist"),
+    );
+    relay.push_to_client(error.encode());
+    relay.mark_extended_failed();
+}
+
 /// Answers Describe of an ML statement (ParameterDescription and RowDescription) or portal.
 pub fn handle_describe(relay: &mut Relay, kind: u8, name: &str) {
     if kind == b'S' {
         let Some(statement) = relay.registry().statements.get(name).cloned() else {
+            let error = ErrorMessage::error(
+                SqlState::InvalidSqlStatementName,
+                format!("prepared statement \"{name}\" does not exist"),
+            );
+            relay.push_to_client(error.encode());
+            relay.mark_extended_failed();
             return;
         };
         let formats = vec![0i16; statement.columns()];
@@ -349,5 +367,7 @@ pub fn handle_describe(relay: &mut Relay, kind: u8, name: &str) {
             Some(body) => message(b'T', &body),
             None => message(b'n', &[]),
         });
+    } else {
+        no_such_portal(relay, name);
     }
 }

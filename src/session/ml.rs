@@ -18,6 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::backends::Sentiment;
+use crate::enrich::budget::Charge;
 use crate::enrich::{CallError, CallStats, Executor, InvokeInput, SentimentInput};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
@@ -45,6 +46,8 @@ pub struct Outcome {
 pub struct Chunking {
     pub rows: usize,
     pub in_flight: usize,
+    /// Base-row bytes that end a chunk before `rows` rows.
+    pub bytes: usize,
 }
 
 /// Everything needed to enrich the rows of one portal.
@@ -93,8 +96,12 @@ fn canceled() -> ErrorMessage {
     )
 }
 
-/// Streams the already bound upstream `portal`: fetches chunks (or exactly `limit` rows),
-/// enriches them and queues the rows for the client. Completion messages are left to the caller.
+/// Streams the already bound upstream `portal`: fetches `chunking.rows` rows at a time (fewer
+/// at the end of a client's row `limit`, never more), cuts chunks at `chunking.rows` rows or
+/// `chunking.bytes` bytes, enriches them and queues the rows for the client. Completion messages
+/// are left to the caller. Memory stays bounded whatever the limit or the row size: the upstream
+/// is not read while `chunking.in_flight` chunks wait for inference, nor while the client is not
+/// reading ([`Relay::next_upstream_message`]).
 async fn stream(
     relay: &mut Relay,
     executor: &Arc<Executor>,
@@ -104,18 +111,43 @@ async fn stream(
     limit: Option<usize>,
     outcome: &mut Outcome,
 ) -> Result<End, SessionError> {
-    let fetch = limit.unwrap_or(chunking.rows);
+    // Rows asked of the upstream so far; the next Execute asks for at most a chunk more.
+    let mut requested = 0usize;
+    let next_fetch = |requested: usize| match limit {
+        Some(limit) => chunking.rows.min(limit - requested),
+        None => chunking.rows,
+    };
+    let fetch = next_fetch(requested);
+    requested += fetch;
     relay.send_upstream_now(execute(portal, fetch)).await?;
     let memo = Arc::new(Memo::new());
     let cancelled = relay.cancel_notify();
     let mut rows: Vec<Bytes> = Vec::new();
-    let mut pending: VecDeque<ChunkTask> = VecDeque::new();
+    let mut bytes = 0usize;
+    // The rows read and in inference, charged to the process's budget until delivered.
+    let mut charge = relay.memory().charge();
+    let mut pending: VecDeque<(ChunkTask, Charge)> = VecDeque::new();
+    // The budget was used up: wait for chunks in inference (or others') to free some.
+    let mut starved = false;
+    let mut delivered = 0u64;
     let mut executing = true;
     let mut end: Option<End> = None;
+    let spawn = |rows: Vec<Bytes>| {
+        let (owned, plan, layout, formats, memo) = (
+            Arc::clone(executor),
+            Arc::clone(&enrichment.plan),
+            Arc::clone(&enrichment.layout),
+            Arc::clone(&enrichment.formats),
+            Arc::clone(&memo),
+        );
+        executor
+            .spawn(async move { enrich_chunk(&owned, &plan, &layout, &formats, &memo, rows).await })
+    };
     loop {
         // Finished chunks go out in order, keeping at most `in_flight` in inference.
-        while pending.len() > chunking.in_flight || (!executing && !pending.is_empty()) {
-            let Some(front) = pending.pop_front() else {
+        while pending.len() > chunking.in_flight || ((!executing || starved) && !pending.is_empty())
+        {
+            let Some((front, _held)) = pending.pop_front() else {
                 break;
             };
             // Leaving the select any other way drops (so aborts) the chunk.
@@ -129,6 +161,7 @@ async fn stream(
                 None => Some(canceled()),
                 Some(Ok(Ok((out, rows, stats)))) => {
                     outcome.rows += rows as u64;
+                    delivered += rows as u64;
                     outcome.stats.rows += stats.rows;
                     outcome.stats.calls += stats.calls;
                     outcome.stats.duplicates_saved += stats.duplicates_saved;
@@ -159,7 +192,23 @@ async fn stream(
             }
         }
         if !executing && pending.is_empty() {
-            return Ok(end.unwrap_or(End::Suspended));
+            return Ok(match end {
+                // The upstream's tag counts its last fetch only; the client's counts its Execute.
+                Some(End::Complete(tag)) => End::Complete(select_tag(tag, delivered)),
+                other => other.unwrap_or(End::Suspended),
+            });
+        }
+        if std::mem::take(&mut starved) {
+            // This statement holds nothing now: read on once others have freed some.
+            let memory = Arc::clone(relay.memory());
+            tokio::select! {
+                _ = memory.room() => {}
+                _ = cancelled.notified() => {
+                    drain_execute(relay).await?;
+                    return Ok(End::Failed(canceled()));
+                }
+                gone = relay.client_gone() => return Err(gone),
+            }
         }
         let (kind, body) = tokio::select! {
             next = relay.next_upstream_message() => next?,
@@ -172,9 +221,29 @@ async fn stream(
             }
         };
         match kind {
-            b'D' => rows.push(body),
+            b'D' => {
+                if !charge.try_add(body.len()) {
+                    // Over max_ml_memory: what is read goes to inference, and reading waits.
+                    if !rows.is_empty() {
+                        bytes = 0;
+                        pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                    }
+                    charge.force_add(body.len());
+                    starved = true;
+                }
+                bytes += body.len();
+                rows.push(body);
+                if rows.len() >= chunking.rows || bytes >= chunking.bytes {
+                    // A full chunk goes to inference while the Execute's answer goes on.
+                    bytes = 0;
+                    pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                }
+            }
             b's' | b'C' => {
-                if kind == b's' && limit.is_none() {
+                let more = kind == b's' && limit.is_none_or(|limit| requested < limit);
+                if more {
+                    let fetch = next_fetch(requested);
+                    requested += fetch;
                     relay.send_upstream_now(execute(portal, fetch)).await?;
                 } else {
                     executing = false;
@@ -184,17 +253,10 @@ async fn stream(
                         End::Suspended
                     });
                 }
-                let chunk = std::mem::take(&mut rows);
-                let (owned, plan, layout, formats, memo) = (
-                    Arc::clone(executor),
-                    Arc::clone(&enrichment.plan),
-                    Arc::clone(&enrichment.layout),
-                    Arc::clone(&enrichment.formats),
-                    Arc::clone(&memo),
-                );
-                pending.push_back(executor.spawn(async move {
-                    enrich_chunk(&owned, &plan, &layout, &formats, &memo, chunk).await
-                }));
+                if !rows.is_empty() {
+                    bytes = 0;
+                    pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                }
             }
             b'E' => {
                 pending.clear();
@@ -203,6 +265,15 @@ async fn stream(
             // Notices, notifications, parameter changes: pass on.
             _ => relay.push_to_client(message(kind, &body)),
         }
+    }
+}
+
+/// A `SELECT n` CommandComplete body with `rows` as n (other tags as they are).
+fn select_tag(tag: Bytes, rows: u64) -> Bytes {
+    if tag.starts_with(b"SELECT ") {
+        Bytes::from(format!("SELECT {rows}\0"))
+    } else {
+        tag
     }
 }
 

@@ -43,6 +43,8 @@ pub struct SessionContext {
     pub tls: Option<TlsAcceptor>,
     pub cancels: Arc<CancelRegistry>,
     pub executor: Arc<crate::enrich::Executor>,
+    /// Bytes all ML statements hold (`max_ml_memory`).
+    pub memory: Arc<crate::enrich::budget::MemoryBudget>,
     /// Cancelled on SIGTERM/SIGINT: sessions close as soon as they are idle.
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: sessions close now.
@@ -157,6 +159,7 @@ async fn open(
             max_query_bytes: ctx.config.max_query_bytes,
             idle_timeout: ctx.config.idle_timeout.is_some(),
             max_buffered_bytes: ctx.config.max_buffered_bytes,
+            memory: Arc::clone(&ctx.memory),
             cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: Arc::clone(&ctx.cancels),
             upstream_addr,
@@ -289,6 +292,7 @@ async fn intercept_ml(
     let chunking = ml::Chunking {
         rows: ctx.config.inference.chunk_rows,
         in_flight: ctx.config.inference.chunks_in_flight,
+        bytes: ctx.config.inference.chunk_bytes,
     };
     let started = std::time::Instant::now();
     // A cancel request that arrived while nothing of pgenrich's was running (the session idle,
@@ -302,19 +306,26 @@ async fn intercept_ml(
         finish::end_snapshot(relay).await?;
         return relay.flush_client().await;
     }
-    if !matches!(
+    // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync, a Query
+    // too.
+    if relay.tracker.open_failed() {
+        debug!("ML message skipped: the pipeline already failed");
+        return Ok(());
+    }
+    let is_query = matches!(
         intercept,
         Intercept::Query(_)
             | Intercept::Multi(_)
             | Intercept::Finish(_)
             | Intercept::Explain { .. }
-    ) {
-        // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync.
-        if relay.tracker.open_failed() {
-            debug!("ML message skipped: the pipeline already failed");
-            return Ok(());
-        }
+    );
+    if !is_query {
         relay.tracker.ensure_open();
+    } else if !relay.tracker.is_idle() {
+        // A Query ends the open extended-protocol run (PostgreSQL commits its implicit
+        // transaction): a Sync of pgenrich's does that before the ML statement runs.
+        finish::sync_upstream(relay).await?;
+        relay.tracker.end_open_run();
     }
     let outcome = match intercept {
         Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
@@ -350,8 +361,9 @@ async fn intercept_ml(
         Intercept::EndSnapshot => return Ok(()),
         Intercept::Execute { portal, max_rows } => {
             let Some(bound) = relay.registry().portals.get(&portal).cloned() else {
-                tracing::warn!(%portal, "ML portal vanished before Execute");
-                return Ok(());
+                // A Sync (or COMMIT) since the Bind destroyed it, as it did upstream.
+                extended::no_such_portal(relay, &portal);
+                return relay.flush_client().await;
             };
             match &bound.statement.prepared {
                 extended::Prepared::Streaming { plan, layout } => {

@@ -134,6 +134,19 @@ impl Tracker {
         self.open_extended();
     }
 
+    /// Forgets the open extended-protocol run, which a Sync of pgenrich's has just closed (in
+    /// place of the client's Query, which would have closed it).
+    pub fn end_open_run(&mut self) {
+        if let Some(Segment {
+            kind: Kind::Extended,
+            synced: false,
+            ..
+        }) = self.segments.back()
+        {
+            self.segments.pop_back();
+        }
+    }
+
     /// Records that the upstream failed in the open run and now skips to Sync.
     pub fn mark_open_failed(&mut self) {
         let segment = self.open_extended();

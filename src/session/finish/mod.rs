@@ -23,6 +23,7 @@ use super::extended::{MlPortal, MlStatement};
 use super::ml::{hidden_query, infer, Chunking, Memo, Outcome, Results};
 use super::relay::Relay;
 use super::rows::{message, split_fields, split_row};
+use crate::enrich::budget::Charge;
 use crate::enrich::{CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
@@ -199,10 +200,8 @@ pub(super) async fn abort_client_transaction(relay: &mut Relay) -> Result<(), Se
 
 /// The DataRows of requests just sent (ended by Sync), up to ReadyForQuery; the other answers
 /// pgenrich's requests get are dropped, notices and the like relayed, an error relayed.
-pub(crate) async fn fetch_rows(
-    relay: &mut Relay,
-) -> Result<Result<Vec<Bytes>, Failure>, SessionError> {
-    let mut rows = Held::new(relay.max_buffered_bytes());
+pub(crate) async fn fetch_rows(relay: &mut Relay) -> Result<Result<Rows, Failure>, SessionError> {
+    let mut rows = Held::new(relay);
     let failed = collect(relay, |kind, body| match kind {
         b'D' => {
             rows.push(body);
@@ -219,54 +218,88 @@ pub(crate) async fn fetch_rows(
     })
 }
 
-/// Base rows held for a statement that cannot stream, up to `max_buffered_bytes`: past it they
-/// are dropped as they arrive (the rest of the result is still read, so the session stays in
-/// step) and the statement fails with 54000 instead of exhausting memory.
+/// Base rows held for a statement that cannot stream, up to `max_buffered_bytes` and within the
+/// process's `max_ml_memory`: past either they are dropped as they arrive (the rest of the result
+/// is still read, so the session stays in step) and the statement fails with 54000 (53200)
+/// instead of exhausting memory.
 pub(crate) struct Held {
     rows: Vec<Bytes>,
-    bytes: usize,
     limit: usize,
-    over: bool,
+    charge: Charge,
+    over: Option<Over>,
+}
+
+#[derive(Clone, Copy)]
+enum Over {
+    Statement,
+    Process,
+}
+
+/// Rows a statement holds, charged to the process's budget until dropped.
+pub(crate) struct Rows {
+    rows: Vec<Bytes>,
+    _charge: Charge,
+}
+
+impl std::ops::Deref for Rows {
+    type Target = [Bytes];
+
+    fn deref(&self) -> &[Bytes] {
+        &self.rows
+    }
 }
 
 impl Held {
-    pub(crate) fn new(limit: usize) -> Held {
+    pub(crate) fn new(relay: &Relay) -> Held {
         Held {
             rows: Vec::new(),
-            bytes: 0,
-            limit,
-            over: false,
+            limit: relay.max_buffered_bytes(),
+            charge: relay.memory().charge(),
+            over: None,
         }
     }
 
     pub(crate) fn push(&mut self, row: &Bytes) {
-        if self.over {
+        if self.over.is_some() {
             return;
         }
-        self.bytes += row.len();
-        if self.bytes > self.limit {
-            self.over = true;
-            self.rows = Vec::new();
+        // The rows, and the residual's parameters built from them while they are still held.
+        let cost = 2 * row.len();
+        if self.charge.bytes() + cost > self.limit {
+            self.over = Some(Over::Statement);
+        } else if !self.charge.try_add(cost) {
+            self.over = Some(Over::Process);
         } else {
             self.rows.push(row.clone());
+            return;
         }
+        self.rows = Vec::new();
+        drop(self.charge.take());
     }
 
-    pub(crate) fn into_rows(self) -> Result<Vec<Bytes>, ErrorMessage> {
-        if self.over {
-            return Err(ErrorMessage::error(
+    pub(crate) fn into_rows(self) -> Result<Rows, ErrorMessage> {
+        let hint = "Filter the rows in WHERE, or raise max_buffered_bytes. Statements without \
+                    grouping, DISTINCT, windows, ORDER BY or LIMIT stream in chunks and hold no \
+                    more than a few chunks.";
+        match self.over {
+            None => Ok(Rows {
+                rows: self.rows,
+                _charge: self.charge,
+            }),
+            Some(Over::Statement) => Err(ErrorMessage::error(
                 SqlState::ProgramLimitExceeded,
                 format!(
                     "the base rows of this ML statement exceed pgenrich's max_buffered_bytes ({} bytes)",
                     self.limit
                 ),
             )
-            .with_hint(
-                "Filter the rows in WHERE, or raise max_buffered_bytes. Statements without grouping, \
-                 DISTINCT, windows, ORDER BY or LIMIT stream in chunks and hold no more than a few chunks.",
-            ));
+            .with_hint(hint)),
+            Some(Over::Process) => Err(ErrorMessage::error(
+                SqlState::OutOfMemory,
+                "pgenrich's memory for ML statements (max_ml_memory) is in use by other statements",
+            )
+            .with_hint("Try again later, or raise max_ml_memory.")),
         }
-        Ok(self.rows)
     }
 }
 

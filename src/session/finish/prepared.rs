@@ -259,6 +259,8 @@ pub async fn run_execute(
             };
             let mut requests = Vec::new();
             if b > 0 {
+                // A portal of that name from an earlier statement of this transaction goes.
+                requests.extend_from_slice(&message(frontend::CLOSE, &named(b'P', &base_portal)));
                 let mut bind = named_body(&base_portal);
                 bind.extend_from_slice(&named_body(base_name));
                 bind.extend_from_slice(&bound.parameters);
@@ -272,12 +274,12 @@ pub async fn run_execute(
             requests.extend_from_slice(&message(frontend::EXECUTE, &execute_body(&base_portal, 0)));
             requests.extend_from_slice(&message(b'H', &[]));
             relay.send_upstream_now(Bytes::from(requests)).await?;
-            let mut rows = Held::new(relay.max_buffered_bytes());
+            let mut rows = Held::new(relay);
             loop {
                 let (kind, body) = relay.next_upstream_message().await?;
                 match kind {
                     b'D' => rows.push(&body),
-                    b'2' => {}
+                    b'2' | b'3' => {}
                     b'C' => break,
                     b'E' => {
                         relay.push_to_client(message(b'E', &body));
@@ -328,6 +330,9 @@ pub async fn run_execute(
                 return Ok(outcome);
             }
         };
+        // The residual portal of an earlier statement on this client portal, in a transaction
+        // block, is still open.
+        requests.put_slice(&message(frontend::CLOSE, &named(b'P', &residual_portal)));
         requests.put_slice(&message(frontend::BIND, &bind));
         if let Some(p) = relay.registry().portals.get_mut(portal) {
             p.started = true;
@@ -342,7 +347,7 @@ pub async fn run_execute(
     loop {
         let (kind, body) = relay.next_upstream_message().await?;
         match kind {
-            b'2' => {}
+            b'2' | b'3' => {}
             b'D' => {
                 outcome.rows += 1;
                 relay.push_to_client(message(kind, &body));

@@ -62,6 +62,8 @@ pub struct RelayContext {
     pub idle_timeout: bool,
     /// Base-row bytes one non-streaming ML statement may hold.
     pub max_buffered_bytes: usize,
+    /// Bytes all ML statements of the process hold.
+    pub memory: Arc<crate::enrich::budget::MemoryBudget>,
     /// Woken by a cancel request for this session (stops ML work in progress).
     pub cancel_notify: Arc<tokio::sync::Notify>,
     pub cancels: Arc<CancelRegistry>,
@@ -194,17 +196,9 @@ impl Relay {
             if self.terminating && self.from_upstream.at_boundary() {
                 return Poll::Ready(Ok(Event::AtBoundary));
             }
-            let answered = match &self.pending {
-                Some(
-                    Intercept::Query(_)
-                    | Intercept::Multi(_)
-                    | Intercept::Finish(_)
-                    | Intercept::Explain { .. },
-                ) => self.tracker.is_idle(),
-                Some(_) => self.tracker.caught_up(),
-                None => false,
-            };
-            if answered {
+            // Everything before the held message is answered; an extended-protocol run may
+            // still be open (a Query ends it, as the session's task does for an ML one).
+            if self.pending.is_some() && self.tracker.caught_up() {
                 if let Some(intercept) = self.pending.take() {
                     return Poll::Ready(Ok(Event::Intercept(intercept)));
                 }
@@ -239,6 +233,13 @@ impl Relay {
             progress |= wrote && throttled;
 
             let holding = self.pending.is_some();
+            if holding && !client_pending && !self.terminating {
+                // Input stays held, but a client that hangs up meanwhile is noticed.
+                if let Poll::Ready(gone) = self.poll_client_gone(cx) {
+                    return Poll::Ready(Err(gone));
+                }
+                client_pending = true;
+            }
             if self.to_upstream.len < HIGH_WATER
                 && !self.terminating
                 && !self.client_terminated

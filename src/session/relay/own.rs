@@ -39,21 +39,30 @@ impl Relay {
         .await
     }
 
-    /// Writes what the client socket takes now; waits only when much is queued (back-pressure).
+    /// Writes what the client socket takes now; waits only while much is queued
+    /// (back-pressure), noticing a client that hangs up meanwhile.
     pub async fn flush_client_soft(&mut self) -> Result<(), SessionError> {
-        if self.to_client.len >= HIGH_WATER {
-            return self.flush_client().await;
-        }
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        self.to_client
-            .poll_write(&mut self.client, &mut cx)
-            .map_err(SessionError::ClientIo)?;
-        Ok(())
+        std::future::poll_fn(|cx| {
+            self.to_client
+                .poll_write(&mut self.client, cx)
+                .map_err(SessionError::ClientIo)?;
+            if self.to_client.len < HIGH_WATER {
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_client_gone(cx) {
+                Poll::Ready(gone) => Poll::Ready(Err(gone)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// The next whole message from the upstream (type and body), for statements pgenrich runs
     /// itself. Bytes of a message already being passed through go to the client first.
+    ///
+    /// This is the session's one rule of back-pressure while it runs an ML statement: the
+    /// upstream is not read while [`HIGH_WATER`] bytes wait for a client that is not reading, so
+    /// whatever the ML modes queue for the client between two reads is all that can pile up.
     pub async fn next_upstream_message(&mut self) -> Result<(u8, Bytes), SessionError> {
         std::future::poll_fn(|cx| self.poll_upstream_message(cx)).await
     }
@@ -72,6 +81,10 @@ impl Relay {
             self.to_client
                 .poll_write(&mut self.client, cx)
                 .map_err(SessionError::ClientIo)?;
+            if self.to_client.len >= HIGH_WATER {
+                // The write registered the waker: go on when the client has read some.
+                return Poll::Pending;
+            }
             let inbound = &mut self.from_upstream;
             if inbound.body_left > 0 {
                 inbound.pass_body();
@@ -118,37 +131,38 @@ impl Relay {
         std::future::poll_fn(|cx| self.poll_client_gone(cx)).await
     }
 
-    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<SessionError> {
-        if self.client_terminated
-            || self.client_done_sending
-            || self.from_client.buf.len() >= HIGH_WATER
-        {
-            return Poll::Pending;
-        }
-        reserve(&mut self.from_client.buf);
-        match self.client.poll_read_into(cx, &mut self.from_client.buf) {
-            // A client that sent Terminate after its query and closed its side still reads the
-            // answer, as PostgreSQL would give it: finish, then let the Terminate end the session.
-            Poll::Ready(Ok(0))
-                if self
-                    .from_client
-                    .buf
-                    .ends_with(&[frontend::TERMINATE, 0, 0, 0, 4]) =>
+    pub(super) fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<SessionError> {
+        // Read until the socket would block (which registers the waker, also on an
+        // edge-triggered pass-through loop) or enough is held.
+        loop {
+            if self.client_terminated
+                || self.client_done_sending
+                || self.from_client.buf.len() >= HIGH_WATER
             {
-                self.client_done_sending = true;
-                Poll::Pending
+                return Poll::Pending;
             }
-            Poll::Ready(Ok(0)) => {
-                Poll::Ready(SessionError::ClientIo(io::ErrorKind::UnexpectedEof.into()))
-            }
-            Poll::Ready(Ok(_)) => {
+            reserve(&mut self.from_client.buf);
+            match self.client.poll_read_into(cx, &mut self.from_client.buf) {
+                // A client that sent Terminate after its query and closed its side still reads
+                // the answer, as PostgreSQL would give it: finish, then let the Terminate end the
+                // session.
+                Poll::Ready(Ok(0))
+                    if self
+                        .from_client
+                        .buf
+                        .ends_with(&[frontend::TERMINATE, 0, 0, 0, 4]) =>
+                {
+                    self.client_done_sending = true;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(SessionError::ClientIo(io::ErrorKind::UnexpectedEof.into()))
+                }
                 // Kept for after the statement; look again for a hang-up.
-                self.touch();
-                cx.waker().wake_by_ref();
-                Poll::Pending
+                Poll::Ready(Ok(_)) => self.touch(),
+                Poll::Ready(Err(e)) => return Poll::Ready(SessionError::ClientIo(e)),
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Err(e)) => Poll::Ready(SessionError::ClientIo(e)),
-            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -165,6 +179,11 @@ impl Relay {
     /// Base-row bytes one non-streaming ML statement may hold (`max_buffered_bytes`).
     pub fn max_buffered_bytes(&self) -> usize {
         self.ctx.max_buffered_bytes
+    }
+
+    /// The process-wide budget of bytes ML statements hold (`max_ml_memory`).
+    pub fn memory(&self) -> &Arc<crate::enrich::budget::MemoryBudget> {
+        &self.ctx.memory
     }
 
     /// The session's ML statements and portals.

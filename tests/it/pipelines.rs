@@ -1,0 +1,186 @@
+//! Message sequences drivers send that have no Sync where one might expect it, or that name
+//! portals a Sync destroyed: every one gets PostgreSQL's answer, never silence, and a client
+//! that hangs up while pgenrich holds its input is noticed.
+
+use std::time::Duration;
+
+use crate::harness::{
+    connect, cstr, error_code, kinds, message, parse_bind_execute, postgres, Proxy, RawClient,
+};
+
+const ML: &str = "SELECT aws_comprehend.detect_sentiment('good', 'en')";
+
+/// Parse (named `s`) and Bind (portal `p`) of an ML statement.
+fn parse_bind(statement: &str, portal: &str, sql: &str) -> Vec<u8> {
+    let mut parse = cstr(statement);
+    parse.extend(cstr(sql));
+    parse.extend(0u16.to_be_bytes());
+    let mut bind = cstr(portal);
+    bind.extend(cstr(statement));
+    bind.extend([0u8; 6]);
+    [message(b'P', &parse), message(b'B', &bind)].concat()
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut body = cstr(portal);
+    body.extend(0i32.to_be_bytes());
+    message(b'E', &body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ml_query_after_an_unsynced_pipeline_is_answered() {
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    // Parse/Bind/Execute/Flush of a plain statement, then an ML Query without a Sync between:
+    // the Query ends the extended run, as PostgreSQL does.
+    let mut bytes = parse_bind_execute("SELECT 41 + 1");
+    bytes.extend(message(b'H', &[]));
+    bytes.extend(message(b'Q', &cstr(ML)));
+    raw.stream_write(&bytes).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "12DCTDCZ", "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply[5].1).contains("POSITIVE"));
+    assert_eq!(reply[7].1, b"I");
+    // The same with the ML statement in the extended protocol first, then a streaming and a
+    // base + residual Query.
+    let mut bytes = parse_bind_execute(ML);
+    bytes.extend(message(b'H', &[]));
+    bytes.extend(message(
+        b'Q',
+        &cstr(
+            "SELECT g FROM generate_series(1, 3) g \
+             WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int > 1 ORDER BY g",
+        ),
+    ));
+    raw.stream_write(&bytes).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "12DCTDDCZ", "{reply:?}");
+    // The session goes on normally.
+    raw.send(b'Q', &cstr(ML)).await;
+    assert_eq!(kinds(&raw.recv_until_ready().await), "TDCZ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ml_query_in_a_failed_pipeline_is_skipped_to_sync_as_natively() {
+    let proxy = Proxy::start().await;
+    for target in ["direct", "pgenrich"] {
+        let mut raw = match target {
+            "direct" => {
+                RawClient::startup(
+                    format!("127.0.0.1:{}", postgres().port)
+                        .parse()
+                        .expect("address"),
+                )
+                .await
+            }
+            _ => RawClient::startup(proxy.addr).await,
+        };
+        let mut bytes = parse_bind_execute("SELECT no_such_column");
+        bytes.extend(message(b'H', &[]));
+        raw.stream_write(&bytes).await;
+        let (kind, body) = raw.recv().await.expect("error");
+        assert_eq!(
+            (kind, error_code(&body).as_str()),
+            (b'E', "42703"),
+            "{target}"
+        );
+        // PostgreSQL ignores everything up to Sync, a Query too.
+        let mut bytes = message(b'Q', &cstr(ML));
+        bytes.extend(message(b'S', &[]));
+        raw.stream_write(&bytes).await;
+        let reply = raw.recv_until_ready().await;
+        assert_eq!(kinds(&reply), "Z", "{target}: {reply:?}");
+        raw.send(b'Q', &cstr(ML)).await;
+        let reply = raw.recv_until_ready().await;
+        // Directly the function does not exist; through pgenrich it answers.
+        let want = if target == "direct" { "EZ" } else { "TDCZ" };
+        assert_eq!(kinds(&reply), want, "{target}: {reply:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_destroyed_by_sync_gives_34000_for_describe_and_execute() {
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    for sql in [
+        ML,
+        // base + residual
+        "SELECT g FROM generate_series(1, 3) g \
+         WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int > 1",
+        "EXPLAIN SELECT aws_comprehend.detect_sentiment('good', 'en')",
+    ] {
+        // Bound, then destroyed by the Sync ending its implicit transaction; Describe and
+        // Execute of it in the same batch and in a later one.
+        let mut bytes = parse_bind("s", "p", sql);
+        bytes.extend(message(b'S', &[]));
+        let mut describe = vec![b'P'];
+        describe.extend(cstr("p"));
+        bytes.extend(message(b'D', &describe));
+        bytes.extend(message(b'S', &[]));
+        bytes.extend(execute("p"));
+        bytes.extend(message(b'S', &[]));
+        raw.stream_write(&bytes).await;
+        let first = raw.recv_until_ready().await;
+        assert_eq!(kinds(&first), "12Z", "{sql}: {first:?}");
+        for what in ["Describe", "Execute"] {
+            let reply = raw.recv_until_ready().await;
+            assert_eq!(kinds(&reply), "EZ", "{what} of {sql}: {reply:?}");
+            assert_eq!(error_code(&reply[0].1), "34000", "{what} of {sql}");
+            assert!(
+                String::from_utf8_lossy(&reply[0].1).contains("portal \"p\" does not exist"),
+                "{what} of {sql}: {reply:?}"
+            );
+        }
+        // The statement outlives the transaction: bound again it runs.
+        let mut bind = cstr("p");
+        bind.extend(cstr("s"));
+        bind.extend([0u8; 6]);
+        let mut bytes = message(b'B', &bind);
+        bytes.extend(execute("p"));
+        bytes.extend(message(b'S', &[]));
+        raw.stream_write(&bytes).await;
+        let reply = raw.recv_until_ready().await;
+        assert_eq!(kinds(&reply).chars().next(), Some('2'), "{sql}: {reply:?}");
+        assert!(kinds(&reply).ends_with("CZ"), "{sql}: {reply:?}");
+        let mut close = vec![b'S'];
+        close.extend(cstr("s"));
+        let mut bytes = message(b'C', &close);
+        bytes.extend(message(b'S', &[]));
+        raw.stream_write(&bytes).await;
+        assert_eq!(kinds(&raw.recv_until_ready().await), "3Z");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_while_its_ml_message_waits_is_noticed() {
+    let proxy = Proxy::start().await;
+    let app = "pgenrich-held-hangup";
+    let mut raw = RawClient::startup_as(proxy.addr, app).await;
+    // A slow plain statement, then an ML Query that waits for its answer; then the client goes.
+    let mut bytes = parse_bind_execute("SELECT pg_sleep(60)");
+    bytes.extend(message(b'H', &[]));
+    bytes.extend(message(b'Q', &cstr(ML)));
+    raw.stream_write(&bytes).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(raw);
+    let direct = connect(&postgres().direct_conninfo()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream session (in pg_sleep) outlived its client by 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
