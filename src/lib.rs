@@ -8,11 +8,14 @@
 //! - [`error`]: errors per layer and the one SQLSTATE table.
 //! - [`server`]: listeners, connection limit, graceful drain.
 //! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting,
-//!   and running ML statements (streaming, base + residual, EXPLAIN).
+//!   and running ML statements (streaming, base + residual, EXPLAIN). While one runs, the
+//!   upstream is read only through `Relay::next_upstream_message`, which holds back while the
+//!   client is not reading (the session's one back-pressure rule for ML work).
 //! - [`protocol`]: frame headers and messages pgenrich builds (pgwire's codec); no I/O.
 //! - [`sql`]: the ML hook — does a statement call an ML function? — and ML statement plans as
 //!   plain data (streaming, base + residual, EXPLAIN requests).
-//! - [`enrich`]: the inference executor — batching, de-duplication, concurrency, ordering.
+//! - [`enrich`]: the inference executor — batching, de-duplication, concurrency, ordering — and
+//!   the process-wide budget of bytes ML statements hold ([`enrich::budget`]).
 //! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK, and the embedded ones
 //!   (VADER sentiment, ONNX models by tract).
 //! - [`upstream`]: connecting to the database (TLS modes) and forwarding cancel requests.

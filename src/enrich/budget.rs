@@ -17,6 +17,9 @@ pub struct MemoryBudget {
     limit: usize,
     used: AtomicUsize,
     freed: Notify,
+    /// The share of statements' de-duplication memos ([`super::memo`]): an eighth of the whole,
+    /// apart from it, so that memos (an optimisation) never crowd out rows.
+    memos: Option<Arc<MemoryBudget>>,
 }
 
 impl MemoryBudget {
@@ -25,7 +28,18 @@ impl MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
+            memos: Some(Arc::new(MemoryBudget {
+                limit: limit / 8,
+                used: AtomicUsize::new(0),
+                freed: Notify::new(),
+                memos: None,
+            })),
         })
+    }
+
+    /// The budget of de-duplication memos (itself, for a memos' budget).
+    pub fn memos(self: &Arc<Self>) -> &Arc<MemoryBudget> {
+        self.memos.as_ref().unwrap_or(self)
     }
 
     pub fn limit(&self) -> usize {

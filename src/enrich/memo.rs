@@ -3,14 +3,16 @@
 //!
 //! The first chunk to meet an input *owns* it (marks it pending, calls the service, stores the
 //! result); later chunks wait for the owner instead of calling again. The memo remembers inputs up
-//! to a byte budget, so memory stays bounded on huge results; past it, repeats are still
-//! de-duplicated within each chunk by the executor.
+//! to a byte budget of its own and within the process's budget for memos (see
+//! [`super::budget`]), so memory stays bounded on huge results and many sessions; past either,
+//! repeats are still de-duplicated within each chunk by the executor.
 
 use std::hash::Hash;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
+use super::budget::Charge;
 use super::{InvokeInput, SentimentInput};
 
 /// Approximate bytes an input keeps alive in the memo.
@@ -18,20 +20,21 @@ pub trait Weight {
     fn weight(&self) -> usize;
 }
 
+// The bases count the entry's slot in the map, its result and allocator overhead.
 impl Weight for SentimentInput {
     fn weight(&self) -> usize {
-        64 + self.text.as_ref().map_or(0, String::len)
+        160 + self.text.as_ref().map_or(0, String::len)
             + self.language.as_ref().map_or(0, String::len)
     }
 }
 
 impl Weight for InvokeInput {
     fn weight(&self) -> usize {
-        64 + self.endpoint.as_ref().map_or(0, String::len)
+        192 + self.endpoint.as_ref().map_or(0, String::len)
             + self
                 .fields
                 .iter()
-                .map(|f| 24 + f.as_ref().map_or(0, String::len))
+                .map(|f| 48 + f.as_ref().map_or(0, String::len))
                 .sum::<usize>()
     }
 }
@@ -45,6 +48,8 @@ enum Entry<O> {
 struct Inner<I, O> {
     entries: foldhash::HashMap<I, Entry<O>>,
     bytes: usize,
+    /// The same bytes, charged to the process's budget for memos.
+    charge: Option<Charge>,
 }
 
 pub struct Memo<I, O> {
@@ -54,10 +59,16 @@ pub struct Memo<I, O> {
 
 impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
     pub fn new(budget: usize) -> Self {
+        Self::charged(budget, None)
+    }
+
+    /// A memo whose entries are also charged to `charge`'s budget.
+    pub fn charged(budget: usize, charge: Option<Charge>) -> Self {
         Memo {
             inner: Mutex::new(Inner {
                 entries: foldhash::HashMap::default(),
                 bytes: 0,
+                charge,
             }),
             budget,
         }
@@ -98,7 +109,9 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
                     }
                     None => {
                         let weight = input.weight();
-                        if inner.bytes + weight <= self.budget {
+                        let room = inner.bytes + weight <= self.budget
+                            && inner.charge.as_mut().is_none_or(|c| c.try_add(weight));
+                        if room {
                             inner.bytes += weight;
                             inner
                                 .entries
@@ -242,5 +255,23 @@ mod tests {
             0,
             "over budget: nothing remembered"
         );
+
+        // Within its own budget but over the process's share for memos: nothing remembered,
+        // and what it did remember is given back with it.
+        let process = crate::enrich::budget::MemoryBudget::new(8 * 400);
+        let memos = process.memos();
+        let shared: Memo<SentimentInput, usize> = Memo::charged(1 << 20, Some(memos.charge()));
+        let out = shared
+            .resolve(
+                vec![input("a"), input("b"), input("c")],
+                async |m: &[SentimentInput]| Ok::<_, ()>(vec![Some(1); m.len()]),
+                || (),
+            )
+            .await;
+        assert_eq!(out, Ok(vec![Some(1); 3]));
+        assert_eq!(shared.lock().entries.len(), 2, "400 bytes hold two inputs");
+        assert!(memos.in_use() > 0 && memos.in_use() <= 400);
+        drop(shared);
+        assert_eq!(memos.in_use(), 0);
     }
 }

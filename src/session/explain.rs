@@ -398,7 +398,7 @@ async fn streaming(
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = Instant::now();
-    let memo = Memo::new();
+    let memo = Memo::new(relay.memory());
     let mut stats = CallStats::default();
     let result = infer(executor, &plan.calls, &parsed, &memo, &mut stats).await;
     outcome.inference += started.elapsed();

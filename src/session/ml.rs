@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::backends::Sentiment;
-use crate::enrich::budget::Charge;
+use crate::enrich::budget::{Charge, MemoryBudget};
 use crate::enrich::{CallError, CallStats, Executor, InvokeInput, SentimentInput};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
@@ -120,7 +120,7 @@ async fn stream(
     let fetch = next_fetch(requested);
     requested += fetch;
     relay.send_upstream_now(execute(portal, fetch)).await?;
-    let memo = Arc::new(Memo::new());
+    let memo = Arc::new(Memo::new(relay.memory()));
     let cancelled = relay.cancel_notify();
     let mut rows: Vec<Bytes> = Vec::new();
     let mut bytes = 0usize;
@@ -567,10 +567,12 @@ pub(super) struct Memo {
 }
 
 impl Memo {
-    pub(super) fn new() -> Memo {
+    /// An empty memo, charged to `budget`'s share for memos.
+    pub(super) fn new(budget: &Arc<MemoryBudget>) -> Memo {
+        let memos = budget.memos();
         Memo {
-            sentiment: crate::enrich::memo::Memo::new(MEMO_BUDGET / 2),
-            text: crate::enrich::memo::Memo::new(MEMO_BUDGET / 2),
+            sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
+            text: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
         }
     }
 }

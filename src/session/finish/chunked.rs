@@ -66,7 +66,7 @@ pub(super) async fn run_chunked(
     }
     let mut total = 0u64;
     // Identical inputs are scored once per statement, not once per chunk.
-    let memo = Memo::new();
+    let memo = Memo::new(relay.memory());
     loop {
         // The next chunk of base rows.
         let mut requests = BytesMut::new();
@@ -198,7 +198,12 @@ pub(super) async fn run_chunked_execute(
     let residual_portal = format!("pgenrich.r.{portal}");
     let mut state = bound.chunked.clone();
     let failed = |relay: &Relay| relay.extended_failed();
-    let memo = Arc::clone(state.memo.get_or_insert_with(|| Arc::new(Memo::new())));
+    let budget = Arc::clone(relay.memory());
+    let memo = Arc::clone(
+        state
+            .memo
+            .get_or_insert_with(|| Arc::new(Memo::new(&budget))),
+    );
     let (block, (_, shape)) = (&prepared.plan.blocks[0], &prepared.bases[0]);
     let mut sent_now = 0usize;
     let outcome = loop {

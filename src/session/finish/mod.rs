@@ -440,11 +440,17 @@ pub(super) async fn fetch_and_score(
     };
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
-    Ok(
-        score_rows(relay, executor, plan, shape, &rows, &Memo::new(), outcome)
-            .await?
-            .map_err(Failure::Ours),
+    Ok(score_rows(
+        relay,
+        executor,
+        plan,
+        shape,
+        &rows,
+        &Memo::new(relay.memory()),
+        outcome,
     )
+    .await?
+    .map_err(Failure::Ours))
 }
 
 /// Scores base rows (`memo`: the inputs scored so far); the residual's parameters for them, or

@@ -304,7 +304,7 @@ pub async fn run_execute(
                 block,
                 shape,
                 &rows,
-                &Memo::new(),
+                &Memo::new(relay.memory()),
                 &mut outcome,
             )
             .await?
