@@ -17,14 +17,14 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::backends::Sentiment;
-use crate::enrich::budget::{Charge, MemoryBudget};
-use crate::enrich::{CallError, CallStats, Executor, InvokeInput, SentimentInput};
+use crate::enrich::budget::Charge;
+use crate::enrich::{CallError, CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::relay::Relay;
 use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
-use crate::sql::plan::{Call, MlFunction, StreamingPlan};
+pub(super) use crate::session::scoring::{infer, Memo, Results};
+use crate::sql::plan::StreamingPlan;
 
 /// A chunk in inference on the ML runtime: its enriched DataRows and what the calls cost.
 /// Dropping it (the statement ended early, the client went away) stops its service calls.
@@ -529,134 +529,6 @@ pub async fn run_execute(
     }
     relay.flush_client().await?;
     Ok(outcome)
-}
-
-fn text(value: Option<&[u8]>) -> Option<String> {
-    value.map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-fn integer(value: Option<&[u8]>, what: &str) -> Result<Option<i64>, CallError> {
-    match text(value) {
-        None => Ok(None),
-        Some(t) => t.trim().parse::<i64>().map(Some).map_err(|_| CallError {
-            target: what.to_owned(),
-            error: crate::error::InferenceError::InvalidArgument(format!(
-                "max_rows_per_batch must be an integer, got {t:?}"
-            )),
-        }),
-    }
-}
-
-/// One ML call's results for a chunk.
-pub(super) enum Results {
-    Sentiment(Vec<Option<Sentiment>>),
-    Text(Vec<Option<String>>),
-}
-
-fn column<'a>(row: &[Option<&'a [u8]>], index: usize) -> Option<&'a [u8]> {
-    row.get(index).copied().flatten()
-}
-
-/// Bytes of inputs remembered per statement for de-duplication (see [`crate::enrich::memo`]).
-const MEMO_BUDGET: usize = 16 << 20;
-
-/// One statement's memo of inputs already sent.
-pub(super) struct Memo {
-    sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment>,
-    text: crate::enrich::memo::Memo<InvokeInput, String>,
-}
-
-impl Memo {
-    /// An empty memo, charged to `budget`'s share for memos.
-    pub(super) fn new(budget: &Arc<MemoryBudget>) -> Memo {
-        let memos = budget.memos();
-        Memo {
-            sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
-            text: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
-        }
-    }
-}
-
-fn abandoned(function: MlFunction) -> impl Fn() -> CallError {
-    move || CallError {
-        target: function.name().to_owned(),
-        error: crate::error::InferenceError::InvalidArgument(
-            "a concurrent call for the same input failed".into(),
-        ),
-    }
-}
-
-/// Every call's results for a chunk of base rows (`parsed`: their fields), in row order.
-pub(super) async fn infer(
-    executor: &Executor,
-    calls: &[Call],
-    parsed: &[Vec<Option<&[u8]>>],
-    memo: &Memo,
-    stats: &mut CallStats,
-) -> Result<Vec<Results>, CallError> {
-    let mut results = Vec::with_capacity(calls.len());
-    for call in calls {
-        match call.function {
-            MlFunction::DetectSentiment => {
-                let inputs = parsed
-                    .iter()
-                    .map(|row| {
-                        Ok(SentimentInput {
-                            text: text(column(row, call.first_arg)),
-                            language: text(column(row, call.first_arg + 1)),
-                            max_rows_per_batch: if call.arg_count > 2 {
-                                integer(column(row, call.first_arg + 2), "max_rows_per_batch")?
-                            } else {
-                                None
-                            },
-                        })
-                    })
-                    .collect::<Result<Vec<_>, CallError>>()?;
-                let stats = &mut *stats;
-                let out = memo
-                    .sentiment
-                    .resolve(
-                        inputs,
-                        async |misses: &[SentimentInput]| {
-                            executor.detect_sentiment(misses, stats).await
-                        },
-                        abandoned(call.function),
-                    )
-                    .await?;
-                results.push(Results::Sentiment(out));
-            }
-            MlFunction::InvokeEndpoint => {
-                let inputs = parsed
-                    .iter()
-                    .map(|row| {
-                        Ok(InvokeInput {
-                            endpoint: text(column(row, call.first_arg)),
-                            max_rows_per_batch: integer(
-                                column(row, call.first_arg + 1),
-                                "max_rows_per_batch",
-                            )?,
-                            fields: (2..call.arg_count)
-                                .map(|i| text(column(row, call.first_arg + i)))
-                                .collect(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, CallError>>()?;
-                let stats = &mut *stats;
-                let out = memo
-                    .text
-                    .resolve(
-                        inputs,
-                        async |misses: &[InvokeInput]| {
-                            executor.invoke_endpoint(misses, stats).await
-                        },
-                        abandoned(call.function),
-                    )
-                    .await?;
-                results.push(Results::Text(out));
-            }
-        }
-    }
-    Ok(results)
 }
 
 async fn enrich_chunk(

@@ -9,6 +9,7 @@ pub mod finish;
 pub mod ml;
 pub mod relay;
 pub mod rows;
+mod scoring;
 pub mod tracker;
 
 use std::future::poll_fn;
