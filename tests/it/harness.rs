@@ -811,3 +811,52 @@ pub fn init_logs() {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     }
 }
+
+/// Runs the psycopg 3 client script `tests/clients/<script>` through pgenrich at `proxy` and
+/// returns the JSON object it prints; fails with an install hint when psycopg is missing.
+pub async fn run_psycopg_script(proxy: &Proxy, script: &str) -> serde_json::Value {
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed,
+        "psycopg 3 is needed for this test: python3 -m pip install 'psycopg[binary]' (scripts/test.sh installs it)"
+    );
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
+        proxy.addr.port()
+    );
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .args([&path, &conninfo])
+        .output()
+        .await
+        .expect("run python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}
+
+/// Whether the upstream session of `application_name` is gone within `within`.
+pub async fn session_gone_within(app: &str, within: Duration) -> bool {
+    let direct = connect(&postgres().direct_conninfo()).await;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == 0 {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -584,23 +584,7 @@ async fn client_disconnect_stops_inference_and_the_upstream_query() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     drop(raw);
-    let direct = connect(&postgres().direct_conninfo()).await;
-    let mut gone = false;
-    for _ in 0..50 {
-        let n: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if n == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let gone = crate::harness::session_gone_within(app, std::time::Duration::from_secs(5)).await;
     assert!(gone, "the upstream session outlived its client");
     // No further batches were sent after the client left.
     let calls = proxy.mock.stats().sagemaker_calls;

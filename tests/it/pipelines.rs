@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::harness::{
-    connect, cstr, error_code, kinds, message, parse_bind_execute, postgres, Proxy, RawClient,
+    cstr, error_code, kinds, message, parse_bind_execute, postgres, session_gone_within, Proxy,
+    RawClient,
 };
 
 const ML: &str = "SELECT aws_comprehend.detect_sentiment('good', 'en')";
@@ -163,24 +164,8 @@ async fn a_client_that_hangs_up_while_its_ml_message_waits_is_noticed() {
     raw.stream_write(&bytes).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(raw);
-    let direct = connect(&postgres().direct_conninfo()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if n == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upstream session (in pg_sleep) outlived its client by 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        session_gone_within(app, Duration::from_secs(10)).await,
+        "the upstream session (in pg_sleep) outlived its client by 10 s"
+    );
 }

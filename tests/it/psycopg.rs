@@ -3,34 +3,13 @@
 
 use mock_aws::models;
 
-use crate::harness::{postgres, Proxy, DATABASE, PASSWORD, USER};
+use crate::harness::{postgres, run_psycopg_script, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_prepared_ml_statements() {
-    let installed = std::process::Command::new("python3")
-        .args(["-c", "import psycopg"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        installed,
-        "psycopg 3 is needed for this test: python3 -m pip install 'psycopg[binary]' (scripts/test.sh installs it)"
-    );
     let _ = postgres();
     let proxy = Proxy::start().await;
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
-        proxy.addr.port()
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/psycopg_ml.py");
-    let out = tokio::process::Command::new("python3")
-        .args([script, &conninfo])
-        .output()
-        .await
-        .expect("run python3");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "psycopg script failed: {stderr}");
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let seen = run_psycopg_script(&proxy, "psycopg_ml.py").await;
 
     let expect = |text: &str| {
         let s = models::sentiment(text);

@@ -3,7 +3,7 @@
 //! both protocols, with tokio-postgres and psycopg (autocommit off, as it and SQLAlchemy run
 //! by default).
 
-use crate::harness::{postgres, Proxy, DATABASE, PASSWORD, USER};
+use crate::harness::{postgres, run_psycopg_script, Proxy};
 
 /// Not row-local (ORDER BY above the ML value's filter): the residual holds a sort.
 const SORTED: &str = "SELECT g FROM generate_series(1, 40) g \
@@ -78,30 +78,9 @@ async fn ten_residual_statements_in_one_simple_protocol_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_with_autocommit_off_runs_residual_statements_repeatedly() {
-    let installed = std::process::Command::new("python3")
-        .args(["-c", "import psycopg"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        installed,
-        "psycopg 3 is needed for this test: python3 -m pip install 'psycopg[binary]' (scripts/test.sh installs it)"
-    );
     let _ = postgres();
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 7).await;
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
-        proxy.addr.port()
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/psycopg_tx.py");
-    let out = tokio::process::Command::new("python3")
-        .args([script, &conninfo])
-        .output()
-        .await
-        .expect("run python3");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "psycopg script failed: {stderr}");
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let seen = run_psycopg_script(&proxy, "psycopg_tx.py").await;
     let rounds = seen["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 10, "{seen}");
     for round in rounds {
