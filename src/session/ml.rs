@@ -123,8 +123,8 @@ async fn stream(
     let memo = Arc::new(Memo::new(relay.memory()));
     let cancelled = relay.cancel_notify();
     let mut rows: Vec<Bytes> = Vec::new();
-    let mut bytes = 0usize;
-    // The rows read and in inference, charged to the process's budget until delivered.
+    // The rows read for the next chunk (its bytes are the charge's), charged to the process's
+    // budget until delivered.
     let mut charge = relay.memory().charge();
     let mut pending: VecDeque<(ChunkTask, Charge)> = VecDeque::new();
     // The budget was used up: wait for chunks in inference (or others') to free some.
@@ -225,17 +225,14 @@ async fn stream(
                 if !charge.try_add(body.len()) {
                     // Over max_ml_memory: what is read goes to inference, and reading waits.
                     if !rows.is_empty() {
-                        bytes = 0;
                         pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
                     }
                     charge.force_add(body.len());
                     starved = true;
                 }
-                bytes += body.len();
                 rows.push(body);
-                if rows.len() >= chunking.rows || bytes >= chunking.bytes {
+                if rows.len() >= chunking.rows || charge.bytes() >= chunking.bytes {
                     // A full chunk goes to inference while the Execute's answer goes on.
-                    bytes = 0;
                     pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
                 }
             }
@@ -254,7 +251,6 @@ async fn stream(
                     });
                 }
                 if !rows.is_empty() {
-                    bytes = 0;
                     pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
                 }
             }

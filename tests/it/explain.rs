@@ -119,9 +119,7 @@ async fn explain_in_the_extended_protocol_keeps_pipelines_intact() {
     let mut raw = RawClient::startup(proxy.addr).await;
     // A row limit: PortalSuspended, then the next Execute goes on where it stopped.
     let mut bytes = parse_bind_execute_rows(explain, 2);
-    let mut execute = cstr("");
-    execute.extend(0i32.to_be_bytes());
-    bytes.extend(message(b'E', &execute));
+    bytes.extend(crate::harness::execute("", 0));
     bytes.extend(message(b'S', &[]));
     raw.stream_write(&bytes).await;
     let reply = raw.recv_until_ready().await;

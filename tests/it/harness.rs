@@ -768,14 +768,19 @@ pub fn parse_bind_execute_rows(sql: &str, max_rows: i32) -> Vec<u8> {
     let mut bind = cstr("");
     bind.extend(cstr(""));
     bind.extend([0u8; 6]);
-    let mut execute = cstr("");
-    execute.extend(max_rows.to_be_bytes());
     [
         message(b'P', &parse),
         message(b'B', &bind),
-        message(b'E', &execute),
+        execute("", max_rows),
     ]
     .concat()
+}
+
+/// An Execute of `portal` with a row limit (0: none).
+pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut body = cstr(portal);
+    body.extend(max_rows.to_be_bytes());
+    message(b'E', &body)
 }
 
 /// The SQLSTATE field of an ErrorResponse body.

@@ -94,9 +94,7 @@ async fn a_client_row_limit_is_met_across_chunks() {
     let sql = "SELECT g, repeat('y', 10000), aws_comprehend.detect_sentiment('hi', 'en') \
                FROM generate_series(1, 50) g";
     let mut bytes = parse_bind_execute_rows(sql, 23);
-    let mut execute = cstr("");
-    execute.extend(30i32.to_be_bytes());
-    bytes.extend(message(b'E', &execute));
+    bytes.extend(crate::harness::execute("", 30));
     bytes.extend(message(b'S', &[]));
     raw.stream_write(&bytes).await;
     let reply = raw.recv_until_ready().await;

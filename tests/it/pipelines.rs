@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::harness::{
-    cstr, error_code, kinds, message, parse_bind_execute, postgres, session_gone_within, Proxy,
-    RawClient,
+    cstr, error_code, execute, kinds, message, parse_bind_execute, postgres, session_gone_within,
+    Proxy, RawClient,
 };
 
 const ML: &str = "SELECT aws_comprehend.detect_sentiment('good', 'en')";
@@ -20,12 +20,6 @@ fn parse_bind(statement: &str, portal: &str, sql: &str) -> Vec<u8> {
     bind.extend(cstr(statement));
     bind.extend([0u8; 6]);
     [message(b'P', &parse), message(b'B', &bind)].concat()
-}
-
-fn execute(portal: &str) -> Vec<u8> {
-    let mut body = cstr(portal);
-    body.extend(0i32.to_be_bytes());
-    message(b'E', &body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +112,7 @@ async fn a_portal_destroyed_by_sync_gives_34000_for_describe_and_execute() {
         describe.extend(cstr("p"));
         bytes.extend(message(b'D', &describe));
         bytes.extend(message(b'S', &[]));
-        bytes.extend(execute("p"));
+        bytes.extend(execute("p", 0));
         bytes.extend(message(b'S', &[]));
         raw.stream_write(&bytes).await;
         let first = raw.recv_until_ready().await;
@@ -137,7 +131,7 @@ async fn a_portal_destroyed_by_sync_gives_34000_for_describe_and_execute() {
         bind.extend(cstr("s"));
         bind.extend([0u8; 6]);
         let mut bytes = message(b'B', &bind);
-        bytes.extend(execute("p"));
+        bytes.extend(execute("p", 0));
         bytes.extend(message(b'S', &[]));
         raw.stream_write(&bytes).await;
         let reply = raw.recv_until_ready().await;
