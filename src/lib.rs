@@ -8,12 +8,10 @@
 //! - [`error`]: errors per layer and the one SQLSTATE table.
 //! - [`server`]: listeners, connection limit, graceful drain.
 //! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting,
-//!   and running ML statements (streaming, base + residual, EXPLAIN). While one runs, the
-//!   upstream is read only through `Relay::next_upstream_message`, which holds back while the
-//!   client is not reading (the session's one back-pressure rule for ML work).
+//!   and running ML statements. See "Session layers" below.
 //! - [`protocol`]: frame headers and messages pgenrich builds (pgwire's codec); no I/O.
 //! - [`sql`]: the ML hook — does a statement call an ML function? — and ML statement plans as
-//!   plain data (streaming, base + residual, EXPLAIN requests).
+//!   plain data (streaming, base + residual, EXPLAIN targets).
 //! - [`enrich`]: the inference executor — batching, de-duplication, concurrency, ordering — and
 //!   the process-wide budget of bytes ML statements hold ([`enrich::budget`]).
 //! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK, and the embedded ones
@@ -23,6 +21,32 @@
 //! - [`tls`]: rustls configuration for both legs.
 //! - [`stream`]: the client and upstream stream types.
 //! - [`telemetry`]: tracing subscriber set-up.
+//!
+//! # Session layers
+//!
+//! [`session`] is layered: a file imports only its own layer or lower ones, no two modules of one
+//! layer import each other, and there are no import circles. From the top:
+//!
+//! 1. the session's life ([`session`]'s root: negotiation, the relay loop, closing), the
+//!    pass-through loops ([`session::direct`]) and `dispatch`, which hands each ML message to
+//!    its mode with a conversation;
+//! 2. [`session::explain`], which describes (and with ANALYZE runs) what an execution mode would
+//!    do, so it uses the residual mode's phases;
+//! 3. the execution modes, which never import each other: [`session::streaming`] and
+//!    [`session::residual`] (base statements, then the residual statement; DESIGN.md's "enrich,
+//!    then finish in PostgreSQL"). Each offers the same entry points: `run_query` (a simple
+//!    Query), `run_statement` (one statement of a multi-statement Query), `handle_parse` and
+//!    `run_execute` (extended protocol);
+//! 4. [`session::conversation`]: the only code that sends requests upstream and reads answers
+//!    during an ML statement, with the session's one rule for back-pressure (the upstream is not
+//!    read while 1 MiB waits for a client that is not reading), cancel, client hang-up and
+//!    draining;
+//! 5. [`session::relay`]: the byte pump and the ML hook (which Query/Parse texts are ML
+//!    statements, planned into work for the session's task);
+//! 6. [`session::statements`]: the table of ML statements and portals, as plain data the relay
+//!    owns;
+//! 7. leaves: [`session::tracker`] (what the upstream owes), [`session::rows`] (DataRow and
+//!    RowDescription codecs), `scoring` (a chunk's inference and the statement's memo).
 //!
 //! # Threads
 //!

@@ -3,79 +3,73 @@
 //! EXPLAIN, and the ML calls with their batch sizes. With ANALYZE the statement runs (its result
 //! rows are discarded, as PostgreSQL does) and the plan adds base rows, service calls, duplicate
 //! inputs saved, time in inference, and PostgreSQL's EXPLAIN ANALYZE of the residual.
+//!
+//! EXPLAIN describes what one of the two execution modes would do, so it is the one mode that
+//! sits above them: it uses the residual mode's base-statement phases, and neither execution mode
+//! knows about it. Entry points as for the other modes: [`run`] (simple protocol),
+//! [`handle_parse`] and [`run_execute`] (extended protocol).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::extended::{MlPortal, MlStatement, Prepared};
-use super::finish::sync_upstream;
-use super::finish::{
-    begin_snapshot, collect, describe_base, fetch_and_score, fetch_rows, finish_query, named,
-    parse_body, ready, report, residual_parameters, Failure,
-};
-use super::ml::{fail_upstream, hidden_query, infer, Memo, Outcome, Results};
-use super::relay::Relay;
-use super::rows::{message, split_row};
 use crate::enrich::{CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
-use crate::sql::finish::FinishPlan;
+use crate::session::conversation::requests::{named, parse_body};
+use crate::session::conversation::transaction::Failure;
+use crate::session::conversation::{canceled, Conversation, Outcome};
+use crate::session::residual::{describe_base, fetch_and_score, residual_parameters};
+use crate::session::rows::{message, split_row};
+use crate::session::scoring::{call_error, infer, Memo, Results};
+use crate::session::statements::{plan_description, MlPortal, MlStatement, Prepared};
+use crate::sql::explain::ExplainTarget;
 use crate::sql::plan::{Call, MlFunction, StreamingPlan};
+use crate::sql::residual::ResidualPlan;
 
-/// What is explained.
-#[derive(Debug)]
-pub enum Target {
-    Streaming(StreamingPlan),
-    Finish(FinishPlan),
-}
-
-const TEXT_OID: u32 = 25;
 /// The statement EXPLAINs run under upstream.
 const EXPLAIN_STATEMENT: &str = "pgenrich.explain";
 
 /// Answers an EXPLAIN of an ML statement (simple protocol), up to ReadyForQuery.
 pub async fn run(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
+    conv: &mut Conversation<'_>,
     analyze: bool,
-    target: Target,
+    target: ExplainTarget,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
-    let Some(wrap) = begin_snapshot(relay, !analyze).await? else {
-        return ready(relay, b"I", outcome).await;
+    let Some(wrap) = conv.begin_snapshot(!analyze).await? else {
+        return conv.ready(b"I", outcome).await;
     };
-    let failure = match plan_lines(relay, executor, analyze, &target, &mut outcome).await? {
+    let failure = match plan_lines(conv, analyze, &target, &mut outcome).await? {
         Ok(lines) => {
-            relay.push_to_client(message(b'T', &plan_description(0)));
-            send_lines(relay, &lines);
-            relay.push_to_client(message(b'C', b"EXPLAIN\0"));
+            conv.to_client(message(b'T', &plan_description(0)));
+            send_lines(conv, &lines);
+            conv.to_client(message(b'C', b"EXPLAIN\0"));
             None
         }
         Err(failure) => Some(failure),
     };
-    let failed = report(relay, failure, wrap).await?;
+    let failed = conv.report(failure, wrap).await?;
     // EXPLAIN ANALYZE ran the statement: nothing of it stays (it cannot write anyway).
-    finish_query(relay, wrap, failed || analyze, outcome).await
+    conv.finish_query(wrap, failed || analyze, outcome).await
 }
 
 /// pgenrich's plan of `target` as lines; with `analyze` the statement runs and a line of what
 /// happened ends the plan.
 async fn plan_lines(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
+    conv: &mut Conversation<'_>,
     analyze: bool,
-    target: &Target,
+    target: &ExplainTarget,
     outcome: &mut Outcome,
 ) -> Result<Result<Vec<String>, Failure>, SessionError> {
     let started = Instant::now();
     let mut lines = Vec::new();
     let result = match target {
-        Target::Streaming(plan) => {
-            streaming(relay, executor, analyze, plan, &mut lines, outcome).await?
+        ExplainTarget::Streaming(plan) => {
+            streaming(conv, analyze, plan, &mut lines, outcome).await?
         }
-        Target::Finish(plan) => finish(relay, executor, analyze, plan, &mut lines, outcome).await?,
+        ExplainTarget::Residual(plan) => residual(conv, analyze, plan, &mut lines, outcome).await?,
     };
     if let Err(failure) = result {
         return Ok(Err(failure));
@@ -96,7 +90,12 @@ async fn plan_lines(
 
 /// Registers a client's Parse of an EXPLAIN of an ML statement (extended protocol): it is
 /// answered by pgenrich at Execute, so nothing is prepared upstream.
-pub fn handle_parse(relay: &mut Relay, name: String, analyze: bool, target: Target) {
+pub fn handle_parse(
+    conv: &mut Conversation<'_>,
+    name: String,
+    analyze: bool,
+    target: ExplainTarget,
+) {
     let statement = MlStatement {
         // No such statement exists upstream: a Close of it is answered there all the same.
         upstream_name: format!("pgenrich.explain.{name}"),
@@ -106,11 +105,8 @@ pub fn handle_parse(relay: &mut Relay, name: String, analyze: bool, target: Targ
             target: Arc::new(target),
         },
     };
-    relay
-        .registry()
-        .statements
-        .insert(name, Arc::new(statement));
-    relay.push_to_client(message(b'1', &[]));
+    conv.registry().statements.insert(name, Arc::new(statement));
+    conv.to_client(message(b'1', &[]));
 }
 
 /// Answers a client's Execute of an EXPLAIN portal (extended protocol). The first Execute works
@@ -119,9 +115,8 @@ pub fn handle_parse(relay: &mut Relay, name: String, analyze: bool, target: Targ
 /// of the client's yet (otherwise the EXPLAIN is refused) — and later Executes continue after a
 /// row limit. Errors leave the upstream skipping to the client's Sync, as a native error would.
 pub async fn run_execute(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    (analyze, target): (bool, &Target),
+    conv: &mut Conversation<'_>,
+    (analyze, target): (bool, &ExplainTarget),
     portal: &str,
     bound: &MlPortal,
     max_rows: usize,
@@ -129,10 +124,10 @@ pub async fn run_execute(
     let mut outcome = Outcome::default();
     let (lines, sent) = match &bound.explained {
         Some((lines, sent)) => (Arc::clone(lines), *sent),
-        None => match explain_in_pipeline(relay, executor, analyze, target, &mut outcome).await? {
+        None => match explain_in_pipeline(conv, analyze, target, &mut outcome).await? {
             Some(lines) => (Arc::new(lines), 0),
             None => {
-                relay.flush_client().await?;
+                conv.flush().await?;
                 return Ok(outcome);
             }
         },
@@ -142,36 +137,35 @@ pub async fn run_execute(
     } else {
         lines.len()
     };
-    send_lines(relay, &lines[sent..end]);
+    send_lines(conv, &lines[sent..end]);
     if end < lines.len() {
-        relay.push_to_client(message(b's', &[]));
+        conv.to_client(message(b's', &[]));
     } else {
-        relay.push_to_client(message(b'C', b"EXPLAIN\0"));
+        conv.to_client(message(b'C', b"EXPLAIN\0"));
     }
     // pgenrich's own round trips may have ended the portal's registration with its epoch.
     let mut bound = bound.clone();
-    bound.epoch = relay.tracker.closings_forwarded();
+    bound.epoch = conv.tracker().closings_forwarded();
     bound.explained = Some((lines, end));
-    relay.registry().portals.insert(portal.to_owned(), bound);
-    relay.flush_client().await?;
+    conv.registry().portals.insert(portal.to_owned(), bound);
+    conv.flush().await?;
     Ok(outcome)
 }
 
 /// The plan's lines for [`run_execute`]; `None` when it failed (the client has the error and the
 /// upstream skips to the client's Sync).
 async fn explain_in_pipeline(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
+    conv: &mut Conversation<'_>,
     analyze: bool,
-    target: &Target,
+    target: &ExplainTarget,
     outcome: &mut Outcome,
 ) -> Result<Option<Vec<String>>, SessionError> {
-    let refusal = match relay.tracker.status() {
+    let refusal = match conv.status() {
         b'E' => Some(ErrorMessage::error(
             SqlState::InFailedSqlTransaction,
             "current transaction is aborted, commands ignored until end of transaction block",
         )),
-        b'I' if !relay.tracker.can_resync() => Some(
+        b'I' if !conv.tracker().can_resync() => Some(
             ErrorMessage::error(
                 SqlState::FeatureNotSupported,
                 "EXPLAIN of an ML statement must begin its pipeline in the extended query protocol",
@@ -181,74 +175,52 @@ async fn explain_in_pipeline(
         _ => None,
     };
     if let Some(error) = refusal {
-        fail_upstream(relay, Some(error)).await?;
-        relay.mark_extended_failed();
+        conv.fail_execute(error).await?;
         return Ok(None);
     }
-    if relay.tracker.status() == b'I' {
+    if conv.status() == b'I' {
         // The pipeline's implicit transaction holds only pgenrich's own work: end it, so that
         // the snapshot transaction can begin.
-        sync_upstream(relay).await?;
+        conv.sync_upstream().await?;
     }
-    let Some(wrap) = begin_snapshot(relay, !analyze).await? else {
-        fail_upstream(relay, None).await?;
-        relay.mark_extended_failed();
+    let Some(wrap) = conv.begin_snapshot(!analyze).await? else {
+        conv.fail_upstream(None).await?;
+        conv.mark_failed();
         return Ok(None);
     };
-    let (lines, failure) = match plan_lines(relay, executor, analyze, target, outcome).await? {
+    let (lines, failure) = match plan_lines(conv, analyze, target, outcome).await? {
         Ok(lines) => (Some(lines), None),
         Err(failure) => (None, Some(failure)),
     };
-    let failed = report(relay, failure, wrap).await?;
+    let failed = conv.report(failure, wrap).await?;
     if wrap {
-        let end = if failed || analyze {
-            "ROLLBACK"
-        } else {
-            "COMMIT"
-        };
-        if let Some(error) = hidden_query(relay, end).await? {
-            relay.push_to_client(message(b'E', &error));
-        }
+        conv.end_hidden(failed || analyze).await?;
     }
     match lines {
         Some(lines) if !failed => Ok(Some(lines)),
         _ => {
             // pgenrich's Syncs ended the upstream's skipping: a stand-in restores it.
-            fail_upstream(relay, None).await?;
-            relay.mark_extended_failed();
+            conv.fail_upstream(None).await?;
+            conv.mark_failed();
             Ok(None)
         }
     }
 }
 
-/// The RowDescription of the `QUERY PLAN` column (text) in `format`.
-pub fn plan_description(format: i16) -> Vec<u8> {
-    let mut description = BytesMut::new();
-    description.put_u16(1);
-    description.put_slice(b"QUERY PLAN\0");
-    description.put_u32(0);
-    description.put_i16(0);
-    description.put_u32(TEXT_OID);
-    description.put_i16(-1);
-    description.put_i32(-1);
-    description.put_i16(format);
-    description.to_vec()
-}
-
 /// One DataRow per line (text is the same bytes in both formats).
-fn send_lines(relay: &mut Relay, lines: &[String]) {
+fn send_lines(conv: &mut Conversation<'_>, lines: &[String]) {
     for line in lines {
         let mut row = BytesMut::with_capacity(line.len() + 6);
         row.put_u16(1);
         row.put_i32(line.len() as i32);
         row.put_slice(line.as_bytes());
-        relay.push_to_client(message(b'D', &row));
+        conv.to_client(message(b'D', &row));
     }
 }
 
 /// The lines of PostgreSQL's EXPLAIN of `sql` (run with `params`, binary), indented.
 async fn postgres_explain(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     sql: &str,
     analyze: bool,
     params: &[Vec<u8>],
@@ -278,8 +250,8 @@ async fn postgres_explain(
     requests.put_slice(&message(frontend::BIND, &bind));
     requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
     requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let rows = match fetch_rows(relay).await? {
+    conv.send(requests.freeze()).await?;
+    let rows = match conv.fetch_rows().await? {
         Ok(rows) => rows,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -357,8 +329,7 @@ fn argument_texts(base_sql: &str, count: usize) -> Vec<String> {
 }
 
 async fn streaming(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
+    conv: &mut Conversation<'_>,
     analyze: bool,
     plan: &StreamingPlan,
     lines: &mut Vec<String>,
@@ -369,11 +340,11 @@ async fn streaming(
             .to_owned(),
     );
     lines.push(format!("  Base statement: {}", plan.base_sql));
-    if let Err(failure) = postgres_explain(relay, &plan.base_sql, false, &[], lines).await? {
+    if let Err(failure) = postgres_explain(conv, &plan.base_sql, false, &[], lines).await? {
         return Ok(Err(failure));
     }
     describe_calls(
-        executor,
+        conv.executor(),
         &plan.calls,
         &argument_texts(&plan.base_sql, plan.arg_columns),
         lines,
@@ -390,39 +361,33 @@ async fn streaming(
     requests.put_slice(&message(frontend::BIND, &[0, 0, 0, 0, 0, 0, 0, 0]));
     requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
     requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let rows = match fetch_rows(relay).await? {
+    conv.send(requests.freeze()).await?;
+    let rows = match conv.fetch_rows().await? {
         Ok(rows) => rows,
         Err(failure) => return Ok(Err(failure)),
     };
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = Instant::now();
-    let memo = Memo::new(relay.memory());
+    let memo = Memo::new(conv.memory());
     let mut stats = CallStats::default();
-    let result = infer(executor, &plan.calls, &parsed, &memo, &mut stats).await;
+    let executor = Arc::clone(conv.executor());
+    let inference = infer(&executor, &plan.calls, &parsed, &memo, &mut stats);
+    let Some(result) = conv.guard(inference).await? else {
+        return Ok(Err(Failure::Ours(canceled())));
+    };
     outcome.inference += started.elapsed();
-    outcome.stats = stats;
+    outcome.add_calls(&stats);
     match result {
         Ok(_) => Ok(Ok(())),
-        Err(error) => {
-            let function = plan
-                .calls
-                .first()
-                .map(|c| c.function.name())
-                .unwrap_or("ML call");
-            Ok(Err(Failure::Ours(
-                error.error.to_client(function, &error.target),
-            )))
-        }
+        Err(error) => Ok(Err(Failure::Ours(call_error(error, &plan.calls)))),
     }
 }
 
-async fn finish(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
+async fn residual(
+    conv: &mut Conversation<'_>,
     analyze: bool,
-    plan: &FinishPlan,
+    plan: &ResidualPlan,
     lines: &mut Vec<String>,
     outcome: &mut Outcome,
 ) -> Result<Result<(), Failure>, SessionError> {
@@ -435,19 +400,18 @@ async fn finish(
     for (b, block) in plan.blocks.iter().enumerate() {
         lines.push(format!("Phase 1, block {b}: base relation"));
         lines.push(format!("  Base statement: {}", block.base_sql));
-        let shape = match describe_base(relay, block).await? {
+        let shape = match describe_base(conv, block).await? {
             Ok(shape) => shape,
             Err(failure) => return Ok(Err(failure)),
         };
         if analyze {
-            let block_params =
-                match fetch_and_score(relay, executor, block, &shape, outcome).await? {
-                    Ok(params) => params,
-                    Err(failure) => return Ok(Err(failure)),
-                };
+            let block_params = match fetch_and_score(conv, block, &shape, outcome).await? {
+                Ok(params) => params,
+                Err(failure) => return Ok(Err(failure)),
+            };
             params.extend(block_params);
         } else {
-            close_described(relay).await?;
+            close_described(conv).await?;
             let empty: Vec<Results> = block
                 .calls
                 .iter()
@@ -458,11 +422,11 @@ async fn finish(
                 .collect();
             params.extend(residual_parameters(&shape, &[], &empty));
         }
-        if let Err(failure) = postgres_explain(relay, &block.base_sql, false, &[], lines).await? {
+        if let Err(failure) = postgres_explain(conv, &block.base_sql, false, &[], lines).await? {
             return Ok(Err(failure));
         }
         describe_calls(
-            executor,
+            conv.executor(),
             &block.calls,
             &argument_texts(&block.base_sql, block.arg_columns),
             lines,
@@ -475,16 +439,16 @@ async fn finish(
         params.len()
     ));
     lines.push(format!("  Residual statement: {residual}"));
-    postgres_explain(relay, &residual, analyze, &params, lines).await
+    postgres_explain(conv, &residual, analyze, &params, lines).await
 }
 
 /// Closes the base statement [`describe_base`] left prepared (EXPLAIN without ANALYZE does not
 /// fetch it).
-async fn close_described(relay: &mut Relay) -> Result<(), SessionError> {
+async fn close_described(conv: &mut Conversation<'_>) -> Result<(), SessionError> {
     let mut requests = BytesMut::new();
     requests.put_slice(&message(frontend::CLOSE, b"Spgenrich.base\0"));
     requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    collect(relay, |kind, _| kind == b'3').await?;
+    conv.send(requests.freeze()).await?;
+    conv.collect(|kind, _| kind == b'3').await?;
     Ok(())
 }

@@ -2,14 +2,16 @@
 //! upstream, then the relay loop with its timeouts, draining and closing.
 
 mod controls;
+pub mod conversation;
 pub mod direct;
+mod dispatch;
 pub mod explain;
-pub mod extended;
-pub mod finish;
-pub mod ml;
 pub mod relay;
+pub mod residual;
 pub mod rows;
 mod scoring;
+pub mod statements;
+pub mod streaming;
 pub mod tracker;
 
 use std::future::poll_fn;
@@ -273,147 +275,13 @@ async fn relay_step(
         Event::Quiescent | Event::AtBoundary => Err(SessionError::Shutdown),
         Event::Intercept(intercept) => {
             relay.ml_running = true;
-            intercept_ml(ctx, relay, intercept)
+            dispatch::intercept_ml(&ctx.executor, chunking(&ctx.config), relay, intercept)
                 .instrument(span.clone())
                 .await?;
             relay.ml_running = false;
             Ok(true)
         }
     }
-}
-
-/// Runs work on an ML statement that the relay handed over, in order with the upstream's
-/// answers.
-async fn intercept_ml(
-    ctx: &SessionContext,
-    relay: &mut Relay,
-    intercept: extended::Intercept,
-) -> Result<(), SessionError> {
-    use extended::Intercept;
-    let chunking = ml::Chunking {
-        rows: ctx.config.inference.chunk_rows,
-        in_flight: ctx.config.inference.chunks_in_flight,
-        bytes: ctx.config.inference.chunk_bytes,
-    };
-    let started = std::time::Instant::now();
-    // A cancel request that arrived while nothing of pgenrich's was running (the session idle,
-    // or a plain statement) must not cancel this statement: PostgreSQL ignores those too.
-    {
-        use futures_util::FutureExt;
-        let _ = relay.cancel_notify().notified().now_or_never();
-    }
-    if let Intercept::EndSnapshot = intercept {
-        // Also (above all) after an error: the transaction must end before the client's Sync.
-        finish::end_snapshot(relay).await?;
-        return relay.flush_client().await;
-    }
-    // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync, a Query
-    // too.
-    if relay.tracker.open_failed() {
-        debug!("ML message skipped: the pipeline already failed");
-        return Ok(());
-    }
-    let is_query = matches!(
-        intercept,
-        Intercept::Query(_)
-            | Intercept::Multi(_)
-            | Intercept::Finish(_)
-            | Intercept::Explain { .. }
-    );
-    if !is_query {
-        relay.tracker.ensure_open();
-    } else if !relay.tracker.is_idle() {
-        // A Query ends the open extended-protocol run (PostgreSQL commits its implicit
-        // transaction): a Sync of pgenrich's does that before the ML statement runs.
-        finish::sync_upstream(relay).await?;
-        relay.tracker.end_open_run();
-    }
-    let outcome = match intercept {
-        Intercept::Query(plan) => ml::run_query(relay, &ctx.executor, chunking, *plan).await?,
-        Intercept::Multi(pieces) => ml::run_multi(relay, &ctx.executor, chunking, pieces).await?,
-        Intercept::Finish(plan) => finish::run_query(relay, &ctx.executor, chunking, *plan).await?,
-        Intercept::Explain { analyze, target } => {
-            explain::run(relay, &ctx.executor, analyze, *target).await?
-        }
-        Intercept::Parse { name, types, plan } => {
-            extended::handle_parse(relay, name, types, *plan).await?;
-            return relay.flush_client().await;
-        }
-        Intercept::Describe { kind, name } => {
-            extended::handle_describe(relay, kind, &name);
-            return relay.flush_client().await;
-        }
-        Intercept::ParseFinish { name, types, plan } => {
-            finish::handle_parse(relay, name, types, *plan).await?;
-            return relay.flush_client().await;
-        }
-        Intercept::ParseExplain {
-            name,
-            analyze,
-            target,
-        } => {
-            explain::handle_parse(relay, name, analyze, *target);
-            return relay.flush_client().await;
-        }
-        Intercept::Bind(body) => {
-            finish::handle_bind(relay, body).await?;
-            return relay.flush_client().await;
-        }
-        Intercept::EndSnapshot => return Ok(()),
-        Intercept::Execute { portal, max_rows } => {
-            let Some(bound) = relay.registry().portals.get(&portal).cloned() else {
-                // A Sync (or COMMIT) since the Bind destroyed it, as it did upstream.
-                extended::no_such_portal(relay, &portal);
-                return relay.flush_client().await;
-            };
-            match &bound.statement.prepared {
-                extended::Prepared::Streaming { plan, layout } => {
-                    let enrichment = ml::Enrichment {
-                        plan: Arc::clone(plan),
-                        layout: Arc::clone(layout),
-                        formats: Arc::clone(&bound.formats),
-                    };
-                    ml::run_execute(
-                        relay,
-                        &ctx.executor,
-                        chunking,
-                        &enrichment,
-                        &portal,
-                        max_rows,
-                    )
-                    .await?
-                }
-                extended::Prepared::Explain { analyze, target } => {
-                    explain::run_execute(
-                        relay,
-                        &ctx.executor,
-                        (*analyze, target),
-                        &portal,
-                        &bound,
-                        max_rows,
-                    )
-                    .await?
-                }
-                extended::Prepared::Finish(_) => {
-                    finish::run_execute(relay, &ctx.executor, chunking, &portal, &bound, max_rows)
-                        .await?
-                }
-            }
-        }
-    };
-    log_outcome(&outcome, started);
-    Ok(())
-}
-
-fn log_outcome(outcome: &ml::Outcome, started: std::time::Instant) {
-    info!(
-        rows = outcome.rows,
-        inputs = outcome.stats.rows,
-        calls = outcome.stats.calls,
-        duplicates_saved = outcome.stats.duplicates_saved,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "ML statement"
-    );
 }
 
 /// Ends a relayed session: tells the client why (when it can still parse a message), stops the
@@ -468,6 +336,15 @@ async fn close(
         return Ok(());
     }
     Err(error)
+}
+
+/// The chunking settings of ML statements.
+fn chunking(config: &Config) -> conversation::Chunking {
+    conversation::Chunking {
+        rows: config.inference.chunk_rows,
+        in_flight: config.inference.chunks_in_flight,
+        bytes: config.inference.chunk_bytes,
+    }
 }
 
 fn terminate_message() -> Bytes {

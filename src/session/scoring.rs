@@ -25,8 +25,18 @@ fn integer(value: Option<&[u8]>, what: &str) -> Result<Option<i64>, CallError> {
     }
 }
 
+/// The client's error for a failed call of a statement whose calls are `calls` (named after the
+/// first, as the statement's function).
+pub fn call_error(error: CallError, calls: &[Call]) -> crate::protocol::ErrorMessage {
+    let function = calls
+        .first()
+        .map(|c| c.function.name())
+        .unwrap_or("ML call");
+    error.error.to_client(function, &error.target)
+}
+
 /// One ML call's results for a chunk.
-pub(crate) enum Results {
+pub enum Results {
     Sentiment(Vec<Option<Sentiment>>),
     Text(Vec<Option<String>>),
 }
@@ -39,14 +49,14 @@ fn column<'a>(row: &[Option<&'a [u8]>], index: usize) -> Option<&'a [u8]> {
 const MEMO_BUDGET: usize = 16 << 20;
 
 /// One statement's memo of inputs already sent.
-pub(crate) struct Memo {
+pub struct Memo {
     sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment>,
     text: crate::enrich::memo::Memo<InvokeInput, String>,
 }
 
 impl Memo {
     /// An empty memo, charged to `budget`'s share for memos.
-    pub(crate) fn new(budget: &Arc<MemoryBudget>) -> Memo {
+    pub fn new(budget: &Arc<MemoryBudget>) -> Memo {
         let memos = budget.memos();
         Memo {
             sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
@@ -65,7 +75,7 @@ fn abandoned(function: MlFunction) -> impl Fn() -> CallError {
 }
 
 /// Every call's results for a chunk of base rows (`parsed`: their fields), in row order.
-pub(crate) async fn infer(
+pub async fn infer(
     executor: &Executor,
     calls: &[Call],
     parsed: &[Vec<Option<&[u8]>>],

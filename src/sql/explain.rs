@@ -1,5 +1,5 @@
 //! `EXPLAIN [ANALYZE] <ML statement>`: recognising the request; the session answers it with
-//! pgenrich's own plan (see `session::explain`).
+//! pgenrich's own plan (see `session::explain`), of the [`ExplainTarget`] the request was planned into.
 
 use sqlparser::ast::{Expr, Statement, Value};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -14,6 +14,13 @@ pub struct ExplainRequest {
     pub analyze: bool,
     /// The explained statement's text.
     pub statement: String,
+}
+
+/// The statement an EXPLAIN is about, as pgenrich would run it.
+#[derive(Debug)]
+pub enum ExplainTarget {
+    Streaming(super::plan::StreamingPlan),
+    Residual(super::residual::ResidualPlan),
 }
 
 /// Whether `sql` has `$n` parameters (outside literals and comments).

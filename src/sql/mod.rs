@@ -8,8 +8,8 @@
 //! `(f(x)).*`) are beyond sqlparser 0.64.
 
 pub mod explain;
-pub mod finish;
 pub mod plan;
+pub mod residual;
 pub mod text;
 
 use std::ops::ControlFlow;

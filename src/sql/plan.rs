@@ -129,7 +129,7 @@ pub enum Piece {
     Plain(String),
     Ml(StreamingPlan),
     /// An ML statement that needs the base + residual plan.
-    Finish(Box<super::finish::FinishPlan>),
+    Residual(Box<super::residual::ResidualPlan>),
 }
 
 /// Plans one ML statement: streaming where its calls allow, else base + residual (whose refusal
@@ -138,7 +138,7 @@ fn plan_piece(sql: &str) -> Result<Piece, PlanError> {
     match plan(sql) {
         Ok(streaming) => Ok(Piece::Ml(streaming)),
         Err(error) if error.code == SqlState::FeatureNotSupported => {
-            super::finish::plan(sql).map(|p| Piece::Finish(Box::new(p)))
+            super::residual::plan(sql).map(|p| Piece::Residual(Box::new(p)))
         }
         Err(error) => Err(error),
     }

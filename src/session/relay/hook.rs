@@ -18,7 +18,7 @@ pub(super) fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
     }
     plan::plan_query_message(text).map(|mut pieces| match (pieces.len(), pieces.pop()) {
         (1, Some(plan::Piece::Ml(single))) => Intercept::Query(Box::new(single)),
-        (1, Some(plan::Piece::Finish(single))) => Intercept::Finish(single),
+        (1, Some(plan::Piece::Residual(single))) => Intercept::Residual(single),
         (_, last) => Intercept::Multi(pieces.into_iter().chain(last).collect()),
     })
 }
@@ -27,11 +27,11 @@ pub(super) fn plan_query(text: &str) -> Result<Intercept, plan::PlanError> {
 fn plan_explain(
     request: &crate::sql::explain::ExplainRequest,
 ) -> Result<Intercept, plan::PlanError> {
-    use crate::session::explain::Target;
+    use crate::sql::explain::ExplainTarget;
     let target = match plan::plan(&request.statement) {
-        Ok(streaming) => Target::Streaming(streaming),
+        Ok(streaming) => ExplainTarget::Streaming(streaming),
         Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
-            Target::Finish(crate::sql::finish::plan(&request.statement)?)
+            ExplainTarget::Residual(crate::sql::residual::plan(&request.statement)?)
         }
         Err(error) => return Err(error),
     };
@@ -58,7 +58,7 @@ pub(super) fn plan_statement(text: &str) -> Result<Intercept, plan::PlanError> {
     match plan::plan(text) {
         Ok(single) => Ok(Intercept::Query(Box::new(single))),
         Err(error) if error.code == crate::error::SqlState::FeatureNotSupported => {
-            crate::sql::finish::plan(text).map(|p| Intercept::Finish(Box::new(p)))
+            crate::sql::residual::plan(text).map(|p| Intercept::Residual(Box::new(p)))
         }
         Err(error) => Err(error),
     }

@@ -22,7 +22,7 @@ use tokio::io::AsyncWrite;
 use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{self, backend, frontend, header, ErrorMessage, HEADER_LEN};
-use crate::session::extended::{self, Intercept, Registry};
+use crate::session::statements::{self, Intercept, Registry};
 use crate::session::tracker::Tracker;
 use crate::sql::plan;
 use crate::sql::{self, Verdict};
@@ -105,7 +105,7 @@ pub struct Relay {
     /// The client sent Terminate and closed its side while an ML statement ran.
     client_done_sending: bool,
     /// pgenrich's snapshot transaction for a prepared base + residual statement is open
-    /// ([`crate::session::finish`]'s `snapshot` module).
+    /// ([`crate::session::residual`]'s `snapshot` module).
     pub(crate) snapshot_open: bool,
     /// The tracker's Bind count when that transaction began: with more than one Bind since,
     /// committing it when one portal is done would end the others.
@@ -334,7 +334,7 @@ impl Relay {
                             // Too large to hold: it is relayed as it streams in, but a portal of
                             // that name no longer belongs to an ML statement.
                             let prefix = &inbound.buf[inbound.ready + HEADER_LEN..];
-                            if let Some(portal) = extended::first_name(prefix) {
+                            if let Some(portal) = statements::first_name(prefix) {
                                 self.ml.portals.remove(&portal);
                             }
                         }
@@ -393,13 +393,13 @@ impl Relay {
                     .rewrite_bind(body, self.tracker.closings_forwarded())
                     .map(Ok),
                 frontend::CLOSE => self.ml.rewrite_close(body).map(Ok),
-                frontend::DESCRIBE => extended::target(body)
+                frontend::DESCRIBE => statements::target(body)
                     .filter(|(k, name)| match k {
                         b'S' => self.ml.statements.contains_key(name),
                         _ => self.ml.portals.contains_key(name),
                     })
                     .map(|(kind, name)| Err(Intercept::Describe { kind, name })),
-                frontend::EXECUTE => extended::execute_parts(body)
+                frontend::EXECUTE => statements::execute_parts(body)
                     .filter(|(portal, _)| self.ml.portals.contains_key(portal))
                     .map(|(portal, max_rows)| Err(Intercept::Execute { portal, max_rows })),
                 _ => None,
@@ -428,7 +428,7 @@ impl Relay {
             let verdict = inspect(kind, body);
             if kind == frontend::PARSE && verdict == Verdict::Relay {
                 // The client's statement of this name is a plain one from now on.
-                if let Some(name) = extended::first_name(body) {
+                if let Some(name) = statements::first_name(body) {
                     self.ml.statements.remove(&name);
                 }
             }
@@ -441,7 +441,7 @@ impl Relay {
                 } else {
                     plan_statement(&text)
                 };
-                let parse = extended::parse_parts(body)
+                let parse = statements::parse_parts(body)
                     .map(|(name, types)| (name, Bytes::copy_from_slice(types)));
                 inbound.release(&mut self.to_upstream);
                 inbound.buf.advance(total);
@@ -452,8 +452,8 @@ impl Relay {
                             (frontend::PARSE, Some((name, types)), Intercept::Query(plan)) => {
                                 Intercept::Parse { name, types, plan }
                             }
-                            (frontend::PARSE, Some((name, types)), Intercept::Finish(plan)) => {
-                                Intercept::ParseFinish { name, types, plan }
+                            (frontend::PARSE, Some((name, types)), Intercept::Residual(plan)) => {
+                                Intercept::ParseResidual { name, types, plan }
                             }
                             (
                                 frontend::PARSE,

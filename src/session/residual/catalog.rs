@@ -1,40 +1,9 @@
-//! Wire helpers of the two-phase path: message bodies, RowDescription types, the base statement's
-//! shape and its columns' type names, and binary arrays.
+//! What the residual mode looks up in the catalog and reads from descriptions: RowDescription
+//! types, the base statement's shape and its columns' type names, whether functions are
+//! row-local, and the binary arrays its parameters travel in.
 
 use super::*;
-
-/// A Parse body declaring the parameter types `types`.
-pub(crate) fn parse_body(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(name.len() + sql.len() + 4 + 4 * types.len());
-    body.extend_from_slice(name.as_bytes());
-    body.push(0);
-    body.extend_from_slice(sql.as_bytes());
-    body.push(0);
-    body.extend_from_slice(&(types.len() as u16).to_be_bytes());
-    for oid in types {
-        body.extend_from_slice(&oid.to_be_bytes());
-    }
-    body
-}
-
-pub(crate) fn named_body(name: &str) -> Vec<u8> {
-    let mut body = name.as_bytes().to_vec();
-    body.push(0);
-    body
-}
-
-/// A Describe or Close body.
-pub(crate) fn named(kind: u8, name: &str) -> Vec<u8> {
-    let mut body = vec![kind];
-    body.extend_from_slice(&named_body(name));
-    body
-}
-
-pub(crate) fn execute_body(portal: &str, rows: usize) -> Vec<u8> {
-    let mut body = named_body(portal);
-    body.extend_from_slice(&(rows.min(i32::MAX as usize) as i32).to_be_bytes());
-    body
-}
+use crate::error::SqlState;
 
 /// `(name, type OID, type modifier)` of each column of a RowDescription body.
 pub(crate) fn row_types(body: &[u8]) -> Vec<(String, u32, i32)> {
@@ -61,42 +30,10 @@ pub(crate) fn row_types(body: &[u8]) -> Vec<(String, u32, i32)> {
     out
 }
 
-/// The base statement's columns as described: which carry values to the residual, their types
-/// and how they travel, and the columns of each `*`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Shape {
-    /// Base columns in all (arguments, values, star separators).
-    pub(crate) columns: usize,
-    /// Base column index of each value column.
-    pub(crate) values: Vec<usize>,
-    pub(crate) oids: Vec<u32>,
-    pub(crate) types: Vec<CarriedType>,
-    pub(crate) stars: Vec<Vec<String>>,
-}
-
-impl Shape {
-    pub(crate) fn described(&self) -> Described {
-        Described {
-            types: self.types.clone(),
-            stars: self.stars.clone(),
-        }
-    }
-
-    /// Result formats of the base statement: values in binary where they travel so, the rest
-    /// (arguments, separators) in text.
-    pub(crate) fn base_formats(&self) -> Vec<i16> {
-        let mut formats = vec![0i16; self.columns];
-        for (i, &column) in self.values.iter().enumerate() {
-            formats[column] = i16::from(!self.types[i].as_text);
-        }
-        formats
-    }
-}
-
 /// Reads the shape of the base statement from its RowDescription body and looks up the value
 /// columns' types (see [`type_names`] for `sync`). `Err`: the upstream's error body.
 pub(crate) async fn shape(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     plan: &BlockPlan,
     description: Option<&[u8]>,
     sync: bool,
@@ -115,7 +52,7 @@ pub(crate) async fn shape(
     let types = if described.is_empty() {
         Vec::new()
     } else {
-        match type_names(relay, &described, sync).await? {
+        match type_names(conv, &described, sync).await? {
             Ok(types) => types,
             Err(error) => return Ok(Err(error)),
         }
@@ -140,7 +77,7 @@ pub(crate) fn internal(message: &str) -> Bytes {
 /// rows as text. `Err` holds the upstream's error body (after Flush the upstream then skips to
 /// the client's Sync).
 pub(crate) async fn catalog_rows(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     sql: &str,
     sync: bool,
 ) -> Result<Result<Vec<Vec<Option<String>>>, Bytes>, SessionError> {
@@ -156,12 +93,12 @@ pub(crate) async fn catalog_rows(
     requests.put_slice(&message(frontend::CLOSE, &named(b'P', NAME)));
     requests.put_slice(&message(frontend::CLOSE, &named(b'S', NAME)));
     requests.put_slice(&message(if sync { frontend::SYNC } else { b'H' }, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
+    conv.send(requests.freeze()).await?;
     let mut rows = Vec::new();
     let mut error = None;
     let mut closes = 0;
     loop {
-        let (kind, body) = relay.next_upstream_message().await?;
+        let (kind, body) = conv.next().await?;
         match kind {
             b'D' => rows.push(
                 split_row(&body)
@@ -182,10 +119,10 @@ pub(crate) async fn catalog_rows(
                 }
             }
             b'Z' => {
-                relay.note_ready(&body);
+                conv.note_ready(&body);
                 break;
             }
-            b'N' | b'S' | b'A' => relay.push_to_client(message(kind, &body)),
+            b'N' | b'S' | b'A' => conv.to_client(message(kind, &body)),
             _ => {}
         }
     }
@@ -199,7 +136,7 @@ pub(crate) async fn catalog_rows(
 /// (arrays cannot nest in an array parameter; some types have no binary I/O); see
 /// [`catalog_rows`] for `sync`.
 pub(crate) async fn type_names(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     columns: &[(u32, i32)],
     sync: bool,
 ) -> Result<Result<Vec<CarriedType>, Bytes>, SessionError> {
@@ -213,7 +150,7 @@ pub(crate) async fn type_names(
         oids.join(","),
         mods.join(",")
     );
-    let rows = match catalog_rows(relay, &sql, sync).await? {
+    let rows = match catalog_rows(conv, &sql, sync).await? {
         Ok(rows) => rows,
         Err(error) => return Ok(Err(error)),
     };
@@ -234,7 +171,7 @@ pub(crate) async fn type_names(
 /// Whether none of `functions` is an aggregate or window function (by name, in any schema: a
 /// name that is one anywhere keeps the statement from streaming); see [`catalog_rows`].
 pub(crate) async fn only_row_functions(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     functions: &[String],
     sync: bool,
 ) -> Result<Result<bool, Bytes>, SessionError> {
@@ -250,7 +187,7 @@ pub(crate) async fn only_row_functions(
          AND proname = ANY (ARRAY[{}]::name[])",
         names.join(", ")
     );
-    Ok(catalog_rows(relay, &sql, sync).await?.map(|rows| {
+    Ok(catalog_rows(conv, &sql, sync).await?.map(|rows| {
         rows.first()
             .and_then(|r| r.first())
             .cloned()

@@ -2,74 +2,11 @@
 //! and running them for its Execute.
 
 use super::*;
+use crate::error::SqlState;
+use crate::session::conversation::held::Held;
+use crate::session::statements::{Prepared, ResidualStatement};
 
-/// A prepared base + residual statement (extended protocol).
-#[derive(Debug)]
-pub struct Prepared {
-    pub(super) plan: FinishPlan,
-    /// Per block: its base statement's name upstream and its shape.
-    pub(super) bases: Vec<(String, Shape)>,
-    /// The residual statement's name upstream.
-    pub(super) residual_name: String,
-    /// The residual's RowDescription body; `None`: NoData.
-    row_description: Option<Bytes>,
-    /// Row-local: executions fetch, score and finish the base rows chunk by chunk.
-    chunked: bool,
-}
-
-impl Prepared {
-    pub fn columns(&self) -> usize {
-        self.row_description
-            .as_deref()
-            .map_or(0, |body| split_fields(body).len())
-    }
-
-    /// The client's RowDescription: the residual's, with `formats`.
-    pub fn row_description(&self, formats: &[i16]) -> Option<Vec<u8>> {
-        let body = self.row_description.as_deref()?;
-        let fields = split_fields(body);
-        let mut out = (fields.len() as u16).to_be_bytes().to_vec();
-        for (i, field) in fields.iter().enumerate() {
-            out.extend_from_slice(&field[..field.len().saturating_sub(2)]);
-            out.extend_from_slice(&formats.get(i).copied().unwrap_or(0).to_be_bytes());
-        }
-        Some(out)
-    }
-
-    /// Whether the statement writes (so its snapshot transaction cannot be READ ONLY).
-    pub fn writes(&self) -> bool {
-        self.plan.writes()
-    }
-
-    /// Result formats of the base statement: arguments in text, carried values as they travel.
-    pub fn base_formats(&self) -> Vec<i16> {
-        self.bases
-            .first()
-            .map(|(_, shape)| shape.base_formats())
-            .unwrap_or_default()
-    }
-}
-
-/// Reads the upstream's answers to `expected` requests sent with Flush: completions, parameter
-/// and row descriptions count, notices and the like go to the client. `Err`: the upstream's
-/// error body (it now skips to the client's Sync).
-pub(crate) async fn answers(
-    relay: &mut Relay,
-    expected: usize,
-) -> Result<Result<Vec<(u8, Bytes)>, Bytes>, SessionError> {
-    let mut got = Vec::new();
-    while got.len() < expected {
-        let (kind, body) = relay.next_upstream_message().await?;
-        match kind {
-            b'E' => return Ok(Err(body)),
-            b'1' | b'2' | b'3' | b't' | b'T' | b'n' => got.push((kind, body)),
-            _ => relay.push_to_client(message(kind, &body)),
-        }
-    }
-    Ok(Ok(got))
-}
-
-pub(crate) fn parameter_oids(description: &[u8]) -> Vec<u32> {
+fn parameter_oids(description: &[u8]) -> Vec<u32> {
     let count = description
         .get(..2)
         .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
@@ -83,33 +20,30 @@ pub(crate) fn parameter_oids(description: &[u8]) -> Vec<u32> {
 /// typing statement fixes the client's parameter types, then the base is prepared and described,
 /// the carried types looked up, and the residual prepared; its RowDescription is the client's.
 pub async fn handle_parse(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     name: String,
     types: Bytes,
-    plan: FinishPlan,
+    plan: ResidualPlan,
 ) -> Result<(), SessionError> {
-    match prepare(relay, &name, &types, plan).await? {
+    match prepare(conv, &name, &types, plan).await? {
         Ok(statement) => {
-            relay
-                .registry()
-                .statements
-                .insert(name, Arc::new(statement));
-            relay.push_to_client(message(b'1', &[]));
+            conv.registry().statements.insert(name, Arc::new(statement));
+            conv.to_client(message(b'1', &[]));
         }
         Err(error) => {
-            relay.registry().statements.remove(&name);
-            relay.push_to_client(message(b'E', &error));
-            relay.mark_extended_failed();
+            conv.registry().statements.remove(&name);
+            conv.to_client(message(b'E', &error));
+            conv.mark_failed();
         }
     }
     Ok(())
 }
 
 pub(crate) async fn prepare(
-    relay: &mut Relay,
+    conv: &mut Conversation<'_>,
     name: &str,
     types: &[u8],
-    plan: FinishPlan,
+    plan: ResidualPlan,
 ) -> Result<Result<MlStatement, Bytes>, SessionError> {
     const TYPING: &str = "pgenrich.t";
     let base_name = format!("pgenrich.s.{name}");
@@ -131,8 +65,8 @@ pub(crate) async fn prepare(
         expected += 4;
     }
     requests.put_slice(&message(b'H', &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let got = match answers(relay, expected).await? {
+    conv.send(requests.freeze()).await?;
+    let got = match conv.answers(expected).await? {
         Ok(got) => got,
         Err(error) => return Ok(Err(error)),
     };
@@ -168,8 +102,8 @@ pub(crate) async fn prepare(
         ));
         requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &name)));
         requests.put_slice(&message(b'H', &[]));
-        relay.send_upstream_now(requests.freeze()).await?;
-        let got = match answers(relay, if b > 0 { 4 } else { 3 }).await? {
+        conv.send(requests.freeze()).await?;
+        let got = match conv.answers(if b > 0 { 4 } else { 3 }).await? {
             Ok(got) => got,
             Err(error) => return Ok(Err(error)),
         };
@@ -177,7 +111,7 @@ pub(crate) async fn prepare(
             .iter()
             .find(|(kind, _)| *kind == b'T')
             .map(|(_, body)| body.clone());
-        let shape = match shape(relay, block, description.as_deref(), false).await? {
+        let shape = match shape(conv, block, description.as_deref(), false).await? {
             Ok(shape) => shape,
             Err(error) => return Ok(Err(error)),
         };
@@ -194,8 +128,8 @@ pub(crate) async fn prepare(
     ));
     requests.put_slice(&message(frontend::DESCRIBE, &named(b'S', &residual_name)));
     requests.put_slice(&message(b'H', &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let got = match answers(relay, 3).await? {
+    conv.send(requests.freeze()).await?;
+    let got = match conv.answers(3).await? {
         Ok(got) => got,
         Err(error) => return Ok(Err(error)),
     };
@@ -204,7 +138,7 @@ pub(crate) async fn prepare(
         .find(|(kind, _)| *kind == b'T')
         .map(|(_, body)| body.clone());
     let chunked = match (&plan.row_local, plan.blocks.len()) {
-        (Some(functions), 1) => match only_row_functions(relay, functions, false).await? {
+        (Some(functions), 1) => match only_row_functions(conv, functions, false).await? {
             Ok(chunked) => chunked,
             Err(error) => return Ok(Err(error)),
         },
@@ -213,7 +147,7 @@ pub(crate) async fn prepare(
     Ok(Ok(MlStatement {
         upstream_name: base_name,
         parameters,
-        prepared: crate::session::extended::Prepared::Finish(Box::new(Prepared {
+        prepared: Prepared::Residual(Box::new(ResidualStatement {
             bases,
             residual_name,
             row_description,
@@ -228,20 +162,17 @@ pub(crate) async fn prepare(
 /// portal of pgenrich's; every Execute then fetches from the residual, so row limits and
 /// PortalSuspended behave as natively. Errors leave the upstream skipping to the client's Sync.
 pub async fn run_execute(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
+    conv: &mut Conversation<'_>,
     portal: &str,
     bound: &MlPortal,
     max_rows: usize,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
-    let crate::session::extended::Prepared::Finish(prepared) = &bound.statement.prepared else {
+    let Prepared::Residual(prepared) = &bound.statement.prepared else {
         unreachable!("only base + residual portals come here")
     };
     if prepared.chunked {
-        return run_chunked_execute(relay, executor, chunking, portal, bound, prepared, max_rows)
-            .await;
+        return run_chunked_execute(conv, portal, bound, prepared, max_rows).await;
     }
     let residual_portal = format!("pgenrich.r.{portal}");
     let mut requests = BytesMut::new();
@@ -273,46 +204,45 @@ pub async fn run_execute(
             }
             requests.extend_from_slice(&message(frontend::EXECUTE, &execute_body(&base_portal, 0)));
             requests.extend_from_slice(&message(b'H', &[]));
-            relay.send_upstream_now(Bytes::from(requests)).await?;
-            let mut rows = Held::new(relay);
+            conv.send(Bytes::from(requests)).await?;
+            let mut rows = Held::new(conv);
             loop {
-                let (kind, body) = relay.next_upstream_message().await?;
+                let (kind, body) = conv.next().await?;
                 match kind {
                     b'D' => rows.push(&body),
                     b'2' | b'3' => {}
                     b'C' => break,
                     b'E' => {
-                        relay.push_to_client(message(b'E', &body));
-                        relay.mark_extended_failed();
-                        relay.flush_client().await?;
+                        conv.to_client(message(b'E', &body));
+                        conv.mark_failed();
+                        conv.flush().await?;
                         return Ok(outcome);
                     }
-                    _ => relay.push_to_client(message(kind, &body)),
+                    _ => conv.to_client(message(kind, &body)),
                 }
             }
             let rows = match rows.into_rows() {
                 Ok(rows) => rows,
                 Err(error) => {
-                    fail_execute(relay, error).await?;
-                    relay.flush_client().await?;
+                    conv.fail_execute(error).await?;
+                    conv.flush().await?;
                     return Ok(outcome);
                 }
             };
             match score_rows(
-                relay,
-                executor,
+                conv,
                 block,
                 shape,
                 &rows,
-                &Memo::new(relay.memory()),
+                &Memo::new(conv.memory()),
                 &mut outcome,
             )
             .await?
             {
                 Ok(params) => ours.extend(params),
                 Err(error) => {
-                    fail_execute(relay, error).await?;
-                    relay.flush_client().await?;
+                    conv.fail_execute(error).await?;
+                    conv.flush().await?;
                     return Ok(outcome);
                 }
             }
@@ -326,7 +256,7 @@ pub async fn run_execute(
         ) {
             Ok(bind) => bind,
             Err(error) => {
-                fail_execute(relay, error).await?;
+                conv.fail_execute(error).await?;
                 return Ok(outcome);
             }
         };
@@ -334,7 +264,7 @@ pub async fn run_execute(
         // block, is still open.
         requests.put_slice(&message(frontend::CLOSE, &named(b'P', &residual_portal)));
         requests.put_slice(&message(frontend::BIND, &bind));
-        if let Some(p) = relay.registry().portals.get_mut(portal) {
+        if let Some(p) = conv.registry().portals.get_mut(portal) {
             p.started = true;
         }
     }
@@ -343,46 +273,35 @@ pub async fn run_execute(
         &execute_body(&residual_portal, max_rows),
     ));
     requests.put_slice(&message(b'H', &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
+    conv.send(requests.freeze()).await?;
     loop {
-        let (kind, body) = relay.next_upstream_message().await?;
+        let (kind, body) = conv.next().await?;
         match kind {
             b'2' | b'3' => {}
             b'D' => {
                 outcome.rows += 1;
-                relay.push_to_client(message(kind, &body));
-                relay.flush_client_soft().await?;
+                conv.to_client(message(kind, &body));
+                conv.flush_soft().await?;
             }
             b'C' => {
-                relay.push_to_client(message(kind, &body));
-                snapshot::portal_done(relay).await?;
+                conv.to_client(message(kind, &body));
+                snapshot::portal_done(conv).await?;
                 break;
             }
             b's' => {
-                relay.push_to_client(message(kind, &body));
+                conv.to_client(message(kind, &body));
                 break;
             }
             b'E' => {
-                relay.push_to_client(message(kind, &body));
-                relay.mark_extended_failed();
+                conv.to_client(message(kind, &body));
+                conv.mark_failed();
                 break;
             }
-            _ => relay.push_to_client(message(kind, &body)),
+            _ => conv.to_client(message(kind, &body)),
         }
     }
-    relay.flush_client().await?;
+    conv.flush().await?;
     Ok(outcome)
-}
-
-/// Fails the client's Execute where pgenrich failed: the upstream fails a stand-in (aborting the
-/// transaction and skipping to Sync as PostgreSQL would) and the client gets `error`.
-pub(super) async fn fail_execute(
-    relay: &mut Relay,
-    error: ErrorMessage,
-) -> Result<(), SessionError> {
-    crate::session::ml::fail_upstream(relay, Some(error)).await?;
-    relay.mark_extended_failed();
-    Ok(())
 }
 
 /// The residual's Bind: the client's parameters (as bound), then ours in binary; results in the

@@ -1,11 +1,13 @@
-//! ML statements in the extended query protocol.
+//! The session's table of ML statements and portals (extended query protocol), and the work the
+//! relay hands to the session's task ([`Intercept`]) — plain data, which the relay owns and every
+//! mode reads; no I/O here.
 //!
 //! A Parse of an ML statement prepares the *base* statement upstream under a name of pgenrich's
 //! (`pgenrich.s.<client name>`) and remembers its plan, parameter description and layout. Binds
 //! of it are rewritten to that name with result formats per base column, and the client's portal
 //! is remembered; Describe of such a statement or portal is answered by pgenrich; Execute of such
-//! a portal streams it with enrichment. Messages of other statements pass through untouched.
-//! Parse, Describe and Execute of ML statements are answered only once the upstream has answered
+//! a portal runs it in its mode. Messages of other statements pass through untouched. Parse,
+//! Describe and Execute of ML statements are answered only once the upstream has answered
 //! everything before them, so responses stay in order; in a pipeline that has already failed
 //! they are skipped, as PostgreSQL skips everything up to Sync after an error.
 
@@ -14,12 +16,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{SessionError, SqlState};
-use crate::protocol::ErrorMessage;
 use crate::protocol::{frontend, split_cstr};
-use crate::session::relay::Relay;
-use crate::session::rows::{expand_formats, message, Layout};
+use crate::session::rows::{expand_formats, message, split_fields, Layout};
+use crate::session::scoring::Memo;
+use crate::sql::explain::ExplainTarget;
 use crate::sql::plan::StreamingPlan;
+use crate::sql::residual::{CarriedType, Described, ResidualPlan};
 
 /// A prepared ML statement.
 #[derive(Debug)]
@@ -39,20 +41,99 @@ pub enum Prepared {
         plan: Arc<StreamingPlan>,
         layout: Arc<Layout>,
     },
-    /// Base statement, then residual statement ([`crate::session::finish`]).
-    Finish(Box<crate::session::finish::Prepared>),
+    /// Base statements, then the residual statement ([`crate::session::residual`]).
+    Residual(Box<ResidualStatement>),
     /// `EXPLAIN [ANALYZE]` of an ML statement, answered by pgenrich
     /// ([`crate::session::explain`]); nothing of it is prepared upstream.
     Explain {
         analyze: bool,
-        target: Arc<crate::session::explain::Target>,
+        target: Arc<ExplainTarget>,
     },
+}
+
+/// A prepared base + residual statement.
+#[derive(Debug)]
+pub struct ResidualStatement {
+    pub plan: ResidualPlan,
+    /// Per block: its base statement's name upstream and its shape.
+    pub bases: Vec<(String, Shape)>,
+    /// The residual statement's name upstream.
+    pub residual_name: String,
+    /// The residual's RowDescription body; `None`: NoData.
+    pub row_description: Option<Bytes>,
+    /// Row-local: executions fetch, score and finish the base rows chunk by chunk.
+    pub chunked: bool,
+}
+
+impl ResidualStatement {
+    pub fn columns(&self) -> usize {
+        self.row_description
+            .as_deref()
+            .map_or(0, |body| split_fields(body).len())
+    }
+
+    /// The client's RowDescription: the residual's, with `formats`.
+    pub fn row_description(&self, formats: &[i16]) -> Option<Vec<u8>> {
+        let body = self.row_description.as_deref()?;
+        let fields = split_fields(body);
+        let mut out = (fields.len() as u16).to_be_bytes().to_vec();
+        for (i, field) in fields.iter().enumerate() {
+            out.extend_from_slice(&field[..field.len().saturating_sub(2)]);
+            out.extend_from_slice(&formats.get(i).copied().unwrap_or(0).to_be_bytes());
+        }
+        Some(out)
+    }
+
+    /// Whether the statement writes (so its snapshot transaction cannot be READ ONLY).
+    pub fn writes(&self) -> bool {
+        self.plan.writes()
+    }
+
+    /// Result formats of the base statement: arguments in text, carried values as they travel.
+    pub fn base_formats(&self) -> Vec<i16> {
+        self.bases
+            .first()
+            .map(|(_, shape)| shape.base_formats())
+            .unwrap_or_default()
+    }
+}
+
+/// A base statement's columns as described: which carry values to the residual, their types
+/// and how they travel, and the columns of each `*`.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Base columns in all (arguments, values, star separators).
+    pub columns: usize,
+    /// Base column index of each value column.
+    pub values: Vec<usize>,
+    pub oids: Vec<u32>,
+    pub types: Vec<CarriedType>,
+    pub stars: Vec<Vec<String>>,
+}
+
+impl Shape {
+    pub fn described(&self) -> Described {
+        Described {
+            types: self.types.clone(),
+            stars: self.stars.clone(),
+        }
+    }
+
+    /// Result formats of the base statement: values in binary where they travel so, the rest
+    /// (arguments, separators) in text.
+    pub fn base_formats(&self) -> Vec<i16> {
+        let mut formats = vec![0i16; self.columns];
+        for (i, &column) in self.values.iter().enumerate() {
+            formats[column] = i16::from(!self.types[i].as_text);
+        }
+        formats
+    }
 }
 
 impl MlStatement {
     /// Runs as base + residual statements (two snapshots unless pgenrich holds one).
     pub fn two_phase(&self) -> bool {
-        matches!(self.prepared, Prepared::Finish(_))
+        matches!(self.prepared, Prepared::Residual(_))
     }
 
     /// An EXPLAIN, whose Bind pgenrich answers itself.
@@ -64,7 +145,7 @@ impl MlStatement {
     pub fn columns(&self) -> usize {
         match &self.prepared {
             Prepared::Streaming { layout, .. } => layout.columns.len(),
-            Prepared::Finish(finish) => finish.columns(),
+            Prepared::Residual(residual) => residual.columns(),
             Prepared::Explain { .. } => 1,
         }
     }
@@ -73,10 +154,10 @@ impl MlStatement {
     pub fn row_description(&self, formats: &[i16]) -> Option<Vec<u8>> {
         match &self.prepared {
             Prepared::Streaming { layout, .. } => Some(layout.row_description(formats)),
-            Prepared::Finish(finish) => finish.row_description(formats),
-            Prepared::Explain { .. } => Some(crate::session::explain::plan_description(
-                formats.first().copied().unwrap_or(0),
-            )),
+            Prepared::Residual(residual) => residual.row_description(formats),
+            Prepared::Explain { .. } => {
+                Some(plan_description(formats.first().copied().unwrap_or(0)))
+            }
         }
     }
 }
@@ -95,9 +176,47 @@ pub struct MlPortal {
     /// A base + residual portal whose residual runs upstream already.
     pub started: bool,
     /// Where a chunked base + residual portal stands.
-    pub chunked: crate::session::finish::ChunkedState,
+    pub chunked: ChunkProgress,
     /// An EXPLAIN portal's lines, once computed, and how many were sent.
     pub explained: Option<(Arc<Vec<String>>, usize)>,
+}
+
+/// Where a chunked (row-local) base + residual portal stands between the client's Executes.
+#[derive(Clone, Default)]
+pub struct ChunkProgress {
+    /// The base portal has no more rows.
+    pub base_done: bool,
+    /// The residual portal of the current chunk has rows left.
+    pub residual_open: bool,
+    /// Rows sent for the whole portal so far (for CommandComplete).
+    pub sent: u64,
+    /// Inputs scored so far: each distinct one once per execution.
+    pub memo: Option<Arc<Memo>>,
+}
+
+impl std::fmt::Debug for ChunkProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkProgress")
+            .field("base_done", &self.base_done)
+            .field("residual_open", &self.residual_open)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The RowDescription of an EXPLAIN's one `QUERY PLAN` column (text) in `format`.
+pub fn plan_description(format: i16) -> Vec<u8> {
+    const TEXT_OID: u32 = 25;
+    let mut description = BytesMut::new();
+    description.put_u16(1);
+    description.put_slice(b"QUERY PLAN\0");
+    description.put_u32(0);
+    description.put_i16(0);
+    description.put_u32(TEXT_OID);
+    description.put_i16(-1);
+    description.put_i32(-1);
+    description.put_i16(format);
+    description.to_vec()
 }
 
 /// The session's ML statements and portals, by client name.
@@ -115,11 +234,11 @@ pub enum Intercept {
     /// A simple-protocol Query of several statements, some with ML calls.
     Multi(Vec<crate::sql::plan::Piece>),
     /// A simple-protocol Query whose ML calls need the base + residual plan.
-    Finish(Box<crate::sql::finish::FinishPlan>),
+    Residual(Box<ResidualPlan>),
     /// A simple-protocol `EXPLAIN [ANALYZE]` of an ML statement.
     Explain {
         analyze: bool,
-        target: Box<crate::session::explain::Target>,
+        target: Box<ExplainTarget>,
     },
     Parse {
         name: String,
@@ -127,10 +246,10 @@ pub enum Intercept {
         types: Bytes,
         plan: Box<StreamingPlan>,
     },
-    ParseFinish {
+    ParseResidual {
         name: String,
         types: Bytes,
-        plan: Box<crate::sql::finish::FinishPlan>,
+        plan: Box<ResidualPlan>,
     },
     Describe {
         kind: u8,
@@ -143,7 +262,7 @@ pub enum Intercept {
     ParseExplain {
         name: String,
         analyze: bool,
-        target: Box<crate::session::explain::Target>,
+        target: Box<ExplainTarget>,
     },
     /// A Bind (body) of an EXPLAIN, or of a base + residual statement while the session may be
     /// idle.
@@ -232,7 +351,7 @@ impl Registry {
         let client_formats = expand_formats(&codes, ml.columns());
         let base_formats = match &ml.prepared {
             Prepared::Streaming { layout, .. } => layout.base_formats(&client_formats),
-            Prepared::Finish(finish) => finish.base_formats(),
+            Prepared::Residual(residual) => residual.base_formats(),
             Prepared::Explain { .. } => Vec::new(),
         };
         let mut out = BytesMut::with_capacity(body.len() + 2 * base_formats.len() + 32);
@@ -272,102 +391,5 @@ impl Registry {
         out.extend_from_slice(statement.upstream_name.as_bytes());
         out.push(0);
         Some(message(frontend::CLOSE, &out))
-    }
-}
-
-/// Prepares an ML statement upstream and answers the client's Parse.
-pub async fn handle_parse(
-    relay: &mut Relay,
-    name: String,
-    types: Bytes,
-    plan: StreamingPlan,
-) -> Result<(), SessionError> {
-    let upstream_name = format!("pgenrich.s.{name}");
-    let mut requests = BytesMut::new();
-    // Replace an earlier statement of the same client name (always so for the unnamed one).
-    let mut close = vec![b'S'];
-    close.extend_from_slice(upstream_name.as_bytes());
-    close.push(0);
-    requests.put_slice(&message(frontend::CLOSE, &close));
-    let mut parse = upstream_name.as_bytes().to_vec();
-    parse.push(0);
-    parse.extend_from_slice(plan.base_sql.as_bytes());
-    parse.push(0);
-    parse.extend_from_slice(&types);
-    requests.put_slice(&message(frontend::PARSE, &parse));
-    requests.put_slice(&message(frontend::DESCRIBE, &close));
-    requests.put_slice(&message(b'H', &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    let plan = Arc::new(plan);
-    let mut parameters = Bytes::new();
-    loop {
-        let (kind, body) = relay.next_upstream_message().await?;
-        match kind {
-            b'3' | b'1' => {}
-            b't' => parameters = body,
-            b'T' | b'n' => {
-                let layout = Arc::new(Layout::new(
-                    &plan,
-                    if kind == b'T' { &body } else { &[0, 0] },
-                ));
-                relay.registry().statements.insert(
-                    name,
-                    Arc::new(MlStatement {
-                        upstream_name,
-                        parameters,
-                        prepared: Prepared::Streaming { plan, layout },
-                    }),
-                );
-                relay.push_to_client(message(b'1', &[]));
-                return Ok(());
-            }
-            b'E' => {
-                // The database rejected the base statement: its error answers the Parse.
-                relay.registry().statements.remove(&name);
-                relay.push_to_client(message(b'E', &body));
-                relay.mark_extended_failed();
-                return Ok(());
-            }
-            _ => relay.push_to_client(message(kind, &body)),
-        }
-    }
-}
-
-/// Answers a message naming a portal that no longer exists, as PostgreSQL does (34000); the
-/// upstream now skips to the client's Sync.
-pub fn no_such_portal(relay: &mut Relay, portal: &str) {
-    let error = ErrorMessage::error(
-        SqlState::InvalidCursorName,
-        format!("portal \"{portal}\" does not exist"),
-    );
-    relay.push_to_client(error.encode());
-    relay.mark_extended_failed();
-}
-
-/// Answers Describe of an ML statement (ParameterDescription and RowDescription) or portal.
-pub fn handle_describe(relay: &mut Relay, kind: u8, name: &str) {
-    if kind == b'S' {
-        let Some(statement) = relay.registry().statements.get(name).cloned() else {
-            let error = ErrorMessage::error(
-                SqlState::InvalidSqlStatementName,
-                format!("prepared statement \"{name}\" does not exist"),
-            );
-            relay.push_to_client(error.encode());
-            relay.mark_extended_failed();
-            return;
-        };
-        let formats = vec![0i16; statement.columns()];
-        relay.push_to_client(message(b't', &statement.parameters));
-        relay.push_to_client(match statement.row_description(&formats) {
-            Some(body) => message(b'T', &body),
-            None => message(b'n', &[]),
-        });
-    } else if let Some(portal) = relay.registry().portals.get(name).cloned() {
-        relay.push_to_client(match portal.statement.row_description(&portal.formats) {
-            Some(body) => message(b'T', &body),
-            None => message(b'n', &[]),
-        });
-    } else {
-        no_such_portal(relay, name);
     }
 }

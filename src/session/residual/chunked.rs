@@ -2,8 +2,9 @@
 //! time and each chunk scored and finished by the residual, so rows stream and memory stays
 //! bounded.
 
-use super::prepared::{fail_execute, residual_bind};
+use super::prepared::residual_bind;
 use super::*;
+use crate::session::statements::ResidualStatement;
 
 /// Names of the statements and portal a chunked run keeps open between chunks.
 const RESIDUAL_STATEMENT: &str = "pgenrich.residual";
@@ -13,14 +14,12 @@ const BASE_PORTAL: &str = "pgenrich.base";
 /// a time, each chunk scored and run through the prepared residual, its rows sent on at once, so
 /// memory stays bounded and the first rows arrive after one chunk.
 pub(super) async fn run_chunked(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
-    plan: &FinishPlan,
+    conv: &mut Conversation<'_>,
+    plan: &ResidualPlan,
     outcome: &mut Outcome,
 ) -> Result<Option<Failure>, SessionError> {
     let block = &plan.blocks[0];
-    let shape = match describe_base(relay, block).await? {
+    let shape = match describe_base(conv, block).await? {
         Ok(shape) => shape,
         Err(failure) => return Ok(Some(failure)),
     };
@@ -46,64 +45,65 @@ pub(super) async fn run_chunked(
     ));
     requests.put_slice(&message(frontend::BIND, &bind));
     requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
+    conv.send(requests.freeze()).await?;
     let mut description = None;
-    let failed = collect(relay, |kind, body| match kind {
-        b'T' => {
-            description = Some(body.clone());
-            true
-        }
-        b'1' | b'2' | b'3' | b't' | b'n' => true,
-        _ => false,
-    })
-    .await?;
+    let failed = conv
+        .collect(|kind, body| match kind {
+            b'T' => {
+                description = Some(body.clone());
+                true
+            }
+            b'1' | b'2' | b'3' | b't' | b'n' => true,
+            _ => false,
+        })
+        .await?;
     if failed {
-        close_chunked(relay).await?;
+        close_chunked(conv).await?;
         return Ok(Some(Failure::Relayed));
     }
     if let Some(description) = description {
-        relay.push_to_client(message(b'T', &description));
+        conv.to_client(message(b'T', &description));
     }
     let mut total = 0u64;
     // Identical inputs are scored once per statement, not once per chunk.
-    let memo = Memo::new(relay.memory());
+    let memo = Memo::new(conv.memory());
     loop {
         // The next chunk of base rows.
         let mut requests = BytesMut::new();
         requests.put_slice(&message(
             frontend::EXECUTE,
-            &execute_body(BASE_PORTAL, chunking.rows),
+            &execute_body(BASE_PORTAL, conv.chunking().rows),
         ));
         requests.put_slice(&message(frontend::SYNC, &[]));
-        relay.send_upstream_now(requests.freeze()).await?;
+        conv.send(requests.freeze()).await?;
         let mut rows: Vec<Bytes> = Vec::new();
         let mut done = false;
-        let failed = collect(relay, |kind, body| match kind {
-            b'D' => {
-                rows.push(body.clone());
-                true
-            }
-            b's' => true,
-            b'C' => {
-                done = true;
-                true
-            }
-            _ => false,
-        })
-        .await?;
+        let failed = conv
+            .collect(|kind, body| match kind {
+                b'D' => {
+                    rows.push(body.clone());
+                    true
+                }
+                b's' => true,
+                b'C' => {
+                    done = true;
+                    true
+                }
+                _ => false,
+            })
+            .await?;
         if failed {
-            close_chunked(relay).await?;
+            close_chunked(conv).await?;
             return Ok(Some(Failure::Relayed));
         }
         if !rows.is_empty() {
-            let params =
-                match score_rows(relay, executor, block, &shape, &rows, &memo, outcome).await? {
-                    Ok(params) => params,
-                    Err(error) => {
-                        close_chunked(relay).await?;
-                        return Ok(Some(Failure::Ours(error)));
-                    }
-                };
+            let params = match score_rows(conv, block, &shape, &rows, &memo, outcome).await? {
+                Ok(params) => params,
+                Err(error) => {
+                    close_chunked(conv).await?;
+                    return Ok(Some(Failure::Ours(error)));
+                }
+            };
             let mut bind = BytesMut::new();
             bind.put_u8(0);
             bind.put_slice(&named_body(RESIDUAL_STATEMENT));
@@ -119,86 +119,62 @@ pub(super) async fn run_chunked(
             requests.put_slice(&message(frontend::BIND, &bind));
             requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
             requests.put_slice(&message(frontend::SYNC, &[]));
-            relay.send_upstream_now(requests.freeze()).await?;
+            conv.send(requests.freeze()).await?;
             let mut sent = 0u64;
-            let failed = collect(relay, |kind, _| match kind {
-                b'D' => {
-                    sent += 1;
-                    false
-                }
-                b'2' | b'C' => true,
-                _ => false,
-            })
-            .await?;
+            let failed = conv
+                .collect(|kind, _| match kind {
+                    b'D' => {
+                        sent += 1;
+                        false
+                    }
+                    b'2' | b'C' => true,
+                    _ => false,
+                })
+                .await?;
             total += sent;
             outcome.rows += sent;
             if failed {
-                close_chunked(relay).await?;
+                close_chunked(conv).await?;
                 return Ok(Some(Failure::Relayed));
             }
-            relay.flush_client_soft().await?;
+            conv.flush_soft().await?;
         }
         if done {
             break;
         }
     }
-    close_chunked(relay).await?;
-    relay.push_to_client(message(b'C', format!("SELECT {total}\0").as_bytes()));
+    close_chunked(conv).await?;
+    conv.to_client(message(b'C', format!("SELECT {total}\0").as_bytes()));
     Ok(None)
 }
 
 /// Closes what a chunked run keeps open (none of it is an error if already gone).
-async fn close_chunked(relay: &mut Relay) -> Result<(), SessionError> {
+async fn close_chunked(conv: &mut Conversation<'_>) -> Result<(), SessionError> {
     let mut requests = BytesMut::new();
     requests.put_slice(&message(frontend::CLOSE, &named(b'P', BASE_PORTAL)));
     requests.put_slice(&message(frontend::CLOSE, &named(b'S', BASE_STATEMENT)));
     requests.put_slice(&message(frontend::CLOSE, &named(b'S', RESIDUAL_STATEMENT)));
     requests.put_slice(&message(frontend::SYNC, &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
-    collect(relay, |kind, _| kind == b'3').await?;
+    conv.send(requests.freeze()).await?;
+    conv.collect(|kind, _| kind == b'3').await?;
     Ok(())
-}
-
-/// Where a chunked portal stands between the client's Executes.
-#[derive(Clone, Default)]
-pub struct ChunkedState {
-    /// The base portal has no more rows.
-    base_done: bool,
-    /// The residual portal of the current chunk has rows left.
-    residual_open: bool,
-    /// Rows sent for the whole portal so far (for CommandComplete).
-    sent: u64,
-    /// Inputs scored so far: each distinct one once per execution.
-    memo: Option<Arc<Memo>>,
-}
-
-impl std::fmt::Debug for ChunkedState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkedState")
-            .field("base_done", &self.base_done)
-            .field("residual_open", &self.residual_open)
-            .field("sent", &self.sent)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A row-local portal: base chunks of `chunking.rows`, each scored and run through the residual;
 /// the client's row limit is honoured across chunks (PortalSuspended, then the next Execute
 /// continues where it stopped), and CommandComplete counts the whole result.
 pub(super) async fn run_chunked_execute(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
+    conv: &mut Conversation<'_>,
     portal: &str,
     bound: &MlPortal,
-    prepared: &Prepared,
+    prepared: &ResidualStatement,
     max_rows: usize,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
     let residual_portal = format!("pgenrich.r.{portal}");
     let mut state = bound.chunked.clone();
-    let failed = |relay: &Relay| relay.extended_failed();
-    let budget = Arc::clone(relay.memory());
+
+    let budget = Arc::clone(conv.memory());
     let memo = Arc::clone(
         state
             .memo
@@ -209,7 +185,7 @@ pub(super) async fn run_chunked_execute(
     let outcome = loop {
         if max_rows > 0 && sent_now >= max_rows {
             // PostgreSQL too answers PortalSuspended when the limit is met exactly.
-            relay.push_to_client(message(b's', &[]));
+            conv.to_client(message(b's', &[]));
             break outcome;
         }
         if state.residual_open {
@@ -220,17 +196,17 @@ pub(super) async fn run_chunked_execute(
                 &execute_body(&residual_portal, limit),
             ));
             requests.extend_from_slice(&message(b'H', &[]));
-            relay.send_upstream_now(Bytes::from(requests)).await?;
+            conv.send(Bytes::from(requests)).await?;
             loop {
-                let (kind, body) = relay.next_upstream_message().await?;
+                let (kind, body) = conv.next().await?;
                 match kind {
                     b'2' => {}
                     b'D' => {
                         sent_now += 1;
                         state.sent += 1;
                         outcome.rows += 1;
-                        relay.push_to_client(message(kind, &body));
-                        relay.flush_client_soft().await?;
+                        conv.to_client(message(kind, &body));
+                        conv.flush_soft().await?;
                     }
                     b's' => break,
                     b'C' => {
@@ -238,38 +214,38 @@ pub(super) async fn run_chunked_execute(
                         break;
                     }
                     b'E' => {
-                        relay.push_to_client(message(kind, &body));
-                        relay.mark_extended_failed();
+                        conv.to_client(message(kind, &body));
+                        conv.mark_failed();
                         break;
                     }
-                    _ => relay.push_to_client(message(kind, &body)),
+                    _ => conv.to_client(message(kind, &body)),
                 }
             }
-            if failed(relay) {
+            if conv.failed() {
                 break outcome;
             }
             if state.residual_open {
                 // The client's row limit is reached.
-                relay.push_to_client(message(b's', &[]));
+                conv.to_client(message(b's', &[]));
                 break outcome;
             }
         }
         if state.base_done {
-            relay.push_to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
-            snapshot::portal_done(relay).await?;
+            conv.to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
+            snapshot::portal_done(conv).await?;
             break outcome;
         }
         // The next chunk of base rows from the client's (rewritten) portal.
         let mut requests = Vec::new();
         requests.extend_from_slice(&message(
             frontend::EXECUTE,
-            &execute_body(portal, chunking.rows),
+            &execute_body(portal, conv.chunking().rows),
         ));
         requests.extend_from_slice(&message(b'H', &[]));
-        relay.send_upstream_now(Bytes::from(requests)).await?;
+        conv.send(Bytes::from(requests)).await?;
         let mut rows = Vec::new();
         loop {
-            let (kind, body) = relay.next_upstream_message().await?;
+            let (kind, body) = conv.next().await?;
             match kind {
                 b'D' => rows.push(body),
                 b's' => break,
@@ -278,27 +254,26 @@ pub(super) async fn run_chunked_execute(
                     break;
                 }
                 b'E' => {
-                    relay.push_to_client(message(b'E', &body));
-                    relay.mark_extended_failed();
+                    conv.to_client(message(b'E', &body));
+                    conv.mark_failed();
                     break;
                 }
-                _ => relay.push_to_client(message(kind, &body)),
+                _ => conv.to_client(message(kind, &body)),
             }
         }
-        if failed(relay) {
+        if conv.failed() {
             break outcome;
         }
         if rows.is_empty() {
             continue;
         }
-        let ours =
-            match score_rows(relay, executor, block, shape, &rows, &memo, &mut outcome).await? {
-                Ok(params) => params,
-                Err(error) => {
-                    fail_execute(relay, error).await?;
-                    break outcome;
-                }
-            };
+        let ours = match score_rows(conv, block, shape, &rows, &memo, &mut outcome).await? {
+            Ok(params) => params,
+            Err(error) => {
+                conv.fail_execute(error).await?;
+                break outcome;
+            }
+        };
         let bind = match residual_bind(
             &residual_portal,
             &prepared.residual_name,
@@ -308,7 +283,7 @@ pub(super) async fn run_chunked_execute(
         ) {
             Ok(bind) => bind,
             Err(error) => {
-                fail_execute(relay, error).await?;
+                conv.fail_execute(error).await?;
                 break outcome;
             }
         };
@@ -317,20 +292,20 @@ pub(super) async fn run_chunked_execute(
         requests.extend_from_slice(&message(frontend::CLOSE, &named(b'P', &residual_portal)));
         requests.extend_from_slice(&message(frontend::BIND, &bind));
         requests.extend_from_slice(&message(b'H', &[]));
-        relay.send_upstream_now(Bytes::from(requests)).await?;
+        conv.send(Bytes::from(requests)).await?;
         let mut bound_ok = true;
         let mut answers = 0;
         while answers < 2 {
-            let (kind, body) = relay.next_upstream_message().await?;
+            let (kind, body) = conv.next().await?;
             match kind {
                 b'3' | b'2' => answers += 1,
                 b'E' => {
-                    relay.push_to_client(message(b'E', &body));
-                    relay.mark_extended_failed();
+                    conv.to_client(message(b'E', &body));
+                    conv.mark_failed();
                     bound_ok = false;
                     break;
                 }
-                _ => relay.push_to_client(message(kind, &body)),
+                _ => conv.to_client(message(kind, &body)),
             }
         }
         if !bound_ok {
@@ -338,10 +313,10 @@ pub(super) async fn run_chunked_execute(
         }
         state.residual_open = true;
     };
-    if let Some(p) = relay.registry().portals.get_mut(portal) {
+    if let Some(p) = conv.registry().portals.get_mut(portal) {
         p.chunked = state;
         p.started = true;
     }
-    relay.flush_client().await?;
+    conv.flush().await?;
     Ok(outcome)
 }

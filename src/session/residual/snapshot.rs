@@ -14,64 +14,61 @@
 //! state, the statement runs in it as it is.
 
 use super::*;
+use crate::session::conversation::transaction::snapshot_begin;
 
 /// Passes on the client's Bind of a base + residual statement, first opening pgenrich's
 /// snapshot transaction when the session is idle and nothing of the client's would be lost.
-pub async fn handle_bind(relay: &mut Relay, body: Bytes) -> Result<(), SessionError> {
-    use crate::session::extended::Prepared as Kind;
-    let read_only = match relay
+pub async fn handle_bind(conv: &mut Conversation<'_>, body: Bytes) -> Result<(), SessionError> {
+    use crate::session::statements::Prepared as Kind;
+    let read_only = match conv
         .registry()
         .statement_of_bind(&body)
         .map(|s| &s.prepared)
     {
-        Some(Kind::Finish(prepared)) => !prepared.writes(),
+        Some(Kind::Residual(prepared)) => !prepared.writes(),
         Some(Kind::Explain { .. }) => {
             // Nothing is bound upstream: the portal is pgenrich's alone.
-            let epoch = relay.tracker.closings_forwarded();
-            relay.registry().rewrite_bind(&body, epoch);
-            relay.push_to_client(message(b'2', &[]));
+            let epoch = conv.tracker().closings_forwarded();
+            conv.registry().rewrite_bind(&body, epoch);
+            conv.to_client(message(b'2', &[]));
             return Ok(());
         }
         _ => true,
     };
-    if !relay.snapshot_open && relay.tracker.status() == b'I' && relay.tracker.can_resync() {
-        sync_upstream(relay).await?;
-        match wire::catalog_rows(relay, snapshot_begin(read_only), false).await? {
-            Ok(_) => {
-                relay.snapshot_open = true;
-                relay.snapshot_binds = relay.tracker.binds();
-            }
+    if !conv.snapshot_open() && conv.status() == b'I' && conv.tracker().can_resync() {
+        conv.sync_upstream().await?;
+        match catalog::catalog_rows(conv, snapshot_begin(read_only), false).await? {
+            Ok(_) => conv.set_snapshot_open(true),
             Err(error) => {
                 // The upstream now skips to the client's Sync, the Bind included.
-                relay.push_to_client(message(b'E', &error));
-                relay.mark_extended_failed();
+                conv.to_client(message(b'E', &error));
+                conv.mark_failed();
             }
         }
     }
-    let epoch = relay.tracker.closings_forwarded();
-    let bind = relay
+    let epoch = conv.tracker().closings_forwarded();
+    let bind = conv
         .registry()
         .rewrite_bind(&body, epoch)
         .unwrap_or_else(|| message(frontend::BIND, &body));
-    relay.forward_upstream(frontend::BIND, bind);
+    conv.forward(frontend::BIND, bind);
     Ok(())
 }
 
 /// The client's portal has returned its last row: commits pgenrich's snapshot transaction, if
 /// one is open for this portal alone and has not failed, so the rest of the pipeline runs
 /// outside it.
-pub(crate) async fn portal_done(relay: &mut Relay) -> Result<(), SessionError> {
+pub(crate) async fn portal_done(conv: &mut Conversation<'_>) -> Result<(), SessionError> {
     // With other portals bound in it (a suspended one, say), it lasts until the client's Sync,
     // as they would natively.
-    let binds = relay.tracker.binds() - relay.snapshot_binds;
-    if !relay.snapshot_open || relay.extended_failed() || binds > 1 {
+    if !conv.snapshot_open() || conv.failed() || conv.binds_in_snapshot() > 1 {
         return Ok(());
     }
-    match wire::catalog_rows(relay, "COMMIT", false).await? {
-        Ok(_) => relay.snapshot_open = false,
+    match catalog::catalog_rows(conv, "COMMIT", false).await? {
+        Ok(_) => conv.set_snapshot_open(false),
         Err(error) => {
-            relay.push_to_client(message(b'E', &error));
-            relay.mark_extended_failed();
+            conv.to_client(message(b'E', &error));
+            conv.mark_failed();
         }
     }
     Ok(())
@@ -81,23 +78,14 @@ pub(crate) async fn portal_done(relay: &mut Relay) -> Result<(), SessionError> {
 /// open: ends it — a Sync of pgenrich's stops the skipping after an error, then COMMIT (which
 /// PostgreSQL turns into ROLLBACK in a failed transaction) — so the client's message finds the
 /// session as natively: outside a transaction block.
-pub async fn end_snapshot(relay: &mut Relay) -> Result<(), SessionError> {
-    if !relay.snapshot_open {
+pub async fn end_snapshot(conv: &mut Conversation<'_>) -> Result<(), SessionError> {
+    if !conv.snapshot_open() {
         return Ok(());
     }
-    sync_upstream(relay).await?;
-    relay.snapshot_open = false;
-    if let Err(error) = wire::catalog_rows(relay, "COMMIT", true).await? {
-        relay.push_to_client(message(b'E', &error));
+    conv.sync_upstream().await?;
+    conv.set_snapshot_open(false);
+    if let Err(error) = catalog::catalog_rows(conv, "COMMIT", true).await? {
+        conv.to_client(message(b'E', &error));
     }
-    Ok(())
-}
-
-/// Sends a Sync of pgenrich's and reads up to its ReadyForQuery.
-pub(crate) async fn sync_upstream(relay: &mut Relay) -> Result<(), SessionError> {
-    relay
-        .send_upstream_now(message(frontend::SYNC, &[]))
-        .await?;
-    collect(relay, |_, _| false).await?;
     Ok(())
 }

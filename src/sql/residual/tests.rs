@@ -1,7 +1,7 @@
 //! Plans asserted as data, without I/O: base relation, residual and parameters per position.
 use super::*;
 
-fn ok(sql: &str) -> FinishPlan {
+fn ok(sql: &str) -> ResidualPlan {
     plan(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"))
 }
 
@@ -12,7 +12,7 @@ fn refused(sql: &str) -> PlanError {
     }
 }
 
-fn residual(p: &FinishPlan) -> String {
+fn residual(p: &ResidualPlan) -> String {
     let described: Vec<Described> = p
         .blocks
         .iter()

@@ -244,7 +244,7 @@ impl Rewriter {
                 message: format!("column \"{other}\" not found in data type record"),
                 hint: Some("detect_sentiment returns (sentiment, confidence).".into()),
             }),
-            // The whole record (see FinishPlan::residual_sql).
+            // The whole record (see ResidualPlan::residual_sql).
             (MlFunction::DetectSentiment, None) => {
                 if !self.records.contains(&call) {
                     self.records.push(call);

@@ -6,6 +6,10 @@
 //! run. Enriched rows reach the client in the database's order; at most `chunks_in_flight` chunks
 //! are in inference while the next one is fetched.
 //!
+//! Entry points: [`run_query`] (a simple-protocol Query, up to ReadyForQuery),
+//! [`run_statement`] (one statement of a multi-statement Query), [`handle_parse`] and
+//! [`run_execute`] (the extended protocol).
+//!
 //! Failures keep PostgreSQL's semantics: an upstream error is relayed as it came; an inference
 //! error (or a cancel) makes the upstream fail a stand-in message so that the implicit
 //! transaction or transaction block is aborted exactly as by a native error, and the client gets
@@ -21,41 +25,23 @@ use crate::enrich::budget::Charge;
 use crate::enrich::{CallError, CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
-use crate::session::relay::Relay;
+use crate::session::conversation::requests::execute;
+use crate::session::conversation::{canceled, Conversation, Outcome};
 use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
-pub(super) use crate::session::scoring::{infer, Memo, Results};
+use crate::session::scoring::{call_error, infer, Memo, Results};
+use crate::session::statements::{MlPortal, MlStatement, Prepared};
 use crate::sql::plan::StreamingPlan;
 
 /// A chunk in inference on the ML runtime: its enriched DataRows and what the calls cost.
 /// Dropping it (the statement ended early, the client went away) stops its service calls.
 type ChunkTask = AbortOnDropHandle<Result<(Bytes, usize, CallStats), CallError>>;
 
-/// How an ML statement ended, for the session's logs.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub rows: u64,
-    pub stats: CallStats,
-    /// Base rows read (two-phase statements).
-    pub base_rows: u64,
-    /// Time spent waiting for inference (two-phase statements).
-    pub inference: std::time::Duration,
-}
-
-/// Chunking settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Chunking {
-    pub rows: usize,
-    pub in_flight: usize,
-    /// Base-row bytes that end a chunk before `rows` rows.
-    pub bytes: usize,
-}
-
 /// Everything needed to enrich the rows of one portal.
-pub struct Enrichment {
-    pub plan: Arc<StreamingPlan>,
-    pub layout: Arc<Layout>,
+struct Enrichment {
+    plan: Arc<StreamingPlan>,
+    layout: Arc<Layout>,
     /// The client's format per client column.
-    pub formats: Arc<Vec<i16>>,
+    formats: Arc<Vec<i16>>,
 }
 
 /// How streaming a portal ended.
@@ -70,47 +56,21 @@ enum End {
     Failed(ErrorMessage),
 }
 
-/// Execute `portal` for `rows` more rows (0: all), then Flush.
-fn execute(portal: &str, rows: usize) -> Bytes {
-    let mut body = portal.as_bytes().to_vec();
-    body.push(0);
-    body.extend_from_slice(&(rows.min(i32::MAX as usize) as i32).to_be_bytes());
-    let mut out = BytesMut::new();
-    out.put_slice(&message(frontend::EXECUTE, &body));
-    out.put_slice(&message(b'H', &[]));
-    out.freeze()
-}
-
-/// The stand-in Execute that makes the upstream fail (and skip to Sync) where pgenrich failed.
-fn standin() -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_slice(&crate::protocol::standin_execute());
-    out.put_slice(&message(b'H', &[]));
-    out.freeze()
-}
-
-fn canceled() -> ErrorMessage {
-    ErrorMessage::error(
-        SqlState::QueryCanceled,
-        "canceling statement due to user request",
-    )
-}
-
-/// Streams the already bound upstream `portal`: fetches `chunking.rows` rows at a time (fewer
-/// at the end of a client's row `limit`, never more), cuts chunks at `chunking.rows` rows or
-/// `chunking.bytes` bytes, enriches them and queues the rows for the client. Completion messages
+/// Streams the already bound upstream `portal`: fetches `chunk_rows` rows at a time (fewer at
+/// the end of a client's row `limit`, never more), cuts chunks at `chunk_rows` rows or
+/// `chunk_bytes` bytes, enriches them and queues the rows for the client. Completion messages
 /// are left to the caller. Memory stays bounded whatever the limit or the row size: the upstream
-/// is not read while `chunking.in_flight` chunks wait for inference, nor while the client is not
-/// reading ([`Relay::next_upstream_message`]).
+/// is not read while `chunks_in_flight` chunks wait for inference, nor while the client is not
+/// reading ([`Conversation::next`]).
 async fn stream(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
+    conv: &mut Conversation<'_>,
     enrichment: &Enrichment,
     portal: &str,
-    chunking: Chunking,
     limit: Option<usize>,
     outcome: &mut Outcome,
 ) -> Result<End, SessionError> {
+    let chunking = conv.chunking();
+    let executor = Arc::clone(conv.executor());
     // Rows asked of the upstream so far; the next Execute asks for at most a chunk more.
     let mut requested = 0usize;
     let next_fetch = |requested: usize| match limit {
@@ -119,13 +79,12 @@ async fn stream(
     };
     let fetch = next_fetch(requested);
     requested += fetch;
-    relay.send_upstream_now(execute(portal, fetch)).await?;
-    let memo = Arc::new(Memo::new(relay.memory()));
-    let cancelled = relay.cancel_notify();
+    conv.send(execute(portal, fetch)).await?;
+    let memo = Arc::new(Memo::new(conv.memory()));
     let mut rows: Vec<Bytes> = Vec::new();
     // The rows read for the next chunk (its bytes are the charge's), charged to the process's
     // budget until delivered.
-    let mut charge = relay.memory().charge();
+    let mut charge = conv.memory().charge();
     let mut pending: VecDeque<(ChunkTask, Charge)> = VecDeque::new();
     // The budget was used up: wait for chunks in inference (or others') to free some.
     let mut starved = false;
@@ -134,7 +93,7 @@ async fn stream(
     let mut end: Option<End> = None;
     let spawn = |rows: Vec<Bytes>| {
         let (owned, plan, layout, formats, memo) = (
-            Arc::clone(executor),
+            Arc::clone(&executor),
             Arc::clone(&enrichment.plan),
             Arc::clone(&enrichment.layout),
             Arc::clone(&enrichment.formats),
@@ -150,34 +109,18 @@ async fn stream(
             let Some((front, _held)) = pending.pop_front() else {
                 break;
             };
-            // Leaving the select any other way drops (so aborts) the chunk.
-            let joined = tokio::select! {
-                joined = front => Some(joined),
-                _ = cancelled.notified() => None,
-                // A client that hung up stops the statement at once, not at the next write.
-                gone = relay.client_gone() => return Err(gone),
-            };
-            let failure = match joined {
+            // Leaving the wait any other way drops (so aborts) the chunk.
+            let failure = match conv.guard(front).await? {
                 None => Some(canceled()),
                 Some(Ok(Ok((out, rows, stats)))) => {
                     outcome.rows += rows as u64;
                     delivered += rows as u64;
-                    outcome.stats.rows += stats.rows;
-                    outcome.stats.calls += stats.calls;
-                    outcome.stats.duplicates_saved += stats.duplicates_saved;
-                    relay.push_to_client(out);
-                    relay.flush_client_soft().await?;
+                    outcome.add_calls(&stats);
+                    conv.to_client(out);
+                    conv.flush_soft().await?;
                     None
                 }
-                Some(Ok(Err(error))) => {
-                    let function = enrichment
-                        .plan
-                        .calls
-                        .first()
-                        .map(|c| c.function.name())
-                        .unwrap_or("ML call");
-                    Some(error.error.to_client(function, &error.target))
-                }
+                Some(Ok(Err(error))) => Some(call_error(error, &enrichment.plan.calls)),
                 Some(Err(_)) => Some(ErrorMessage::error(
                     SqlState::ExternalRoutineException,
                     "ML evaluation failed unexpectedly",
@@ -186,7 +129,7 @@ async fn stream(
             if let Some(error) = failure {
                 pending.clear();
                 if executing {
-                    drain_execute(relay).await?;
+                    conv.drain_execute().await?;
                 }
                 return Ok(End::Failed(error));
             }
@@ -200,25 +143,18 @@ async fn stream(
         }
         if std::mem::take(&mut starved) {
             // This statement holds nothing now: read on once others have freed some.
-            let memory = Arc::clone(relay.memory());
-            tokio::select! {
-                _ = memory.room() => {}
-                _ = cancelled.notified() => {
-                    drain_execute(relay).await?;
-                    return Ok(End::Failed(canceled()));
-                }
-                gone = relay.client_gone() => return Err(gone),
-            }
-        }
-        let (kind, body) = tokio::select! {
-            next = relay.next_upstream_message() => next?,
-            _ = cancelled.notified() => {
-                pending.clear();
-                if executing {
-                    drain_execute(relay).await?;
-                }
+            let memory = Arc::clone(conv.memory());
+            if conv.guard(memory.room()).await?.is_none() {
+                conv.drain_execute().await?;
                 return Ok(End::Failed(canceled()));
             }
+        }
+        let Some((kind, body)) = conv.next_or_cancel().await? else {
+            pending.clear();
+            if executing {
+                conv.drain_execute().await?;
+            }
+            return Ok(End::Failed(canceled()));
         };
         match kind {
             b'D' => {
@@ -241,7 +177,7 @@ async fn stream(
                 if more {
                     let fetch = next_fetch(requested);
                     requested += fetch;
-                    relay.send_upstream_now(execute(portal, fetch)).await?;
+                    conv.send(execute(portal, fetch)).await?;
                 } else {
                     executing = false;
                     end = Some(if kind == b'C' {
@@ -259,7 +195,7 @@ async fn stream(
                 return Ok(End::UpstreamError(body));
             }
             // Notices, notifications, parameter changes: pass on.
-            _ => relay.push_to_client(message(kind, &body)),
+            _ => conv.to_client(message(kind, &body)),
         }
     }
 }
@@ -273,60 +209,23 @@ fn select_tag(tag: Bytes, rows: u64) -> Bytes {
     }
 }
 
-/// Reads the rest of an outstanding Execute's answer, discarding its rows.
-async fn drain_execute(relay: &mut Relay) -> Result<(), SessionError> {
-    loop {
-        let (kind, body) = relay.next_upstream_message().await?;
-        match kind {
-            b's' | b'C' | b'E' => return Ok(()),
-            b'D' => {}
-            _ => relay.push_to_client(message(kind, &body)),
-        }
-    }
-}
-
-/// Makes the upstream fail where pgenrich did (so it skips to Sync and aborts the transaction)
-/// and sends `error` to the client in place of the upstream's (`None`: the client has been told).
-pub(super) async fn fail_upstream(
-    relay: &mut Relay,
-    error: Option<ErrorMessage>,
-) -> Result<(), SessionError> {
-    relay.send_upstream_now(standin()).await?;
-    loop {
-        let (kind, body) = relay.next_upstream_message().await?;
-        match kind {
-            // The stand-in's error (or 25P02 in an aborted block) is replaced by ours.
-            b'E' => break,
-            _ => relay.push_to_client(message(kind, &body)),
-        }
-    }
-    if let Some(error) = error {
-        relay.push_to_client(error.encode());
-    }
-    Ok(())
-}
-
 /// Runs `plan` for a simple-protocol Query: everything up to and including ReadyForQuery is sent
 /// to the client.
 pub async fn run_query(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
+    conv: &mut Conversation<'_>,
     plan: StreamingPlan,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
-    let (_, ready) = run_one(relay, executor, chunking, plan, &mut outcome).await?;
-    relay.push_to_client(message(b'Z', &ready));
-    relay.flush_client().await?;
+    let (_, ready) = run_statement(conv, plan, &mut outcome).await?;
+    conv.to_client(message(b'Z', &ready));
+    conv.flush().await?;
     Ok(outcome)
 }
 
 /// Runs one planned statement on the unnamed portal, then Syncs. Everything goes to the client
 /// but the final ReadyForQuery, whose body is returned with whether the statement failed.
-async fn run_one(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
+pub async fn run_statement(
+    conv: &mut Conversation<'_>,
     plan: StreamingPlan,
     outcome: &mut Outcome,
 ) -> Result<(bool, Bytes), SessionError> {
@@ -342,188 +241,133 @@ async fn run_one(
     requests.put_slice(&message(frontend::BIND, &[0, 0, 0, 0, 0, 0, 0, 0]));
     requests.put_slice(&message(frontend::DESCRIBE, b"P\0"));
     requests.put_slice(&message(b'H', &[]));
-    relay.send_upstream_now(requests.freeze()).await?;
+    conv.send(requests.freeze()).await?;
     let mut layout = None;
     while layout.is_none() {
-        let (kind, body) = relay.next_upstream_message().await?;
+        let (kind, body) = conv.next().await?;
         match kind {
             b'1' | b'2' => {}
             b'T' => layout = Some(Layout::new(&plan, &body)),
             b'E' => {
-                relay.push_to_client(message(b'E', &body));
-                return Ok((true, sync(relay).await?));
+                conv.to_client(message(b'E', &body));
+                return Ok((true, conv.sync().await?));
             }
-            _ => relay.push_to_client(message(kind, &body)),
+            _ => conv.to_client(message(kind, &body)),
         }
     }
     let layout = Arc::new(layout.unwrap_or_else(|| Layout::new(&plan, &[])));
     let formats = Arc::new(vec![0i16; layout.columns.len()]);
-    relay.push_to_client(message(b'T', &layout.row_description(&formats)));
+    conv.to_client(message(b'T', &layout.row_description(&formats)));
     let enrichment = Enrichment {
         plan,
         layout,
         formats,
     };
-    let failed = match stream(relay, executor, &enrichment, "", chunking, None, outcome).await? {
+    let failed = match stream(conv, &enrichment, "", None, outcome).await? {
         End::Complete(tag) => {
-            relay.push_to_client(message(b'C', &tag));
+            conv.to_client(message(b'C', &tag));
             false
         }
         End::Suspended => false,
         End::UpstreamError(body) => {
-            relay.push_to_client(message(b'E', &body));
+            conv.to_client(message(b'E', &body));
             true
         }
         End::Failed(error) => {
-            fail_upstream(relay, Some(error)).await?;
+            conv.fail_upstream(Some(error)).await?;
             true
         }
     };
-    Ok((failed, sync(relay).await?))
+    Ok((failed, conv.sync().await?))
 }
 
-/// Sends Sync and relays the upstream's answer up to ReadyForQuery, whose body it returns
-/// instead of relaying.
-async fn sync(relay: &mut Relay) -> Result<Bytes, SessionError> {
-    relay
-        .send_upstream_now(message(frontend::SYNC, &[]))
-        .await?;
-    until_ready(relay).await
-}
-
-/// Relays the upstream's messages up to ReadyForQuery, whose body it returns instead.
-async fn until_ready(relay: &mut Relay) -> Result<Bytes, SessionError> {
+/// Prepares an ML statement upstream and answers the client's Parse.
+pub async fn handle_parse(
+    conv: &mut Conversation<'_>,
+    name: String,
+    types: Bytes,
+    plan: StreamingPlan,
+) -> Result<(), SessionError> {
+    let upstream_name = format!("pgenrich.s.{name}");
+    let mut requests = BytesMut::new();
+    // Replace an earlier statement of the same client name (always so for the unnamed one).
+    let mut close = vec![b'S'];
+    close.extend_from_slice(upstream_name.as_bytes());
+    close.push(0);
+    requests.put_slice(&message(frontend::CLOSE, &close));
+    let mut parse = upstream_name.as_bytes().to_vec();
+    parse.push(0);
+    parse.extend_from_slice(plan.base_sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&types);
+    requests.put_slice(&message(frontend::PARSE, &parse));
+    requests.put_slice(&message(frontend::DESCRIBE, &close));
+    requests.put_slice(&message(b'H', &[]));
+    conv.send(requests.freeze()).await?;
+    let plan = Arc::new(plan);
+    let mut parameters = Bytes::new();
     loop {
-        let (kind, body) = relay.next_upstream_message().await?;
-        if kind == b'Z' {
-            relay.note_ready(&body);
-            return Ok(body);
-        }
-        relay.push_to_client(message(kind, &body));
-    }
-}
-
-/// Sends a Query pgenrich needs (BEGIN, COMMIT, ROLLBACK) and reads its answer, keeping it from
-/// the client except for an error, whose body it returns.
-pub(super) async fn hidden_query(
-    relay: &mut Relay,
-    sql: &str,
-) -> Result<Option<Bytes>, SessionError> {
-    let mut text = sql.as_bytes().to_vec();
-    text.push(0);
-    relay
-        .send_upstream_now(message(frontend::QUERY, &text))
-        .await?;
-    let mut error = None;
-    loop {
-        let (kind, body) = relay.next_upstream_message().await?;
+        let (kind, body) = conv.next().await?;
         match kind {
-            b'Z' => {
-                relay.note_ready(&body);
-                return Ok(error);
+            b'3' | b'1' => {}
+            b't' => parameters = body,
+            b'T' | b'n' => {
+                let layout = Arc::new(Layout::new(
+                    &plan,
+                    if kind == b'T' { &body } else { &[0, 0] },
+                ));
+                conv.registry().statements.insert(
+                    name,
+                    Arc::new(MlStatement {
+                        upstream_name,
+                        parameters,
+                        prepared: Prepared::Streaming { plan, layout },
+                    }),
+                );
+                conv.to_client(message(b'1', &[]));
+                return Ok(());
             }
-            b'E' => error = Some(body),
-            b'N' | b'A' | b'S' => relay.push_to_client(message(kind, &body)),
-            _ => {}
+            b'E' => {
+                // The database rejected the base statement: its error answers the Parse.
+                conv.registry().statements.remove(&name);
+                conv.to_client(message(b'E', &body));
+                conv.mark_failed();
+                return Ok(());
+            }
+            _ => conv.to_client(message(kind, &body)),
         }
     }
 }
 
-/// Runs a Query message of several statements, some with ML calls, as PostgreSQL runs a
-/// multi-statement Query: in order, in one transaction (pgenrich's BEGIN/COMMIT when the session
-/// is not in a transaction block), stopping at the first error.
-pub async fn run_multi(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
-    pieces: Vec<crate::sql::plan::Piece>,
-) -> Result<Outcome, SessionError> {
-    let mut outcome = Outcome::default();
-    let wrap = relay.tracker.status() == b'I';
-    if wrap {
-        if let Some(error) = hidden_query(relay, "BEGIN").await? {
-            relay.push_to_client(message(b'E', &error));
-            relay.push_to_client(message(b'Z', b"I"));
-            relay.flush_client().await?;
-            return Ok(outcome);
-        }
-    }
-    let mut failed = false;
-    let mut ready = Bytes::from_static(b"T");
-    for piece in pieces {
-        let (piece_failed, piece_ready) = match piece {
-            crate::sql::plan::Piece::Ml(plan) => {
-                run_one(relay, executor, chunking, plan, &mut outcome).await?
-            }
-            crate::sql::plan::Piece::Finish(plan) => {
-                let failed =
-                    super::finish::run_in_transaction(relay, executor, &plan, &mut outcome).await?;
-                (failed, Bytes::copy_from_slice(&[relay.tracker.status()]))
-            }
-            crate::sql::plan::Piece::Plain(text) => {
-                let mut query = text.into_bytes();
-                query.push(0);
-                relay
-                    .send_upstream_now(message(frontend::QUERY, &query))
-                    .await?;
-                let ready = until_ready(relay).await?;
-                (ready.first() == Some(&b'E'), ready)
-            }
-        };
-        ready = piece_ready;
-        if piece_failed || ready.first() == Some(&b'E') {
-            failed = true;
-            break;
-        }
-    }
-    if wrap {
-        let end = if failed { "ROLLBACK" } else { "COMMIT" };
-        if let Some(error) = hidden_query(relay, end).await? {
-            relay.push_to_client(message(b'E', &error));
-        }
-        ready = Bytes::from_static(b"I");
-    }
-    relay.note_ready(&ready);
-    relay.push_to_client(message(b'Z', &ready));
-    relay.flush_client().await?;
-    Ok(outcome)
-}
-
-/// Runs a client's Execute of an ML portal (extended protocol): rows, then CommandComplete or
-/// PortalSuspended; errors leave the upstream skipping to the client's Sync, as PostgreSQL would.
+/// Runs a client's Execute of a streaming ML portal (extended protocol): rows, then
+/// CommandComplete or PortalSuspended; errors leave the upstream skipping to the client's Sync,
+/// as PostgreSQL would.
 pub async fn run_execute(
-    relay: &mut Relay,
-    executor: &Arc<Executor>,
-    chunking: Chunking,
-    enrichment: &Enrichment,
+    conv: &mut Conversation<'_>,
     portal: &str,
+    bound: &MlPortal,
     max_rows: usize,
 ) -> Result<Outcome, SessionError> {
     let mut outcome = Outcome::default();
+    let Prepared::Streaming { plan, layout } = &bound.statement.prepared else {
+        unreachable!("only streaming portals come here")
+    };
+    let enrichment = Enrichment {
+        plan: Arc::clone(plan),
+        layout: Arc::clone(layout),
+        formats: Arc::clone(&bound.formats),
+    };
     let limit = (max_rows > 0).then_some(max_rows);
-    match stream(
-        relay,
-        executor,
-        enrichment,
-        portal,
-        chunking,
-        limit,
-        &mut outcome,
-    )
-    .await?
-    {
-        End::Complete(tag) => relay.push_to_client(message(b'C', &tag)),
-        End::Suspended => relay.push_to_client(message(b's', &[])),
+    match stream(conv, &enrichment, portal, limit, &mut outcome).await? {
+        End::Complete(tag) => conv.to_client(message(b'C', &tag)),
+        End::Suspended => conv.to_client(message(b's', &[])),
         End::UpstreamError(body) => {
-            relay.push_to_client(message(b'E', &body));
-            relay.mark_extended_failed();
+            conv.to_client(message(b'E', &body));
+            conv.mark_failed();
         }
-        End::Failed(error) => {
-            fail_upstream(relay, Some(error)).await?;
-            relay.mark_extended_failed();
-        }
+        End::Failed(error) => conv.fail_execute(error).await?,
     }
-    relay.flush_client().await?;
+    conv.flush().await?;
     Ok(outcome)
 }
 

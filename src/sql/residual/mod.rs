@@ -15,7 +15,7 @@
 //!   formats — exactly as it would natively.
 //!
 //! The residual's text depends on the carried columns' types, which only PostgreSQL knows: the
-//! planner keeps a marker where the base goes, and [`FinishPlan::residual_sql`] fills it in once
+//! planner keeps a marker where the base goes, and [`ResidualPlan::residual_sql`] fills it in once
 //! the base statement has been described.
 
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ in its FROM list. Move the ML call into the outermost SELECT of the statement.";
 /// A planned two-phase ML statement: one base relation per ML-bearing SELECT block, and one
 /// residual statement over all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FinishPlan {
+pub struct ResidualPlan {
     pub blocks: Vec<BlockPlan>,
     /// Phase 2, with a marker per block where its base rows go.
     residual: String,
@@ -148,7 +148,7 @@ pub struct Described {
     pub stars: Vec<Vec<String>>,
 }
 
-impl FinishPlan {
+impl ResidualPlan {
     /// Whether a base statement calls nextval() or setval(), which write: then the statement
     /// cannot run in a READ ONLY transaction.
     pub fn writes(&self) -> bool {
@@ -275,7 +275,7 @@ fn parse_expr(text: &str) -> Result<Expr, PlanError> {
 }
 
 /// Plans one statement text whose ML calls the streaming plan cannot place.
-pub fn plan(sql: &str) -> Result<FinishPlan, PlanError> {
+pub fn plan(sql: &str) -> Result<ResidualPlan, PlanError> {
     let text = rewrite_unparsable_forms(sql);
     if text.contains("pgenrich:") || text.contains(BASE_ALIAS) {
         return Err(unsupported(
@@ -287,7 +287,7 @@ pub fn plan(sql: &str) -> Result<FinishPlan, PlanError> {
     plan_query(*query)
 }
 
-fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
+fn plan_query(mut query: Query) -> Result<ResidualPlan, PlanError> {
     let original = query.clone();
     if !query.locks.is_empty() {
         return Err(unsupported(
@@ -304,7 +304,7 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
         ));
     }
     let row_local = row_local_functions(&query, planner.blocks.len());
-    Ok(FinishPlan {
+    Ok(ResidualPlan {
         blocks: planner.blocks,
         residual: query.to_string(),
         row_local,
@@ -316,7 +316,7 @@ fn plan_query(mut query: Query) -> Result<FinishPlan, PlanError> {
     })
 }
 
-/// The function names of a row-local residual (see [`FinishPlan::row_local`]).
+/// The function names of a row-local residual (see [`ResidualPlan::row_local`]).
 fn row_local_functions(query: &Query, blocks: usize) -> Option<Vec<String>> {
     if blocks != 1
         || query.with.is_some()

@@ -500,7 +500,7 @@ pub(super) fn star_placeholder(b: usize, k: usize) -> SelectItem {
 }
 
 /// `FROM "pgenrich:base<b>"`, replaced by block `b`'s base rows in
-/// [`FinishPlan::residual_sql`].
+/// [`ResidualPlan::residual_sql`].
 pub(super) fn marker_from(b: usize) -> Vec<TableWithJoins> {
     match marker_query().body.as_ref() {
         SetExpr::Select(select) => {

@@ -1,0 +1,209 @@
+//! Runs the work on an ML statement that the relay handed over ([`Intercept`]), in order with
+//! the upstream's answers: picks the mode — streaming, base + residual, EXPLAIN — and gives it a
+//! [`Conversation`]. Also what is common to every mode: Describe of an ML statement or portal
+//! (answered from the statement table), a portal that no longer exists, and a Query of several
+//! statements, whose ML statements may run in different modes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::conversation::{Chunking, Conversation, Outcome};
+use super::relay::Relay;
+use super::rows::message;
+use super::statements::{Intercept, Prepared};
+use super::{explain, residual, streaming};
+use crate::enrich::Executor;
+use crate::error::{SessionError, SqlState};
+use crate::protocol::{frontend, ErrorMessage};
+use crate::sql::plan::Piece;
+
+/// Runs work on an ML statement that the relay handed over, in order with the upstream's
+/// answers.
+pub(super) async fn intercept_ml(
+    executor: &Arc<Executor>,
+    chunking: Chunking,
+    relay: &mut Relay,
+    intercept: Intercept,
+) -> Result<(), SessionError> {
+    let started = std::time::Instant::now();
+    // A cancel request that arrived while nothing of pgenrich's was running (the session idle,
+    // or a plain statement) must not cancel this statement: PostgreSQL ignores those too.
+    {
+        use futures_util::FutureExt;
+        let _ = relay.cancel_notify().notified().now_or_never();
+    }
+    // After an error earlier in this pipeline PostgreSQL ignores everything up to Sync, a Query
+    // too (but pgenrich's snapshot transaction must end before the client's Sync all the same).
+    if relay.tracker.open_failed() && !matches!(intercept, Intercept::EndSnapshot) {
+        debug!("ML message skipped: the pipeline already failed");
+        return Ok(());
+    }
+    let is_query = matches!(
+        intercept,
+        Intercept::Query(_)
+            | Intercept::Multi(_)
+            | Intercept::Residual(_)
+            | Intercept::Explain { .. }
+    );
+    let mut conv = Conversation::new(relay, Arc::clone(executor), chunking);
+    let conv = &mut conv;
+    if is_query && !conv.tracker().is_idle() {
+        // A Query ends the open extended-protocol run (PostgreSQL commits its implicit
+        // transaction): a Sync of pgenrich's does that before the ML statement runs.
+        conv.end_open_run().await?;
+    } else if !is_query && !matches!(intercept, Intercept::EndSnapshot) {
+        conv.begin_run();
+    }
+    let outcome = match intercept {
+        Intercept::Query(plan) => streaming::run_query(conv, *plan).await?,
+        Intercept::Multi(pieces) => run_multi(conv, pieces).await?,
+        Intercept::Residual(plan) => residual::run_query(conv, *plan).await?,
+        Intercept::Explain { analyze, target } => explain::run(conv, analyze, *target).await?,
+        Intercept::Parse { name, types, plan } => {
+            streaming::handle_parse(conv, name, types, *plan).await?;
+            return conv.flush().await;
+        }
+        Intercept::ParseResidual { name, types, plan } => {
+            residual::handle_parse(conv, name, types, *plan).await?;
+            return conv.flush().await;
+        }
+        Intercept::ParseExplain {
+            name,
+            analyze,
+            target,
+        } => {
+            explain::handle_parse(conv, name, analyze, *target);
+            return conv.flush().await;
+        }
+        Intercept::Describe { kind, name } => {
+            describe(conv, kind, &name);
+            return conv.flush().await;
+        }
+        Intercept::Bind(body) => {
+            residual::handle_bind(conv, body).await?;
+            return conv.flush().await;
+        }
+        Intercept::EndSnapshot => {
+            residual::end_snapshot(conv).await?;
+            return conv.flush().await;
+        }
+        Intercept::Execute { portal, max_rows } => {
+            let Some(bound) = conv.registry().portals.get(&portal).cloned() else {
+                // A Sync (or COMMIT) since the Bind destroyed it, as it did upstream.
+                no_such_portal(conv, &portal);
+                return conv.flush().await;
+            };
+            match &bound.statement.prepared {
+                Prepared::Streaming { .. } => {
+                    streaming::run_execute(conv, &portal, &bound, max_rows).await?
+                }
+                Prepared::Residual(_) => {
+                    residual::run_execute(conv, &portal, &bound, max_rows).await?
+                }
+                Prepared::Explain { analyze, target } => {
+                    explain::run_execute(conv, (*analyze, target), &portal, &bound, max_rows)
+                        .await?
+                }
+            }
+        }
+    };
+    log_outcome(&outcome, started);
+    Ok(())
+}
+
+fn log_outcome(outcome: &Outcome, started: std::time::Instant) {
+    info!(
+        rows = outcome.rows,
+        inputs = outcome.stats.rows,
+        calls = outcome.stats.calls,
+        duplicates_saved = outcome.stats.duplicates_saved,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ML statement"
+    );
+}
+
+/// Answers a message naming a portal that no longer exists, as PostgreSQL does (34000); the
+/// upstream now skips to the client's Sync.
+fn no_such_portal(conv: &mut Conversation<'_>, portal: &str) {
+    let error = ErrorMessage::error(
+        SqlState::InvalidCursorName,
+        format!("portal \"{portal}\" does not exist"),
+    );
+    conv.to_client(error.encode());
+    conv.mark_failed();
+}
+
+/// Answers Describe of an ML statement (ParameterDescription and RowDescription) or portal.
+fn describe(conv: &mut Conversation<'_>, kind: u8, name: &str) {
+    if kind == b'S' {
+        let Some(statement) = conv.registry().statements.get(name).cloned() else {
+            let error = ErrorMessage::error(
+                SqlState::InvalidSqlStatementName,
+                format!("prepared statement \"{name}\" does not exist"),
+            );
+            conv.to_client(error.encode());
+            conv.mark_failed();
+            return;
+        };
+        let formats = vec![0i16; statement.columns()];
+        conv.to_client(message(b't', &statement.parameters));
+        conv.to_client(match statement.row_description(&formats) {
+            Some(body) => message(b'T', &body),
+            None => message(b'n', &[]),
+        });
+    } else if let Some(portal) = conv.registry().portals.get(name).cloned() {
+        conv.to_client(match portal.statement.row_description(&portal.formats) {
+            Some(body) => message(b'T', &body),
+            None => message(b'n', &[]),
+        });
+    } else {
+        no_such_portal(conv, name);
+    }
+}
+
+/// Runs a Query message of several statements, some with ML calls, as PostgreSQL runs a
+/// multi-statement Query: in order, in one transaction (pgenrich's BEGIN/COMMIT when the session
+/// is not in a transaction block), stopping at the first error.
+async fn run_multi(
+    conv: &mut Conversation<'_>,
+    pieces: Vec<Piece>,
+) -> Result<Outcome, SessionError> {
+    let mut outcome = Outcome::default();
+    let wrap = conv.status() == b'I';
+    if wrap {
+        if let Some(error) = conv.hidden_query("BEGIN").await? {
+            conv.to_client(message(b'E', &error));
+            return conv.ready(b"I", outcome).await;
+        }
+    }
+    let mut failed = false;
+    let mut ready = Bytes::from_static(b"T");
+    for piece in pieces {
+        let (piece_failed, piece_ready) = match piece {
+            Piece::Ml(plan) => streaming::run_statement(conv, plan, &mut outcome).await?,
+            Piece::Residual(plan) => {
+                let failed = residual::run_statement(conv, &plan, &mut outcome).await?;
+                (failed, conv.status_body())
+            }
+            Piece::Plain(text) => {
+                let mut query = text.into_bytes();
+                query.push(0);
+                conv.send(message(frontend::QUERY, &query)).await?;
+                let ready = conv.until_ready().await?;
+                (ready.first() == Some(&b'E'), ready)
+            }
+        };
+        ready = piece_ready;
+        if piece_failed || ready.first() == Some(&b'E') {
+            failed = true;
+            break;
+        }
+    }
+    if wrap {
+        conv.end_hidden(failed).await?;
+        ready = Bytes::from_static(b"I");
+    }
+    conv.ready(&ready, outcome).await
+}
