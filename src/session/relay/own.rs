@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Client-bound bytes that [`Relay::next_upstream_message`] lets gather before writing them.
+const WRITE_BATCH: usize = 64 * 1024;
+
 impl Relay {
     /// Queues bytes for the upstream and waits until they are written.
     pub async fn send_upstream_now(&mut self, bytes: Bytes) -> Result<(), SessionError> {
@@ -78,12 +81,16 @@ impl Relay {
         // would otherwise be read without ever yielding to the other sessions on this thread.
         let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         loop {
-            self.to_client
-                .poll_write(&mut self.client, cx)
-                .map_err(SessionError::ClientIo)?;
-            if self.to_client.len >= HIGH_WATER {
-                // The write registered the waker: go on when the client has read some.
-                return Poll::Pending;
+            // Client-bound bytes are written in batches (or when the upstream has nothing to
+            // read): one write per row would cost a system call per row.
+            if self.to_client.len >= WRITE_BATCH {
+                self.to_client
+                    .poll_write(&mut self.client, cx)
+                    .map_err(SessionError::ClientIo)?;
+                if self.to_client.len >= HIGH_WATER {
+                    // The write registered the waker: go on when the client has read some.
+                    return Poll::Pending;
+                }
             }
             let inbound = &mut self.from_upstream;
             if inbound.body_left > 0 {
@@ -119,7 +126,13 @@ impl Relay {
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::UpstreamIo(e))),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Waiting anyway: what the client is owed goes out meanwhile.
+                    self.to_client
+                        .poll_write(&mut self.client, cx)
+                        .map_err(SessionError::ClientIo)?;
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -2,9 +2,10 @@
 //! time and each chunk scored and finished by the residual, so rows stream and memory stays
 //! bounded.
 
+use super::pipeline::{pipeline, ChunkRun, Ending};
 use super::prepared::residual_bind;
 use super::*;
-use crate::session::statements::ResidualStatement;
+use crate::session::statements::{ChunkProgress, ResidualStatement};
 
 /// Names of the statements and portal a chunked run keeps open between chunks.
 const RESIDUAL_STATEMENT: &str = "pgenrich.residual";
@@ -64,88 +65,27 @@ pub(super) async fn run_chunked(
     if let Some(description) = description {
         conv.to_client(message(b'T', &description));
     }
-    let mut total = 0u64;
-    // Identical inputs are scored once per statement, not once per chunk.
-    let memo = Memo::new(conv.memory());
-    loop {
-        // The next chunk of base rows.
-        let mut requests = BytesMut::new();
-        requests.put_slice(&message(
-            frontend::EXECUTE,
-            &execute_body(BASE_PORTAL, conv.chunking().rows),
-        ));
-        requests.put_slice(&message(frontend::SYNC, &[]));
-        conv.send(requests.freeze()).await?;
-        let mut rows: Vec<Bytes> = Vec::new();
-        let mut done = false;
-        let failed = conv
-            .collect(|kind, body| match kind {
-                b'D' => {
-                    rows.push(body.clone());
-                    true
-                }
-                b's' => true,
-                b'C' => {
-                    done = true;
-                    true
-                }
-                _ => false,
-            })
-            .await?;
-        if failed {
-            close_chunked(conv).await?;
-            return Ok(Some(Failure::Relayed));
-        }
-        if !rows.is_empty() {
-            let params = match score_rows(conv, block, &shape, &rows, &memo, outcome).await? {
-                Ok(params) => params,
-                Err(error) => {
-                    close_chunked(conv).await?;
-                    return Ok(Some(Failure::Ours(error)));
-                }
-            };
-            let mut bind = BytesMut::new();
-            bind.put_u8(0);
-            bind.put_slice(&named_body(RESIDUAL_STATEMENT));
-            bind.put_u16(1);
-            bind.put_i16(1);
-            bind.put_u16(params.len() as u16);
-            for param in &params {
-                bind.put_i32(param.len() as i32);
-                bind.put_slice(param);
-            }
-            bind.put_u16(0);
-            let mut requests = BytesMut::new();
-            requests.put_slice(&message(frontend::BIND, &bind));
-            requests.put_slice(&message(frontend::EXECUTE, b"\0\0\0\0\0"));
-            requests.put_slice(&message(frontend::SYNC, &[]));
-            conv.send(requests.freeze()).await?;
-            let mut sent = 0u64;
-            let failed = conv
-                .collect(|kind, _| match kind {
-                    b'D' => {
-                        sent += 1;
-                        false
-                    }
-                    b'2' | b'C' => true,
-                    _ => false,
-                })
-                .await?;
-            total += sent;
-            outcome.rows += sent;
-            if failed {
-                close_chunked(conv).await?;
-                return Ok(Some(Failure::Relayed));
-            }
-            conv.flush_soft().await?;
-        }
-        if done {
-            break;
-        }
-    }
+    let run = ChunkRun {
+        base_portal: BASE_PORTAL,
+        residual_statement: RESIDUAL_STATEMENT,
+        residual_portal: "",
+        client_parameters: &[0, 0, 0, 0],
+        formats: &[],
+        calls: Arc::new(block.calls.clone()),
+        shape: Arc::new(shape),
+        // Identical inputs are scored once per statement, not once per chunk.
+        memo: Arc::new(Memo::new(conv.memory())),
+    };
+    let (ending, sent) = pipeline(conv, &run, outcome).await?;
     close_chunked(conv).await?;
-    conv.to_client(message(b'C', format!("SELECT {total}\0").as_bytes()));
-    Ok(None)
+    Ok(match ending {
+        Ending::Done => {
+            conv.to_client(message(b'C', format!("SELECT {sent}\0").as_bytes()));
+            None
+        }
+        Ending::UpstreamError => Some(Failure::Relayed),
+        Ending::Failed(error) => Some(Failure::Ours(error)),
+    })
 }
 
 /// Closes what a chunked run keeps open (none of it is an error if already gone).
@@ -181,6 +121,33 @@ pub(super) async fn run_chunked_execute(
             .get_or_insert_with(|| Arc::new(Memo::new(&budget))),
     );
     let (block, (_, shape)) = (&prepared.plan.blocks[0], &prepared.bases[0]);
+    if max_rows == 0 && !state.residual_open && !state.base_done {
+        // Read to the end: pipelined.
+        let run = ChunkRun {
+            base_portal: portal,
+            residual_statement: &prepared.residual_name,
+            residual_portal: &residual_portal,
+            client_parameters: &bound.parameters,
+            formats: &bound.formats,
+            calls: Arc::new(block.calls.clone()),
+            shape: Arc::new(shape.clone()),
+            memo,
+        };
+        let (ending, sent) = pipeline(conv, &run, &mut outcome).await?;
+        state.sent += sent;
+        match ending {
+            Ending::Done => {
+                state.base_done = true;
+                conv.to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
+                snapshot::portal_done(conv).await?;
+            }
+            Ending::UpstreamError => conv.mark_failed(),
+            Ending::Failed(error) => conv.fail_execute(error).await?,
+        }
+        return finish_execute(conv, portal, state, outcome).await;
+    }
+    // With a row limit, chunk by chunk: the residual portal of the current chunk stays open
+    // between the client's Executes.
     let mut sent_now = 0usize;
     let outcome = loop {
         if max_rows > 0 && sent_now >= max_rows {
@@ -206,7 +173,6 @@ pub(super) async fn run_chunked_execute(
                         state.sent += 1;
                         outcome.rows += 1;
                         conv.to_client(message(kind, &body));
-                        conv.flush_soft().await?;
                     }
                     b's' => break,
                     b'C' => {
@@ -313,6 +279,16 @@ pub(super) async fn run_chunked_execute(
         }
         state.residual_open = true;
     };
+    finish_execute(conv, portal, state, outcome).await
+}
+
+/// Remembers where the portal stands for the client's next Execute.
+async fn finish_execute(
+    conv: &mut Conversation<'_>,
+    portal: &str,
+    state: ChunkProgress,
+    outcome: Outcome,
+) -> Result<Outcome, SessionError> {
     if let Some(p) = conv.registry().portals.get_mut(portal) {
         p.chunked = state;
         p.started = true;

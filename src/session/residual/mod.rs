@@ -32,6 +32,7 @@ use crate::sql::residual::{BlockPlan, CarriedType, Described, ResidualPlan};
 
 mod catalog;
 mod chunked;
+mod pipeline;
 mod prepared;
 mod snapshot;
 

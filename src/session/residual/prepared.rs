@@ -281,7 +281,6 @@ pub async fn run_execute(
             b'D' => {
                 outcome.rows += 1;
                 conv.to_client(message(kind, &body));
-                conv.flush_soft().await?;
             }
             b'C' => {
                 conv.to_client(message(kind, &body));

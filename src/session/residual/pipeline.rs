@@ -1,0 +1,284 @@
+//! Row-local residual statements read to the end (a simple Query, or an Execute without a row
+//! limit), pipelined as streaming is: while a chunk of base rows is in inference the next one is
+//! fetched, and each chunk's residual runs as soon as its scores are in, in the base rows' order.
+//!
+//! Requests go out with Flush, so the upstream answers them in order while pgenrich works; the
+//! answers are matched to the requests still owed ([`Owed`]). At most `chunks_in_flight` chunks
+//! are in inference while the next is fetched, each chunk's rows (and the parameters built from
+//! them) are charged to the process's budget until its residual is sent, and the residual's rows
+//! reach the client under the conversation's back-pressure.
+
+use std::collections::VecDeque;
+
+use tokio_util::task::AbortOnDropHandle;
+
+use super::prepared::residual_bind;
+use super::*;
+use crate::enrich::budget::Charge;
+use crate::enrich::{CallError, Executor};
+use crate::error::SqlState;
+use crate::session::conversation::requests::execute;
+use crate::sql::plan::Call;
+
+/// Residual rows are queued for the client in batches of about this many bytes.
+const ROW_BATCH: usize = 64 * 1024;
+
+/// A chunk in inference: the residual's parameters for it and what the calls cost. Dropping it
+/// stops its calls.
+type ScoreTask = AbortOnDropHandle<Result<(Vec<Vec<u8>>, CallStats), CallError>>;
+
+/// What the pipeline runs on the upstream.
+pub(super) struct ChunkRun<'a> {
+    /// The base portal, bound and not yet executed.
+    pub base_portal: &'a str,
+    /// The prepared residual statement and the portal its runs are bound to.
+    pub residual_statement: &'a str,
+    pub residual_portal: &'a str,
+    /// The client's Bind parameter section (formats, then values), which the residual takes
+    /// first; `[0, 0, 0, 0]` when it has none.
+    pub client_parameters: &'a [u8],
+    /// Result formats of the residual (none: all text).
+    pub formats: &'a [i16],
+    pub calls: Arc<Vec<Call>>,
+    pub shape: Arc<Shape>,
+    pub memo: Arc<Memo>,
+}
+
+/// How the pipeline ended.
+pub(super) enum Ending {
+    /// The base portal is exhausted and every residual has run.
+    Done,
+    /// The upstream's error has gone to the client; it now skips to Sync.
+    UpstreamError,
+    /// pgenrich's error, not sent yet; the upstream is in step and not failed.
+    Failed(ErrorMessage),
+}
+
+/// An answer the upstream still owes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// A base fetch: rows, then PortalSuspended or CommandComplete.
+    Base,
+    /// A residual run: CloseComplete, BindComplete, rows, CommandComplete.
+    Residual,
+}
+
+/// Runs `run` to the end; how it ended and the residual rows sent to the client.
+pub(super) async fn pipeline(
+    conv: &mut Conversation<'_>,
+    run: &ChunkRun<'_>,
+    outcome: &mut Outcome,
+) -> Result<(Ending, u64), SessionError> {
+    let chunking = conv.chunking();
+    let executor = Arc::clone(conv.executor());
+    let memory = Arc::clone(conv.memory());
+    let mut owed: VecDeque<Owed> = VecDeque::new();
+    let mut scoring: VecDeque<(ScoreTask, Charge)> = VecDeque::new();
+    let mut rows: Vec<Bytes> = Vec::new();
+    let mut charge = memory.charge();
+    let mut out = Output::default();
+    // The base portal has more rows and no fetch of them is owed.
+    let mut more = true;
+    // The budget was used up: no fetching until what is held has gone to the residual.
+    let mut starved = false;
+    let spawn = |rows: Vec<Bytes>| {
+        let (owned, calls, shape, memo) = (
+            Arc::clone(&executor),
+            Arc::clone(&run.calls),
+            Arc::clone(&run.shape),
+            Arc::clone(&run.memo),
+        );
+        executor.spawn(async move { score_chunk(&owned, &calls, &shape, &memo, rows).await })
+    };
+    let failure = loop {
+        if more && !starved && scoring.len() <= chunking.in_flight {
+            conv.send(execute(run.base_portal, chunking.rows)).await?;
+            owed.push_back(Owed::Base);
+            more = false;
+        }
+        // Scored chunks go to the residual in order: as soon as they are scored, and at once
+        // (waiting) when nothing else is owed or too many are in inference.
+        let mut failed = None;
+        while let Some((front, _)) = scoring.front() {
+            let wait = owed.is_empty() || scoring.len() > chunking.in_flight;
+            if !wait && !front.is_finished() {
+                break;
+            }
+            let Some((task, held)) = scoring.pop_front() else {
+                break;
+            };
+            let params = match conv.guard(task).await? {
+                None => Err(canceled()),
+                Some(Ok(Ok((params, stats)))) => {
+                    outcome.add_calls(&stats);
+                    Ok(params)
+                }
+                Some(Ok(Err(error))) => Err(call_error(error, &run.calls)),
+                Some(Err(_)) => Err(ErrorMessage::error(
+                    SqlState::ExternalRoutineException,
+                    "ML evaluation failed unexpectedly",
+                )),
+            };
+            let bind = params.and_then(|params| {
+                residual_bind(
+                    run.residual_portal,
+                    run.residual_statement,
+                    run.client_parameters,
+                    &params,
+                    run.formats,
+                )
+            });
+            let bind = match bind {
+                Ok(bind) => bind,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            };
+            let mut requests = BytesMut::new();
+            requests.put_slice(&message(frontend::CLOSE, &named(b'P', run.residual_portal)));
+            requests.put_slice(&message(frontend::BIND, &bind));
+            requests.put_slice(&message(
+                frontend::EXECUTE,
+                &execute_body(run.residual_portal, 0),
+            ));
+            requests.put_slice(&message(b'H', &[]));
+            conv.send(requests.freeze()).await?;
+            drop(held);
+            owed.push_back(Owed::Residual);
+        }
+        if let Some(error) = failed {
+            break Some(error);
+        }
+        let Some(&front) = owed.front() else {
+            if starved {
+                // Everything held has gone: go on once there is room again.
+                if conv.guard(memory.room()).await?.is_none() {
+                    break Some(canceled());
+                }
+                starved = false;
+                continue;
+            }
+            if more || !scoring.is_empty() {
+                continue;
+            }
+            break None;
+        };
+        let Some((kind, body)) = conv.next_or_cancel().await? else {
+            break Some(canceled());
+        };
+        match (front, kind) {
+            (_, b'E') => {
+                out.send(conv);
+                conv.to_client(message(b'E', &body));
+                outcome.rows += out.rows;
+                return Ok((Ending::UpstreamError, out.rows));
+            }
+            (Owed::Base, b'D') => {
+                outcome.base_rows += 1;
+                // The rows, and the residual's parameters built from them.
+                let cost = 2 * body.len();
+                if !charge.try_add(cost) {
+                    // Over max_ml_memory: what is read goes to inference, and fetching waits.
+                    if !rows.is_empty() {
+                        scoring.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                    }
+                    charge.force_add(cost);
+                    starved = true;
+                }
+                rows.push(body);
+                if charge.bytes() >= chunking.bytes {
+                    scoring.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                }
+            }
+            (Owed::Base, b's' | b'C') => {
+                owed.pop_front();
+                more = kind == b's';
+                if !rows.is_empty() {
+                    scoring.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                }
+            }
+            (Owed::Residual, b'D') => out.push(conv, &body),
+            (Owed::Residual, b'C') => {
+                owed.pop_front();
+                out.send(conv);
+                conv.flush_soft().await?;
+            }
+            (Owed::Residual, b'2' | b'3') => {}
+            _ => {
+                out.send(conv);
+                conv.to_client(message(kind, &body));
+            }
+        }
+    };
+    let Some(error) = failure else {
+        out.send(conv);
+        outcome.rows += out.rows;
+        return Ok((Ending::Done, out.rows));
+    };
+    // What was asked is still answered: residual rows as natively (before the error), base rows
+    // dropped.
+    drop(scoring);
+    while let Some(front) = owed.pop_front() {
+        loop {
+            let (kind, body) = conv.next().await?;
+            match (front, kind) {
+                (_, b'E') => {
+                    out.send(conv);
+                    conv.to_client(message(b'E', &body));
+                    outcome.rows += out.rows;
+                    return Ok((Ending::UpstreamError, out.rows));
+                }
+                (Owed::Base, b'D') | (_, b'2' | b'3') => {}
+                (Owed::Base, b's' | b'C') | (Owed::Residual, b'C') => break,
+                (Owed::Residual, b'D') => out.push(conv, &body),
+                _ => {
+                    out.send(conv);
+                    conv.to_client(message(kind, &body));
+                }
+            }
+        }
+    }
+    out.send(conv);
+    outcome.rows += out.rows;
+    Ok((Ending::Failed(error), out.rows))
+}
+
+/// Residual rows on their way to the client, queued in batches.
+#[derive(Default)]
+struct Output {
+    batch: BytesMut,
+    rows: u64,
+}
+
+impl Output {
+    fn push(&mut self, conv: &mut Conversation<'_>, row: &[u8]) {
+        self.batch.put_u8(b'D');
+        self.batch.put_u32(row.len() as u32 + 4);
+        self.batch.put_slice(row);
+        self.rows += 1;
+        if self.batch.len() >= ROW_BATCH {
+            self.send(conv);
+        }
+    }
+
+    fn send(&mut self, conv: &mut Conversation<'_>) {
+        if !self.batch.is_empty() {
+            conv.to_client(self.batch.split().freeze());
+        }
+    }
+}
+
+/// Scores one chunk: the residual's parameters for its rows.
+async fn score_chunk(
+    executor: &Executor,
+    calls: &[Call],
+    shape: &Shape,
+    memo: &Memo,
+    rows: Vec<Bytes>,
+) -> Result<(Vec<Vec<u8>>, CallStats), CallError> {
+    let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
+    let mut stats = CallStats::default();
+    let results = infer(executor, calls, &parsed, memo, &mut stats).await?;
+    Ok((residual_parameters(shape, &parsed, &results), stats))
+}
