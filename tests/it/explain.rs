@@ -3,12 +3,12 @@
 
 use tokio_postgres::Client;
 
-use crate::finish::setup;
 use crate::harness::text_result as result;
 use crate::harness::{
     cstr, error_code, kinds, message, parse_bind_execute, parse_bind_execute_rows, sqlstate,
     RawClient,
 };
+use crate::residual::setup;
 
 async fn plan_lines(client: &Client, sql: &str) -> Vec<String> {
     let (names, rows) = result(client, sql).await;

@@ -322,6 +322,78 @@ async fn row_local_statements_run_per_chunk_and_score_each_input_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_row_local_statements_fail_and_cancel_as_natively() {
+    let pg = postgres();
+    let reference = connect(&pg.direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start_with(|config| config.inference.chunk_rows = 4).await;
+    let client = proxy.connect().await;
+    // Rows past 30 go to a failing model: chunks before them are scored (and their residual
+    // runs) while later ones are fetched; the failure still ends the statement with 38000.
+    let failing = "SELECT g FROM generate_series(1, 40) g WHERE aws_sagemaker.invoke_endpoint(\
+                   CASE WHEN g > 30 THEN 'model-error' ELSE 'score' END, NULL, g)::int > 0";
+    client.batch_execute("BEGIN").await.expect("begin");
+    let error = client.simple_query(failing).await.expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000");
+    let error = client.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(
+        sqlstate(&error),
+        "25P02",
+        "the block is aborted as natively"
+    );
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    // The same through the extended protocol, read to the end (no row limit).
+    let error = client
+        .query(failing, &[])
+        .await
+        .expect_err("model error, extended");
+    assert_eq!(sqlstate(&error), "38000");
+    // The session goes on, in both protocols, with every row in the base rows' order.
+    let working = "SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g)::int AS s \
+                   FROM generate_series(1, 40) g \
+                   WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int % 3 <> 0";
+    let expected = result(&reference, working).await;
+    assert_eq!(expected.1.len(), 27);
+    assert_eq!(result(&client, working).await, expected);
+    let rows: Vec<(i32, i32)> = client
+        .query(working, &[])
+        .await
+        .expect("extended")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let want: Vec<(i32, i32)> = expected
+        .1
+        .iter()
+        .map(|row| {
+            let int = |v: &Option<String>| v.as_deref().expect("value").parse().expect("int");
+            (int(&row[0]), int(&row[1]))
+        })
+        .collect();
+    assert_eq!(rows, want);
+
+    // A cancel request stops a pipelined statement with 57014, and the session goes on.
+    proxy
+        .mock
+        .set_latency(std::time::Duration::from_millis(300));
+    let token = client.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let error = client
+        .simple_query(
+            "SELECT g FROM generate_series(1, 200) g \
+             WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int > 0",
+        )
+        .await
+        .expect_err("cancelled");
+    cancel.await.expect("join").expect("cancel sent");
+    assert_eq!(sqlstate(&error), "57014");
+    proxy.mock.set_latency(std::time::Duration::ZERO);
+    assert_eq!(result(&client, working).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_row_local_statements_stream_per_chunk_with_row_limits() {
     let pg = postgres();
     let reference = connect(&pg.direct_conninfo_to(reference_database())).await;
