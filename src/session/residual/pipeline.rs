@@ -171,8 +171,7 @@ pub(super) async fn pipeline(
             (_, b'E') => {
                 out.send(conv);
                 conv.to_client(message(b'E', &body));
-                outcome.rows += out.rows;
-                return Ok((Ending::UpstreamError, out.rows));
+                return Ok(out.end(conv, outcome, Ending::UpstreamError));
             }
             (Owed::Base, b'D') => {
                 outcome.base_rows += 1;
@@ -212,9 +211,7 @@ pub(super) async fn pipeline(
         }
     };
     let Some(error) = failure else {
-        out.send(conv);
-        outcome.rows += out.rows;
-        return Ok((Ending::Done, out.rows));
+        return Ok(out.end(conv, outcome, Ending::Done));
     };
     // What was asked is still answered: residual rows as natively (before the error), base rows
     // dropped.
@@ -226,8 +223,7 @@ pub(super) async fn pipeline(
                 (_, b'E') => {
                     out.send(conv);
                     conv.to_client(message(b'E', &body));
-                    outcome.rows += out.rows;
-                    return Ok((Ending::UpstreamError, out.rows));
+                    return Ok(out.end(conv, outcome, Ending::UpstreamError));
                 }
                 (Owed::Base, b'D') | (_, b'2' | b'3') => {}
                 (Owed::Base, b's' | b'C') | (Owed::Residual, b'C') => break,
@@ -239,9 +235,7 @@ pub(super) async fn pipeline(
             }
         }
     }
-    out.send(conv);
-    outcome.rows += out.rows;
-    Ok((Ending::Failed(error), out.rows))
+    Ok(out.end(conv, outcome, Ending::Failed(error)))
 }
 
 /// Residual rows on their way to the client, queued in batches.
@@ -260,6 +254,18 @@ impl Output {
         if self.batch.len() >= ROW_BATCH {
             self.send(conv);
         }
+    }
+
+    /// Sends what is left and counts the rows: the pipeline's result.
+    fn end(
+        mut self,
+        conv: &mut Conversation<'_>,
+        outcome: &mut Outcome,
+        ending: Ending,
+    ) -> (Ending, u64) {
+        self.send(conv);
+        outcome.rows += self.rows;
+        (ending, self.rows)
     }
 
     fn send(&mut self, conv: &mut Conversation<'_>) {
