@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::enrich::budget::Charge;
@@ -91,7 +92,9 @@ async fn stream(
     let mut delivered = 0u64;
     let mut executing = true;
     let mut end: Option<End> = None;
-    let spawn = |rows: Vec<Bytes>| {
+    // Chunks cut from the rows read, to go to inference once they have a process-wide slot.
+    let mut cut: Vec<(Vec<Bytes>, Charge)> = Vec::new();
+    let spawn = |rows: Vec<Bytes>, slot: OwnedSemaphorePermit| {
         let (owned, plan, layout, formats, memo) = (
             Arc::clone(&executor),
             Arc::clone(&enrichment.plan),
@@ -99,8 +102,10 @@ async fn stream(
             Arc::clone(&enrichment.formats),
             Arc::clone(&memo),
         );
-        executor
-            .spawn(async move { enrich_chunk(&owned, &plan, &layout, &formats, &memo, rows).await })
+        executor.spawn(async move {
+            let _slot = slot;
+            enrich_chunk(&owned, &plan, &layout, &formats, &memo, rows).await
+        })
     };
     loop {
         // Finished chunks go out in order, keeping at most `in_flight` in inference.
@@ -161,7 +166,7 @@ async fn stream(
                 if !charge.try_add(body.len()) {
                     // Over max_ml_memory: what is read goes to inference, and reading waits.
                     if !rows.is_empty() {
-                        pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                        cut.push((std::mem::take(&mut rows), charge.take()));
                     }
                     charge.force_add(body.len());
                     starved = true;
@@ -169,7 +174,7 @@ async fn stream(
                 rows.push(body);
                 if rows.len() >= chunking.rows || charge.bytes() >= chunking.bytes {
                     // A full chunk goes to inference while the Execute's answer goes on.
-                    pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                    cut.push((std::mem::take(&mut rows), charge.take()));
                 }
             }
             b's' | b'C' => {
@@ -187,7 +192,7 @@ async fn stream(
                     });
                 }
                 if !rows.is_empty() {
-                    pending.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                    cut.push((std::mem::take(&mut rows), charge.take()));
                 }
             }
             b'E' => {
@@ -196,6 +201,18 @@ async fn stream(
             }
             // Notices, notifications, parameter changes: pass on.
             _ => conv.to_client(message(kind, &body)),
+        }
+        for (rows, held) in cut.drain(..) {
+            // Rows are read on only once a slot is free (the chunks holding them are in
+            // inference, so they free them whatever the clients do).
+            let Some(slot) = conv.guard(executor.chunk_slot()).await? else {
+                pending.clear();
+                if executing {
+                    conv.drain_execute().await?;
+                }
+                return Ok(End::Failed(canceled()));
+            };
+            pending.push_back((spawn(rows, slot), held));
         }
     }
 }

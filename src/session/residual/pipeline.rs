@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::prepared::residual_bind;
@@ -81,16 +82,21 @@ pub(super) async fn pipeline(
     let mut more = true;
     // The budget was used up: no fetching until what is held has gone to the residual.
     let mut starved = false;
-    let spawn = |rows: Vec<Bytes>| {
+    // Chunks cut from the base rows read, to go to inference once they have a process-wide slot.
+    let mut cut: Vec<(Vec<Bytes>, Charge)> = Vec::new();
+    let spawn = |rows: Vec<Bytes>, slot: OwnedSemaphorePermit| {
         let (owned, calls, shape, memo) = (
             Arc::clone(&executor),
             Arc::clone(&run.calls),
             Arc::clone(&run.shape),
             Arc::clone(&run.memo),
         );
-        executor.spawn(async move { score_chunk(&owned, &calls, &shape, &memo, rows).await })
+        executor.spawn(async move {
+            let _slot = slot;
+            score_chunk(&owned, &calls, &shape, &memo, rows).await
+        })
     };
-    let failure = loop {
+    let failure = 'run: loop {
         if more && !starved && scoring.len() <= chunking.in_flight {
             conv.send(execute(run.base_portal, chunking.rows)).await?;
             owed.push_back(Owed::Base);
@@ -180,21 +186,21 @@ pub(super) async fn pipeline(
                 if !charge.try_add(cost) {
                     // Over max_ml_memory: what is read goes to inference, and fetching waits.
                     if !rows.is_empty() {
-                        scoring.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                        cut.push((std::mem::take(&mut rows), charge.take()));
                     }
                     charge.force_add(cost);
                     starved = true;
                 }
                 rows.push(body);
                 if charge.bytes() >= chunking.bytes {
-                    scoring.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                    cut.push((std::mem::take(&mut rows), charge.take()));
                 }
             }
             (Owed::Base, b's' | b'C') => {
                 owed.pop_front();
                 more = kind == b's';
                 if !rows.is_empty() {
-                    scoring.push_back((spawn(std::mem::take(&mut rows)), charge.take()));
+                    cut.push((std::mem::take(&mut rows), charge.take()));
                 }
             }
             (Owed::Residual, b'D') => out.push(conv, &body),
@@ -208,6 +214,13 @@ pub(super) async fn pipeline(
                 out.send(conv);
                 conv.to_client(message(kind, &body));
             }
+        }
+        // Rows are read on only once a slot is free (see `Executor::chunk_slot`).
+        for (rows, held) in cut.drain(..) {
+            let Some(slot) = conv.guard(executor.chunk_slot()).await? else {
+                break 'run Some(canceled());
+            };
+            scoring.push_back((spawn(rows, slot), held));
         }
     };
     let Some(error) = failure else {
