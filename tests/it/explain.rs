@@ -35,7 +35,7 @@ async fn explain_shows_both_phases_and_analyze_adds_what_happened() {
         "Filter: (stars > 1)",
         "ML call 1: aws_comprehend.detect_sentiment (language 'en', BatchDetectSentiment of up to 25 documents); max_rows_per_batch: NULL (default: 25 rows per call)",
         "Phase 2: residual statement",
-        "Function Scan on u",
+        "ProjectSet",
         "HashAggregate",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

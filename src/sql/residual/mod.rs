@@ -9,7 +9,7 @@
 //!   *carried* expressions — each column reference of the block, and each ML-free subquery
 //!   expression, once;
 //! - the **residual**, the original statement with the block's FROM replaced by the enriched base
-//!   rows, bound as array parameters (`FROM unnest($1::int8[], …) AS u(…)`), every carried
+//!   rows, bound as array parameters (`FROM (SELECT unnest($1::int8[]) AS c0, …) AS u`), every carried
 //!   expression replaced by its base column and every ML call by its result columns. PostgreSQL
 //!   evaluates everything else — operators, casts, comparisons, aggregates, sorting, output
 //!   formats — exactly as it would natively.
@@ -209,11 +209,17 @@ impl ResidualPlan {
                     ));
                 }
             }
+            // unnest in a select list runs the arrays in step without materialising them (a
+            // FROM unnest(a, b) copies every row into a tuplestore first: ~40% more CPU).
+            let unnested: Vec<String> = arrays
+                .iter()
+                .zip(&columns)
+                .map(|(array, column)| format!("unnest({array}) AS {column}"))
+                .collect();
             let base = format!(
-                "(SELECT {} FROM unnest({}) AS u({}){records}) AS {alias}",
+                "(SELECT {} FROM (SELECT {}) AS u{records}) AS {alias}",
                 select.join(", "),
-                arrays.join(", "),
-                columns.join(", ")
+                unnested.join(", ")
             );
             residual = residual.replacen(&block_marker(b), &base, 1);
             let mut column = block.carried.len();

@@ -72,8 +72,9 @@ fn where_splits_into_base_filters_and_residual_ml_conditions() {
         residual(&p),
         "SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.c1 AS \"body\" FROM \
          (SELECT u.c0::t0 AS c0, u.c1::t1 AS c1, u.m0_sentiment, u.m0_confidence \
-         FROM unnest($1::t0[], $2::t1[], $3::varchar[], $4::float4[]) \
-         AS u(c0, c1, m0_sentiment, m0_confidence)) AS pgenrich_base0 \
+         FROM (SELECT unnest($1::t0[]) AS c0, unnest($2::t1[]) AS c1, \
+         unnest($3::varchar[]) AS m0_sentiment, unnest($4::float4[]) AS m0_confidence) AS u) \
+         AS pgenrich_base0 \
          WHERE pgenrich_base0.m0_sentiment = 'POSITIVE'"
     );
 }
@@ -191,8 +192,8 @@ fn distinct_windows_and_whole_records() {
     // The whole record is a row of a lateral subquery: NULL where the call gave NULL.
     assert!(
         r.contains(
-            "x0 AS m0 FROM unnest($1::t0[], $2::varchar[], $3::float4[]) AS u(c0, m0_sentiment, \
-             m0_confidence) LEFT JOIN LATERAL (SELECT u.m0_sentiment AS sentiment, \
+            "x0 AS m0 FROM (SELECT unnest($1::t0[]) AS c0, unnest($2::varchar[]) AS m0_sentiment, \
+             unnest($3::float4[]) AS m0_confidence) AS u LEFT JOIN LATERAL (SELECT u.m0_sentiment AS sentiment, \
              u.m0_confidence AS confidence WHERE u.m0_sentiment IS NOT NULL) AS x0 ON true)"
         ),
         "{r}"
@@ -309,7 +310,7 @@ fn blocks_in_ctes_subqueries_and_set_operations_each_get_a_base() {
     assert!(r.starts_with("WITH labelled AS (SELECT pgenrich_base0.c0 AS \"id\", pgenrich_base0.m0_sentiment AS s FROM (SELECT"), "{r}");
     assert!(r.contains("AS pgenrich_base1 WHERE pgenrich_base1.m0::FLOAT > pgenrich_base1.c1 GROUP BY pgenrich_base1.c0 ORDER BY 1"), "{r}");
     assert!(
-        r.contains("unnest($4::t0[], $5::t1[], $6::varchar[])"),
+        r.contains("unnest($4::t0[]) AS c0, unnest($5::t1[]) AS c1, unnest($6::varchar[]) AS m0"),
         "{r}"
     );
     // A subquery correlated by a plain condition: the condition moves to the residual.
