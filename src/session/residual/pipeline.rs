@@ -21,6 +21,11 @@ use crate::error::SqlState;
 use crate::session::conversation::requests::execute;
 use crate::sql::plan::Call;
 
+/// Fetches of the base portal kept asked, so that the database produces the next chunk while
+/// pgenrich reads the last one instead of waiting for the request (one more CommandComplete,
+/// of no rows, when the portal ends).
+const FETCHES_AHEAD: usize = 2;
+
 /// Residual rows are queued for the client in batches of about this many bytes.
 const ROW_BATCH: usize = 64 * 1024;
 
@@ -78,8 +83,10 @@ pub(super) async fn pipeline(
     let mut rows: Vec<Bytes> = Vec::new();
     let mut charge = memory.charge();
     let mut out = Output::default();
-    // The base portal has more rows and no fetch of them is owed.
-    let mut more = true;
+    // The base portal has returned its last row (CommandComplete).
+    let mut exhausted = false;
+    // Fetches of the base portal asked and not yet answered to the end.
+    let mut fetches = 0usize;
     // The budget was used up: no fetching until what is held has gone to the residual.
     let mut starved = false;
     // Chunks cut from the base rows read, to go to inference once they have a process-wide slot.
@@ -97,10 +104,14 @@ pub(super) async fn pipeline(
         })
     };
     let failure = 'run: loop {
-        if more && !starved && scoring.len() <= chunking.in_flight {
+        while !exhausted
+            && !starved
+            && fetches < FETCHES_AHEAD
+            && scoring.len() <= chunking.in_flight
+        {
             conv.send(execute(run.base_portal, chunking.rows)).await?;
             owed.push_back(Owed::Base);
-            more = false;
+            fetches += 1;
         }
         // Scored chunks go to the residual in order: as soon as they are scored, and at once
         // (waiting) when nothing else is owed or too many are in inference.
@@ -165,7 +176,7 @@ pub(super) async fn pipeline(
                 starved = false;
                 continue;
             }
-            if more || !scoring.is_empty() {
+            if !exhausted || !scoring.is_empty() {
                 continue;
             }
             break None;
@@ -184,8 +195,9 @@ pub(super) async fn pipeline(
                 // The rows, and the residual's parameters built from them.
                 let cost = 2 * body.len();
                 if !charge.try_add(cost) {
-                    // Over max_ml_memory: what is read goes to inference, and fetching waits.
-                    if !rows.is_empty() {
+                    // Over max_ml_memory: what is read goes to inference, and fetching waits
+                    // (the fetches already asked are read to their end in whole chunks).
+                    if !starved && !rows.is_empty() {
                         cut.push((std::mem::take(&mut rows), charge.take()));
                     }
                     charge.force_add(cost);
@@ -198,7 +210,9 @@ pub(super) async fn pipeline(
             }
             (Owed::Base, b's' | b'C') => {
                 owed.pop_front();
-                more = kind == b's';
+                fetches -= 1;
+                // A fetch asked after the last row gets an empty CommandComplete.
+                exhausted |= kind == b'C';
                 if !rows.is_empty() {
                     cut.push((std::mem::take(&mut rows), charge.take()));
                 }
