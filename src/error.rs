@@ -49,7 +49,8 @@ pub enum SqlState {
     SyntaxError,
     /// 42809 — a field selection from a result that has no fields.
     WrongObjectType,
-    /// XX000 — the upstream answered pgenrich's own catalog query unexpectedly.
+    /// XX000 — the upstream answered pgenrich's own catalog query unexpectedly, or pgenrich
+    /// itself failed (a contained panic).
     InternalError,
     /// 25P02 — a statement pgenrich answers itself, in a failed transaction block.
     InFailedSqlTransaction,
@@ -59,6 +60,9 @@ pub enum SqlState {
     InvalidCursorName,
     /// 26000 — Describe of an ML statement that no longer exists.
     InvalidSqlStatementName,
+    /// 54001 — a statement nested too deeply to inspect (PostgreSQL's "stack depth limit
+    /// exceeded").
+    StatementTooComplex,
 }
 
 impl SqlState {
@@ -87,6 +91,7 @@ impl SqlState {
             SqlState::InvalidCursorName => "34000",
             SqlState::OutOfMemory => "53200",
             SqlState::InvalidSqlStatementName => "26000",
+            SqlState::StatementTooComplex => "54001",
         }
     }
 }
@@ -133,6 +138,9 @@ pub enum SessionError {
     IdleTimeout,
     #[error("shutting down")]
     Shutdown,
+    /// pgenrich failed while serving the session (a panic, contained to it).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl SessionError {
@@ -182,6 +190,13 @@ impl SessionError {
                 AdminShutdown,
                 "terminating connection due to administrator command",
             )),
+            SessionError::Internal(what) => Some(
+                fatal(
+                    InternalError,
+                    "pgenrich failed while serving this session; other sessions go on",
+                )
+                .with_detail(what.clone()),
+            ),
         }
     }
 }

@@ -41,8 +41,10 @@
 //!    during an ML statement, with the session's one rule for back-pressure (the upstream is not
 //!    read while 1 MiB waits for a client that is not reading), cancel, client hang-up and
 //!    draining;
-//! 5. [`session::relay`]: the byte pump and the ML hook (which Query/Parse texts are ML
-//!    statements, planned into work for the session's task);
+//! 5. [`session::relay`]: the byte pump and the ML hook: Query/Parse texts that mention an ML
+//!    schema go to the session's task, which inspects and plans them on a planner thread
+//!    ([`session::relay::planner`]: large stack, depth guard, panics contained), never on a
+//!    pass-through loop;
 //! 6. [`session::statements`]: the table of ML statements and portals, as plain data the relay
 //!    owns;
 //! 7. leaves: [`session::tracker`] (what the upstream owes), [`session::rows`] (DataRow and

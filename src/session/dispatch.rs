@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use super::conversation::{Chunking, Conversation, Outcome};
+use super::relay::planner::{self, Planned};
 use super::relay::Relay;
 use super::rows::message;
 use super::statements::{Intercept, Prepared};
@@ -28,6 +29,20 @@ pub(super) async fn intercept_ml(
     intercept: Intercept,
 ) -> Result<(), SessionError> {
     let started = std::time::Instant::now();
+    let intercept = match intercept {
+        Intercept::Inspect { kind, body } => match planner::plan(kind, body.clone()).await {
+            Planned::Relay => {
+                relay.relay_inspected(kind, &body);
+                return Ok(());
+            }
+            Planned::Rejected(error) => {
+                relay.reject(kind, error);
+                return Ok(());
+            }
+            Planned::Intercept(intercept) => intercept,
+        },
+        intercept => intercept,
+    };
     // A cancel request that arrived while nothing of pgenrich's was running (the session idle,
     // or a plain statement) must not cancel this statement: PostgreSQL ignores those too.
     {
@@ -89,6 +104,8 @@ pub(super) async fn intercept_ml(
             residual::end_snapshot(conv).await?;
             return conv.flush().await;
         }
+        // Resolved above: the planner never answers with another one.
+        Intercept::Inspect { .. } => return Ok(()),
         Intercept::Execute { portal, max_rows } => {
             let Some(bound) = conv.registry().portals.get(&portal).cloned() else {
                 // A Sync (or COMMIT) since the Bind destroyed it, as it did upstream.

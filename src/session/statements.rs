@@ -229,6 +229,12 @@ pub struct Registry {
 /// Work the session does itself, in order with the upstream's answers.
 #[derive(Debug)]
 pub enum Intercept {
+    /// A Query or Parse (kind, body) whose text mentions an ML schema: to inspect and plan off
+    /// the relay's thread ([`crate::session::relay::planner`]).
+    Inspect {
+        kind: u8,
+        body: Bytes,
+    },
     /// A simple-protocol Query with ML calls.
     Query(Box<StreamingPlan>),
     /// A simple-protocol Query of several statements, some with ML calls.

@@ -1,13 +1,15 @@
 //! Recognising statements that call ML pseudo-functions.
 //!
-//! Every Query and Parse message passes through [`inspect`], which answers "relay" or "ML
-//! statement". A cheap byte search for the schema names runs first so that ordinary traffic never
-//! pays for a SQL parse; only text that mentions `aws_comprehend` or `aws_sagemaker` is parsed with
-//! sqlparser (PostgreSQL dialect) and walked for calls. Text that sqlparser cannot parse falls back
-//! to a token-level check, because some forms PostgreSQL accepts (`VARIADIC ARRAY[...]`,
-//! `(f(x)).*`) are beyond sqlparser 0.64.
+//! The relay only searches each Query and Parse text for the schema names
+//! ([`mentions_ml_schema`], a byte search), so that ordinary traffic never pays for more. A text
+//! that mentions `aws_comprehend` or `aws_sagemaker` is checked by [`guard`] (one tokenizer pass:
+//! is there a call at all, and how deeply do its expressions nest) and only then parsed with
+//! sqlparser (PostgreSQL dialect) and walked for calls by [`inspect`], on a planner thread. Text
+//! that sqlparser cannot parse falls back to a token-level check, because some forms PostgreSQL
+//! accepts (`VARIADIC ARRAY[...]`, `(f(x)).*`) are beyond sqlparser 0.64.
 
 pub mod explain;
+pub mod guard;
 pub mod plan;
 pub mod residual;
 pub mod text;

@@ -140,43 +140,85 @@ pub fn rewrite_unparsable_forms(sql: &str) -> String {
     if edits.is_empty() {
         return sql.to_owned();
     }
-    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
-    let mut text = sql.to_owned();
+    // One pass over the text, whatever the number of edits (overlapping ones are dropped).
+    edits.sort_by_key(|e| e.0);
+    let mut text = String::with_capacity(sql.len());
+    let mut copied = 0;
     for (start, end, replacement) in edits {
-        if start <= end
-            && end <= text.len()
-            && text.is_char_boundary(start)
-            && text.is_char_boundary(end)
+        if copied <= start
+            && start <= end
+            && end <= sql.len()
+            && sql.is_char_boundary(start)
+            && sql.is_char_boundary(end)
         {
-            text.replace_range(start..end, &replacement);
+            text.push_str(&sql[copied..start]);
+            text.push_str(&replacement);
+            copied = end;
         }
     }
+    text.push_str(&sql[copied..]);
     text
 }
 
-/// Converts tokenizer locations (1-based line and character column) to byte offsets.
+/// Converts tokenizer locations (1-based line and character column) to byte offsets in time
+/// linear in the text, whatever the shape of its lines: on an ASCII line a column is a byte
+/// count; on others the walk resumes where the previous lookup on that line stopped, so
+/// lookups in text order (as every caller makes them) walk each line once.
 struct LineOffsets<'a> {
     sql: &'a str,
-    starts: Vec<usize>,
+    /// Byte offset where each line starts, and whether the line is ASCII.
+    lines: Vec<(usize, bool)>,
+    /// The last lookup on a non-ASCII line: line index, character column, byte offset.
+    cursor: std::cell::Cell<(usize, usize, usize)>,
 }
 
 impl<'a> LineOffsets<'a> {
     fn new(sql: &'a str) -> Self {
-        let mut starts = vec![0];
-        starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
-        LineOffsets { sql, starts }
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for line in sql.split_inclusive('\n') {
+            lines.push((start, line.is_ascii()));
+            start += line.len();
+        }
+        if lines.is_empty() {
+            lines.push((0, true));
+        }
+        LineOffsets {
+            sql,
+            lines,
+            cursor: std::cell::Cell::new((usize::MAX, 0, 0)),
+        }
     }
 
     fn at(&self, location: Location) -> usize {
-        let Some(&line_start) = self.starts.get((location.line as usize).saturating_sub(1)) else {
+        let line = (location.line as usize).saturating_sub(1);
+        let Some(&(line_start, ascii)) = self.lines.get(line) else {
             return self.sql.len();
         };
+        let line_end = self.lines.get(line + 1).map_or(self.sql.len(), |l| l.0);
         let column = (location.column as usize).saturating_sub(1);
-        self.sql[line_start..]
-            .char_indices()
-            .nth(column)
-            .map(|(i, _)| line_start + i)
-            .unwrap_or(self.sql.len())
+        if ascii {
+            return (line_start + column).min(line_end);
+        }
+        let (cursor_line, cursor_column, cursor_byte) = self.cursor.get();
+        let (mut at_column, mut at_byte) = if cursor_line == line && cursor_column <= column {
+            (cursor_column, cursor_byte)
+        } else {
+            (0, line_start)
+        };
+        let mut chars = self.sql[at_byte..line_end].chars();
+        while at_column < column {
+            let Some(c) = chars.next() else {
+                break;
+            };
+            at_byte += c.len_utf8();
+            at_column += 1;
+        }
+        self.cursor.set((line, at_column, at_byte));
+        if at_column < column {
+            return self.sql.len();
+        }
+        at_byte
     }
 }
 

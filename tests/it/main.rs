@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod differential;
 mod explain;
+mod hostile;
 mod lifecycle;
 mod malformed;
 mod memory;

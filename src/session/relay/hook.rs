@@ -1,14 +1,7 @@
-//! The ML hook: which Query and Parse messages are ML statements, and how they are planned.
+//! How an ML statement is planned: streaming where its calls allow it, else base + residual.
+//! Runs on a planner thread ([`super::planner`]), never on the relay's.
 
 use super::*;
-
-/// Runs the ML hook on a Query or Parse body.
-pub(super) fn inspect(kind: u8, body: &[u8]) -> Verdict {
-    match protocol::statement_text(kind, body) {
-        Some(text) if sql::mentions_ml_schema(text) => sql::inspect(&String::from_utf8_lossy(text)),
-        _ => Verdict::Relay,
-    }
-}
 
 /// Plans a simple-protocol Query with ML calls: streaming where the calls allow it, else (one
 /// statement) the base + residual plan, whose refusal is then the one reported.

@@ -32,9 +32,9 @@ mod answers;
 mod buffers;
 mod hook;
 mod own;
+pub mod planner;
 
 use buffers::{reserve, Inbound, Outbound};
-use hook::{inspect, plan_query, plan_statement};
 
 /// Stop reading from one side while this much is queued for the other (back-pressure).
 const HIGH_WATER: usize = 1024 * 1024;
@@ -426,58 +426,23 @@ impl Relay {
                 inbound.ready += total;
                 continue;
             }
-            let verdict = inspect(kind, body);
-            if kind == frontend::PARSE && verdict == Verdict::Relay {
+            let text = protocol::statement_text(kind, body).unwrap_or_default();
+            if sql::mentions_ml_schema(text) {
+                // Inspected and planned by the session's task, off this thread; everything
+                // after it waits until it has been handled.
+                self.pending = Some(Intercept::Inspect {
+                    kind,
+                    body: Bytes::copy_from_slice(body),
+                });
+                inbound.release(&mut self.to_upstream);
+                inbound.buf.advance(total);
+                self.await_answers();
+                return Ok(());
+            }
+            if kind == frontend::PARSE {
                 // The client's statement of this name is a plain one from now on.
                 if let Some(name) = statements::first_name(body) {
                     self.ml.statements.remove(&name);
-                }
-            }
-            if let Verdict::Ml { .. } = &verdict {
-                let text = String::from_utf8_lossy(
-                    protocol::statement_text(kind, body).unwrap_or_default(),
-                );
-                let planned = if kind == frontend::QUERY {
-                    plan_query(&text)
-                } else {
-                    plan_statement(&text)
-                };
-                let parse = statements::parse_parts(body)
-                    .map(|(name, types)| (name, Bytes::copy_from_slice(types)));
-                inbound.release(&mut self.to_upstream);
-                inbound.buf.advance(total);
-                match planned {
-                    Ok(intercept) => {
-                        // Everything after this statement waits until it has been handled.
-                        self.pending = Some(match (kind, parse, intercept) {
-                            (frontend::PARSE, Some((name, types)), Intercept::Query(plan)) => {
-                                Intercept::Parse { name, types, plan }
-                            }
-                            (frontend::PARSE, Some((name, types)), Intercept::Residual(plan)) => {
-                                Intercept::ParseResidual { name, types, plan }
-                            }
-                            (
-                                frontend::PARSE,
-                                Some((name, _)),
-                                Intercept::Explain { analyze, target },
-                            ) => Intercept::ParseExplain {
-                                name,
-                                analyze,
-                                target,
-                            },
-                            (_, _, intercept) => intercept,
-                        });
-                        self.await_answers();
-                        return Ok(());
-                    }
-                    Err(error) => {
-                        let mut message = ErrorMessage::error(error.code, error.message);
-                        if let Some(hint) = error.hint {
-                            message = message.with_hint(hint);
-                        }
-                        self.reject(kind, message);
-                        continue;
-                    }
                 }
             }
             self.tracker.on_client(kind);
@@ -499,7 +464,7 @@ impl Relay {
     /// Sends the upstream a stand-in for a rejected Query or Parse: a message that fails exactly
     /// where the original would have (aborting a transaction block, skipping to Sync, or not
     /// running at all in an already failed transaction), and whose error is replaced by `error`.
-    fn reject(&mut self, kind: u8, error: ErrorMessage) {
+    pub(crate) fn reject(&mut self, kind: u8, error: ErrorMessage) {
         let (standin, standin_kind) = if kind == frontend::QUERY {
             (protocol::standin_query(), frontend::QUERY)
         } else {
@@ -508,6 +473,19 @@ impl Relay {
         self.tracker.on_client(standin_kind);
         self.tracker.substitute_next_standin_error(error.encode());
         self.to_upstream.push(standin);
+    }
+
+    /// Sends an inspected Query or Parse (`kind`, `body`) without ML calls upstream as the client
+    /// sent it.
+    pub(crate) fn relay_inspected(&mut self, kind: u8, body: &[u8]) {
+        if kind == frontend::PARSE {
+            // The client's statement of this name is a plain one from now on.
+            if let Some(name) = statements::first_name(body) {
+                self.ml.statements.remove(&name);
+            }
+        }
+        self.tracker.on_client(kind);
+        self.to_upstream.push(protocol::message(kind, body));
     }
 
     /// The client sent Terminate: the session ends normally when either side hangs up.

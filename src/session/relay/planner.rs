@@ -1,0 +1,203 @@
+//! Inspecting and planning ML statements off the relay's threads.
+//!
+//! The relay only searches a Query or Parse text for the ML schema names (a byte search, linear
+//! in the text); a text that mentions one is handed over as [`Intercept::Inspect`], and the
+//! session's task plans it here: on a thread of its own whose stack is far larger than any
+//! statement that passes [`guard::check`] needs, so neither a pass-through loop (which carries
+//! other sessions) nor a runtime worker ever parses SQL. A statement that nests too deeply gets
+//! `54001`; a panic while planning is contained to the statement (`XX000`), and the session goes
+//! on. At most [`PLANNERS`] statements are planned at once, whatever the number of sessions.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use tokio::sync::{oneshot, Semaphore};
+
+use super::hook::{plan_query, plan_statement};
+use super::*;
+use crate::sql::guard;
+
+/// Stack of a planner thread: the deepest statements the guard lets through need less than
+/// 16 MiB in a debug build (4 MiB overflows; see the tests); four times that. Only the pages a
+/// statement touches are used.
+const PLANNER_STACK: usize = 64 << 20;
+
+/// Statements planned at once, all sessions together.
+const PLANNERS: usize = 4;
+
+static SLOTS: Semaphore = Semaphore::const_new(PLANNERS);
+
+/// What the session does with an inspected Query or Parse.
+#[derive(Debug)]
+pub enum Planned {
+    /// No ML call: the message goes upstream unchanged.
+    Relay,
+    /// An ML statement, planned.
+    Intercept(Intercept),
+    /// Refused with this error, as PostgreSQL would refuse a statement.
+    Rejected(ErrorMessage),
+}
+
+/// Inspects and plans a Query or Parse (`kind`, `body`) on a planner thread.
+pub async fn plan(kind: u8, body: Bytes) -> Planned {
+    // Never closed, so acquiring only waits.
+    let _slot = SLOTS.acquire().await;
+    let (answer, planned) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("pgenrich-plan".to_owned())
+        .stack_size(PLANNER_STACK)
+        .spawn(move || {
+            let planned = catch_unwind(AssertUnwindSafe(|| plan_now(kind, &body)))
+                .unwrap_or_else(|panic| Planned::Rejected(failed(&panic_text(&*panic))));
+            let _ = answer.send(planned);
+        });
+    if let Err(error) = spawned {
+        return Planned::Rejected(ErrorMessage::error(
+            SqlState::InsufficientResources,
+            format!("pgenrich cannot start a thread to plan the ML statement: {error}"),
+        ));
+    }
+    planned
+        .await
+        .unwrap_or_else(|_| Planned::Rejected(failed("the planner thread ended")))
+}
+
+/// The text of a caught panic.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
+fn failed(what: &str) -> ErrorMessage {
+    tracing::error!(what, "planning an ML statement failed");
+    ErrorMessage::error(
+        SqlState::InternalError,
+        "pgenrich failed while planning the ML statement",
+    )
+    .with_detail(what.to_owned())
+}
+
+/// Inspects and plans on the calling thread (a planner thread).
+fn plan_now(kind: u8, body: &[u8]) -> Planned {
+    let Some(text) = protocol::statement_text(kind, body) else {
+        return Planned::Relay;
+    };
+    let text = String::from_utf8_lossy(text);
+    match guard::check(&text) {
+        Ok(true) => {}
+        Ok(false) => return Planned::Relay,
+        Err(error) => return Planned::Rejected(error_message(error)),
+    }
+    if sql::inspect(&text) == Verdict::Relay {
+        return Planned::Relay;
+    }
+    let planned = if kind == frontend::QUERY {
+        plan_query(&text)
+    } else {
+        plan_statement(&text)
+    };
+    let intercept = match planned {
+        Ok(intercept) => intercept,
+        Err(error) => return Planned::Rejected(error_message(error)),
+    };
+    let parse =
+        statements::parse_parts(body).map(|(name, types)| (name, Bytes::copy_from_slice(types)));
+    Planned::Intercept(match (kind, parse, intercept) {
+        (frontend::PARSE, Some((name, types)), Intercept::Query(plan)) => {
+            Intercept::Parse { name, types, plan }
+        }
+        (frontend::PARSE, Some((name, types)), Intercept::Residual(plan)) => {
+            Intercept::ParseResidual { name, types, plan }
+        }
+        (frontend::PARSE, Some((name, _)), Intercept::Explain { analyze, target }) => {
+            Intercept::ParseExplain {
+                name,
+                analyze,
+                target,
+            }
+        }
+        (_, _, intercept) => intercept,
+    })
+}
+
+fn error_message(error: plan::PlanError) -> ErrorMessage {
+    let message = ErrorMessage::error(error.code, error.message);
+    match error.hint {
+        Some(hint) => message.with_hint(hint),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(sql: &str) -> Bytes {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        Bytes::from(body)
+    }
+
+    fn rejected(planned: Planned) -> ErrorMessage {
+        match planned {
+            Planned::Rejected(error) => error,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deepest_statements_the_guard_passes_are_planned() {
+        // A residual statement with a long OR chain, and a streaming one with a long sum, each
+        // just within the guard: the planner thread's stack holds them (in a debug build too).
+        let chain = vec!["a = 1"; guard::MAX_DEPTH / 2 - 10].join(" OR ");
+        let sql = format!(
+            "SELECT id FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, a)::int > 1 AND ({chain})"
+        );
+        assert!(guard::scan(&sql).expect("tokenizes").depth <= guard::MAX_DEPTH);
+        match plan(frontend::QUERY, query(&sql)).await {
+            Planned::Intercept(Intercept::Residual(_)) => {}
+            other => panic!("expected a residual plan, got {other:?}"),
+        }
+        let sum = vec!["a"; guard::MAX_DEPTH - 1].join("+");
+        let sql = format!("SELECT aws_sagemaker.invoke_endpoint('e', NULL, {sum}) FROM t");
+        assert!(guard::scan(&sql).expect("tokenizes").depth <= guard::MAX_DEPTH);
+        match plan(frontend::QUERY, query(&sql)).await {
+            Planned::Intercept(Intercept::Query(_)) => {}
+            other => panic!("expected a streaming plan, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn hostile_statements_get_errors_not_crashes() {
+        // 300,000 terms: far beyond the guard.
+        let chain = vec!["1"; 300_000].join("+");
+        let error = rejected(
+            plan(
+                frontend::QUERY,
+                query(&format!(
+                    "SELECT aws_comprehend.detect_sentiment('a', 'en'), {chain}"
+                )),
+            )
+            .await,
+        );
+        assert_eq!(error.code, SqlState::StatementTooComplex);
+        // Only mentioned in a comment: relayed without a parse.
+        let planned = plan(
+            frontend::QUERY,
+            query(&format!("SELECT {chain} -- aws_comprehend")),
+        )
+        .await;
+        assert!(matches!(planned, Planned::Relay), "{planned:?}");
+        // An ML call followed by 200,000 semicolons.
+        let sql = format!(
+            "SELECT aws_comprehend.detect_sentiment('a', 'en'){}",
+            ";".repeat(200_000)
+        );
+        match plan(frontend::QUERY, query(&sql)).await {
+            Planned::Intercept(Intercept::Query(_)) => {}
+            other => panic!("expected a streaming plan, got {other:?}"),
+        }
+    }
+}
