@@ -201,6 +201,15 @@ impl SessionError {
     }
 }
 
+/// The message of a caught panic, for logs and the client's error detail.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
 /// A failed inference call or invalid ML input, before the statement context is added.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InferenceError {

@@ -16,8 +16,9 @@
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -47,6 +48,12 @@ enum Command {
         id: u64,
     },
     Stop,
+    /// Tests: the loop answers.
+    #[cfg(test)]
+    Ping(mpsc::Sender<()>),
+    /// Tests: the loop's thread panics outside any session.
+    #[cfg(test)]
+    Crash,
 }
 
 /// A relay coming back from the loop, with what ended its stay (None: it was recalled).
@@ -73,7 +80,9 @@ impl Handle {
 
 /// The pass-through loops of a server (one per relay thread).
 pub struct Loops {
-    handles: Vec<Handle>,
+    /// Each loop's mailbox; a loop whose thread has died is replaced when next used.
+    handles: Vec<Mutex<Handle>>,
+    batch: bool,
     next_loop: AtomicUsize,
     next_id: AtomicU64,
 }
@@ -81,25 +90,12 @@ pub struct Loops {
 impl Loops {
     /// Starts `threads` loop threads, under SCHED_BATCH if `batch` (see [`schedule_as_batch`]).
     pub fn start(threads: usize, batch: bool) -> io::Result<Loops> {
-        let mut handles = Vec::with_capacity(threads);
-        for _ in 0..threads.max(1) {
-            let poll = MioPoll::new()?;
-            let waker = mio::Waker::new(poll.registry(), WAKE)?;
-            let (commands, inbox) = mpsc::channel();
-            std::thread::Builder::new()
-                .name("pgenrich-relay".to_owned())
-                .spawn(move || {
-                    if batch {
-                        if let Err(error) = schedule_as_batch() {
-                            warn!(%error, "cannot put a pass-through loop under SCHED_BATCH; it runs under the default policy");
-                        }
-                    }
-                    run(poll, inbox)
-                })?;
-            handles.push(Handle { commands, waker });
-        }
+        let handles = (0..threads.max(1))
+            .map(|_| start_loop(batch).map(Mutex::new))
+            .collect::<io::Result<_>>()?;
         Ok(Loops {
             handles,
+            batch,
             next_loop: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
         })
@@ -108,6 +104,27 @@ impl Loops {
     /// Picks the loop for a new session.
     pub(super) fn pick(&self) -> usize {
         self.next_loop.fetch_add(1, Ordering::Relaxed) % self.handles.len()
+    }
+
+    /// Sends loop `index` a command; a loop whose thread has died is replaced by a new one
+    /// first (its sessions were lost with it; new ones must not be).
+    fn send(&self, index: usize, command: Command) -> Result<(), Command> {
+        let mut handle = self.handles[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let command = match handle.send(command) {
+            Ok(()) => return Ok(()),
+            Err(command) => command,
+        };
+        error!(index, "a pass-through loop has stopped; starting a new one");
+        match start_loop(self.batch) {
+            Ok(fresh) => *handle = fresh,
+            Err(error) => {
+                error!(%error, "cannot start a pass-through loop");
+                return Err(command);
+            }
+        }
+        handle.send(command)
     }
 
     /// Relays on loop `index` until the relay has an event or a control fires. Err when the
@@ -120,11 +137,10 @@ impl Loops {
     ) -> Result<(Box<Relay>, Step), SessionError> {
         let state = relay.control_state();
         relay.detach_streams()?;
-        let handle = &self.handles[index];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (back, mut returned) = oneshot::channel();
         if let Err(Command::Adopt { mut relay, .. }) =
-            handle.send(Command::Adopt { id, relay, back })
+            self.send(index, Command::Adopt { id, relay, back })
         {
             // The loop thread is gone (it cannot be, short of a bug): the session ends.
             relay.attach_streams()?;
@@ -135,7 +151,7 @@ impl Loops {
             back = &mut returned => return finish(back, None),
             control = poll_fn(|cx| controls.poll(cx, state)) => control,
         };
-        let _ = handle.send(Command::Recall { id });
+        let _ = self.send(index, Command::Recall { id });
         finish(returned.await, Some(control))
     }
 }
@@ -187,9 +203,34 @@ fn lost() -> SessionError {
 impl Drop for Loops {
     fn drop(&mut self) {
         for handle in &self.handles {
-            let _ = handle.send(Command::Stop);
+            if let Ok(handle) = handle.lock() {
+                let _ = handle.send(Command::Stop);
+            }
         }
     }
+}
+
+/// Starts one loop thread. A panic that escapes the loop (the sessions' own are caught in
+/// [`Table::pump`]) ends only that thread: its sessions are lost, and [`Loops::send`] replaces
+/// it.
+fn start_loop(batch: bool) -> io::Result<Handle> {
+    let poll = MioPoll::new()?;
+    let waker = mio::Waker::new(poll.registry(), WAKE)?;
+    let (commands, inbox) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("pgenrich-relay".to_owned())
+        .spawn(move || {
+            if batch {
+                if let Err(error) = schedule_as_batch() {
+                    warn!(%error, "cannot put a pass-through loop under SCHED_BATCH; it runs under the default policy");
+                }
+            }
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(poll, inbox))) {
+                let what = crate::error::panic_text(&*panic);
+                error!(%what, "a pass-through loop failed; its sessions are closed");
+            }
+        })?;
+    Ok(Handle { commands, waker })
 }
 
 struct Entry {
@@ -272,6 +313,12 @@ fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
                     }
                 }
                 Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                #[cfg(test)]
+                Ok(Command::Ping(reply)) => {
+                    let _ = reply.send(());
+                }
+                #[cfg(test)]
+                Ok(Command::Crash) => panic!("a test asked the loop to fail"),
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
@@ -293,7 +340,10 @@ impl Table {
             return;
         };
         let mut cx = Context::from_waker(Waker::noop());
-        match entry.relay.poll_progress(&mut cx) {
+        // A panic ends this session only (XX000), not the loop and its other sessions.
+        let progress = catch_unwind(AssertUnwindSafe(|| entry.relay.poll_progress(&mut cx)))
+            .unwrap_or_else(|panic| Poll::Ready(Err(super::contained(&*panic))));
+        match progress {
             Poll::Ready(outcome) => self.give_back(registry, slot, Some(outcome)),
             Poll::Pending if entry.relay.yielded => again.push(slot),
             Poll::Pending => {}
@@ -351,5 +401,32 @@ fn deregister(registry: &Registry, relay: &mut Relay) {
         let fd = socket.plain().as_fd().as_raw_fd();
         // Not registered (a failed registration): nothing to undo.
         let _ = registry.deregister(&mut SourceFd(&fd));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether loop 0 answers a ping within a second.
+    fn answers(loops: &Loops) -> bool {
+        let (reply, answer) = mpsc::channel();
+        loops.send(0, Command::Ping(reply)).is_ok()
+            && answer.recv_timeout(Duration::from_secs(1)).is_ok()
+    }
+
+    #[test]
+    fn a_loop_whose_thread_died_is_replaced() {
+        let loops = Loops::start(1, false).expect("loops start");
+        assert!(answers(&loops));
+        assert!(loops.send(0, Command::Crash).is_ok());
+        // Pings sent while the thread unwinds are lost with it; then the new loop answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !answers(&loops) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no loop answers after the crash"
+            );
+        }
     }
 }

@@ -15,11 +15,13 @@ pub mod streaming;
 pub mod tracker;
 
 use std::future::poll_fn;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
@@ -200,7 +202,9 @@ async fn relay_loop(
                     if let Poll::Ready(control) = controls.poll(cx, relay.control_state()) {
                         return Poll::Ready(Some(Err(control)));
                     }
-                    match relay.poll_progress(cx) {
+                    let progress = catch_unwind(AssertUnwindSafe(|| relay.poll_progress(cx)))
+                        .unwrap_or_else(|panic| Poll::Ready(Err(contained(&*panic))));
+                    match progress {
                         // Authentication is over: the pass-through loop takes it from here.
                         Poll::Pending if direct.is_some() && relay.can_go_direct() => {
                             Poll::Ready(None)
@@ -215,12 +219,24 @@ async fn relay_loop(
                 step
             }
         };
-        match relay_step(ctx, &mut relay, &mut controls, step, span).await {
+        let stepped = AssertUnwindSafe(relay_step(ctx, &mut relay, &mut controls, step, span))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(contained(&*panic)));
+        match stepped {
             Ok(true) => {}
             Ok(false) => return Ok((relay, Ok(()))),
             Err(error) => return Ok((relay, Err(error))),
         }
     }
+}
+
+/// A panic while serving a session, contained to it: logged, and the session closes with
+/// `XX000` (when the client can still parse a message) while the process goes on.
+pub(crate) fn contained(panic: &(dyn std::any::Any + Send)) -> SessionError {
+    let what = crate::error::panic_text(panic);
+    tracing::error!(%what, "a session failed; it is closed, other sessions go on");
+    SessionError::Internal(what)
 }
 
 /// Acts on one step of the relay loop: Ok(true) to go on, Ok(false) when the session is over.

@@ -6,7 +6,7 @@
 //! statement that passes [`guard::check`] needs, so neither a pass-through loop (which carries
 //! other sessions) nor a runtime worker ever parses SQL. A statement that nests too deeply gets
 //! `54001`; a panic while planning is contained to the statement (`XX000`), and the session goes
-//! on. At most [`PLANNERS`] statements are planned at once, whatever the number of sessions.
+//! on. At most `PLANNERS` statements are planned at once, whatever the number of sessions.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::hook::{plan_query, plan_statement};
 use super::*;
+use crate::error::panic_text;
 use crate::sql::guard;
 
 /// Stack of a planner thread: the deepest statements the guard lets through need less than
@@ -59,15 +60,6 @@ pub async fn plan(kind: u8, body: Bytes) -> Planned {
     planned
         .await
         .unwrap_or_else(|_| Planned::Rejected(failed("the planner thread ended")))
-}
-
-/// The text of a caught panic.
-pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 fn failed(what: &str) -> ErrorMessage {
