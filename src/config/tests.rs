@@ -130,7 +130,7 @@ fn invalid_values_name_their_key() {
 #[test]
 fn the_example_file_is_valid_and_shows_the_defaults() {
     let file: FileConfig =
-        toml::from_str(include_str!("../config/pgenrich.example.toml")).expect("example parses");
+        toml::from_str(include_str!("../../config/pgenrich.example.toml")).expect("example parses");
     let from_file = Config::resolve(Cli::default(), file).expect("example is valid");
     let defaults = Config::load(cli(&["--upstream", &from_file.upstream])).expect("defaults");
     assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
