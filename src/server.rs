@@ -156,6 +156,9 @@ impl Server {
                 tcp = self.tcp.accept() => tcp.map(|(stream, peer)| {
                     // Small request/response messages dominate; Nagle would delay each one.
                     let _ = stream.set_nodelay(true);
+                    if let Err(error) = crate::stream::set_keepalive(&stream, self.ctx.config.keepalive.as_ref()) {
+                        warn!(%error, "cannot set TCP keepalive on a client connection");
+                    }
                     (ClientStream::Plain(Socket::Tcp(stream)), peer.to_string())
                 }),
                 unix = accept_unix(&self.unix) => unix.map(|stream| (ClientStream::Plain(Socket::Unix(stream)), "unix".to_owned())),

@@ -44,6 +44,23 @@ macro_rules! delegate_io {
     };
 }
 
+/// Turns TCP keepalive on for `socket` with `settings` (`None`: leaves it off). A peer that
+/// vanished without closing (a crashed client host, a dropped NAT mapping) is then noticed after
+/// about `idle + interval × count`, and its session ends instead of holding its backend.
+pub fn set_keepalive(
+    socket: &impl std::os::fd::AsFd,
+    settings: Option<&crate::config::Keepalive>,
+) -> io::Result<()> {
+    let Some(settings) = settings else {
+        return Ok(());
+    };
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(settings.idle)
+        .with_interval(settings.interval)
+        .with_retries(settings.count);
+    socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive)
+}
+
 /// A connection's socket, in the tokio reactor or with the pass-through loop. TLS streams wrap
 /// one too, so that a TLS session can change hands without its TLS state.
 pub enum Socket {
@@ -440,5 +457,40 @@ mod tests {
             Pin::new(&mut socket).poll_write(&mut cx, b"x"),
             Poll::Ready(Ok(1))
         ));
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Keepalive;
+
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let settings = Keepalive {
+            idle: Duration::from_secs(42),
+            interval: Duration::from_secs(7),
+            count: 5,
+        };
+        let socket = socket2::SockRef::from(&client);
+        assert!(!socket.keepalive().expect("SO_KEEPALIVE"));
+        set_keepalive(&client, None).expect("off");
+        assert!(!socket.keepalive().expect("SO_KEEPALIVE"));
+        set_keepalive(&client, Some(&settings)).expect("on");
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(socket.tcp_keepalive_time().expect("idle"), settings.idle);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("interval"),
+            settings.interval
+        );
+        assert_eq!(socket.tcp_keepalive_retries().expect("count"), 5);
     }
 }

@@ -24,6 +24,7 @@ pub struct Upstream {
     connector: Option<TlsConnector>,
     server_name: ServerName<'static>,
     connect_timeout: Duration,
+    keepalive: Option<crate::config::Keepalive>,
 }
 
 impl Upstream {
@@ -34,6 +35,7 @@ impl Upstream {
             connector: crate::tls::upstream_config(config)?.map(TlsConnector::from),
             server_name: crate::tls::upstream_server_name(config)?,
             connect_timeout: config.upstream_connect_timeout,
+            keepalive: config.keepalive,
         }))
     }
 
@@ -69,6 +71,8 @@ impl Upstream {
         let peer = tcp.peer_addr().map_err(|e| self.connect_error(e))?;
         // Small request/response messages dominate; Nagle would add latency to every one.
         tcp.set_nodelay(true).map_err(|e| self.connect_error(e))?;
+        crate::stream::set_keepalive(&tcp, self.keepalive.as_ref())
+            .map_err(|e| self.connect_error(e))?;
         let stream = self.negotiate_tls(tcp).await?;
         Ok((stream, peer))
     }

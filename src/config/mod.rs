@@ -61,6 +61,18 @@ pub struct Cli {
     /// Close sessions idle outside a transaction this long with FATAL 57P05; 0 disables [default: 0].
     #[arg(long, env = "PGENRICH_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
+    /// TCP keepalive on client and database connections [default: true].
+    #[arg(long, env = "PGENRICH_TCP_KEEPALIVE", value_name = "BOOL")]
+    pub tcp_keepalive: Option<String>,
+    /// Idle time before the first keepalive probe [default: 60s].
+    #[arg(long, env = "PGENRICH_TCP_KEEPIDLE", value_name = "DURATION")]
+    pub tcp_keepidle: Option<String>,
+    /// Time between keepalive probes [default: 10s].
+    #[arg(long, env = "PGENRICH_TCP_KEEPINTVL", value_name = "DURATION")]
+    pub tcp_keepintvl: Option<String>,
+    /// Unanswered probes before the connection counts as dead [default: 6].
+    #[arg(long, env = "PGENRICH_TCP_KEEPCNT", value_name = "N")]
+    pub tcp_keepcnt: Option<String>,
     /// On SIGTERM/SIGINT, how long busy sessions may finish before FATAL 57P01 [default: 30s].
     #[arg(long, env = "PGENRICH_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
@@ -181,6 +193,10 @@ struct FileConfig {
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
     drain_timeout: Option<String>,
+    tcp_keepalive: Option<toml::Value>,
+    tcp_keepidle: Option<String>,
+    tcp_keepintvl: Option<String>,
+    tcp_keepcnt: Option<toml::Value>,
     upstream_connect_timeout: Option<String>,
     max_query_bytes: Option<toml::Value>,
     max_buffered_bytes: Option<toml::Value>,
@@ -286,6 +302,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub drain_timeout: Duration,
+    /// TCP keepalive on both legs (None: off).
+    pub keepalive: Option<Keepalive>,
     pub upstream_connect_timeout: Duration,
     pub max_query_bytes: usize,
     /// Base-row bytes a non-streaming ML statement may hold.
@@ -302,6 +320,15 @@ pub struct Config {
     /// ML runtime threads as configured (0: one per CPU, see [`Config::ml_threads`]).
     pub enrich_threads: usize,
     pub inference: InferenceConfig,
+}
+
+/// TCP keepalive settings (PgBouncer's `tcp_keepidle`, `tcp_keepintvl`, `tcp_keepcnt`): a peer
+/// that vanished without closing is noticed after about `idle + interval × count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
 }
 
 impl Config {
@@ -602,6 +629,31 @@ impl Config {
                 file.drain_timeout,
                 "30s",
             )?,
+            keepalive: boolean("tcp_keepalive", cli.tcp_keepalive, file.tcp_keepalive, true)?
+                .then(|| -> Result<Keepalive, ConfigError> {
+                    let seconds = |key, cli, file, default| {
+                        let value = nonzero(key, duration(key, cli, file, default)?)?;
+                        if value.as_secs() == 0 || value.as_secs() > 32_767 {
+                            return Err(invalid(key, "must be between 1s and 32767s"));
+                        }
+                        Ok(value)
+                    };
+                    Ok(Keepalive {
+                        idle: seconds("tcp_keepidle", cli.tcp_keepidle, file.tcp_keepidle, "60s")?,
+                        interval: seconds(
+                            "tcp_keepintvl",
+                            cli.tcp_keepintvl,
+                            file.tcp_keepintvl,
+                            "10s",
+                        )?,
+                        count: match positive("tcp_keepcnt", cli.tcp_keepcnt, file.tcp_keepcnt, 6)?
+                        {
+                            n @ 1..=127 => n as u32,
+                            _ => return Err(invalid("tcp_keepcnt", "must be between 1 and 127")),
+                        },
+                    })
+                })
+                .transpose()?,
             upstream_connect_timeout: nonzero(
                 "upstream_connect_timeout",
                 duration(

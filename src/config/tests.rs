@@ -16,6 +16,14 @@ fn defaults_apply_and_upstream_is_required() {
     assert_eq!(config.upstream_tls_mode, UpstreamTlsMode::Prefer);
     assert_eq!(config.max_client_connections, 1000);
     assert_eq!(config.handshake_timeout, Duration::from_secs(30));
+    assert_eq!(
+        config.keepalive,
+        Some(Keepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6
+        })
+    );
     assert_eq!(config.idle_timeout, None);
     assert_eq!(config.max_query_bytes, 64 << 20);
     assert_eq!(config.max_buffered_bytes, 256 << 20);
@@ -213,4 +221,33 @@ fn model_paths_in_a_file_are_relative_to_the_file() {
 fn unknown_file_keys_are_rejected() {
     let error = toml::from_str::<FileConfig>("lisen = \"x\"").expect_err("typo");
     assert!(error.to_string().contains("lisen"), "{error}");
+}
+
+#[test]
+fn tcp_keepalive_is_on_by_default_and_checked() {
+    let config = Config::load(cli(&[
+        "--upstream",
+        "h:1",
+        "--tcp-keepidle",
+        "5s",
+        "--tcp-keepcnt",
+        "2",
+    ]))
+    .expect("valid");
+    let keepalive = config.keepalive.expect("on");
+    assert_eq!(keepalive.idle, Duration::from_secs(5));
+    assert_eq!(keepalive.count, 2);
+    let config =
+        Config::load(cli(&["--upstream", "h:1", "--tcp-keepalive", "false"])).expect("valid");
+    assert_eq!(config.keepalive, None);
+    for (args, key) in [
+        (["--tcp-keepidle", "0"], "`tcp_keepidle`"),
+        (["--tcp-keepintvl", "500ms"], "`tcp_keepintvl`"),
+        (["--tcp-keepcnt", "200"], "`tcp_keepcnt`"),
+    ] {
+        let mut all = vec!["--upstream", "h:1"];
+        all.extend(args);
+        let error = Config::load(cli(&all)).expect_err("invalid");
+        assert!(error.to_string().contains(key), "{args:?}: {error}");
+    }
 }

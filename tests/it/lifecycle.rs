@@ -250,3 +250,82 @@ async fn unreachable_upstream_gives_08006() {
     assert_eq!((kind, error_code(&body).as_str()), (b'E', "08006"));
     assert!(!String::from_utf8_lossy(&body).contains("secret"));
 }
+
+/// Keepalive timers (in 1/100 s) of the established loopback connections whose local or remote
+/// port is `port`, from the kernel's table (`/proc/net/tcp`: `tr` 2 is the keepalive timer).
+fn keepalive_timers(port: u16, local: bool) -> Vec<Option<u64>> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local_address, remote_address, state, timer) =
+                (fields[1], fields[2], fields[3], fields[5]);
+            let address = if local { local_address } else { remote_address };
+            (state == "01" && port_of(address) == Some(port)).then(|| {
+                let (kind, when) = timer.split_once(':')?;
+                (kind == "02").then(|| u64::from_str_radix(when, 16).ok())?
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_legs_have_tcp_keepalive_with_the_configured_idle_time() {
+    let proxy = Proxy::start_with(|config| {
+        config.keepalive = Some(pgenrich::config::Keepalive {
+            idle: Duration::from_secs(45),
+            interval: Duration::from_secs(5),
+            count: 3,
+        })
+    })
+    .await;
+    let client = proxy.connect().await;
+    client.simple_query("SELECT 1").await.expect("query");
+    // tokio-postgres's own keepalive (2 hours) is on the test's sockets; pgenrich's fire within
+    // 45 s of idleness.
+    let ours = |timers: Vec<Option<u64>>| {
+        timers
+            .into_iter()
+            .flatten()
+            .filter(|&when| when <= 45 * 100)
+            .count()
+    };
+    // The timer shows once the last bytes sent are acknowledged (delayed ACKs take a moment).
+    let client_leg = eventually(Duration::from_secs(5), async || {
+        ours(keepalive_timers(proxy.addr.port(), true)) >= 1
+    })
+    .await;
+    assert!(
+        client_leg,
+        "no keepalive timer on pgenrich's client sockets"
+    );
+    let upstream_leg = eventually(Duration::from_secs(5), async || {
+        ours(keepalive_timers(postgres().port, false)) >= 1
+    })
+    .await;
+    assert!(
+        upstream_leg,
+        "no keepalive timer on pgenrich's upstream sockets"
+    );
+
+    // Turned off: no timer on the client leg of a new proxy.
+    let off = Proxy::start_with(|config| config.keepalive = None).await;
+    let client = off.connect().await;
+    client.simple_query("SELECT 1").await.expect("query");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        keepalive_timers(off.addr.port(), true)
+            .into_iter()
+            .flatten()
+            .count(),
+        0
+    );
+}
