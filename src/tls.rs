@@ -21,7 +21,12 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The acceptor for clients that send SSLRequest, if a certificate is configured.
+/// The ALPN protocol of PostgreSQL connections (PostgreSQL 17), offered to every TLS client and
+/// required of direct TLS ones.
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// The acceptor for clients that send SSLRequest or open with TLS directly, if a certificate is
+/// configured.
 pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, ConfigError> {
     let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
         return Ok(None);
@@ -31,13 +36,14 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, Confi
         key: "tls_key_file",
         reason: format!("{}: {e}", key.display()),
     })?;
-    let server = ServerConfig::builder_with_provider(provider())
+    let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .map_err(|e| ConfigError::Invalid {
             key: "tls_key_file",
             reason: e.to_string(),
         })?;
+    server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Some(Arc::new(server)))
 }
 

@@ -98,6 +98,12 @@ async fn open(
     admitted: bool,
     deadline: Instant,
 ) -> Result<Option<Relay>, SessionError> {
+    // PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a TLS handshake instead of an
+    // SSLRequest.
+    stream = match direct_tls(ctx, stream, deadline).await? {
+        Some(stream) => stream,
+        None => return Ok(None),
+    };
     // Pre-startup packets: answer SSL/GSSENC requests until the StartupMessage arrives.
     let raw_startup = loop {
         let packet = match timeout_at(deadline, read_startup_packet(&mut stream)).await {
@@ -377,6 +383,60 @@ async fn fail<T>(mut stream: ClientStream, error: SessionError) -> Result<T, Ses
         .await;
     }
     Err(error)
+}
+
+/// The first byte of a TLS handshake record. A startup packet starts with its length, which is
+/// never that large, so the two cannot be confused.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A fatal `handshake_failure` TLS alert: the refusal a direct TLS client understands.
+const TLS_REFUSAL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
+
+/// Takes a client that opens with a TLS handshake (PostgreSQL 17's `sslnegotiation=direct`)
+/// into TLS when a certificate is configured, as PostgreSQL 17 does: the client must have
+/// negotiated the ALPN protocol `postgresql`. Without a certificate the handshake is refused
+/// with a TLS alert. Other clients are returned untouched; None when the connection was refused.
+async fn direct_tls(
+    ctx: &SessionContext,
+    stream: ClientStream,
+    deadline: Instant,
+) -> Result<Option<ClientStream>, SessionError> {
+    let ClientStream::Plain(Socket::Tcp(mut tcp)) = stream else {
+        return Ok(Some(stream));
+    };
+    let mut first = [0u8; 1];
+    let peeked = timeout_at(deadline, tcp.peek(&mut first))
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout)?
+        .map_err(SessionError::ClientIo)?;
+    if peeked == 0 || first[0] != TLS_HANDSHAKE {
+        return Ok(Some(ClientStream::Plain(Socket::Tcp(tcp))));
+    }
+    let Some(acceptor) = &ctx.tls else {
+        debug!("direct TLS refused: no certificate is configured (tls_cert_file)");
+        let _ = timeout(CLOSE_FLUSH_TIMEOUT, async {
+            tcp.write_all(&TLS_REFUSAL).await?;
+            tcp.shutdown().await
+        })
+        .await;
+        return Ok(None);
+    };
+    let tls = timeout_at(deadline, acceptor.accept(Socket::Tcp(tcp)))
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout)?
+        .map_err(SessionError::ClientTls)?;
+    let alpn = tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_POSTGRESQL);
+    let stream = ClientStream::Tls(Box::new(tls));
+    if !alpn {
+        return fail(
+            stream,
+            SessionError::BadStartup(
+                "direct TLS connection without the ALPN protocol \"postgresql\"".to_owned(),
+            ),
+        )
+        .await;
+    }
+    Ok(Some(stream))
 }
 
 async fn read_startup_packet(stream: &mut ClientStream) -> Result<StartupPacket, SessionError> {
