@@ -1,5 +1,6 @@
 //! Criterion benches for the code every relayed message touches: the ML hook's decision, frame
-//! header hopping over a result stream, and response accounting.
+//! header hopping over a result stream, and response accounting; and the time a planner thread
+//! spends on hostile statement texts.
 
 use std::hint::black_box;
 
@@ -30,6 +31,45 @@ fn ml_hook(c: &mut Criterion) {
     ];
     for (name, text) in cases {
         group.bench_function(name, |b| b.iter(|| sql::inspect(black_box(text))));
+    }
+    group.finish();
+}
+
+/// What a planner thread does with hostile Query texts that mention an ML call, at two sizes
+/// each: the guard, then (when it lets the text through) the split into statements and the
+/// plan. Throughput is in bytes of text; the same bytes/s at both sizes means linear time.
+fn hostile_texts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hostile_texts");
+    group.sample_size(10);
+    const CALL: &str = "SELECT aws_comprehend.detect_sentiment('a', 'en')";
+    type Shape = fn(usize) -> String;
+    let shapes: [(&str, Shape); 5] = [
+        ("semicolons", |n| format!("{CALL}{}", ";".repeat(n))),
+        ("string_literals", |n| {
+            format!("{CALL}, {}", vec!["'it''s;'"; n / 9].join(", "))
+        }),
+        ("comments", |n| {
+            format!("{CALL} {}", "/* ; */ -- ;\n".repeat(n / 14))
+        }),
+        ("dollar_quotes", |n| {
+            format!("{CALL}, {}", vec!["$q$;'$q$"; n / 10].join(", "))
+        }),
+        ("operator_chain", |n| {
+            format!("{CALL}, {}", vec!["1"; n / 2].join("+"))
+        }),
+    ];
+    for (name, shape) in shapes {
+        for size in [100_000usize, 1_600_000] {
+            let text = shape(size);
+            group.throughput(Throughput::Bytes(text.len() as u64));
+            group.bench_function(format!("{name}/{size}"), |b| {
+                b.iter(|| {
+                    if let Ok(true) = sql::guard::check(black_box(&text)) {
+                        let _ = black_box(sql::plan::plan_query_message(&text));
+                    }
+                })
+            });
+        }
     }
     group.finish();
 }
@@ -85,5 +125,5 @@ fn accounting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ml_hook, framing, accounting);
+criterion_group!(benches, ml_hook, hostile_texts, framing, accounting);
 criterion_main!(benches);
