@@ -405,10 +405,13 @@ async fn direct_tls(
         return Ok(Some(stream));
     };
     let mut first = [0u8; 1];
-    let peeked = timeout_at(deadline, tcp.peek(&mut first))
-        .await
-        .map_err(|_| SessionError::HandshakeTimeout)?
-        .map_err(SessionError::ClientIo)?;
+    let peeked = match timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(peeked) => peeked.map_err(SessionError::ClientIo)?,
+        Err(_) => {
+            let stream = ClientStream::Plain(Socket::Tcp(tcp));
+            return fail(stream, SessionError::HandshakeTimeout).await;
+        }
+    };
     if peeked == 0 || first[0] != TLS_HANDSHAKE {
         return Ok(Some(ClientStream::Plain(Socket::Tcp(tcp))));
     }
@@ -421,6 +424,7 @@ async fn direct_tls(
         .await;
         return Ok(None);
     };
+    // A client that stalls mid-handshake cannot read a plaintext FATAL: it is just closed.
     let tls = timeout_at(deadline, acceptor.accept(Socket::Tcp(tcp)))
         .await
         .map_err(|_| SessionError::HandshakeTimeout)?
