@@ -180,9 +180,15 @@ impl Tracker {
         &mut self.segments[last]
     }
 
-    /// A client message of type `kind` was forwarded to the upstream.
+    /// A client message of type `kind` was forwarded to the upstream. After an error in an
+    /// extended-protocol run the upstream discards every message up to Sync (a Query too): those
+    /// are owed nothing.
     pub fn on_client(&mut self, kind: u8) {
+        let discarded = self.open_failed() && kind != frontend::SYNC;
         match kind {
+            _ if discarded => {
+                self.binds += u64::from(kind == frontend::BIND);
+            }
             frontend::QUERY | frontend::FUNCTION_CALL => {
                 self.closings_forwarded += 1;
                 self.segments.push_back(Segment::new(Kind::Simple))
@@ -221,10 +227,23 @@ impl Tracker {
             b'Z' => true,
             b'E' => self
                 .segments
-                .front()
+                .get(self.ended_runs())
                 .is_some_and(|s| !s.substitutions.is_empty()),
             _ => false,
         }
+    }
+
+    /// Leading extended-protocol runs that a Query after them has ended: no Sync, nothing owed,
+    /// no error, another segment behind. The upstream's next answers are that segment's.
+    fn ended_runs(&self) -> usize {
+        let len = self.segments.len();
+        self.segments
+            .iter()
+            .enumerate()
+            .take_while(|&(i, s)| {
+                s.kind == Kind::Extended && !s.synced && s.pending == 0 && !s.failed && i + 1 < len
+            })
+            .count()
     }
 
     /// A backend message of type `kind` passed by; `body` is given when [`Tracker::wants_body`]
@@ -248,6 +267,7 @@ impl Tracker {
                 None
             }
             b'E' => {
+                self.segments.drain(..self.ended_runs());
                 let front = self.segments.front_mut()?;
                 let replacement = match body {
                     Some(body) if is_standin_error(body) => front.substitutions.pop_front(),
@@ -256,11 +276,15 @@ impl Tracker {
                 if front.kind == Kind::Extended {
                     front.pending = 0;
                     front.failed = true;
+                    if !front.synced {
+                        self.discard_until_sync();
+                    }
                 }
                 replacement
             }
             // Completions of extended-protocol messages (in a Query's answer these are not final).
             b'1' | b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's' => {
+                self.segments.drain(..self.ended_runs());
                 if let Some(front) = self.segments.front_mut() {
                     if front.kind == Kind::Extended {
                         front.pending = front.pending.saturating_sub(1);
@@ -269,6 +293,28 @@ impl Tracker {
                 None
             }
             _ => None,
+        }
+    }
+}
+
+impl Tracker {
+    /// The front run failed before its Sync: the upstream discards what was forwarded after it
+    /// up to the next Sync, so Queries sent meanwhile are owed nothing (counted as answered, so
+    /// that portal lifetimes stay aligned) and the Sync's ReadyForQuery closes the front run.
+    fn discard_until_sync(&mut self) {
+        while self.segments.len() > 1 {
+            let Some(next) = self.segments.remove(1) else {
+                break;
+            };
+            match next.kind {
+                Kind::Simple => self.closings_answered += 1,
+                Kind::Extended => {
+                    if next.synced {
+                        self.segments[0].synced = true;
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -413,5 +459,62 @@ mod tests {
             !t.wants_body(b'E'),
             "substitutions never leak into later statements"
         );
+    }
+
+    #[test]
+    fn a_query_discarded_after_an_error_is_not_owed() {
+        // Seen before it was forwarded: nothing is owed for it.
+        let mut t = Tracker::default();
+        t.on_client(b'C');
+        t.on_backend(b'E', None);
+        t.on_client(b'Q');
+        assert!(t.caught_up());
+        t.on_client(b'S');
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_idle());
+        assert_eq!(t.closings_forwarded(), t.closings_answered());
+
+        // Forwarded before the error arrived: the error discards it.
+        let mut t = Tracker::default();
+        t.on_client(b'P');
+        t.on_client(b'Q');
+        t.on_client(b'B');
+        t.on_client(b'S');
+        t.on_backend(b'E', None);
+        assert!(!t.is_idle(), "the Sync's ReadyForQuery is due");
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_idle(), "nothing else comes");
+        assert_eq!(t.closings_forwarded(), t.closings_answered());
+    }
+
+    #[test]
+    fn messages_forwarded_after_a_seen_error_are_not_owed() {
+        let mut t = Tracker::default();
+        t.on_client(b'P');
+        t.on_backend(b'E', None);
+        t.on_client(b'B');
+        t.on_client(b'E');
+        assert!(t.caught_up(), "nothing is owed before the Sync");
+        assert!(t.open_failed());
+        t.on_client(b'S');
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_standin_query_after_an_open_run_gets_its_substitution() {
+        let mut t = Tracker::default();
+        t.on_client(b'P');
+        t.on_backend(b'1', None);
+        t.on_client(b'Q');
+        let ours = ErrorMessage::error(SqlState::FeatureNotSupported, "no").encode();
+        t.substitute_next_standin_error(ours.clone());
+        assert!(t.wants_body(b'E'));
+        assert_eq!(
+            t.on_backend(b'E', Some(&standin_error("26000"))),
+            Some(ours)
+        );
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(t.is_idle());
     }
 }

@@ -163,3 +163,33 @@ async fn a_client_that_hangs_up_while_its_ml_message_waits_is_noticed() {
         "the upstream session (in pg_sleep) outlived its client by 10 s"
     );
 }
+
+/// After an error in a pipeline PostgreSQL discards everything up to Sync, a Query too: the
+/// session must not wait for an answer to it (the next ML statement used to hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_discarded_after_a_pipeline_error_is_owed_nothing() {
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    // A Parse that fails, Flush: the error comes at once.
+    let mut parse = cstr("");
+    parse.extend(cstr("SELEC broken"));
+    parse.extend(0u16.to_be_bytes());
+    raw.stream_write(&[message(b'P', &parse), message(b'H', &[])].concat())
+        .await;
+    let (kind, body) = raw.recv().await.expect("the Parse's error");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "42601"));
+    // A plain and an ML Query, both discarded by PostgreSQL (no answer), then Sync.
+    raw.send(b'Q', &cstr("SELECT 1")).await;
+    raw.send(b'Q', &cstr(ML)).await;
+    raw.send(b'S', &[]).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), raw.recv_until_ready())
+        .await
+        .expect("the Sync is answered");
+    assert_eq!(kinds(&reply), "Z");
+    // The session goes on: an ML statement gets its rows.
+    raw.send(b'Q', &cstr(ML)).await;
+    let reply = tokio::time::timeout(Duration::from_secs(10), raw.recv_until_ready())
+        .await
+        .expect("the ML Query is answered");
+    assert_eq!(kinds(&reply), "TDCZ");
+}
