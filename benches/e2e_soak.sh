@@ -331,7 +331,8 @@ cpu_ticks() { [[ -r /proc/$1/stat ]] && awk '{sub(/^.*\) /, ""); print $12 + $13
 pg_ticks() {
     local pm
     pm=$(postmaster_pid) || { echo NA; return; }
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{pid = $1; sub(/^.*\) /, "")}
+    # Processes come and go while cat reads them: its complaints are expected.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '{pid = $1; sub(/^.*\) /, "")}
         pid == pm {n += $12 + $13 + $14 + $15} $2 == pm {n += $12 + $13} END {print n + 0}'
 }
 host_ticks() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }
@@ -364,11 +365,15 @@ IDLE_FDS=$(fd_count "$PGENRICH_PID")
 # ---------------------------------------------------------------------------------------------
 COMMON_ARGS=(--conn "$CLIENT_CONN" --seed "$SEED" --op-timeout "$OP_TIMEOUT" --ml-rows "$ML_ROWS"
              --ml-max-range "$ML_MAX_RANGE" --probe-interval-ms "$PROBE_INTERVAL_MS")
+read -r BASE_BUSY0 BASE_TOTAL0 < <(host_ticks)
 log "quiet baseline: $PROBES probe sessions, SELECT 1 every $PROBE_INTERVAL_MS ms, ${BASELINE_SECS} s"
 timeout --kill-after=10 $((BASELINE_SECS + OP_TIMEOUT + 30)) "$CLIENT_BIN" "${COMMON_ARGS[@]}" \
     --probe "$PROBES" --threads 1 --duration "$BASELINE_SECS" --probe-out "$TMP/baseline.samples" \
     >"$TMP/baseline.out" 2>"$TMP/baseline.err" </dev/null \
     || { cat "$TMP/baseline.err" >&2; die "the baseline probe run failed"; }
+read -r BASE_BUSY1 BASE_TOTAL1 < <(host_ticks)
+# The host's CPU during the baseline (one CPU = 100 %): anything else running skews "quiet".
+BASE_HOST_PCT=$(awk -v b0="$BASE_BUSY0" -v t0="$BASE_TOTAL0" -v b1="$BASE_BUSY1" -v t1="$BASE_TOTAL1" -v n="$(nproc)" 'BEGIN {printf "%.0f", (b1 - b0) / (t1 - t0) * 100 * n}')
 
 # ---------------------------------------------------------------------------------------------
 # 5. The soak: load + probes, PostgreSQL restarted at RESTART_AT
@@ -661,6 +666,8 @@ report() {
     awk -F= '/^kill\./ {split($1, k, "."); printf "| %s | %s | %d |\n", k[2], k[3], $2}' "$LOAD" 2>/dev/null
     echo
     echo "### Probe latency (SELECT 1, $PROBES sessions)"
+    echo
+    echo "The host's CPU during the quiet baseline: ${BASE_HOST_PCT} % (100 % = one CPU; the probes and pgenrich use a few per cent)."
     echo
     echo "| phase | samples | p50 | p99 | p99.9 | max |"
     echo "|---|--:|--:|--:|--:|--:|"
