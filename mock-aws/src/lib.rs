@@ -13,10 +13,14 @@
 //!   Comprehend's list get `UnsupportedLanguageException`; oversize texts or batches get the
 //!   service's size errors;
 //! - [`MockAws::throttle_next`] and [`MockAws::fail_next`] make the next calls answer
-//!   `ThrottlingException` / HTTP 500; [`MockAws::set_latency`] delays every answer.
+//!   `ThrottlingException` / HTTP 500; [`MockAws::set_latency`] delays every answer;
+//! - [`MockAws::set_faults`] keeps faults on for a whole run ([`faults`]): a seeded fraction of
+//!   calls throttled, a fraction answered HTTP 500 / 503, and a random extra delay.
 //!
-//! Counters of calls, batch sizes and peak concurrency are read with [`MockAws::stats`].
+//! Counters of calls, batch sizes, injected faults and peak concurrency are read with
+//! [`MockAws::stats`].
 
+pub mod faults;
 pub mod models;
 
 use std::convert::Infallible;
@@ -35,6 +39,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+pub use faults::{Fault, Faults};
+
 /// Languages Comprehend's sentiment detection accepts.
 pub const LANGUAGES: &[&str] = &[
     "en", "es", "fr", "de", "it", "pt", "ar", "hi", "ja", "ko", "zh", "zh-TW",
@@ -52,6 +58,11 @@ pub struct Stats {
     pub peak_concurrency: usize,
     /// Requests rejected for a missing SigV4 signature.
     pub unsigned: u64,
+    /// Calls answered `ThrottlingException` by a knob ([`MockAws::throttle_next`] or the
+    /// throttle rate).
+    pub throttled: u64,
+    /// Calls answered HTTP 500 or 503 by a knob ([`MockAws::fail_next`] or the error rate).
+    pub failed: u64,
 }
 
 #[derive(Default)]
@@ -59,6 +70,9 @@ struct State {
     latency_ms: AtomicU64,
     throttle_next: AtomicU64,
     fail_next: AtomicU64,
+    faults: Mutex<Faults>,
+    /// Requests that drew from `faults`, i.e. the next request's arrival number.
+    draws: AtomicU64,
     in_flight: AtomicUsize,
     request_ids: AtomicU64,
     stats: Mutex<Stats>,
@@ -114,6 +128,17 @@ impl MockAws {
     /// The next `n` requests answer HTTP 500.
     pub fn fail_next(&self, n: u64) {
         self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Keeps `faults` on for every request from now on (replacing earlier ones); the sequence of
+    /// draws restarts, so a run with the same seed and arrival order gets the same faults.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
+        faults.validate()?;
+        if let Ok(mut current) = self.state.faults.lock() {
+            *current = faults;
+        }
+        self.state.draws.store(0, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Requests received and not yet answered (latency included).
@@ -215,9 +240,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let latency = state.latency_ms.load(Ordering::SeqCst);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
+    let draw = state
+        .faults
+        .lock()
+        .map(|faults| faults.draw(state.draws.fetch_add(1, Ordering::SeqCst)))
+        .unwrap_or(faults::Draw {
+            jitter: Duration::ZERO,
+            fault: Fault::None,
+        });
+    let latency = Duration::from_millis(state.latency_ms.load(Ordering::SeqCst)) + draw.jitter;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     if !signed {
         if let Ok(mut stats) = state.stats.lock() {
@@ -245,33 +278,58 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
             Value::Null,
         ));
     }
-    if take_one(&state.throttle_next) {
-        return Ok(error(
-            StatusCode::BAD_REQUEST,
-            &request_id,
-            "ThrottlingException",
-            "Rate exceeded",
-            Value::Null,
-        ));
-    }
-    if take_one(&state.fail_next) {
-        let code = if is_comprehend {
-            "InternalServerException"
-        } else {
-            "InternalFailure"
-        };
-        return Ok(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &request_id,
-            code,
-            "injected failure",
-            Value::Null,
-        ));
+    // The one-shot knobs first, so that tests using them see exactly what they asked for.
+    let fault = if take_one(&state.throttle_next) {
+        Fault::Throttle
+    } else if take_one(&state.fail_next) {
+        Fault::Internal
+    } else {
+        draw.fault
+    };
+    if let Some(reply) = injected(&state, &request_id, is_comprehend, fault) {
+        return Ok(reply);
     }
     Ok(match endpoint {
         Some(endpoint) => invoke_endpoint(&state, &request_id, &endpoint, &accept, &body),
         None => comprehend(&state, &request_id, &target, &body),
     })
+}
+
+/// The answer of an injected fault, in the service's own terms: both services throttle with the
+/// AWS-wide `ThrottlingException` (HTTP 400); a 500 is SageMaker's `InternalFailure` or
+/// Comprehend's `InternalServerException`; a 503 is `ServiceUnavailable`. The SDKs' standard retry
+/// mode retries all three kinds.
+fn injected(state: &State, request_id: &str, is_comprehend: bool, fault: Fault) -> Option<Reply> {
+    let (status, code, message) = match fault {
+        Fault::None => return None,
+        Fault::Throttle => (
+            StatusCode::BAD_REQUEST,
+            "ThrottlingException",
+            "Rate exceeded",
+        ),
+        Fault::Internal if is_comprehend => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerException",
+            "injected failure",
+        ),
+        Fault::Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "injected failure",
+        ),
+        Fault::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "injected unavailability",
+        ),
+    };
+    if let Ok(mut stats) = state.stats.lock() {
+        match fault {
+            Fault::Throttle => stats.throttled += 1,
+            _ => stats.failed += 1,
+        }
+    }
+    Some(error(status, request_id, code, message, Value::Null))
 }
 
 fn header(req: &Request<Incoming>, name: &str) -> String {
@@ -453,4 +511,106 @@ fn comprehend(state: &State, request_id: &str, target: &str, body: &[u8]) -> Rep
         &[("content-type", "application/x-amz-json-1.1")],
         Bytes::from(body.to_string()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// One signed POST over a fresh connection; the status and the lower-cased response head.
+    fn post(addr: SocketAddr, path: &str, target: &str, body: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: mock\r\nauthorization: AWS4-HMAC-SHA256 Credential=test\r\n\
+             x-amz-target: {target}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        (status, answer.to_lowercase())
+    }
+
+    async fn call(mock: &MockAws, comprehend: bool) -> (u16, String) {
+        let addr = mock.addr();
+        tokio::task::spawn_blocking(move || {
+            if comprehend {
+                post(
+                    addr,
+                    "/",
+                    "Comprehend_20171127.BatchDetectSentiment",
+                    r#"{"TextList":["good"],"LanguageCode":"en"}"#,
+                )
+            } else {
+                post(addr, "/endpoints/score/invocations", "", "1,2\n")
+            }
+        })
+        .await
+        .expect("request task")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn continuous_faults_answer_the_services_errors() {
+        let mock = MockAws::start().await.expect("mock starts");
+        for comprehend in [false, true] {
+            assert_eq!(call(&mock, comprehend).await.0, 200);
+        }
+
+        mock.set_faults(Faults {
+            throttle_rate: 1.0,
+            ..Faults::default()
+        })
+        .expect("valid faults");
+        for comprehend in [false, true] {
+            let (status, head) = call(&mock, comprehend).await;
+            assert_eq!(status, 400);
+            assert!(
+                head.contains("x-amzn-errortype: throttlingexception"),
+                "{head}"
+            );
+        }
+
+        mock.set_faults(Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        })
+        .expect("valid faults");
+        let mut statuses = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let comprehend = i % 2 == 1;
+            let (status, head) = call(&mock, comprehend).await;
+            let code = match status {
+                500 if comprehend => "internalserverexception",
+                500 => "internalfailure",
+                503 => "serviceunavailable",
+                other => panic!("status {other}: {head}"),
+            };
+            assert!(
+                head.contains(&format!("x-amzn-errortype: {code}")),
+                "{head}"
+            );
+            statuses.insert(status);
+        }
+        assert_eq!(statuses.into_iter().collect::<Vec<_>>(), [500, 503]);
+
+        // The one-shot knob wins over the rate; switching the faults off restores answers.
+        mock.set_faults(Faults::default()).expect("valid faults");
+        mock.throttle_next(1);
+        assert_eq!(call(&mock, false).await.0, 400);
+        assert_eq!(call(&mock, false).await.0, 200);
+        let stats = mock.stats();
+        assert_eq!((stats.throttled, stats.failed), (3, 40));
+        assert!(mock
+            .set_faults(Faults {
+                throttle_rate: 2.0,
+                ..Faults::default()
+            })
+            .is_err());
+    }
 }
