@@ -108,6 +108,9 @@ impl Relay {
                     Some(Ok((kind, len))) if inbound.buf.len() > len => {
                         let message = inbound.buf.split_to(1 + len).freeze();
                         budget.made_progress();
+                        // Read for an ML statement, which may keep it from the client: if the
+                        // upstream goes away now, the client still gets pgenrich's FATAL.
+                        self.last_backend_kind = 0;
                         return Poll::Ready(Ok((kind, message.slice(HEADER_LEN..))));
                     }
                     Some(Ok((_, len))) => inbound.buf.reserve(1 + len - inbound.buf.len()),
