@@ -436,3 +436,20 @@ fn outer_join_ml_conditions_probe_a_cte_of_scored_pairs() {
         assert_eq!(refused(sql).code, SqlState::FeatureNotSupported, "{sql}");
     }
 }
+
+#[test]
+fn typing_statement_replaces_table_functions_aliased_with_as() {
+    // Found by the `sql` fuzz target: an alias written `AS s` printed as `AS AS s` in the
+    // LATERAL stand-in, which did not parse, so the ML table function stayed in the typing
+    // statement that goes upstream.
+    let p = ok(
+        "SELECT s.sentiment FROM t, aws_comprehend.detect_sentiment(t.b, $1) AS s \
+         WHERE s.confidence > 0.5",
+    );
+    assert_eq!(
+        p.typing_sql.as_deref().expect("has parameters"),
+        "SELECT s.sentiment FROM t, LATERAL (SELECT NULL::VARCHAR AS sentiment, NULL::REAL AS \
+         confidence WHERE (t.b)::VARCHAR IS NULL OR ($1)::VARCHAR IS NULL) AS s \
+         WHERE s.confidence > 0.5"
+    );
+}
