@@ -414,4 +414,54 @@ mod tests {
             "substitutions never leak into later statements"
         );
     }
+
+    // Found by the `tracker` fuzz target, which checks the tracker against a model of
+    // PostgreSQL: after an error in an extended-protocol message the server discards every
+    // message up to Sync (postgres.c's `ignore_till_sync`), Query and FunctionCall included.
+    // Ignored until fixed; the target avoids these sequences unless run with FUZZ_STRICT=1.
+
+    #[test]
+    #[ignore = "known bug: a Query discarded after an error is owed a ReadyForQuery for ever"]
+    fn a_query_discarded_after_an_error_is_not_owed() {
+        let mut t = Tracker::default();
+        t.on_client(b'C');
+        t.on_backend(b'E', None); // the Close failed: the upstream skips to Sync
+        t.on_client(b'Q'); // discarded: no answer comes
+        assert!(t.caught_up());
+        t.on_client(b'S');
+        t.on_backend(b'Z', Some(b"I"));
+        assert!(
+            t.is_idle(),
+            "every later ReadyForQuery would end the wrong segment"
+        );
+    }
+
+    #[test]
+    #[ignore = "known bug: a message forwarded after a seen error is owed an answer until Sync"]
+    fn messages_forwarded_after_a_seen_error_are_not_owed() {
+        let mut t = Tracker::default();
+        t.on_client(b'P');
+        t.on_backend(b'E', None); // the Parse failed: the upstream skips to Sync
+        t.on_client(b'B'); // discarded: no answer comes
+        assert!(
+            t.caught_up(),
+            "an ML message of this run waits for this answer, and holds back the Sync"
+        );
+    }
+
+    #[test]
+    #[ignore = "known bug: a stand-in Query's error is not replaced while an extended run is open"]
+    fn standin_query_after_an_open_run_gets_its_substitution() {
+        let mut t = Tracker::default();
+        t.on_client(b'P');
+        t.on_backend(b'1', None);
+        t.on_client(b'Q'); // the stand-in of a refused ML Query, no Sync before it
+        let ours = ErrorMessage::error(SqlState::FeatureNotSupported, "no").encode();
+        t.substitute_next_standin_error(ours.clone());
+        assert!(t.wants_body(b'E'));
+        assert_eq!(
+            t.on_backend(b'E', Some(&standin_error("26000"))),
+            Some(ours)
+        );
+    }
 }
