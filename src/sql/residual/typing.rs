@@ -107,9 +107,16 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
             let Ok(args) = call_arguments(function, args) else {
                 return ControlFlow::Continue(());
             };
+            // The alias without its `AS`, which the text below writes itself.
             let alias = alias.map_or_else(
                 || function_short_name(function).to_owned(),
-                |a| a.to_string(),
+                |a| {
+                    sqlparser::ast::TableAlias {
+                        explicit: false,
+                        ..a
+                    }
+                    .to_string()
+                },
             );
             let text = format!(
                 "SELECT 1 FROM LATERAL (SELECT NULL::varchar AS sentiment, NULL::real AS confidence \
