@@ -22,10 +22,10 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Cte, Distinct, Expr, FunctionArguments, GroupByExpr, Ident, JoinConstraint,
-    JoinOperator, ObjectName, OrderBy, OrderByKind, Query, Select, SelectItem,
-    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut,
-    VisitorMut, WildcardAdditionalOptions,
+    BinaryOperator, Cte, Distinct, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, Ident, JoinConstraint, JoinOperator, ObjectName, OrderBy, OrderByKind, Query,
+    Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor,
+    TableWithJoins, VisitMut, VisitorMut, WildcardAdditionalOptions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -310,7 +310,7 @@ fn plan_query(mut query: Query) -> Result<ResidualPlan, PlanError> {
         ));
     }
     let row_local = row_local_functions(&query, planner.blocks.len());
-    Ok(ResidualPlan {
+    let plan = ResidualPlan {
         blocks: planner.blocks,
         residual: query.to_string(),
         row_local,
@@ -319,7 +319,22 @@ fn plan_query(mut query: Query) -> Result<ResidualPlan, PlanError> {
         } else {
             None
         },
-    })
+    };
+    // Every text pgenrich sends upstream must be free of ML calls: PostgreSQL would refuse one
+    // (or, where native functions exist, run it unbatched). A position the planner missed is
+    // refused here rather than sent.
+    let upstream = std::iter::once(plan.residual.as_str())
+        .chain(plan.typing_sql.as_deref())
+        .chain(plan.blocks.iter().map(|b| b.base_sql.as_str()));
+    for text in upstream {
+        if super::guard::scan(text).is_none_or(|scan| scan.calls_ml) {
+            return Err(unsupported(
+                "pgenrich cannot evaluate the ML calls of this statement where they appear",
+                NOT_YET_HINT,
+            ));
+        }
+    }
+    Ok(plan)
 }
 
 /// The function names of a row-local residual (see [`ResidualPlan::row_local`]).

@@ -26,6 +26,12 @@ impl Planner {
         if !self.needs_residual(&*query) {
             return Ok(());
         }
+        if has_ml(&query.limit_clause) || has_ml(&query.fetch) {
+            return Err(unsupported(
+                "ML calls in LIMIT, OFFSET or FETCH are not supported",
+                "Compute the limit in a separate statement and pass it as a parameter.",
+            ));
+        }
         let scope = self.ctes.len();
         // Outer joins with ML conditions probe CTEs of pgenrich's, which run as ML blocks.
         let probes = probe_outer_joins_in(query.body.as_mut(), &mut self.probes);
@@ -56,9 +62,9 @@ impl Planner {
         let result = match query.body.as_mut() {
             SetExpr::Select(select) => self.select(select, Some(&mut query.order_by), nested),
             body => {
-                if has_ml(&query.order_by) || has_ml(&query.limit_clause) {
+                if has_ml(&query.order_by) {
                     return Err(unsupported(
-                        "ML calls in the ORDER BY or LIMIT of a UNION, INTERSECT or EXCEPT are not supported",
+                        "ML calls in the ORDER BY of a UNION, INTERSECT or EXCEPT are not supported",
                         "Select the ML result in the branches and sort by its output column.",
                     ));
                 }

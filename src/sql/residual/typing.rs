@@ -44,11 +44,24 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
 
         fn call(f: &sqlparser::ast::Function) -> Option<(MlFunction, Vec<Expr>)> {
             let (schema, name) = ml_name(&f.name)?;
+            // `(f(…)).*` arrives as the marked name: its record types the same.
+            let name = name.strip_suffix(ALL_FIELDS_SUFFIX).unwrap_or(&name);
             let function = function_of(&format!("{schema}.{name}")).ok()?;
             let FunctionArguments::List(list) = &f.args else {
                 return None;
             };
-            Some((function, call_arguments(function, list.args.clone()).ok()?))
+            // A call the planner refuses still types (its refusal comes from the planner): one
+            // whose arguments hold ML calls, which the planner evaluates first, is one of them.
+            let args = call_arguments(function, list.args.clone()).unwrap_or_else(|_| {
+                list.args
+                    .iter()
+                    .filter_map(|arg| match arg {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            Some((function, args))
         }
     }
     impl VisitorMut for Typer {
