@@ -268,13 +268,6 @@ fn check(tracker: &Tracker, server: &Server, model: &Model, trace: &[Traced]) {
     assert!(!tracker.open_failed() || !tracker.is_idle());
 }
 
-/// `FUZZ_STRICT=1`: also send the message sequences on which the tracker is known to
-/// disagree with PostgreSQL (see the report of issue 16), which the fuzzer otherwise avoids.
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
 fuzz_target!(|input: Input| {
     let mut tracker = Tracker::default();
     let mut server = Server::default();
@@ -292,24 +285,10 @@ fuzz_target!(|input: Input| {
                 variant,
                 status,
             } => {
-                // Known disagreements, avoided unless FUZZ_STRICT=1: (1) PostgreSQL discards a Query
-                // or FunctionCall sent after an error in an extended-protocol run, before Sync,
-                // and the tracker waits for its ReadyForQuery for ever; (2) a message the
-                // tracker forwards after it has seen that error is discarded too, and counted
-                // as owed until Sync; (3) the error answering a stand-in Query sent while an
-                // extended-protocol run is open (no Sync yet) is not replaced: the tracker looks
-                // for the substitution on the open run, still at the front of its queue.
                 let simple = matches!(
                     message,
                     Client::Query | Client::FunctionCall | Client::StandinQuery
                 );
-                if !strict()
-                    && ((server.ignore_till_sync && simple)
-                        || (tracker.open_failed() && message.extended())
-                        || (model.open_run && message == Client::StandinQuery))
-                {
-                    continue;
-                }
                 trace.push(Traced::Send(message, fails));
                 tracker.on_client(message.kind());
                 if matches!(message, Client::StandinQuery | Client::StandinExecute) {
@@ -317,10 +296,11 @@ fuzz_target!(|input: Input| {
                 }
                 if message.extended() {
                     model.open_run = true;
-                } else if matches!(
-                    message,
-                    Client::Sync | Client::Query | Client::FunctionCall | Client::StandinQuery
-                ) {
+                } else if message == Client::Sync
+                    || (simple && !server.ignore_till_sync)
+                {
+                    // A Query or FunctionCall that PostgreSQL discards (skipping to Sync after
+                    // an error) leaves the run open: only Sync ends it then.
                     model.open_run = false;
                 }
                 server.receive(message, fails, variant, status, &ours);

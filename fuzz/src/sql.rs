@@ -9,12 +9,8 @@
 use pgenrich::sql::explain::{self, ExplainTarget};
 use pgenrich::sql::plan::{self, Piece, StreamingPlan};
 use pgenrich::sql::residual::{self, CarriedType, Described, ResidualPlan};
-use std::ops::ControlFlow;
 
 use pgenrich::sql::{self as hook, text, Verdict};
-use sqlparser::ast::{visit_expressions, Expr, Query, VisitMut, VisitorMut};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 /// Runs every entry point on `sql` and checks what comes back.
 pub fn check(sql: &str) {
@@ -52,14 +48,12 @@ pub fn check(sql: &str) {
     if !mentions {
         return;
     }
-    // Known issue: an ML call with another in its arguments stays in the typing statement.
-    let nested = !strict() && nested_ml_calls(&rewritten);
     if let Some(request) = explain::explain(sql) {
         let _ = explain::has_parameters(&request.statement);
         if let Some(target) = plan_explain(&request.statement) {
             match target {
                 ExplainTarget::Streaming(p) => check_streaming(&p),
-                ExplainTarget::Residual(p) => check_residual(&p, nested),
+                ExplainTarget::Residual(p) => check_residual(&p),
             }
         }
     }
@@ -73,7 +67,7 @@ pub fn check(sql: &str) {
                     "a piece relayed as plain calls ML: {text:?}"
                 ),
                 Piece::Ml(p) => check_streaming(p),
-                Piece::Residual(p) => check_residual(p, nested),
+                Piece::Residual(p) => check_residual(p),
             }
         }
         if pieces.iter().any(|p| !matches!(p, Piece::Plain(_))) {
@@ -140,9 +134,7 @@ pub fn check_streaming(p: &StreamingPlan) {
     }
 }
 
-/// `nested`: the statement has ML calls in ML calls' arguments (the typing statement is not
-/// checked then).
-pub fn check_residual(p: &ResidualPlan, nested: bool) {
+pub fn check_residual(p: &ResidualPlan) {
     assert!(!p.blocks.is_empty(), "a residual plan without blocks");
     let mut described = Vec::new();
     for block in &p.blocks {
@@ -182,75 +174,13 @@ pub fn check_residual(p: &ResidualPlan, nested: bool) {
         });
     }
     if let Some(typing) = &p.typing_sql {
-        if !nested {
-            assert_no_ml("a typing statement", typing);
-        }
+        assert_no_ml("a typing statement", typing);
     }
     let residual = p.residual_sql(&described, 1);
-    if strict() || !ml_only_in_limits(&residual) {
-        assert_no_ml("a residual statement", &residual);
-    }
+    assert_no_ml("a residual statement", &residual);
     assert!(
         !residual.contains("pgenrich:base") && !residual.contains("pgenrich:star"),
         "a marker is left in the residual: {residual}"
     );
     let _ = p.writes();
-}
-
-/// `FUZZ_STRICT=1`: also fail on the known issues the checks otherwise let pass (see the report
-/// of issue 16): ML calls in LIMIT and OFFSET left in the residual statement, and ML calls with
-/// ML calls in their arguments left in the typing statement.
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
-/// Whether `sql` has an ML call with another in its arguments (the known issue of typing
-/// statements).
-fn nested_ml_calls(sql: &str) -> bool {
-    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return false;
-    };
-    let is_ml = |e: &Expr| match e {
-        Expr::Function(f) => {
-            let name = f.name.to_string().to_ascii_lowercase();
-            name.contains("aws_comprehend.") || name.contains("aws_sagemaker.")
-        }
-        _ => false,
-    };
-    visit_expressions(&statements, |e| {
-        if let (true, Expr::Function(f)) = (is_ml(e), e) {
-            let inner = visit_expressions(&f.args, |a| {
-                if is_ml(a) {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            });
-            if inner.is_break() {
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    })
-    .is_break()
-}
-
-/// Whether the ML calls of `sql` all sit in LIMIT, OFFSET or FETCH clauses (the known issue).
-fn ml_only_in_limits(sql: &str) -> bool {
-    struct Strip;
-    impl VisitorMut for Strip {
-        type Break = ();
-        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-            query.limit_clause = None;
-            query.fetch = None;
-            ControlFlow::Continue(())
-        }
-    }
-    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return false;
-    };
-    let _ = statements.visit(&mut Strip);
-    let stripped: Vec<String> = statements.iter().map(ToString::to_string).collect();
-    hook::inspect(&stripped.join("; ")) == Verdict::Relay
 }
