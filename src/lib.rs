@@ -21,6 +21,8 @@
 //! - [`tls`]: rustls configuration for both legs.
 //! - [`stream`]: the client and upstream stream types.
 //! - [`telemetry`]: tracing subscriber set-up.
+//! - [`metrics`]: the process's metrics registry (Prometheus) and the admin listener
+//!   (`/metrics`, `/livez`, `/readyz`); any layer records into it.
 //!
 //! # Session layers
 //!
@@ -71,6 +73,7 @@ pub mod cancel;
 pub mod config;
 pub mod enrich;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -46,6 +46,7 @@ pub enum StartError {
 
 pub struct Server {
     tcp: TcpListener,
+    admin: Option<(TcpListener, Arc<crate::metrics::admin::Admin>)>,
     unix: Option<(UnixListener, PathBuf)>,
     ctx: Arc<SessionContext>,
     limit: Arc<Semaphore>,
@@ -118,8 +119,37 @@ impl Server {
             false => None,
         };
         let memory = crate::enrich::budget::MemoryBudget::new(config.max_ml_memory);
+        let draining = CancellationToken::new();
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let metrics = crate::metrics::install().map_err(|reason| StartError::Listen {
+                    what: format!("{addr} (metrics recorder: {reason})"),
+                    source: std::io::Error::other(reason.clone()),
+                })?;
+                let listener = crate::metrics::admin::bind(addr).await.map_err(|source| {
+                    StartError::Listen {
+                        what: format!("admin {addr}"),
+                        source,
+                    }
+                })?;
+                let probed = Arc::clone(&upstream);
+                let probe: crate::metrics::admin::Probe = Arc::new(move || {
+                    let upstream = Arc::clone(&probed);
+                    Box::pin(async move { upstream.probe().await })
+                });
+                let held = Arc::clone(&memory);
+                let sample = Box::new(move || {
+                    crate::metrics::ml_bytes_held(held.in_use(), held.memos().in_use())
+                });
+                let admin =
+                    crate::metrics::admin::Admin::new(metrics, sample, draining.clone(), probe);
+                Some((listener, admin))
+            }
+            None => None,
+        };
         Ok(Server {
             tcp,
+            admin,
             unix,
             limit,
             ctx: Arc::new(SessionContext {
@@ -129,7 +159,7 @@ impl Server {
                 cancels: CancelRegistry::new(),
                 executor,
                 memory,
-                draining: CancellationToken::new(),
+                draining,
                 terminate: CancellationToken::new(),
                 direct,
             }),
@@ -140,9 +170,23 @@ impl Server {
         self.tcp.local_addr().unwrap_or(self.ctx.config.listen)
     }
 
+    /// The admin listener's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Accepts sessions until `shutdown` is cancelled, then drains.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let sessions = TaskTracker::new();
+        // The admin endpoints answer until the drain is over (readiness says "draining").
+        let admin_stop = CancellationToken::new();
+        let admin = self.admin.take().map(|(listener, admin)| {
+            tokio::spawn(crate::metrics::admin::serve(
+                listener,
+                admin,
+                admin_stop.clone(),
+            ))
+        });
         info!(
             listen = %self.local_addr(),
             unix = ?self.unix.as_ref().map(|(_, p)| p.display().to_string()),
@@ -174,6 +218,10 @@ impl Server {
             };
             next_id += 1;
             let permit = Arc::clone(&self.limit).try_acquire_owned().ok();
+            match permit {
+                Some(_) => crate::metrics::session_opened(),
+                None => crate::metrics::session_refused(),
+            }
             let span = tracing::info_span!(
                 "session",
                 session_id = next_id,
@@ -206,6 +254,10 @@ impl Server {
             );
             self.ctx.terminate.cancel();
             let _ = tokio::time::timeout(TERMINATE_GRACE, sessions.wait()).await;
+        }
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         info!("pgenrich stopped");
     }

@@ -46,6 +46,19 @@ impl Upstream {
         }
     }
 
+    /// Whether the database accepts TCP connections (readiness): no startup, no authentication.
+    pub async fn probe(&self) -> Result<(), String> {
+        let timeout = self.connect_timeout.min(Duration::from_secs(2));
+        match tokio::time::timeout(timeout, TcpStream::connect(self.address.as_str())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("upstream {}: {e}", self.address)),
+            Err(_) => Err(format!(
+                "upstream {}: no connection within {timeout:?}",
+                self.address
+            )),
+        }
+    }
+
     /// Opens a session connection: resolves the name, connects to the first address that
     /// answers, and negotiates TLS. Returns the stream and the address it reached.
     pub async fn connect(&self) -> Result<(UpstreamStream, SocketAddr), SessionError> {

@@ -251,6 +251,8 @@ pub async fn aws(
     if let Some(url) = &config.comprehend_endpoint_url {
         comprehend = comprehend.endpoint_url(url);
     }
+    sagemaker = sagemaker.interceptor(CountRetries("sagemaker"));
+    comprehend = comprehend.interceptor(CountRetries("comprehend"));
     Backends {
         sentiment: Arc::new(comprehend::ComprehendBackend::new(
             aws_sdk_comprehend::Client::from_conf(comprehend.build()),
@@ -258,5 +260,31 @@ pub async fn aws(
         endpoints: Arc::new(sagemaker::SageMakerBackend::new(
             aws_sdk_sagemakerruntime::Client::from_conf(sagemaker.build()),
         )),
+    }
+}
+
+/// Counts the attempts after the first that the SDK's retry mode makes (metrics), per service.
+#[derive(Debug)]
+struct CountRetries(&'static str);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRetries {
+    fn name(&self) -> &'static str {
+        "pgenrich::CountRetries"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_smithy_runtime_api::client::retries::RequestAttempts;
+        if cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|attempts| attempts.attempts() > 1)
+        {
+            crate::metrics::inference_retry(self.0);
+        }
+        Ok(())
     }
 }

@@ -37,6 +37,9 @@ pub struct Cli {
     /// Also listen on a Unix socket `<dir>/.s.PGSQL.<listen port>` (libpq `host=<dir>`).
     #[arg(long, env = "PGENRICH_UNIX_SOCKET_DIR", value_name = "DIR")]
     pub unix_socket_dir: Option<String>,
+    /// Admin HTTP listener for /metrics, /livez and /readyz [default: off].
+    #[arg(long, env = "PGENRICH_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<String>,
     /// PEM certificate chain offered to clients that request TLS (with --tls-key-file).
     #[arg(long, env = "PGENRICH_TLS_CERT_FILE", value_name = "FILE")]
     pub tls_cert_file: Option<String>,
@@ -184,6 +187,7 @@ struct FileConfig {
     listen: Option<String>,
     upstream: Option<String>,
     unix_socket_dir: Option<String>,
+    admin_listen: Option<String>,
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
     upstream_tls_mode: Option<String>,
@@ -293,6 +297,8 @@ pub struct Config {
     pub upstream: String,
     pub upstream_host: String,
     pub unix_socket_dir: Option<PathBuf>,
+    /// The admin HTTP listener (metrics, health); None: off.
+    pub admin_listen: Option<SocketAddr>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub upstream_tls_mode: UpstreamTlsMode,
@@ -405,6 +411,21 @@ impl Config {
                 format!("`{listen_text}`: {e} (expected ADDR:PORT)"),
             )
         })?;
+        let admin_listen = match cli.admin_listen.or(file.admin_listen) {
+            Some(text) if !text.is_empty() => Some(text.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "admin_listen",
+                    format!("`{text}`: {e} (expected ADDR:PORT)"),
+                )
+            })?),
+            _ => None,
+        };
+        if admin_listen == Some(listen) && listen.port() != 0 {
+            return Err(invalid(
+                "admin_listen",
+                "must differ from `listen`: the admin endpoints never share the client port",
+            ));
+        }
         let upstream = cli.upstream.or(file.upstream).ok_or(ConfigError::Missing {
             key: "upstream",
             flag: "upstream",
@@ -602,6 +623,7 @@ impl Config {
                 .unix_socket_dir
                 .or(file.unix_socket_dir)
                 .map(PathBuf::from),
+            admin_listen,
             tls_cert_file,
             tls_key_file,
             upstream_tls_mode,

@@ -105,7 +105,15 @@ fn command_line_wins_over_file() {
 
 #[test]
 fn invalid_values_name_their_key() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["--upstream", "h:1", "--admin-listen", "localhost"],
+            "`admin_listen`",
+        ),
+        (
+            &["--upstream", "h:1", "--admin-listen", "127.0.0.1:6432"],
+            "`admin_listen`",
+        ),
         (&["--upstream", "nohostport"], "`upstream`"),
         (&["--upstream", "h:1", "--listen", "nowhere"], "`listen`"),
         (
@@ -250,4 +258,21 @@ fn tcp_keepalive_is_on_by_default_and_checked() {
         let error = Config::load(cli(&all)).expect_err("invalid");
         assert!(error.to_string().contains(key), "{args:?}: {error}");
     }
+}
+
+#[test]
+fn the_admin_listener_is_off_unless_set() {
+    let config = Config::load(cli(&["--upstream", "h:1"])).expect("valid");
+    assert_eq!(config.admin_listen, None);
+    let config = Config::load(cli(&[
+        "--upstream",
+        "h:1",
+        "--admin-listen",
+        "0.0.0.0:9187",
+    ]))
+    .expect("valid");
+    assert_eq!(
+        config.admin_listen,
+        Some("0.0.0.0:9187".parse().expect("addr"))
+    );
 }

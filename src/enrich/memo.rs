@@ -39,25 +39,30 @@ impl Weight for InvokeInput {
     }
 }
 
-enum Entry<O> {
+/// What a pending input's owner reports when it is done: Ok, or the error its call failed with
+/// (which chunks waiting for the input then fail with too).
+type Outcome<E> = Option<Result<(), E>>;
+
+enum Entry<O, E> {
     /// Being computed by the chunk holding the sender of this channel.
-    Pending(watch::Receiver<bool>),
+    Pending(watch::Receiver<Outcome<E>>),
     Done(Option<O>),
 }
 
-struct Inner<I, O> {
-    entries: foldhash::HashMap<I, Entry<O>>,
+struct Inner<I, O, E> {
+    entries: foldhash::HashMap<I, Entry<O, E>>,
     bytes: usize,
     /// The same bytes, charged to the process's budget for memos.
     charge: Option<Charge>,
 }
 
-pub struct Memo<I, O> {
-    inner: Mutex<Inner<I, O>>,
+/// `E`: the error of a failed call, given to every chunk that waited for one of its inputs.
+pub struct Memo<I, O, E> {
+    inner: Mutex<Inner<I, O, E>>,
     budget: usize,
 }
 
-impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
+impl<I: Hash + Eq + Clone + Weight, O: Clone, E: Clone> Memo<I, O, E> {
     pub fn new(budget: usize) -> Self {
         Self::charged(budget, None)
     }
@@ -74,7 +79,7 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<I, O>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<I, O, E>> {
         // A panic while holding this lock leaves only a partly filled memo: still usable.
         self.inner
             .lock()
@@ -83,20 +88,22 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
 
     /// Results for `inputs` in order: remembered ones, ones another chunk is computing (awaited),
     /// and the rest through `call` (which receives them in order and returns one result each).
-    /// `abandoned` builds the error when the chunk computing an awaited input failed.
-    pub async fn resolve<E>(
+    /// A chunk whose awaited input's call failed fails with that call's error; `abandoned`
+    /// builds the error when the chunk computing an awaited input went away without an answer.
+    pub async fn resolve(
         &self,
         inputs: Vec<I>,
         call: impl AsyncFnOnce(&[I]) -> Result<Vec<Option<O>>, E>,
         abandoned: impl Fn() -> E,
     ) -> Result<Vec<Option<O>>, E> {
-        let (done, own) = watch::channel(false);
+        let (done, own) = watch::channel(None);
         let mut results: Vec<Option<Option<O>>> = vec![None; inputs.len()];
         let mut waits = Vec::new();
         let mut misses = Vec::new();
         let mut miss_rows = Vec::new();
         {
             let mut inner = self.lock();
+            let rows = inputs.len();
             for (row, input) in inputs.into_iter().enumerate() {
                 match inner.entries.get(&input) {
                     Some(Entry::Done(value)) => results[row] = Some(value.clone()),
@@ -122,6 +129,7 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
                     }
                 }
             }
+            crate::metrics::memo_hits((rows - misses.len()) as u64);
         }
         if !misses.is_empty() {
             match call(&misses).await {
@@ -143,14 +151,21 @@ impl<I: Hash + Eq + Clone + Weight, O: Clone> Memo<I, O> {
                         Entry::Pending(receiver) => !receiver.same_channel(&own),
                         Entry::Done(_) => true,
                     });
+                    drop(inner);
+                    let _ = done.send(Some(Err(error.clone())));
                     return Err(error);
                 }
             }
         }
-        let _ = done.send(true);
+        let _ = done.send(Some(Ok(())));
         for (row, mut receiver, input) in waits {
-            if receiver.wait_for(|finished| *finished).await.is_err() {
-                return Err(abandoned());
+            match receiver.wait_for(Option::is_some).await {
+                Err(_) => return Err(abandoned()),
+                Ok(outcome) => {
+                    if let Some(Err(error)) = &*outcome {
+                        return Err(error.clone());
+                    }
+                }
             }
             match self.lock().entries.get(&input) {
                 Some(Entry::Done(value)) => results[row] = Some(value.clone()),
@@ -177,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_chunks_send_each_input_once() {
-        let memo: Arc<Memo<SentimentInput, usize>> = Arc::new(Memo::new(1 << 20));
+        let memo: Arc<Memo<SentimentInput, usize, ()>> = Arc::new(Memo::new(1 << 20));
         let calls = Arc::new(AtomicUsize::new(0));
         let sent = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -221,8 +236,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chunk_waiting_for_a_failed_call_fails_with_its_error() {
+        // The soak found a statement failing with 22023 "a concurrent call for the same input
+        // failed" where the call had been throttled (53000): waiters now get the call's error.
+        let memo: Arc<Memo<SentimentInput, usize, &str>> = Arc::new(Memo::new(1 << 20));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let owner = {
+            let memo = Arc::clone(&memo);
+            tokio::spawn(async move {
+                memo.resolve(
+                    vec![input("shared")],
+                    async |_: &[SentimentInput]| {
+                        let _ = released.await;
+                        Err::<Vec<Option<usize>>, &str>("throttled")
+                    },
+                    || "abandoned",
+                )
+                .await
+            })
+        };
+        while memo.lock().entries.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let memo = Arc::clone(&memo);
+            tokio::spawn(async move {
+                memo.resolve(
+                    vec![input("own"), input("shared")],
+                    async |m: &[SentimentInput]| Ok::<_, &str>(vec![Some(1); m.len()]),
+                    || "abandoned",
+                )
+                .await
+            })
+        };
+        // The waiter has sent its own input (and so is waiting for the shared one).
+        while !matches!(memo.lock().entries.get(&input("own")), Some(Entry::Done(_))) {
+            tokio::task::yield_now().await;
+        }
+        let _ = release.send(());
+        assert_eq!(owner.await.expect("join"), Err("throttled"));
+        assert_eq!(waiter.await.expect("join"), Err("throttled"));
+    }
+
+    #[tokio::test]
     async fn waiters_fail_when_the_owner_fails_and_budget_bounds_memory() {
-        let memo: Memo<SentimentInput, usize> = Memo::new(1 << 20);
+        let memo: Memo<SentimentInput, usize, &str> = Memo::new(1 << 20);
         let failed = memo
             .resolve(
                 vec![input("x")],
@@ -241,7 +299,7 @@ mod tests {
             .await;
         assert_eq!(again, Ok(vec![Some(1)]));
 
-        let tiny: Memo<SentimentInput, usize> = Memo::new(10);
+        let tiny: Memo<SentimentInput, usize, ()> = Memo::new(10);
         let out = tiny
             .resolve(
                 vec![input("a"), input("a")],
@@ -260,7 +318,7 @@ mod tests {
         // and what it did remember is given back with it.
         let process = crate::enrich::budget::MemoryBudget::new(8 * 400);
         let memos = process.memos();
-        let shared: Memo<SentimentInput, usize> = Memo::charged(1 << 20, Some(memos.charge()));
+        let shared: Memo<SentimentInput, usize, ()> = Memo::charged(1 << 20, Some(memos.charge()));
         let out = shared
             .resolve(
                 vec![input("a"), input("b"), input("c")],

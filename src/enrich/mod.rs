@@ -251,10 +251,21 @@ impl Executor {
                 };
                 let _permits = self.permits(language).await.map_err(fail)?;
                 let (backend, owned) = (Arc::clone(backend), language.to_owned());
+                let (rows, bytes) = (texts.len(), texts.iter().map(String::len).sum());
+                let started = std::time::Instant::now();
                 let sentiments = self
                     .call(async move { backend.detect(&owned, texts).await })
-                    .await
-                    .map_err(fail)?;
+                    .await;
+                crate::metrics::inference_call(crate::metrics::InferenceCall {
+                    function: "detect_sentiment",
+                    target: language,
+                    rows,
+                    bytes_sent: bytes,
+                    bytes_received: 0,
+                    elapsed: started.elapsed(),
+                    error: sentiments.as_ref().err().map(|e| e.sqlstate().code()),
+                });
+                let sentiments = sentiments.map_err(fail)?;
                 Ok::<_, CallError>((index, group, sentiments))
             })
             .collect();
@@ -363,27 +374,36 @@ impl Executor {
                 };
                 let _permits = self.permits(batch.endpoint).await.map_err(fail)?;
                 let (backend, endpoint) = (Arc::clone(backend), batch.endpoint.to_owned());
-                let (body, request_id) = self
+                let (sent, expected) = (batch.body.len(), batch.records);
+                let started = std::time::Instant::now();
+                let answer = self
                     .call(async move { backend.invoke(&endpoint, batch.body).await })
-                    .await
-                    .map_err(fail)?;
-                let records = csv::split_records(&body).map_err(|why| {
-                    fail(InferenceError::Malformed {
-                        message: why.into(),
+                    .await;
+                let received = answer.as_ref().map_or(0, |(body, _)| body.len());
+                let records = answer.and_then(|(body, request_id)| {
+                    let malformed = |message: String| InferenceError::Malformed {
+                        message,
                         request_id: request_id.clone(),
-                    })
-                })?;
-                if records.len() != batch.records {
-                    return Err(fail(InferenceError::Malformed {
-                        message: format!(
-                            "{} records returned for {} inputs",
-                            records.len(),
-                            batch.records
-                        ),
-                        request_id,
-                    }));
-                }
-                let records: Vec<String> = records.into_iter().map(str::to_owned).collect();
+                    };
+                    let records = csv::split_records(&body).map_err(|why| malformed(why.into()))?;
+                    if records.len() != expected {
+                        return Err(malformed(format!(
+                            "{} records returned for {expected} inputs",
+                            records.len()
+                        )));
+                    }
+                    Ok(records.into_iter().map(str::to_owned).collect::<Vec<_>>())
+                });
+                crate::metrics::inference_call(crate::metrics::InferenceCall {
+                    function: "invoke_endpoint",
+                    target: batch.endpoint,
+                    rows: expected,
+                    bytes_sent: sent,
+                    bytes_received: received,
+                    elapsed: started.elapsed(),
+                    error: records.as_ref().err().map(|e| e.sqlstate().code()),
+                });
+                let records = records.map_err(fail)?;
                 Ok((index, batch.group, records))
             })
             .collect();

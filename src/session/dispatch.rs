@@ -36,6 +36,7 @@ pub(super) async fn intercept_ml(
                 return Ok(());
             }
             Planned::Rejected(error) => {
+                crate::metrics::ml_statement_refused(error.code.code());
                 relay.reject(kind, error);
                 return Ok(());
             }
@@ -71,6 +72,21 @@ pub(super) async fn intercept_ml(
     } else if !is_query && !matches!(intercept, Intercept::EndSnapshot) {
         conv.begin_run();
     }
+    let mode = match &intercept {
+        Intercept::Query(_) => "streaming",
+        Intercept::Multi(_) => "multi",
+        Intercept::Residual(_) => "residual",
+        Intercept::Explain { .. } => "explain",
+        Intercept::Execute { portal, .. } => match conv.registry().portals.get(portal) {
+            Some(bound) => match &bound.statement.prepared {
+                Prepared::Streaming { .. } => "streaming",
+                Prepared::Residual(_) => "residual",
+                Prepared::Explain { .. } => "explain",
+            },
+            None => "none",
+        },
+        _ => "none",
+    };
     let outcome = match intercept {
         Intercept::Query(plan) => streaming::run_query(conv, *plan).await?,
         Intercept::Multi(pieces) => run_multi(conv, pieces).await?,
@@ -127,6 +143,10 @@ pub(super) async fn intercept_ml(
         }
     };
     log_outcome(&outcome, started);
+    if mode != "none" {
+        crate::metrics::ml_statement(mode, started.elapsed());
+        crate::metrics::deduplicated(outcome.stats.duplicates_saved);
+    }
     Ok(())
 }
 

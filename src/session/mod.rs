@@ -64,6 +64,9 @@ pub struct SessionContext {
 /// log level lets the span through, as the default `info` does).
 pub async fn run(ctx: Arc<SessionContext>, stream: ClientStream, admitted: bool, span: Span) {
     let result = session(&ctx, stream, admitted, &span).await;
+    if admitted {
+        crate::metrics::session_closed(close_reason(&result));
+    }
     span.in_scope(|| match result {
         Ok(()) => debug!("session ended"),
         Err(error @ (SessionError::ClientIo(_) | SessionError::Shutdown)) => {
@@ -73,6 +76,19 @@ pub async fn run(ctx: Arc<SessionContext>, stream: ClientStream, admitted: bool,
     })
 }
 
+/// How a session ended, as [`crate::metrics::session_closed`] labels it.
+fn close_reason(result: &Result<(), SessionError>) -> &'static str {
+    match result {
+        Ok(()) => "terminate",
+        Err(SessionError::ClientIo(_)) => "client_gone",
+        Err(SessionError::UpstreamIo(_) | SessionError::UpstreamConnect { .. }) => "upstream",
+        Err(SessionError::Shutdown) => "shutdown",
+        Err(SessionError::IdleTimeout) => "idle_timeout",
+        Err(SessionError::HandshakeTimeout) => "handshake_timeout",
+        Err(_) => "error",
+    }
+}
+
 async fn session(
     ctx: &SessionContext,
     stream: ClientStream,
@@ -80,13 +96,14 @@ async fn session(
     span: &Span,
 ) -> Result<(), SessionError> {
     let deadline = Instant::now() + ctx.config.handshake_timeout;
+    let mut connection = crate::metrics::Connection::new();
     let Some(relay) = open(ctx, stream, admitted, deadline)
         .instrument(span.clone())
         .await?
     else {
         return Ok(());
     };
-    let (relay, result) = relay_loop(ctx, Box::new(relay), deadline, span).await?;
+    let (relay, result) = relay_loop(ctx, Box::new(relay), deadline, span, &mut connection).await?;
     close(ctx, *relay, result).instrument(span.clone()).await
 }
 
@@ -188,6 +205,7 @@ async fn relay_loop(
     mut relay: Box<Relay>,
     handshake_deadline: Instant,
     span: &Span,
+    connection: &mut crate::metrics::Connection,
 ) -> Result<(Box<Relay>, Result<(), SessionError>), SessionError> {
     let mut controls = Controls::new(
         handshake_deadline,
@@ -197,6 +215,9 @@ async fn relay_loop(
     );
     let direct = ctx.direct.as_ref().map(|loops| (loops, loops.pick()));
     loop {
+        if relay.ready {
+            connection.set(crate::metrics::ConnectionState::Relaying);
+        }
         let step = match direct {
             Some((loops, index)) if relay.can_go_direct() => {
                 let (back, step) = loops.hand_over(index, relay, &mut controls).await?;
@@ -225,6 +246,9 @@ async fn relay_loop(
                 step
             }
         };
+        if matches!(step, Ok(Ok(Event::Intercept(_)))) {
+            connection.set(crate::metrics::ConnectionState::Ml);
+        }
         let stepped = AssertUnwindSafe(relay_step(ctx, &mut relay, &mut controls, step, span))
             .catch_unwind()
             .await

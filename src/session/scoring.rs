@@ -50,8 +50,8 @@ const MEMO_BUDGET: usize = 16 << 20;
 
 /// One statement's memo of inputs already sent.
 pub struct Memo {
-    sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment>,
-    text: crate::enrich::memo::Memo<InvokeInput, String>,
+    sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment, CallError>,
+    text: crate::enrich::memo::Memo<InvokeInput, String, CallError>,
 }
 
 impl Memo {

@@ -60,6 +60,9 @@ pub struct Tracker {
     closings_answered: u64,
     /// Bind messages forwarded.
     binds: u64,
+    /// Query and Execute messages forwarded and not discarded (for metrics).
+    queries: u64,
+    executes: u64,
 }
 
 impl Default for Tracker {
@@ -70,11 +73,18 @@ impl Default for Tracker {
             closings_forwarded: 0,
             closings_answered: 0,
             binds: 0,
+            queries: 0,
+            executes: 0,
         }
     }
 }
 
 impl Tracker {
+    /// Query and Execute messages forwarded so far (and not discarded after an error).
+    pub fn queries_forwarded(&self) -> (u64, u64) {
+        (self.queries, self.executes)
+    }
+
     /// Transaction status of the last ReadyForQuery (`I`, `T` or `E`).
     pub fn status(&self) -> u8 {
         self.status
@@ -190,11 +200,13 @@ impl Tracker {
                 self.binds += u64::from(kind == frontend::BIND);
             }
             frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.queries += u64::from(kind == frontend::QUERY);
                 self.closings_forwarded += 1;
                 self.segments.push_back(Segment::new(Kind::Simple))
             }
             frontend::BIND | frontend::EXECUTE => {
                 self.binds += u64::from(kind == frontend::BIND);
+                self.executes += u64::from(kind == frontend::EXECUTE);
                 let run = self.open_extended();
                 run.pending += 1;
                 run.portals = true;

@@ -501,6 +501,8 @@ pub struct Proxy {
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
     pub mock: mock_aws::MockAws,
+    /// The admin listener, when `admin_listen` was set.
+    pub admin: Option<SocketAddr>,
 }
 
 /// The real AWS SDK backends pointed at `url`, with pinned static credentials and region so
@@ -571,6 +573,7 @@ impl Proxy {
             .await
             .expect("pgenrich starts");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Proxy {
@@ -578,6 +581,7 @@ impl Proxy {
             shutdown,
             task,
             mock,
+            admin,
         }
     }
 

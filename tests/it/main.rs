@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod malformed;
 mod memory;
+mod metrics;
 mod ml;
 mod ml_hook;
 mod moto;

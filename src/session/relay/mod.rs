@@ -85,6 +85,8 @@ pub struct Relay {
     /// The last [`Relay::poll_progress`] returned Pending to give others a turn, not because
     /// it waits for the sockets.
     pub(crate) yielded: bool,
+    /// Queries and bytes not yet added to the process's metrics.
+    counts: crate::metrics::RelayCounts,
     pub(crate) draining: bool,
     pub(crate) terminating: bool,
     client_terminated: bool,
@@ -126,6 +128,7 @@ impl Relay {
             ctx,
             ready: false,
             yielded: false,
+            counts: Default::default(),
             draining: false,
             terminating: false,
             client_terminated: false,
@@ -186,7 +189,14 @@ impl Relay {
     }
 
     /// Moves both directions forward until an [`Event`] or until nothing can progress.
+    #[inline]
     pub fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, SessionError>> {
+        let progress = self.poll_relay(cx);
+        self.counts.flush(self.tracker.queries_forwarded());
+        progress
+    }
+
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, SessionError>> {
         // A read that returned Pending has registered the waker: polling it again in this call
         // would only ask the reactor the same question (twice per relayed message).
         let mut client_pending = false;
@@ -250,7 +260,8 @@ impl Relay {
                 reserve(&mut self.from_client.buf);
                 match self.client.poll_read_into(cx, &mut self.from_client.buf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
+                        self.counts.from_client += n as u64;
                         self.touch();
                         self.process_client()?;
                         progress = true;
@@ -266,7 +277,8 @@ impl Relay {
                     .poll_read_into(cx, &mut self.from_upstream.buf)
                 {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::UpstreamClosed)),
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
+                        self.counts.from_upstream += n as u64;
                         self.process_upstream()?;
                         progress = true;
                     }
