@@ -254,6 +254,10 @@ pub enum InferenceError {
     },
     #[error("{0}")]
     InvalidArgument(String),
+    /// The session's role may not call the function on this endpoint or language
+    /// (`[[access]]` rules).
+    #[error("permission denied for function {function}")]
+    Denied { function: String, role: String },
 }
 
 impl InferenceError {
@@ -266,12 +270,69 @@ impl InferenceError {
             InferenceError::Throttled { .. } => SqlState::InsufficientResources,
             InferenceError::Timeout => SqlState::QueryCanceled,
             InferenceError::Transport { .. } => SqlState::SystemError,
-            InferenceError::AccessDenied { .. } => SqlState::InsufficientPrivilege,
+            InferenceError::AccessDenied { .. } | InferenceError::Denied { .. } => {
+                SqlState::InsufficientPrivilege
+            }
             InferenceError::UnsupportedLanguage { .. } | InferenceError::InvalidArgument(_) => {
                 SqlState::InvalidParameterValue
             }
             InferenceError::DocumentTooLarge { .. } => SqlState::StringDataRightTruncation,
             InferenceError::PayloadTooLarge { .. } => SqlState::ProgramLimitExceeded,
+        }
+    }
+
+    /// The same error with ARNs and account ids removed from the service's texts (see
+    /// [`redact_aws`]), for the client.
+    pub fn redacted(self) -> InferenceError {
+        use InferenceError::*;
+        match self {
+            Service {
+                code,
+                message,
+                request_id,
+            } => Service {
+                code,
+                message: redact_aws(&message),
+                request_id,
+            },
+            AccessDenied {
+                code,
+                message,
+                request_id,
+            } => AccessDenied {
+                code,
+                message: redact_aws(&message),
+                request_id,
+            },
+            UnsupportedLanguage {
+                message,
+                request_id,
+            } => UnsupportedLanguage {
+                message: redact_aws(&message),
+                request_id,
+            },
+            Item {
+                index,
+                code,
+                message,
+                request_id,
+            } => Item {
+                index,
+                code,
+                message: redact_aws(&message),
+                request_id,
+            },
+            Malformed {
+                message,
+                request_id,
+            } => Malformed {
+                message: redact_aws(&message),
+                request_id,
+            },
+            Transport { message } => Transport {
+                message: redact_aws(&message),
+            },
+            other => other,
         }
     }
 
@@ -287,13 +348,28 @@ impl InferenceError {
             | InferenceError::Transport { .. }
             | InferenceError::DocumentTooLarge { .. }
             | InferenceError::PayloadTooLarge { .. }
-            | InferenceError::InvalidArgument(_) => None,
+            | InferenceError::InvalidArgument(_)
+            | InferenceError::Denied { .. } => None,
         }
     }
 
     /// The ErrorResponse for a statement whose call of `function` (on `target`, an endpoint name
     /// or language) failed: the function and target in the message, the AWS request id in DETAIL.
     pub fn to_client(&self, function: &str, target: &str) -> ErrorMessage {
+        if let InferenceError::Denied { function, role } = self {
+            let what = if function == crate::access::INVOKE_ENDPOINT {
+                "endpoint"
+            } else {
+                "language"
+            };
+            return ErrorMessage::error(
+                self.sqlstate(),
+                format!("permission denied for function {function} on {what} \"{target}\""),
+            )
+            .with_hint(format!(
+                "pgenrich's [[access]] rules do not let role \"{role}\" call it."
+            ));
+        }
         let mut message = ErrorMessage::error(
             self.sqlstate(),
             format!("{function} failed for \"{target}\": {self}"),
@@ -317,5 +393,97 @@ impl InferenceError {
             Some(hint) => message.with_hint(hint),
             None => message,
         }
+    }
+}
+
+/// `text` with ARNs (`arn:…` up to the next blank, quote or bracket) and 12-digit AWS account
+/// ids replaced by `arn:(redacted)` and `(account)`: service messages name the caller's role,
+/// the endpoint's ARN and the account, which are not the database client's business.
+pub fn redact_aws(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let starts_word = |i: usize| i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+    while i < text.len() {
+        let rest = &text[i..];
+        if rest.starts_with("arn:") && starts_word(i) {
+            let mut end = rest
+                .find(|c: char| {
+                    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ',' | '(' | ')' | '<' | '>')
+                })
+                .unwrap_or(rest.len());
+            // A sentence's full stop is not part of the ARN.
+            if rest[..end].ends_with('.') {
+                end -= 1;
+            }
+            out.push_str("arn:(redacted)");
+            i += end;
+            continue;
+        }
+        if bytes[i].is_ascii_digit() && starts_word(i) {
+            let run = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let alone = bytes
+                .get(i + run)
+                .is_none_or(|b| !b.is_ascii_alphanumeric());
+            if run == 12 && alone {
+                out.push_str("(account)");
+            } else {
+                out.push_str(&rest[..run]);
+            }
+            i += run;
+            continue;
+        }
+        let Some(c) = rest.chars().next() else {
+            break;
+        };
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_and_account_ids_are_redacted_and_nothing_else() {
+        let text = "User: arn:aws:sts::123456789012:assumed-role/app/i-0abc is not authorized \
+                    to perform: sagemaker:InvokeEndpoint on resource: \
+                    arn:aws:sagemaker:eu-west-1:123456789012:endpoint/fraud. Account 123456789012, \
+                    request 1234567890123 id 12345678901 (arn:aws-cn:s3:::b)";
+        assert_eq!(
+            redact_aws(text),
+            "User: arn:(redacted) is not authorized \
+                    to perform: sagemaker:InvokeEndpoint on resource: \
+                    arn:(redacted). Account (account), \
+                    request 1234567890123 id 12345678901 (arn:(redacted))"
+        );
+        assert_eq!(
+            redact_aws("barn:x and café 000000000000"),
+            "barn:x and café (account)"
+        );
+        assert_eq!(redact_aws(""), "");
+    }
+
+    #[test]
+    fn redacted_errors_keep_their_code_and_request_id() {
+        let error = InferenceError::AccessDenied {
+            code: "AccessDeniedException".into(),
+            message: "arn:aws:iam::123456789012:role/x may not call this".into(),
+            request_id: Some("r-1".into()),
+        };
+        let redacted = error.clone().redacted();
+        assert_eq!(redacted.sqlstate(), error.sqlstate());
+        assert_eq!(redacted.request_id(), Some("r-1"));
+        let shown = redacted
+            .to_client("aws_sagemaker.invoke_endpoint", "fraud")
+            .message;
+        assert!(!shown.contains("123456789012"), "{shown}");
+        assert!(
+            shown.contains("arn:(redacted) may not call this"),
+            "{shown}"
+        );
+        assert!(shown.contains("AccessDeniedException"), "{shown}");
     }
 }

@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`config`]: typed settings from flags, `PGENRICH_*` variables and the TOML file.
+//! - [`access`]: which database roles may call which ML functions, endpoints and languages.
 //! - [`error`]: errors per layer and the one SQLSTATE table.
 //! - [`server`]: listeners, connection limit, graceful drain.
 //! - [`session`]: one client session — negotiation, the byte-pump relay, response accounting,
@@ -68,6 +69,7 @@
 //! the database backend or client sharing their CPU. Handshakes and ML statements run on the
 //! tokio runtime.
 
+pub mod access;
 pub mod backends;
 pub mod cancel;
 pub mod config;

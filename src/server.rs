@@ -81,6 +81,7 @@ impl Server {
                     .inference
                     .max_concurrent_calls_per_endpoint,
                 comprehend_truncate: config.inference.comprehend_truncate,
+                redact_errors: config.inference.redact_aws_errors,
                 runtime: ml_runtime,
             },
         );

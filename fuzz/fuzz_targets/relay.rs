@@ -231,6 +231,7 @@ fuzz_target!(|steps: Vec<Step>| {
             cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: CancelRegistry::new(),
             upstream_addr: "127.0.0.1:5432".parse().expect("an address"),
+            grant: Arc::new(pgenrich::access::Grant::All),
         };
         let relay = Relay::new(
             Stream::Plain(Socket::Unix(client_end)),

@@ -6,7 +6,8 @@
 //! `AWS_ENDPOINT_URL_COMPREHEND`, or `endpoint_url` in code).
 //!
 //! Models are deterministic ([`models`]). Faults are injected by input or by knob:
-//! - endpoint names starting with `model-error` answer `ModelError` (424), `short` answer one
+//! - endpoint names starting with `model-error` answer `ModelError` (424), `access-denied`
+//!   `AccessDeniedException` (400) naming a role and the endpoint by ARN, `short` answer one
 //!   record too few, `echo` return each input record unchanged, `bad-csv` return an unterminated
 //!   quoted field;
 //! - texts containing `ITEM_ERROR` get a per-item `ErrorList` entry; languages outside
@@ -363,6 +364,22 @@ fn invoke_endpoint(
     if let Ok(mut stats) = state.stats.lock() {
         stats.sagemaker_calls += 1;
         stats.sagemaker_batch_sizes.push(records.len());
+    }
+    if endpoint.starts_with("access-denied") {
+        // As SageMaker words it: the caller's role ARN, the account and the endpoint's ARN.
+        let message = format!(
+            "User: arn:aws:sts::123456789012:assumed-role/pgenrich/i-0abc is not authorized to \
+             perform: sagemaker:InvokeEndpoint on resource: \
+             arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint} because no \
+             identity-based policy allows the sagemaker:InvokeEndpoint action"
+        );
+        return error(
+            StatusCode::BAD_REQUEST,
+            request_id,
+            "AccessDeniedException",
+            &message,
+            Value::Null,
+        );
     }
     if endpoint.starts_with("model-error") {
         return error(

@@ -9,223 +9,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
-use serde::Deserialize;
-
 use crate::error::ConfigError;
 
-/// Command line. Every option can also come from the environment or the config file.
-#[derive(Debug, Default, Parser)]
-#[command(
-    name = "pgenrich",
-    version,
-    about = "PostgreSQL wire-protocol sidecar that evaluates Aurora-style ML functions in batches",
-    long_about = "pgenrich listens like a PostgreSQL server and relays every session to the upstream \
-database. Each option may also be set as PGENRICH_<NAME> in the environment or as <name> in the \
-TOML config file; precedence is flag > environment > file > default."
-)]
-pub struct Cli {
-    /// TOML configuration file.
-    #[arg(long, env = "PGENRICH_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to accept client connections on [default: 127.0.0.1:6432].
-    #[arg(long, env = "PGENRICH_LISTEN", value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
-    /// The PostgreSQL server to relay to (host name resolved per connection).
-    #[arg(long, env = "PGENRICH_UPSTREAM", value_name = "HOST:PORT")]
-    pub upstream: Option<String>,
-    /// Also listen on a Unix socket `<dir>/.s.PGSQL.<listen port>` (libpq `host=<dir>`).
-    #[arg(long, env = "PGENRICH_UNIX_SOCKET_DIR", value_name = "DIR")]
-    pub unix_socket_dir: Option<String>,
-    /// Admin HTTP listener for /metrics, /livez and /readyz [default: off].
-    #[arg(long, env = "PGENRICH_ADMIN_LISTEN", value_name = "ADDR:PORT")]
-    pub admin_listen: Option<String>,
-    /// PEM certificate chain offered to clients that request TLS (with --tls-key-file).
-    #[arg(long, env = "PGENRICH_TLS_CERT_FILE", value_name = "FILE")]
-    pub tls_cert_file: Option<String>,
-    /// PEM private key for --tls-cert-file.
-    #[arg(long, env = "PGENRICH_TLS_KEY_FILE", value_name = "FILE")]
-    pub tls_key_file: Option<String>,
-    /// TLS to the upstream: disable, prefer, require, verify-ca or verify-full [default: prefer].
-    #[arg(long, env = "PGENRICH_UPSTREAM_TLS_MODE", value_name = "MODE")]
-    pub upstream_tls_mode: Option<String>,
-    /// PEM CA bundle for verify-ca / verify-full (e.g. the RDS bundle) [default: system roots].
-    #[arg(long, env = "PGENRICH_UPSTREAM_TLS_CA_FILE", value_name = "FILE")]
-    pub upstream_tls_ca_file: Option<String>,
-    /// Name checked against the upstream certificate in verify-full [default: upstream host].
-    #[arg(long, env = "PGENRICH_UPSTREAM_TLS_SERVER_NAME", value_name = "NAME")]
-    pub upstream_tls_server_name: Option<String>,
-    /// Maximum concurrent client sessions; more get FATAL 53300 [default: 1000].
-    #[arg(long, env = "PGENRICH_MAX_CLIENT_CONNECTIONS", value_name = "N")]
-    pub max_client_connections: Option<String>,
-    /// Time a client has to finish startup and authentication [default: 30s].
-    #[arg(long, env = "PGENRICH_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
-    pub handshake_timeout: Option<String>,
-    /// Close sessions idle outside a transaction this long with FATAL 57P05; 0 disables [default: 0].
-    #[arg(long, env = "PGENRICH_IDLE_TIMEOUT", value_name = "DURATION")]
-    pub idle_timeout: Option<String>,
-    /// TCP keepalive on client and database connections [default: true].
-    #[arg(long, env = "PGENRICH_TCP_KEEPALIVE", value_name = "BOOL")]
-    pub tcp_keepalive: Option<String>,
-    /// Idle time before the first keepalive probe [default: 60s].
-    #[arg(long, env = "PGENRICH_TCP_KEEPIDLE", value_name = "DURATION")]
-    pub tcp_keepidle: Option<String>,
-    /// Time between keepalive probes [default: 10s].
-    #[arg(long, env = "PGENRICH_TCP_KEEPINTVL", value_name = "DURATION")]
-    pub tcp_keepintvl: Option<String>,
-    /// Unanswered probes before the connection counts as dead [default: 6].
-    #[arg(long, env = "PGENRICH_TCP_KEEPCNT", value_name = "N")]
-    pub tcp_keepcnt: Option<String>,
-    /// On SIGTERM/SIGINT, how long busy sessions may finish before FATAL 57P01 [default: 30s].
-    #[arg(long, env = "PGENRICH_DRAIN_TIMEOUT", value_name = "DURATION")]
-    pub drain_timeout: Option<String>,
-    /// Timeout for connecting to the upstream, TLS included [default: 10s].
-    #[arg(
-        long,
-        env = "PGENRICH_UPSTREAM_CONNECT_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub upstream_connect_timeout: Option<String>,
-    /// Largest Query/Parse message text pgenrich inspects; longer ones get 54000 [default: 64MiB].
-    #[arg(long, env = "PGENRICH_MAX_QUERY_BYTES", value_name = "BYTES")]
-    pub max_query_bytes: Option<String>,
-    /// Most base-row bytes one ML statement that cannot stream (grouping, sorting, …) holds in
-    /// memory; more gets 54000 [default: 256MiB].
-    #[arg(long, env = "PGENRICH_MAX_BUFFERED_BYTES", value_name = "BYTES")]
-    pub max_buffered_bytes: Option<String>,
-    /// Most base-row bytes all ML statements together hold; at least max_buffered_bytes
-    /// [default: 512MiB].
-    #[arg(long, env = "PGENRICH_MAX_ML_MEMORY", value_name = "BYTES")]
-    pub max_ml_memory: Option<String>,
-    /// Log format: text or json (level filter from RUST_LOG) [default: text].
-    #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Threads that relay sessions: 0 = automatic (pass-through loops: one per CPU; session
-    /// runtime: one thread on hosts with up to 2 CPUs, else one per CPU), 1 = a single-threaded
-    /// runtime and one loop, n = n of each [default: 0].
-    #[arg(long, env = "PGENRICH_WORKER_THREADS", value_name = "N")]
-    pub worker_threads: Option<String>,
-    /// Relay sessions between ML statements on pgenrich's own epoll loops (see
-    /// --worker-threads); false = on the tokio runtime [default: true].
-    #[arg(long, env = "PGENRICH_DIRECT_RELAY", value_name = "BOOL")]
-    pub direct_relay: Option<String>,
-    /// Run the pass-through loops under Linux's SCHED_BATCH policy: a loop woken by arriving
-    /// bytes does not preempt the task on that CPU (often the PostgreSQL backend or client that
-    /// sent them) but runs on an idle CPU or when that task's time slice ends [default: true].
-    #[arg(long, env = "PGENRICH_RELAY_SCHED_BATCH", value_name = "BOOL")]
-    pub relay_sched_batch: Option<String>,
-    /// Threads for ML work (service calls, enriching rows), apart from the relay: 0 = one per
-    /// CPU [default: 0].
-    #[arg(long, env = "PGENRICH_ENRICH_THREADS", value_name = "N")]
-    pub enrich_threads: Option<String>,
-    /// AWS region for Comprehend and SageMaker [default: from the AWS chain, e.g. AWS_REGION].
-    #[arg(long, env = "PGENRICH_AWS_REGION", value_name = "REGION")]
-    pub aws_region: Option<String>,
-    /// SageMaker Runtime endpoint URL [default: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME or the regional endpoint].
-    #[arg(long, env = "PGENRICH_SAGEMAKER_ENDPOINT_URL", value_name = "URL")]
-    pub sagemaker_endpoint_url: Option<String>,
-    /// Comprehend endpoint URL [default: AWS_ENDPOINT_URL_COMPREHEND or the regional endpoint].
-    #[arg(long, env = "PGENRICH_COMPREHEND_ENDPOINT_URL", value_name = "URL")]
-    pub comprehend_endpoint_url: Option<String>,
-    /// AWS SDK retry mode: standard or adaptive [default: standard].
-    #[arg(long, env = "PGENRICH_AWS_RETRY_MODE", value_name = "MODE")]
-    pub aws_retry_mode: Option<String>,
-    /// Attempts per inference call, first try included [default: 3].
-    #[arg(long, env = "PGENRICH_AWS_MAX_ATTEMPTS", value_name = "N")]
-    pub aws_max_attempts: Option<String>,
-    /// Timeout of one inference call attempt [default: 30s].
-    #[arg(long, env = "PGENRICH_INFERENCE_TIMEOUT", value_name = "DURATION")]
-    pub inference_timeout: Option<String>,
-    /// Rows fetched from the database per chunk of an ML statement [default: 1000].
-    #[arg(long, env = "PGENRICH_CHUNK_ROWS", value_name = "N")]
-    pub chunk_rows: Option<String>,
-    /// Chunks of an ML statement in inference at once while the next is fetched [default: 4].
-    #[arg(long, env = "PGENRICH_CHUNKS_IN_FLIGHT", value_name = "N")]
-    pub chunks_in_flight: Option<String>,
-    /// Base-row bytes that end a chunk before chunk_rows rows [default: 4MiB].
-    #[arg(long, env = "PGENRICH_CHUNK_BYTES", value_name = "BYTES")]
-    pub chunk_bytes: Option<String>,
-    /// Rows per InvokeEndpoint call when max_rows_per_batch is NULL [default: 500].
-    #[arg(long, env = "PGENRICH_DEFAULT_BATCH_ROWS", value_name = "N")]
-    pub default_batch_rows: Option<String>,
-    /// Inference calls in flight at once, all sessions together [default: 16].
-    #[arg(long, env = "PGENRICH_MAX_CONCURRENT_CALLS", value_name = "N")]
-    pub max_concurrent_calls: Option<String>,
-    /// Inference calls in flight at once per endpoint / language [default: 8].
-    #[arg(
-        long,
-        env = "PGENRICH_MAX_CONCURRENT_CALLS_PER_ENDPOINT",
-        value_name = "N"
-    )]
-    pub max_concurrent_calls_per_endpoint: Option<String>,
-    /// Cut Comprehend documents over 5,000 bytes instead of failing: true or false [default: false].
-    #[arg(long, env = "PGENRICH_COMPREHEND_TRUNCATE", value_name = "BOOL")]
-    pub comprehend_truncate: Option<String>,
-    /// What serves aws_comprehend.detect_sentiment: aws (Amazon Comprehend) or local (the
-    /// embedded VADER model) [default: aws].
-    #[arg(long, env = "PGENRICH_COMPREHEND_BACKEND", value_name = "BACKEND")]
-    pub comprehend_backend: Option<String>,
-    /// Endpoints served by local ONNX models, as NAME=onnx:MODEL_FILE[,...]; other names go to
-    /// SageMaker. Replaces the config file's [endpoints.*] tables [default: none].
-    #[arg(long, env = "PGENRICH_ENDPOINTS", value_name = "LIST")]
-    pub endpoints: Option<String>,
-}
+mod cli;
+mod file;
+mod values;
 
-/// One `[endpoints.<name>]` table of the config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EndpointFile {
-    backend: String,
-    model: Option<String>,
-    output: Option<String>,
-}
-
-/// The config file: the same keys, with TOML types.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    upstream: Option<String>,
-    unix_socket_dir: Option<String>,
-    admin_listen: Option<String>,
-    tls_cert_file: Option<String>,
-    tls_key_file: Option<String>,
-    upstream_tls_mode: Option<String>,
-    upstream_tls_ca_file: Option<String>,
-    upstream_tls_server_name: Option<String>,
-    max_client_connections: Option<toml::Value>,
-    handshake_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    drain_timeout: Option<String>,
-    tcp_keepalive: Option<toml::Value>,
-    tcp_keepidle: Option<String>,
-    tcp_keepintvl: Option<String>,
-    tcp_keepcnt: Option<toml::Value>,
-    upstream_connect_timeout: Option<String>,
-    max_query_bytes: Option<toml::Value>,
-    max_buffered_bytes: Option<toml::Value>,
-    max_ml_memory: Option<toml::Value>,
-    log_format: Option<String>,
-    worker_threads: Option<toml::Value>,
-    direct_relay: Option<toml::Value>,
-    relay_sched_batch: Option<toml::Value>,
-    enrich_threads: Option<toml::Value>,
-    aws_region: Option<String>,
-    sagemaker_endpoint_url: Option<String>,
-    comprehend_endpoint_url: Option<String>,
-    aws_retry_mode: Option<String>,
-    aws_max_attempts: Option<toml::Value>,
-    inference_timeout: Option<String>,
-    chunk_rows: Option<toml::Value>,
-    chunks_in_flight: Option<toml::Value>,
-    chunk_bytes: Option<toml::Value>,
-    default_batch_rows: Option<toml::Value>,
-    max_concurrent_calls: Option<toml::Value>,
-    max_concurrent_calls_per_endpoint: Option<toml::Value>,
-    comprehend_truncate: Option<toml::Value>,
-    comprehend_backend: Option<String>,
-    endpoints: Option<BTreeMap<String, EndpointFile>>,
-}
+pub use cli::Cli;
+use file::{endpoint_list, endpoint_tables, read_file, FileConfig};
+use values::{boolean, duration, invalid, nonzero, number, upstream_host};
 
 /// The AWS SDK's retry modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +43,7 @@ pub struct InferenceConfig {
     pub max_concurrent_calls: usize,
     pub max_concurrent_calls_per_endpoint: usize,
     pub comprehend_truncate: bool,
+    pub redact_aws_errors: bool,
     pub comprehend_backend: SentimentBackendKind,
     /// Endpoint names served by local models (every other name goes to SageMaker).
     pub endpoints: BTreeMap<String, LocalEndpoint>,
@@ -326,6 +119,8 @@ pub struct Config {
     /// ML runtime threads as configured (0: one per CPU, see [`Config::ml_threads`]).
     pub enrich_threads: usize,
     pub inference: InferenceConfig,
+    /// `[[access]]` rules: which roles may call which functions, endpoints and languages.
+    pub access: crate::access::Rules,
 }
 
 /// TCP keepalive settings (PgBouncer's `tcp_keepidle`, `tcp_keepintvl`, `tcp_keepcnt`): a peer
@@ -595,6 +390,12 @@ impl Config {
                 file.comprehend_truncate,
                 false,
             )?,
+            redact_aws_errors: boolean(
+                "redact_aws_errors",
+                cli.redact_aws_errors,
+                file.redact_aws_errors,
+                true,
+            )?,
             comprehend_backend: match cli
                 .comprehend_backend
                 .or(file.comprehend_backend)
@@ -699,183 +500,8 @@ impl Config {
             )?,
             enrich_threads: number("enrich_threads", cli.enrich_threads, file.enrich_threads, 0)?,
             inference,
+            access: crate::access::Rules::new(file.access).map_err(|e| invalid("access", e))?,
         })
-    }
-}
-
-fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: shown,
-        message: e.to_string(),
-    })
-}
-
-/// `NAME=onnx:MODEL[,NAME=onnx:MODEL...]` from the command line or environment.
-fn endpoint_list(list: &str) -> Result<BTreeMap<String, LocalEndpoint>, ConfigError> {
-    let mut endpoints = BTreeMap::new();
-    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let parsed = entry.split_once('=').map(|(name, spec)| {
-            let (backend, model) = spec.split_once(':').unwrap_or((spec, ""));
-            (name.trim(), backend.trim(), model.trim())
-        });
-        match parsed {
-            Some((name, "onnx", model)) if !name.is_empty() && !model.is_empty() => {
-                endpoints.insert(
-                    name.to_owned(),
-                    LocalEndpoint {
-                        model: PathBuf::from(model),
-                        output: None,
-                    },
-                );
-            }
-            Some((name, "sagemaker", _)) if !name.is_empty() => {}
-            _ => {
-                return Err(invalid(
-                    "endpoints",
-                    format!("`{entry}` (expected NAME=onnx:MODEL_FILE or NAME=sagemaker)"),
-                ))
-            }
-        }
-    }
-    Ok(endpoints)
-}
-
-fn endpoint_tables(
-    tables: BTreeMap<String, EndpointFile>,
-) -> Result<BTreeMap<String, LocalEndpoint>, ConfigError> {
-    let mut endpoints = BTreeMap::new();
-    for (name, table) in tables {
-        match (table.backend.as_str(), table.model) {
-            ("onnx", Some(model)) => {
-                endpoints.insert(
-                    name,
-                    LocalEndpoint {
-                        model: PathBuf::from(model),
-                        output: table.output,
-                    },
-                );
-            }
-            ("onnx", None) => {
-                return Err(invalid(
-                    "endpoints",
-                    format!("[endpoints.{name}]: backend \"onnx\" needs `model` (a file path)"),
-                ))
-            }
-            ("sagemaker", _) => {}
-            (other, _) => {
-                return Err(invalid(
-                    "endpoints",
-                    format!("[endpoints.{name}]: backend `{other}` (expected onnx or sagemaker)"),
-                ))
-            }
-        }
-    }
-    Ok(endpoints)
-}
-
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
-}
-
-/// The host part of `host:port` (IPv6 literals in brackets), checking the port.
-fn upstream_host(upstream: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| {
-        invalid(
-            "upstream",
-            format!("`{upstream}`: {why} (expected HOST:PORT)"),
-        )
-    };
-    let (host, port) = upstream.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-    port.parse::<u16>().map_err(|_| bad("invalid port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("empty host"));
-    }
-    Ok(host.to_owned())
-}
-
-fn number(
-    key: &'static str,
-    cli: Option<String>,
-    file: Option<toml::Value>,
-    default: usize,
-) -> Result<usize, ConfigError> {
-    let text = match (cli, file) {
-        (Some(text), _) => text,
-        (None, Some(toml::Value::Integer(n))) => n.to_string(),
-        (None, Some(toml::Value::String(text))) => text,
-        (None, Some(other)) => return Err(invalid(key, format!("`{other:?}` is not a number"))),
-        (None, None) => return Ok(default),
-    };
-    parse_size(&text).ok_or_else(|| invalid(key, format!("`{text}` is not a non-negative number")))
-}
-
-/// `1048576`, `64KiB`, `16MiB`, `1GiB`.
-fn parse_size(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: usize = digits.parse().ok()?;
-    let scale = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "kB" | "KB" => 1 << 10,
-        "MiB" | "MB" => 1 << 20,
-        "GiB" | "GB" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(scale)
-}
-
-fn boolean(
-    key: &'static str,
-    cli: Option<String>,
-    file: Option<toml::Value>,
-    default: bool,
-) -> Result<bool, ConfigError> {
-    match (cli, file) {
-        (Some(text), _) => match text.trim() {
-            "true" | "on" | "1" => Ok(true),
-            "false" | "off" | "0" => Ok(false),
-            other => Err(invalid(key, format!("`{other}` (expected true or false)"))),
-        },
-        (None, Some(toml::Value::Boolean(b))) => Ok(b),
-        (None, Some(other)) => Err(invalid(
-            key,
-            format!("`{other:?}` (expected true or false)"),
-        )),
-        (None, None) => Ok(default),
-    }
-}
-
-fn duration(
-    key: &'static str,
-    cli: Option<String>,
-    file: Option<String>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let text = cli.or(file).unwrap_or_else(|| default.to_owned());
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(text.trim())
-        .map_err(|e| invalid(key, format!("`{text}`: {e} (expected e.g. 500ms, 30s, 5m)")))
-}
-
-fn nonzero(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
-    if value.is_zero() {
-        Err(invalid(key, "must be greater than zero"))
-    } else {
-        Ok(value)
     }
 }
 

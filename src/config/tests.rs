@@ -1,5 +1,7 @@
 //! Configuration: defaults, sources, precedence and validation.
 
+use clap::Parser;
+
 use super::*;
 
 fn cli(args: &[&str]) -> Cli {

@@ -369,7 +369,7 @@ async fn streaming(
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = Instant::now();
-    let memo = Memo::new(conv.memory());
+    let memo = Memo::new(conv.memory(), conv.grant());
     let mut stats = CallStats::default();
     let executor = Arc::clone(conv.executor());
     let inference = infer(&executor, &plan.calls, &parsed, &memo, &mut stats);

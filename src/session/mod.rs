@@ -121,6 +121,8 @@ async fn open(
         Some(stream) => stream,
         None => return Ok(None),
     };
+    // What the login role may call; a startup packet without a user is refused by the database.
+    let mut grant = ctx.config.access.grant("");
     // Pre-startup packets: answer SSL/GSSENC requests until the StartupMessage arrives.
     let raw_startup = loop {
         let packet = match timeout_at(deadline, read_startup_packet(&mut stream)).await {
@@ -160,7 +162,10 @@ async fn open(
                 let span = Span::current();
                 for (name, value) in &params {
                     match name.as_str() {
-                        "user" => span.record("user", value.as_str()),
+                        "user" => {
+                            grant = ctx.config.access.grant(value);
+                            span.record("user", value.as_str())
+                        }
                         "database" => span.record("database", value.as_str()),
                         _ => &span,
                     };
@@ -191,6 +196,7 @@ async fn open(
             cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: Arc::clone(&ctx.cancels),
             upstream_addr,
+            grant: Arc::new(grant),
         },
     );
     relay.send_upstream(raw_startup);

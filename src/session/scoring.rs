@@ -50,19 +50,51 @@ const MEMO_BUDGET: usize = 16 << 20;
 
 /// One statement's memo of inputs already sent.
 pub struct Memo {
+    /// What the session's role may call: checked before any input is sent.
+    grant: Arc<crate::access::Grant>,
     sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment, CallError>,
     text: crate::enrich::memo::Memo<InvokeInput, String, CallError>,
 }
 
 impl Memo {
     /// An empty memo, charged to `budget`'s share for memos.
-    pub fn new(budget: &Arc<MemoryBudget>) -> Memo {
+    pub fn new(budget: &Arc<MemoryBudget>, grant: &Arc<crate::access::Grant>) -> Memo {
         let memos = budget.memos();
         Memo {
+            grant: Arc::clone(grant),
             sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
             text: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
         }
     }
+}
+
+/// Refuses the chunk (42501) if the session's role may not call `function` on one of `targets`
+/// (endpoint names or languages), before anything is sent.
+fn permitted<'a>(
+    grant: &crate::access::Grant,
+    function: &str,
+    targets: impl Iterator<Item = &'a str>,
+) -> Result<(), CallError> {
+    if matches!(grant, crate::access::Grant::All) {
+        return Ok(());
+    }
+    let mut checked: Vec<&str> = Vec::new();
+    for target in targets {
+        if checked.contains(&target) {
+            continue;
+        }
+        if !grant.allows(function, target) {
+            return Err(CallError {
+                target: target.to_owned(),
+                error: crate::error::InferenceError::Denied {
+                    function: function.to_owned(),
+                    role: grant.role().unwrap_or_default().to_owned(),
+                },
+            });
+        }
+        checked.push(target);
+    }
+    Ok(())
 }
 
 fn abandoned(function: MlFunction) -> impl Fn() -> CallError {
@@ -100,6 +132,11 @@ pub async fn infer(
                         })
                     })
                     .collect::<Result<Vec<_>, CallError>>()?;
+                permitted(
+                    &memo.grant,
+                    crate::access::DETECT_SENTIMENT,
+                    inputs.iter().filter_map(|i| i.language.as_deref()),
+                )?;
                 let stats = &mut *stats;
                 let out = memo
                     .sentiment
@@ -129,6 +166,11 @@ pub async fn infer(
                         })
                     })
                     .collect::<Result<Vec<_>, CallError>>()?;
+                permitted(
+                    &memo.grant,
+                    crate::access::INVOKE_ENDPOINT,
+                    inputs.iter().filter_map(|i| i.endpoint.as_deref()),
+                )?;
                 let stats = &mut *stats;
                 let out = memo
                     .text

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod access;
 mod auth;
 mod cli;
 mod differential;
@@ -20,6 +21,7 @@ mod psql;
 mod psycopg;
 mod queries;
 mod quickstart;
+mod redaction;
 mod reference;
 mod residual;
 mod snapshot;

@@ -212,6 +212,11 @@ impl<'r> Conversation<'r> {
         self.relay.memory()
     }
 
+    /// What the session's role may call (`[[access]]` rules).
+    pub fn grant(&self) -> &Arc<crate::access::Grant> {
+        self.relay.grant()
+    }
+
     /// Base-row bytes one non-streaming statement may hold (`max_buffered_bytes`).
     pub fn max_buffered_bytes(&self) -> usize {
         self.relay.max_buffered_bytes()

@@ -69,6 +69,8 @@ pub struct RelayContext {
     pub cancel_notify: Arc<tokio::sync::Notify>,
     pub cancels: Arc<CancelRegistry>,
     pub upstream_addr: std::net::SocketAddr,
+    /// What the session's role may call (`[[access]]` rules).
+    pub grant: Arc<crate::access::Grant>,
 }
 
 pub struct Relay {

@@ -202,6 +202,11 @@ impl Relay {
         &self.ctx.memory
     }
 
+    /// What the session's role may call (`[[access]]` rules).
+    pub fn grant(&self) -> &Arc<crate::access::Grant> {
+        &self.ctx.grant
+    }
+
     /// The session's ML statements and portals.
     pub fn registry(&mut self) -> &mut Registry {
         &mut self.ml

@@ -200,11 +200,16 @@ pub async fn fetch_and_score(
     };
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
-    Ok(
-        score_rows(conv, plan, shape, &rows, &Memo::new(conv.memory()), outcome)
-            .await?
-            .map_err(Failure::Ours),
+    Ok(score_rows(
+        conv,
+        plan,
+        shape,
+        &rows,
+        &Memo::new(conv.memory(), conv.grant()),
+        outcome,
     )
+    .await?
+    .map_err(Failure::Ours))
 }
 
 /// Scores base rows (`memo`: the inputs scored so far); the residual's parameters for them, or

@@ -234,7 +234,7 @@ pub async fn run_execute(
                 block,
                 shape,
                 &rows,
-                &Memo::new(conv.memory()),
+                &Memo::new(conv.memory(), conv.grant()),
                 &mut outcome,
             )
             .await?
