@@ -258,6 +258,9 @@ pub enum InferenceError {
     /// (`[[access]]` rules).
     #[error("permission denied for function {function}")]
     Denied { function: String, role: String },
+    /// The statement would send more rows to inference than `max_inference_rows`.
+    #[error("the statement would send more than max_inference_rows = {cap} rows to inference")]
+    RowCap { cap: u64 },
 }
 
 impl InferenceError {
@@ -277,7 +280,9 @@ impl InferenceError {
                 SqlState::InvalidParameterValue
             }
             InferenceError::DocumentTooLarge { .. } => SqlState::StringDataRightTruncation,
-            InferenceError::PayloadTooLarge { .. } => SqlState::ProgramLimitExceeded,
+            InferenceError::PayloadTooLarge { .. } | InferenceError::RowCap { .. } => {
+                SqlState::ProgramLimitExceeded
+            }
         }
     }
 
@@ -349,7 +354,8 @@ impl InferenceError {
             | InferenceError::DocumentTooLarge { .. }
             | InferenceError::PayloadTooLarge { .. }
             | InferenceError::InvalidArgument(_)
-            | InferenceError::Denied { .. } => None,
+            | InferenceError::Denied { .. }
+            | InferenceError::RowCap { .. } => None,
         }
     }
 
@@ -369,6 +375,12 @@ impl InferenceError {
             .with_hint(format!(
                 "pgenrich's [[access]] rules do not let role \"{role}\" call it."
             ));
+        }
+        if let InferenceError::RowCap { .. } = self {
+            return ErrorMessage::error(self.sqlstate(), self.to_string()).with_hint(
+                "Narrow the statement (WHERE, LIMIT), or raise max_inference_rows; nothing was \
+                 sent for the rows past the cap.",
+            );
         }
         let mut message = ErrorMessage::error(
             self.sqlstate(),

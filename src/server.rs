@@ -82,6 +82,7 @@ impl Server {
                     .max_concurrent_calls_per_endpoint,
                 comprehend_truncate: config.inference.comprehend_truncate,
                 redact_errors: config.inference.redact_aws_errors,
+                max_inference_rows: config.inference.max_inference_rows,
                 runtime: ml_runtime,
             },
         );

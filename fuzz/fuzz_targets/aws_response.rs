@@ -152,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         match h
             .runtime
-            .block_on(h.executor.detect_sentiment(&inputs, &mut stats))
+            .block_on(h.executor.detect_sentiment(&inputs, &h.executor.claim(), &mut stats))
         {
             Ok(results) => {
                 assert_eq!(results.len(), inputs.len());
@@ -185,7 +185,7 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         match h
             .runtime
-            .block_on(h.executor.invoke_endpoint(&inputs, &mut stats))
+            .block_on(h.executor.invoke_endpoint(&inputs, &h.executor.claim(), &mut stats))
         {
             Ok(results) => {
                 assert_eq!(results.len(), inputs.len());

@@ -149,6 +149,10 @@ pub struct Cli {
         value_name = "N"
     )]
     pub max_concurrent_calls_per_endpoint: Option<String>,
+    /// Most rows one statement may send to inference; more fails it with 54000; 0 for no cap
+    /// [default: 0].
+    #[arg(long, env = "PGENRICH_MAX_INFERENCE_ROWS", value_name = "N")]
+    pub max_inference_rows: Option<String>,
     /// Cut Comprehend documents over 5,000 bytes instead of failing: true or false [default: false].
     #[arg(long, env = "PGENRICH_COMPREHEND_TRUNCATE", value_name = "BOOL")]
     pub comprehend_truncate: Option<String>,

@@ -42,6 +42,8 @@ pub struct InferenceConfig {
     pub default_batch_rows: usize,
     pub max_concurrent_calls: usize,
     pub max_concurrent_calls_per_endpoint: usize,
+    /// Most rows one statement may send to inference (None: no cap).
+    pub max_inference_rows: Option<u64>,
     pub comprehend_truncate: bool,
     pub redact_aws_errors: bool,
     pub comprehend_backend: SentimentBackendKind,
@@ -384,6 +386,15 @@ impl Config {
                 file.max_concurrent_calls_per_endpoint,
                 8,
             )?,
+            max_inference_rows: match number(
+                "max_inference_rows",
+                cli.max_inference_rows,
+                file.max_inference_rows,
+                0,
+            )? {
+                0 => None,
+                n => Some(n as u64),
+            },
             comprehend_truncate: boolean(
                 "comprehend_truncate",
                 cli.comprehend_truncate,

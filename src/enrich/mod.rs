@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod csv;
 pub mod memo;
+pub mod share;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct ExecutorConfig {
     pub comprehend_truncate: bool,
     /// Remove ARNs and account ids from the service texts clients see (`redact_aws_errors`).
     pub redact_errors: bool,
+    /// Most rows one statement may send to inference (`max_inference_rows`); None: no cap.
+    pub max_inference_rows: Option<u64>,
     /// The runtime that runs service calls and chunk enrichment, apart from the one relaying
     /// sessions (`None`: the caller's runtime).
     pub runtime: Option<Handle>,
@@ -53,6 +56,7 @@ impl Default for ExecutorConfig {
             max_concurrent_calls_per_endpoint: 8,
             comprehend_truncate: false,
             redact_errors: true,
+            max_inference_rows: None,
             runtime: None,
         }
     }
@@ -81,6 +85,8 @@ pub struct Executor {
     /// Chunks of ML statements in inference, all sessions together (see
     /// [`Executor::chunk_slot`]).
     chunks: Arc<Semaphore>,
+    /// Statements competing for call slots (their fair shares).
+    fairness: Arc<share::Fairness>,
 }
 
 /// Per-endpoint limits kept before idle ones are dropped (see [`Executor::permits`]).
@@ -115,15 +121,28 @@ impl Executor {
             chunks: Arc::new(Semaphore::new(
                 config.max_concurrent_calls.max(1) * CHUNKS_PER_CALL,
             )),
+            fairness: Arc::default(),
             backends,
             config,
         })
     }
 
+    /// A new statement's claim: its share of call slots and its row cap.
+    pub fn claim(&self) -> Arc<share::Claim> {
+        share::Claim::new(self.config.max_inference_rows)
+    }
+
+    /// A call's permits: its statement's share, its endpoint's (or language's) limit, and the
+    /// process's.
     async fn permits(
         &self,
         target: &str,
-    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), InferenceError> {
+        claim: &Arc<share::Claim>,
+    ) -> Result<(share::Slot, OwnedSemaphorePermit, OwnedSemaphorePermit), InferenceError> {
+        let slot = self
+            .fairness
+            .slot(claim, self.config.max_concurrent_calls)
+            .await;
         let per_target = {
             let mut map = self
                 .per_target
@@ -146,7 +165,7 @@ impl Executor {
             .acquire_owned()
             .await
             .map_err(closed)?;
-        Ok((target_permit, global_permit))
+        Ok((slot, target_permit, global_permit))
     }
 
     /// A slot for one chunk of an ML statement in inference, to hold until its task ends. A chunk
@@ -239,6 +258,7 @@ impl Executor {
     pub async fn detect_sentiment(
         &self,
         inputs: &[SentimentInput],
+        claim: &Arc<share::Claim>,
         stats: &mut CallStats,
     ) -> Result<Vec<Option<Sentiment>>, CallError> {
         let backend = &self.backends.sentiment;
@@ -283,6 +303,13 @@ impl Executor {
             }
             plans.push((members, positions));
         }
+        let rows: usize = batches.iter().map(|(_, _, texts)| texts.len()).sum();
+        if let Some((_, language, _)) = batches.first() {
+            claim.charge_rows(rows as u64).map_err(|error| CallError {
+                target: language.to_string(),
+                error,
+            })?;
+        }
         stats.calls += batches.len() as u64;
         let calls: FuturesUnordered<_> = batches
             .into_iter()
@@ -292,7 +319,7 @@ impl Executor {
                     target: language.to_owned(),
                     error,
                 };
-                let _permits = self.permits(language).await.map_err(fail)?;
+                let _permits = self.permits(language, claim).await.map_err(fail)?;
                 let (backend, owned) = (Arc::clone(backend), language.to_owned());
                 let (rows, bytes) = (texts.len(), texts.iter().map(String::len).sum());
                 let started = std::time::Instant::now();
@@ -338,6 +365,7 @@ impl Executor {
     pub async fn invoke_endpoint(
         &self,
         inputs: &[InvokeInput],
+        claim: &Arc<share::Claim>,
         stats: &mut CallStats,
     ) -> Result<Vec<Option<String>>, CallError> {
         let backend = &self.backends.endpoints;
@@ -409,6 +437,13 @@ impl Executor {
             }
             plans.push((members, positions));
         }
+        let rows: usize = batches.iter().map(|b| b.records).sum();
+        if let Some(batch) = batches.first() {
+            claim.charge_rows(rows as u64).map_err(|error| CallError {
+                target: batch.endpoint.to_owned(),
+                error,
+            })?;
+        }
         stats.calls += batches.len() as u64;
         let calls: FuturesUnordered<_> = batches
             .into_iter()
@@ -418,7 +453,7 @@ impl Executor {
                     target: batch.endpoint.to_owned(),
                     error,
                 };
-                let _permits = self.permits(batch.endpoint).await.map_err(fail)?;
+                let _permits = self.permits(batch.endpoint, claim).await.map_err(fail)?;
                 let (backend, endpoint) = (Arc::clone(backend), batch.endpoint.to_owned());
                 let (sent, expected) = (batch.body.len(), batch.records);
                 let started = std::time::Instant::now();

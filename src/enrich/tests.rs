@@ -5,7 +5,7 @@ use crate::backends::{BoxFuture, EndpointBackend, SentimentBackend, SentimentLab
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A scripted double: records every batch; endpoint "short" drops a record, "throttle"
-/// answers Throttled.
+/// answers Throttled, "slow…" takes 50 ms.
 #[derive(Default)]
 struct Scripted {
     sentiment_batches: Mutex<Vec<Vec<String>>>,
@@ -52,6 +52,9 @@ impl EndpointBackend for Scripted {
         Box::pin(async move {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now, Ordering::SeqCst);
+            if endpoint.starts_with("slow") {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             tokio::task::yield_now().await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.endpoint_batches
@@ -107,7 +110,7 @@ async fn invoke_batches_dedups_and_keeps_order() {
         .collect();
     let mut stats = CallStats::default();
     let out = executor
-        .invoke_endpoint(&inputs, &mut stats)
+        .invoke_endpoint(&inputs, &executor.claim(), &mut stats)
         .await
         .expect("invoke");
     for (i, value) in out.iter().enumerate() {
@@ -144,6 +147,7 @@ async fn wrong_record_counts_and_service_errors_name_the_endpoint() {
                 invoke("short", None, &[Some("1")]),
                 invoke("short", None, &[Some("2")]),
             ],
+            &executor.claim(),
             &mut stats,
         )
         .await
@@ -153,7 +157,11 @@ async fn wrong_record_counts_and_service_errors_name_the_endpoint() {
         matches!(short.error, InferenceError::Malformed { ref message, .. } if message.contains("1 records returned for 2 inputs"))
     );
     let throttled = executor
-        .invoke_endpoint(&[invoke("throttle", None, &[Some("1")])], &mut stats)
+        .invoke_endpoint(
+            &[invoke("throttle", None, &[Some("1")])],
+            &executor.claim(),
+            &mut stats,
+        )
         .await
         .expect_err("throttled");
     let message = throttled
@@ -169,13 +177,18 @@ async fn wrong_record_counts_and_service_errors_name_the_endpoint() {
                 max_rows_per_batch: None,
                 fields: vec![],
             }],
+            &executor.claim(),
             &mut stats,
         )
         .await
         .expect_err("NULL endpoint");
     assert_eq!(null.error.sqlstate().code(), "22023");
     let zero = executor
-        .invoke_endpoint(&[invoke("m", Some(0), &[Some("1")])], &mut stats)
+        .invoke_endpoint(
+            &[invoke("m", Some(0), &[Some("1")])],
+            &executor.claim(),
+            &mut stats,
+        )
         .await
         .expect_err("zero batch");
     assert_eq!(zero.error.sqlstate().code(), "22023");
@@ -192,7 +205,7 @@ async fn concurrency_is_capped_per_endpoint() {
         .collect();
     let mut stats = CallStats::default();
     executor
-        .invoke_endpoint(&inputs, &mut stats)
+        .invoke_endpoint(&inputs, &executor.claim(), &mut stats)
         .await
         .expect("invoke");
     assert_eq!(stats.calls, 20);
@@ -206,7 +219,7 @@ async fn distinct_endpoint_names_do_not_grow_the_limits_for_ever() {
     for i in 0..3 * PRUNE_TARGETS_AT {
         let inputs = [invoke(&format!("e{i}"), None, &[Some("1")])];
         executor
-            .invoke_endpoint(&inputs, &mut stats)
+            .invoke_endpoint(&inputs, &executor.claim(), &mut stats)
             .await
             .expect("invoke");
     }
@@ -249,7 +262,7 @@ async fn sentiment_skips_nulls_and_empty_text_and_caps_batches_at_25() {
     });
     let mut stats = CallStats::default();
     let out = executor
-        .detect_sentiment(&inputs, &mut stats)
+        .detect_sentiment(&inputs, &executor.claim(), &mut stats)
         .await
         .expect("detect");
     for (i, value) in out.iter().take(60).enumerate() {
@@ -270,7 +283,7 @@ async fn sentiment_skips_nulls_and_empty_text_and_caps_batches_at_25() {
 
     let (strict, _) = executor_default();
     let error = strict
-        .detect_sentiment(&inputs[63..], &mut stats)
+        .detect_sentiment(&inputs[63..], &executor.claim(), &mut stats)
         .await
         .expect_err("too large");
     assert_eq!(error.error.sqlstate().code(), "22001");
@@ -278,4 +291,49 @@ async fn sentiment_skips_nulls_and_empty_text_and_caps_batches_at_25() {
 
 fn executor_default() -> (Arc<Executor>, Arc<Scripted>) {
     executor(ExecutorConfig::default())
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_statements_share_the_call_slots() {
+    use std::time::Duration;
+    let (executor, _) = executor(ExecutorConfig {
+        max_concurrent_calls: 4,
+        max_concurrent_calls_per_endpoint: 4,
+        ..ExecutorConfig::default()
+    });
+    let one_row_calls = |prefix: &str, n: usize| -> Vec<InvokeInput> {
+        (0..n)
+            .map(|i| invoke("slow", Some(1), &[Some(&format!("{prefix}{i}"))]))
+            .collect()
+    };
+    let started = tokio::time::Instant::now();
+    let big = {
+        let (executor, inputs) = (Arc::clone(&executor), one_row_calls("b", 40));
+        tokio::spawn(async move {
+            let mut stats = CallStats::default();
+            let claim = executor.claim();
+            executor
+                .invoke_endpoint(&inputs, &claim, &mut stats)
+                .await
+                .expect("big");
+            started.elapsed()
+        })
+    };
+    // The big statement now holds all 4 slots; 36 of its calls wait.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let small_started = tokio::time::Instant::now();
+    let mut stats = CallStats::default();
+    executor
+        .invoke_endpoint(&one_row_calls("s", 4), &executor.claim(), &mut stats)
+        .await
+        .expect("small");
+    let small_took = small_started.elapsed();
+    let big_took = big.await.expect("join");
+    // With half the slots from the first release on (50 ms): two waves of 50 ms. Behind the big
+    // statement's queue it would end with it, after 10 waves.
+    assert!(
+        small_took <= Duration::from_millis(150),
+        "small statement took {small_took:?}"
+    );
+    assert!(big_took >= Duration::from_millis(500), "{big_took:?}");
 }

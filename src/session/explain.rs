@@ -22,7 +22,7 @@ use crate::session::conversation::transaction::Failure;
 use crate::session::conversation::{canceled, Conversation, Outcome};
 use crate::session::residual::{describe_base, fetch_and_score, residual_parameters};
 use crate::session::rows::{message, split_row};
-use crate::session::scoring::{call_error, infer, Memo, Results};
+use crate::session::scoring::{call_error, infer, Results};
 use crate::session::statements::{plan_description, MlPortal, MlStatement, Prepared};
 use crate::sql::explain::ExplainTarget;
 use crate::sql::plan::{Call, MlFunction, StreamingPlan};
@@ -369,7 +369,7 @@ async fn streaming(
     let parsed: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| split_row(r)).collect();
     outcome.base_rows += parsed.len() as u64;
     let started = Instant::now();
-    let memo = Memo::new(conv.memory(), conv.grant());
+    let memo = conv.new_memo();
     let mut stats = CallStats::default();
     let executor = Arc::clone(conv.executor());
     let inference = infer(&executor, &plan.calls, &parsed, &memo, &mut stats);

@@ -52,16 +52,23 @@ const MEMO_BUDGET: usize = 16 << 20;
 pub struct Memo {
     /// What the session's role may call: checked before any input is sent.
     grant: Arc<crate::access::Grant>,
+    /// The statement's share of call slots and its row cap.
+    claim: Arc<crate::enrich::share::Claim>,
     sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment, CallError>,
     text: crate::enrich::memo::Memo<InvokeInput, String, CallError>,
 }
 
 impl Memo {
     /// An empty memo, charged to `budget`'s share for memos.
-    pub fn new(budget: &Arc<MemoryBudget>, grant: &Arc<crate::access::Grant>) -> Memo {
+    pub fn new(
+        budget: &Arc<MemoryBudget>,
+        grant: &Arc<crate::access::Grant>,
+        claim: Arc<crate::enrich::share::Claim>,
+    ) -> Memo {
         let memos = budget.memos();
         Memo {
             grant: Arc::clone(grant),
+            claim,
             sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
             text: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
         }
@@ -143,7 +150,7 @@ pub async fn infer(
                     .resolve(
                         inputs,
                         async |misses: &[SentimentInput]| {
-                            executor.detect_sentiment(misses, stats).await
+                            executor.detect_sentiment(misses, &memo.claim, stats).await
                         },
                         abandoned(call.function),
                     )
@@ -177,7 +184,7 @@ pub async fn infer(
                     .resolve(
                         inputs,
                         async |misses: &[InvokeInput]| {
-                            executor.invoke_endpoint(misses, stats).await
+                            executor.invoke_endpoint(misses, &memo.claim, stats).await
                         },
                         abandoned(call.function),
                     )

@@ -81,7 +81,7 @@ async fn stream(
     let fetch = next_fetch(requested);
     requested += fetch;
     conv.send(execute(portal, fetch)).await?;
-    let memo = Arc::new(Memo::new(conv.memory(), conv.grant()));
+    let memo = Arc::new(conv.new_memo());
     let mut rows: Vec<Bytes> = Vec::new();
     // The rows read for the next chunk (its bytes are the charge's), charged to the process's
     // budget until delivered.

@@ -10,6 +10,7 @@ mod differential;
 mod explain;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod malformed;
 mod memory;
 mod metrics;

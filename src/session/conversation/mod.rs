@@ -217,6 +217,12 @@ impl<'r> Conversation<'r> {
         self.relay.grant()
     }
 
+    /// A new statement's memo: de-duplication within the memory budget, the role's grant, and
+    /// the statement's share of call slots and row cap.
+    pub fn new_memo(&self) -> crate::session::scoring::Memo {
+        crate::session::scoring::Memo::new(self.memory(), self.grant(), self.executor.claim())
+    }
+
     /// Base-row bytes one non-streaming statement may hold (`max_buffered_bytes`).
     pub fn max_buffered_bytes(&self) -> usize {
         self.relay.max_buffered_bytes()

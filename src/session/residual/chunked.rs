@@ -74,7 +74,7 @@ pub(super) async fn run_chunked(
         calls: Arc::new(block.calls.clone()),
         shape: Arc::new(shape),
         // Identical inputs are scored once per statement, not once per chunk.
-        memo: Arc::new(Memo::new(conv.memory(), conv.grant())),
+        memo: Arc::new(conv.new_memo()),
     };
     let (ending, sent) = pipeline(conv, &run, outcome).await?;
     close_chunked(conv).await?;
@@ -114,12 +114,7 @@ pub(super) async fn run_chunked_execute(
     let residual_portal = format!("pgenrich.r.{portal}");
     let mut state = bound.chunked.clone();
 
-    let (budget, grant) = (Arc::clone(conv.memory()), Arc::clone(conv.grant()));
-    let memo = Arc::clone(
-        state
-            .memo
-            .get_or_insert_with(|| Arc::new(Memo::new(&budget, &grant))),
-    );
+    let memo = Arc::clone(state.memo.get_or_insert_with(|| Arc::new(conv.new_memo())));
     let (block, (_, shape)) = (&prepared.plan.blocks[0], &prepared.bases[0]);
     if max_rows == 0 && !state.residual_open && !state.base_done {
         // Read to the end: pipelined.

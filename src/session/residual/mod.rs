@@ -200,16 +200,11 @@ pub async fn fetch_and_score(
     };
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
-    Ok(score_rows(
-        conv,
-        plan,
-        shape,
-        &rows,
-        &Memo::new(conv.memory(), conv.grant()),
-        outcome,
+    Ok(
+        score_rows(conv, plan, shape, &rows, &conv.new_memo(), outcome)
+            .await?
+            .map_err(Failure::Ours),
     )
-    .await?
-    .map_err(Failure::Ours))
 }
 
 /// Scores base rows (`memo`: the inputs scored so far); the residual's parameters for them, or

@@ -229,16 +229,7 @@ pub async fn run_execute(
                     return Ok(outcome);
                 }
             };
-            match score_rows(
-                conv,
-                block,
-                shape,
-                &rows,
-                &Memo::new(conv.memory(), conv.grant()),
-                &mut outcome,
-            )
-            .await?
-            {
+            match score_rows(conv, block, shape, &rows, &conv.new_memo(), &mut outcome).await? {
                 Ok(params) => ours.extend(params),
                 Err(error) => {
                     conv.fail_execute(error).await?;
