@@ -278,3 +278,29 @@ fn the_admin_listener_is_off_unless_set() {
         Some("0.0.0.0:9187".parse().expect("addr"))
     );
 }
+
+#[test]
+fn the_kubernetes_example_carries_a_valid_config() {
+    let manifest = include_str!("../../config/kubernetes-sidecar.yaml");
+    let start = manifest
+        .find("pgenrich.toml: |\n")
+        .expect("the ConfigMap's file")
+        + "pgenrich.toml: |\n".len();
+    let toml_text: String = manifest[start..]
+        .lines()
+        .take_while(|l| !l.starts_with("---"))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file: FileConfig = toml::from_str(&toml_text).expect("the embedded config parses");
+    let config = Config::resolve(Cli::default(), file).expect("and is valid");
+    assert_eq!(
+        config.admin_listen,
+        Some("0.0.0.0:9187".parse().expect("addr"))
+    );
+    assert!(config.access.is_configured());
+    assert!(config
+        .access
+        .grant("orders_app")
+        .allows(crate::access::INVOKE_ENDPOINT, "fraud-v3"));
+}

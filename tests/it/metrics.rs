@@ -256,3 +256,30 @@ async fn readiness_follows_the_upstream_and_the_drain() {
         .expect("the drain ends with the transaction")
         .expect("server stops");
 }
+
+/// Runs the container image's HEALTHCHECK script with `PGENRICH_ADMIN_LISTEN` set to `admin`.
+async fn healthcheck(admin: &str) -> bool {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/config/healthcheck.sh");
+    tokio::process::Command::new("bash")
+        .arg(script)
+        .env("PGENRICH_ADMIN_LISTEN", admin)
+        .status()
+        .await
+        .expect("bash runs")
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_healthcheck_asks_livez() {
+    let proxy =
+        Proxy::start_with(|c| c.admin_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let admin = proxy.admin.expect("admin listener");
+    assert!(healthcheck(&format!("0.0.0.0:{}", admin.port())).await);
+    assert!(
+        !healthcheck(&format!("0.0.0.0:{}", free_port())).await,
+        "nothing listening: unhealthy"
+    );
+    assert!(healthcheck("").await, "admin listener off: healthy");
+    proxy.shutdown.cancel();
+    proxy.task.await.expect("server stops");
+}
