@@ -153,6 +153,13 @@ pub struct Cli {
     /// [default: 0].
     #[arg(long, env = "PGENRICH_MAX_INFERENCE_ROWS", value_name = "N")]
     pub max_inference_rows: Option<String>,
+    /// Bytes of inference results kept across statements (e.g. 64MiB); 0 turns the cache off
+    /// [default: 0].
+    #[arg(long, env = "PGENRICH_INFERENCE_CACHE_BYTES", value_name = "SIZE")]
+    pub inference_cache_bytes: Option<String>,
+    /// How long a cached inference result is used [default: 1h].
+    #[arg(long, env = "PGENRICH_INFERENCE_CACHE_TTL", value_name = "DURATION")]
+    pub inference_cache_ttl: Option<String>,
     /// Cut Comprehend documents over 5,000 bytes instead of failing: true or false [default: false].
     #[arg(long, env = "PGENRICH_COMPREHEND_TRUNCATE", value_name = "BOOL")]
     pub comprehend_truncate: Option<String>,

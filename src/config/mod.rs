@@ -44,6 +44,9 @@ pub struct InferenceConfig {
     pub max_concurrent_calls_per_endpoint: usize,
     /// Most rows one statement may send to inference (None: no cap).
     pub max_inference_rows: Option<u64>,
+    /// The result cache across statements: byte budget (0: off) and entry lifetime.
+    pub cache_bytes: usize,
+    pub cache_ttl: Duration,
     pub comprehend_truncate: bool,
     pub redact_aws_errors: bool,
     pub comprehend_backend: SentimentBackendKind,
@@ -385,6 +388,21 @@ impl Config {
                 cli.max_concurrent_calls_per_endpoint,
                 file.max_concurrent_calls_per_endpoint,
                 8,
+            )?,
+            cache_bytes: number(
+                "inference_cache_bytes",
+                cli.inference_cache_bytes,
+                file.inference_cache_bytes,
+                0,
+            )?,
+            cache_ttl: nonzero(
+                "inference_cache_ttl",
+                duration(
+                    "inference_cache_ttl",
+                    cli.inference_cache_ttl,
+                    file.inference_cache_ttl,
+                    "1h",
+                )?,
             )?,
             max_inference_rows: match number(
                 "max_inference_rows",

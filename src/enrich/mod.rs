@@ -11,6 +11,7 @@
 //! the requests) and releases their concurrency permits; nothing is left running.
 
 pub mod budget;
+pub mod cache;
 pub mod csv;
 pub mod memo;
 pub mod share;
@@ -43,6 +44,9 @@ pub struct ExecutorConfig {
     pub redact_errors: bool,
     /// Most rows one statement may send to inference (`max_inference_rows`); None: no cap.
     pub max_inference_rows: Option<u64>,
+    /// The result cache across statements: its byte budget (0: off) and entries' lifetime.
+    pub cache_bytes: usize,
+    pub cache_ttl: std::time::Duration,
     /// The runtime that runs service calls and chunk enrichment, apart from the one relaying
     /// sessions (`None`: the caller's runtime).
     pub runtime: Option<Handle>,
@@ -57,6 +61,8 @@ impl Default for ExecutorConfig {
             comprehend_truncate: false,
             redact_errors: true,
             max_inference_rows: None,
+            cache_bytes: 0,
+            cache_ttl: std::time::Duration::from_secs(3600),
             runtime: None,
         }
     }
@@ -87,6 +93,8 @@ pub struct Executor {
     chunks: Arc<Semaphore>,
     /// Statements competing for call slots (their fair shares).
     fairness: Arc<share::Fairness>,
+    /// Results across statements (`inference_cache_bytes`); None: off.
+    cache: Option<cache::ResultCache>,
 }
 
 /// Per-endpoint limits kept before idle ones are dropped (see [`Executor::permits`]).
@@ -122,6 +130,8 @@ impl Executor {
                 config.max_concurrent_calls.max(1) * CHUNKS_PER_CALL,
             )),
             fairness: Arc::default(),
+            cache: (config.cache_bytes > 0)
+                .then(|| cache::ResultCache::new(config.cache_bytes, config.cache_ttl)),
             backends,
             config,
         })
@@ -261,6 +271,36 @@ impl Executor {
         claim: &Arc<share::Claim>,
         stats: &mut CallStats,
     ) -> Result<Vec<Option<Sentiment>>, CallError> {
+        let Some(cache) = &self.cache else {
+            return self.detect_sentiment_calls(inputs, claim, stats).await;
+        };
+        let cached = |input: &SentimentInput| match (&input.text, &input.language) {
+            (Some(text), Some(language)) if !text.is_empty() => cache.sentiment(language, text),
+            _ => None,
+        };
+        let (mut results, rest) = split_cached(inputs, cached);
+        let fresh: Vec<SentimentInput> = rest.iter().map(|&i| inputs[i].clone()).collect();
+        let answers = self.detect_sentiment_calls(&fresh, claim, stats).await?;
+        for ((&row, input), answer) in rest.iter().zip(&fresh).zip(answers) {
+            if let (Some(sentiment), Some(text), Some(language)) =
+                (&answer, &input.text, &input.language)
+            {
+                cache.keep_sentiment(language, text, *sentiment);
+            }
+            results[row] = answer;
+        }
+        Ok(results)
+    }
+
+    async fn detect_sentiment_calls(
+        &self,
+        inputs: &[SentimentInput],
+        claim: &Arc<share::Claim>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Option<Sentiment>>, CallError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
         let backend = &self.backends.sentiment;
         let mut groups: HashMap<(&str, usize), Vec<usize>> = HashMap::new();
         for (row, input) in inputs.iter().enumerate() {
@@ -368,6 +408,34 @@ impl Executor {
         claim: &Arc<share::Claim>,
         stats: &mut CallStats,
     ) -> Result<Vec<Option<String>>, CallError> {
+        let Some(cache) = &self.cache else {
+            return self.invoke_endpoint_calls(inputs, claim, stats).await;
+        };
+        let cached = |input: &InvokeInput| {
+            let endpoint = input.endpoint.as_deref()?;
+            cache.record(endpoint, &input.fields)
+        };
+        let (mut results, rest) = split_cached(inputs, cached);
+        let fresh: Vec<InvokeInput> = rest.iter().map(|&i| inputs[i].clone()).collect();
+        let answers = self.invoke_endpoint_calls(&fresh, claim, stats).await?;
+        for ((&row, input), answer) in rest.iter().zip(&fresh).zip(answers) {
+            if let (Some(record), Some(endpoint)) = (&answer, &input.endpoint) {
+                cache.keep_record(endpoint, &input.fields, record.clone());
+            }
+            results[row] = answer;
+        }
+        Ok(results)
+    }
+
+    async fn invoke_endpoint_calls(
+        &self,
+        inputs: &[InvokeInput],
+        claim: &Arc<share::Claim>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Option<String>>, CallError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
         let backend = &self.backends.endpoints;
         let mut groups: HashMap<(&str, usize), Vec<usize>> = HashMap::new();
         for (row, input) in inputs.iter().enumerate() {
@@ -493,6 +561,25 @@ impl Executor {
             .collect();
         gather(calls, plans, inputs.len()).await
     }
+}
+
+/// The cached results of `inputs` (None where there is none) and the rows still to call for;
+/// counts hits and misses.
+fn split_cached<I, O>(
+    inputs: &[I],
+    cached: impl Fn(&I) -> Option<O>,
+) -> (Vec<Option<O>>, Vec<usize>) {
+    let mut results = Vec::with_capacity(inputs.len());
+    let mut rest = Vec::new();
+    for (row, input) in inputs.iter().enumerate() {
+        let hit = cached(input);
+        if hit.is_none() {
+            rest.push(row);
+        }
+        results.push(hit);
+    }
+    crate::metrics::cache_lookups((inputs.len() - rest.len()) as u64, rest.len() as u64);
+    (results, rest)
 }
 
 /// A service call that ended without an answer: it panicked, or the ML runtime shut down.

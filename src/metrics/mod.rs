@@ -49,6 +49,7 @@ pub mod names {
     pub const INFERENCE_SECONDS: &str = "pgenrich_inference_call_duration_seconds";
     pub const DUPLICATES_SAVED: &str = "pgenrich_inference_duplicates_saved_total";
     pub const MEMO_HITS: &str = "pgenrich_memo_hits_total";
+    pub const CACHE_LOOKUPS: &str = "pgenrich_cache_lookups_total";
 }
 
 /// What a session is doing, for [`names::CLIENT_CONNECTIONS`]`{state}`.
@@ -197,6 +198,10 @@ fn describe() {
     describe_counter!(
         names::DUPLICATES_SAVED,
         "Rows not sent because an identical input in the same statement was."
+    );
+    describe_counter!(
+        names::CACHE_LOOKUPS,
+        "Rows looked up in the result cache across statements, by result (hit, miss)."
     );
     describe_counter!(
         names::MEMO_HITS,
@@ -365,6 +370,16 @@ pub fn deduplicated(rows: u64) {
 pub fn memo_hits(rows: u64) {
     if rows > 0 {
         counter!(names::MEMO_HITS).increment(rows);
+    }
+}
+
+/// Rows found in the result cache across statements and rows not found.
+pub fn cache_lookups(hits: u64, misses: u64) {
+    if hits > 0 {
+        counter!(names::CACHE_LOOKUPS, "result" => "hit").increment(hits);
+    }
+    if misses > 0 {
+        counter!(names::CACHE_LOOKUPS, "result" => "miss").increment(misses);
     }
 }
 

@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod auth;
+mod cache;
 mod cli;
 mod differential;
 mod explain;
