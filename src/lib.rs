@@ -13,8 +13,10 @@
 //! - [`protocol`]: frame headers and messages pgenrich builds (pgwire's codec); no I/O.
 //! - [`sql`]: the ML hook — does a statement call an ML function? — and ML statement plans as
 //!   plain data (streaming, base + residual, EXPLAIN targets).
-//! - [`enrich`]: the inference executor — batching, de-duplication, concurrency, ordering — and
-//!   the process-wide budget of bytes ML statements hold ([`enrich::budget`]).
+//! - [`enrich`]: the inference executor — batching, de-duplication, concurrency with fair
+//!   shares between statements and the row cap ([`enrich::share`]), ordering, the result cache
+//!   across statements ([`enrich::cache`]) — and the process-wide budget of bytes ML statements
+//!   hold ([`enrich::budget`]).
 //! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK, and the embedded ones
 //!   (VADER sentiment, ONNX models by tract).
 //! - [`upstream`]: connecting to the database (TLS modes) and forwarding cancel requests.
@@ -42,8 +44,8 @@
 //!    `run_execute` (extended protocol);
 //! 4. [`session::conversation`]: the only code that sends requests upstream and reads answers
 //!    during an ML statement, with the session's one rule for back-pressure (the upstream is not
-//!    read while 1 MiB waits for a client that is not reading), cancel, client hang-up and
-//!    draining;
+//!    read while 1 MiB waits for a client that is not reading), cancel, client hang-up,
+//!    draining, and the session's `pgenrich.*` settings (progress notices, its row cap);
 //! 5. [`session::relay`]: the byte pump and the ML hook: Query/Parse texts that mention an ML
 //!    schema go to the session's task, which inspects and plans them on a planner thread
 //!    ([`session::relay::planner`]: large stack, depth guard, panics contained), never on a

@@ -139,7 +139,16 @@ impl Executor {
 
     /// A new statement's claim: its share of call slots and its row cap.
     pub fn claim(&self) -> Arc<share::Claim> {
-        share::Claim::new(self.config.max_inference_rows)
+        self.claim_capped(None)
+    }
+
+    /// A claim whose row cap is `cap` where that is lower than the configured one.
+    pub fn claim_capped(&self, cap: Option<u64>) -> Arc<share::Claim> {
+        let configured = self.config.max_inference_rows;
+        share::Claim::new(match (configured, cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// A call's permits: its statement's share, its endpoint's (or language's) limit, and the

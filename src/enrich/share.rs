@@ -27,6 +27,8 @@ pub struct Claim {
     /// Most rows the statement may send to inference; None: no cap.
     cap: Option<u64>,
     sent: AtomicU64,
+    /// Calls started.
+    calls: AtomicU64,
     /// Calls of the statement waiting for a slot or running.
     pending: AtomicUsize,
     in_flight: AtomicUsize,
@@ -68,6 +70,11 @@ impl Claim {
     pub fn rows_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
+
+    /// Calls started so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
 }
 
 /// A call's place within its statement's share, held until the call ends.
@@ -104,6 +111,7 @@ impl Fairness {
                     .is_ok()
             {
                 slot.running = true;
+                claim.calls.fetch_add(1, Ordering::Relaxed);
                 return slot;
             }
             released.await;

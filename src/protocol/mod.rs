@@ -9,7 +9,7 @@
 pub mod startup;
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::Message;
 
 use crate::error::SqlState;
@@ -193,6 +193,16 @@ impl ErrorMessage {
         }
         encode(&ErrorResponse::new(fields))
     }
+}
+
+/// A NoticeResponse of severity `severity` (`NOTICE`, `WARNING`) and SQLSTATE `code`.
+pub fn notice(severity: &str, code: &str, message: impl Into<String>) -> Bytes {
+    encode(&NoticeResponse::new(vec![
+        (b'S', severity.to_owned()),
+        (b'V', severity.to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.into()),
+    ]))
 }
 
 /// SASL mechanism that binds authentication to the TLS certificate of the server.

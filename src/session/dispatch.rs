@@ -69,6 +69,10 @@ pub(super) async fn intercept_ml(
         // A Query ends the open extended-protocol run (PostgreSQL commits its implicit
         // transaction): a Sync of pgenrich's does that before the ML statement runs.
         conv.end_open_run().await?;
+    }
+    if is_query {
+        // `SET pgenrich.*` values for this statement (progress, the session's row cap).
+        conv.apply_session_settings().await?;
     } else if !is_query && !matches!(intercept, Intercept::EndSnapshot) {
         conv.begin_run();
     }

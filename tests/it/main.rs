@@ -26,6 +26,7 @@ mod quickstart;
 mod redaction;
 mod reference;
 mod residual;
+mod settings;
 mod snapshot;
 mod standby;
 mod tls;

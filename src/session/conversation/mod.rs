@@ -36,6 +36,7 @@ use crate::session::tracker::Tracker;
 pub mod held;
 pub mod reads;
 pub mod requests;
+pub mod settings;
 pub mod transaction;
 
 /// Chunking settings.
@@ -73,6 +74,18 @@ pub struct Conversation<'r> {
     relay: &'r mut Relay,
     executor: Arc<Executor>,
     chunking: Chunking,
+    /// Progress NOTICEs of the running statement (`SET pgenrich.progress = on`).
+    progress: Option<settings::Progress>,
+    /// The session's own row cap (`SET pgenrich.max_inference_rows`).
+    row_cap: Option<u64>,
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The error a cancel request gives the statement, as PostgreSQL words it.
@@ -89,6 +102,8 @@ impl<'r> Conversation<'r> {
             relay,
             executor,
             chunking,
+            progress: None,
+            row_cap: None,
         }
     }
 
@@ -123,10 +138,22 @@ impl<'r> Conversation<'r> {
     /// client hung up.
     pub async fn guard<F: Future>(&mut self, work: F) -> Result<Option<F::Output>, SessionError> {
         let cancelled = self.relay.cancel_notify();
-        tokio::select! {
-            output = work => Ok(Some(output)),
-            _ = cancelled.notified() => Ok(None),
-            gone = self.relay.client_gone() => Err(gone),
+        let cancelled = cancelled.notified();
+        tokio::pin!(work, cancelled);
+        loop {
+            let next_notice = self.progress.as_ref().map(|p| p.next);
+            tokio::select! {
+                output = &mut work => return Ok(Some(output)),
+                _ = &mut cancelled => return Ok(None),
+                gone = self.relay.client_gone() => return Err(gone),
+                _ = sleep_until(next_notice) => {
+                    if let Some(progress) = self.progress.as_mut() {
+                        let notice = progress.notice();
+                        self.to_client(notice);
+                        self.flush_soft().await?;
+                    }
+                }
+            }
         }
     }
 
@@ -219,8 +246,12 @@ impl<'r> Conversation<'r> {
 
     /// A new statement's memo: de-duplication within the memory budget, the role's grant, and
     /// the statement's share of call slots and row cap.
-    pub fn new_memo(&self) -> crate::session::scoring::Memo {
-        crate::session::scoring::Memo::new(self.memory(), self.grant(), self.executor.claim())
+    pub fn new_memo(&mut self) -> crate::session::scoring::Memo {
+        let claim = self.executor.claim_capped(self.row_cap);
+        if let Some(progress) = self.progress.as_mut() {
+            progress.claims.push(Arc::clone(&claim));
+        }
+        crate::session::scoring::Memo::new(self.memory(), self.grant(), claim)
     }
 
     /// Base-row bytes one non-streaming statement may hold (`max_buffered_bytes`).

@@ -200,11 +200,10 @@ pub async fn fetch_and_score(
     };
 
     // 4. Inference, stopped by a cancel request or the client hanging up.
-    Ok(
-        score_rows(conv, plan, shape, &rows, &conv.new_memo(), outcome)
-            .await?
-            .map_err(Failure::Ours),
-    )
+    let memo = conv.new_memo();
+    Ok(score_rows(conv, plan, shape, &rows, &memo, outcome)
+        .await?
+        .map_err(Failure::Ours))
 }
 
 /// Scores base rows (`memo`: the inputs scored so far); the residual's parameters for them, or

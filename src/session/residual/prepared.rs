@@ -229,7 +229,8 @@ pub async fn run_execute(
                     return Ok(outcome);
                 }
             };
-            match score_rows(conv, block, shape, &rows, &conv.new_memo(), &mut outcome).await? {
+            let memo = conv.new_memo();
+            match score_rows(conv, block, shape, &rows, &memo, &mut outcome).await? {
                 Ok(params) => ours.extend(params),
                 Err(error) => {
                     conv.fail_execute(error).await?;
