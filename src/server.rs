@@ -83,6 +83,7 @@ impl Server {
                 comprehend_truncate: config.inference.comprehend_truncate,
                 redact_errors: config.inference.redact_aws_errors,
                 max_inference_rows: config.inference.max_inference_rows,
+                rate_limits: config.inference.rate_limits.clone(),
                 cache_bytes: config.inference.cache_bytes,
                 cache_ttl: config.inference.cache_ttl,
                 runtime: ml_runtime,

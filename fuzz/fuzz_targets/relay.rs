@@ -232,6 +232,7 @@ fuzz_target!(|steps: Vec<Step>| {
             cancels: CancelRegistry::new(),
             upstream_addr: "127.0.0.1:5432".parse().expect("an address"),
             grant: Arc::new(pgenrich::access::Grant::All),
+            role: String::new(),
         };
         let relay = Relay::new(
             Stream::Plain(Socket::Unix(client_end)),

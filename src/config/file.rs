@@ -64,6 +64,7 @@ pub(super) struct FileConfig {
     pub(super) max_inference_rows: Option<toml::Value>,
     pub(super) inference_cache_bytes: Option<toml::Value>,
     pub(super) inference_cache_ttl: Option<String>,
+    pub(super) rate_limits: Option<Vec<crate::enrich::rate::RateRule>>,
     pub(super) comprehend_truncate: Option<toml::Value>,
     pub(super) redact_aws_errors: Option<toml::Value>,
     pub(super) access: Option<Vec<crate::access::Rule>>,

@@ -44,6 +44,8 @@ pub struct InferenceConfig {
     pub max_concurrent_calls_per_endpoint: usize,
     /// Most rows one statement may send to inference (None: no cap).
     pub max_inference_rows: Option<u64>,
+    /// `[[rate_limits]]`: rows and calls per second per role.
+    pub rate_limits: Vec<crate::enrich::rate::RateRule>,
     /// The result cache across statements: byte budget (0: off) and entry lifetime.
     pub cache_bytes: usize,
     pub cache_ttl: Duration,
@@ -389,6 +391,12 @@ impl Config {
                 file.max_concurrent_calls_per_endpoint,
                 8,
             )?,
+            rate_limits: {
+                let rules = file.rate_limits.unwrap_or_default();
+                crate::enrich::rate::RateLimits::new(rules.clone())
+                    .map_err(|e| invalid("rate_limits", e))?;
+                rules
+            },
             cache_bytes: number(
                 "inference_cache_bytes",
                 cli.inference_cache_bytes,

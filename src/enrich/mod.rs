@@ -14,6 +14,7 @@ pub mod budget;
 pub mod cache;
 pub mod csv;
 pub mod memo;
+pub mod rate;
 pub mod share;
 
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub struct ExecutorConfig {
     pub redact_errors: bool,
     /// Most rows one statement may send to inference (`max_inference_rows`); None: no cap.
     pub max_inference_rows: Option<u64>,
+    /// Per-role rate limits (`[[rate_limits]]`).
+    pub rate_limits: Vec<rate::RateRule>,
     /// The result cache across statements: its byte budget (0: off) and entries' lifetime.
     pub cache_bytes: usize,
     pub cache_ttl: std::time::Duration,
@@ -61,6 +64,7 @@ impl Default for ExecutorConfig {
             comprehend_truncate: false,
             redact_errors: true,
             max_inference_rows: None,
+            rate_limits: Vec::new(),
             cache_bytes: 0,
             cache_ttl: std::time::Duration::from_secs(3600),
             runtime: None,
@@ -95,6 +99,8 @@ pub struct Executor {
     fairness: Arc<share::Fairness>,
     /// Results across statements (`inference_cache_bytes`); None: off.
     cache: Option<cache::ResultCache>,
+    /// Per-role rate limits and their buckets.
+    rates: rate::RateLimits,
 }
 
 /// Per-endpoint limits kept before idle ones are dropped (see [`Executor::permits`]).
@@ -130,6 +136,8 @@ impl Executor {
                 config.max_concurrent_calls.max(1) * CHUNKS_PER_CALL,
             )),
             fairness: Arc::default(),
+            // Checked with the configuration; an invalid rule here limits nothing.
+            rates: rate::RateLimits::new(config.rate_limits.clone()).unwrap_or_default(),
             cache: (config.cache_bytes > 0)
                 .then(|| cache::ResultCache::new(config.cache_bytes, config.cache_ttl)),
             backends,
@@ -137,18 +145,22 @@ impl Executor {
         })
     }
 
-    /// A new statement's claim: its share of call slots and its row cap.
+    /// A new statement's claim: its share of call slots and its row cap (no role's limits).
     pub fn claim(&self) -> Arc<share::Claim> {
-        self.claim_capped(None)
+        self.claim_for("", None)
     }
 
-    /// A claim whose row cap is `cap` where that is lower than the configured one.
-    pub fn claim_capped(&self, cap: Option<u64>) -> Arc<share::Claim> {
+    /// The claim of a statement of `role`: its rate limits, and the row cap `cap` where that is
+    /// lower than the configured one.
+    pub fn claim_for(&self, role: &str, cap: Option<u64>) -> Arc<share::Claim> {
         let configured = self.config.max_inference_rows;
-        share::Claim::new(match (configured, cap) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        share::Claim::limited(
+            match (configured, cap) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            self.rates.for_role(role),
+        )
     }
 
     /// A call's permits: its statement's share, its endpoint's (or language's) limit, and the
@@ -156,8 +168,13 @@ impl Executor {
     async fn permits(
         &self,
         target: &str,
+        rows: usize,
         claim: &Arc<share::Claim>,
     ) -> Result<(share::Slot, OwnedSemaphorePermit, OwnedSemaphorePermit), InferenceError> {
+        // The role's rate first: a statement slowed by it holds no slot meanwhile.
+        if let Some(limit) = claim.rate_limit() {
+            limit.admit(rows).await;
+        }
         let slot = self
             .fairness
             .slot(claim, self.config.max_concurrent_calls)
@@ -368,7 +385,10 @@ impl Executor {
                     target: language.to_owned(),
                     error,
                 };
-                let _permits = self.permits(language, claim).await.map_err(fail)?;
+                let _permits = self
+                    .permits(language, texts.len(), claim)
+                    .await
+                    .map_err(fail)?;
                 let (backend, owned) = (Arc::clone(backend), language.to_owned());
                 let (rows, bytes) = (texts.len(), texts.iter().map(String::len).sum());
                 let started = std::time::Instant::now();
@@ -530,7 +550,10 @@ impl Executor {
                     target: batch.endpoint.to_owned(),
                     error,
                 };
-                let _permits = self.permits(batch.endpoint, claim).await.map_err(fail)?;
+                let _permits = self
+                    .permits(batch.endpoint, batch.records, claim)
+                    .await
+                    .map_err(fail)?;
                 let (backend, endpoint) = (Arc::clone(backend), batch.endpoint.to_owned());
                 let (sent, expected) = (batch.body.len(), batch.records);
                 let started = std::time::Instant::now();

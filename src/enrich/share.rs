@@ -29,6 +29,8 @@ pub struct Claim {
     sent: AtomicU64,
     /// Calls started.
     calls: AtomicU64,
+    /// The statement's role's rate limit.
+    rate: Option<Arc<super::rate::RoleLimit>>,
     /// Calls of the statement waiting for a slot or running.
     pending: AtomicUsize,
     in_flight: AtomicUsize,
@@ -36,10 +38,20 @@ pub struct Claim {
 
 impl Claim {
     pub fn new(cap: Option<u64>) -> Arc<Claim> {
+        Self::limited(cap, None)
+    }
+
+    /// A claim whose calls also wait for their role's rate (`[[rate_limits]]`).
+    pub fn limited(cap: Option<u64>, rate: Option<Arc<super::rate::RoleLimit>>) -> Arc<Claim> {
         Arc::new(Claim {
             cap,
+            rate,
             ..Claim::default()
         })
+    }
+
+    pub fn rate_limit(&self) -> Option<&super::rate::RoleLimit> {
+        self.rate.as_deref()
     }
 
     /// Counts `rows` about to be sent; past the cap, the `54000` error instead (nothing counted

@@ -123,6 +123,7 @@ async fn open(
     };
     // What the login role may call; a startup packet without a user is refused by the database.
     let mut grant = ctx.config.access.grant("");
+    let mut role = String::new();
     // Pre-startup packets: answer SSL/GSSENC requests until the StartupMessage arrives.
     let raw_startup = loop {
         let packet = match timeout_at(deadline, read_startup_packet(&mut stream)).await {
@@ -164,6 +165,7 @@ async fn open(
                     match name.as_str() {
                         "user" => {
                             grant = ctx.config.access.grant(value);
+                            role.clone_from(value);
                             span.record("user", value.as_str())
                         }
                         "database" => span.record("database", value.as_str()),
@@ -197,6 +199,7 @@ async fn open(
             cancels: Arc::clone(&ctx.cancels),
             upstream_addr,
             grant: Arc::new(grant),
+            role,
         },
     );
     relay.send_upstream(raw_startup);

@@ -118,3 +118,36 @@ async fn a_small_statement_is_not_starved_by_a_large_one() {
         "small statement {small_took:?}, large one {big_took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_role_waits_and_others_do_not() {
+    use pgenrich::enrich::rate::RateRule;
+    let proxy = Proxy::start_with(|c| {
+        c.inference.rate_limits = vec![RateRule {
+            roles: vec![USER.into()],
+            rows_per_second: None,
+            calls_per_second: Some(10.0),
+        }]
+    })
+    .await;
+    // 25 one-row calls: 10 at once (a second's worth), then one every 100 ms.
+    let statement =
+        "SELECT aws_sagemaker.invoke_endpoint('rated', 1, g) FROM generate_series(1, 25) g";
+    let limited = proxy.connect().await;
+    let started = std::time::Instant::now();
+    let rows = limited.simple_query(statement).await.expect("limited role");
+    let limited_took = started.elapsed();
+    assert_eq!(text_rows(&rows).len(), 25);
+    assert!(
+        limited_took >= Duration::from_millis(1400),
+        "{limited_took:?} for 25 calls at 10 a second"
+    );
+    let free = connect(&proxy.conninfo("trust_user", "")).await;
+    let started = std::time::Instant::now();
+    free.simple_query(statement).await.expect("another role");
+    let free_took = started.elapsed();
+    assert!(
+        free_took * 2 < limited_took,
+        "another role is not limited: {free_took:?} vs {limited_took:?}"
+    );
+}

@@ -247,7 +247,7 @@ impl<'r> Conversation<'r> {
     /// A new statement's memo: de-duplication within the memory budget, the role's grant, and
     /// the statement's share of call slots and row cap.
     pub fn new_memo(&mut self) -> crate::session::scoring::Memo {
-        let claim = self.executor.claim_capped(self.row_cap);
+        let claim = self.executor.claim_for(self.relay.role(), self.row_cap);
         if let Some(progress) = self.progress.as_mut() {
             progress.claims.push(Arc::clone(&claim));
         }

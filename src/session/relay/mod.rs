@@ -71,6 +71,8 @@ pub struct RelayContext {
     pub upstream_addr: std::net::SocketAddr,
     /// What the session's role may call (`[[access]]` rules).
     pub grant: Arc<crate::access::Grant>,
+    /// The login role (the startup packet's user).
+    pub role: String,
 }
 
 pub struct Relay {

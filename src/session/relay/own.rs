@@ -207,6 +207,11 @@ impl Relay {
         &self.ctx.grant
     }
 
+    /// The login role.
+    pub fn role(&self) -> &str {
+        &self.ctx.role
+    }
+
     /// The session's ML statements and portals.
     pub fn registry(&mut self) -> &mut Registry {
         &mut self.ml
