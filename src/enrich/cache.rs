@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+use std::sync::Arc;
+
+use super::{share, CallError, CallStats, InvokeInput, SentimentInput};
 use crate::backends::Sentiment;
 
 /// Bytes an entry costs beyond its strings (map slot, list links, allocation headers).
@@ -171,6 +174,83 @@ impl ResultCache {
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
+}
+
+/// How the executor consults the cache: inputs with a fresh result are answered from it, the
+/// rest go through the service calls and their results are kept.
+impl super::Executor {
+    /// Sentiment for each input, in order (NULL for NULL or empty text or NULL language).
+    pub async fn detect_sentiment(
+        &self,
+        inputs: &[SentimentInput],
+        claim: &Arc<share::Claim>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Option<Sentiment>>, CallError> {
+        let Some(cache) = &self.cache else {
+            return self.detect_sentiment_calls(inputs, claim, stats).await;
+        };
+        let cached = |input: &SentimentInput| match (&input.text, &input.language) {
+            (Some(text), Some(language)) if !text.is_empty() => cache.sentiment(language, text),
+            _ => None,
+        };
+        let (mut results, rest) = split_cached(inputs, cached);
+        let fresh: Vec<SentimentInput> = rest.iter().map(|&i| inputs[i].clone()).collect();
+        let answers = self.detect_sentiment_calls(&fresh, claim, stats).await?;
+        for ((&row, input), answer) in rest.iter().zip(&fresh).zip(answers) {
+            if let (Some(sentiment), Some(text), Some(language)) =
+                (&answer, &input.text, &input.language)
+            {
+                cache.keep_sentiment(language, text, *sentiment);
+            }
+            results[row] = answer;
+        }
+        Ok(results)
+    }
+
+    /// The endpoint's output record for each input, in order.
+    pub async fn invoke_endpoint(
+        &self,
+        inputs: &[InvokeInput],
+        claim: &Arc<share::Claim>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Option<String>>, CallError> {
+        let Some(cache) = &self.cache else {
+            return self.invoke_endpoint_calls(inputs, claim, stats).await;
+        };
+        let cached = |input: &InvokeInput| {
+            let endpoint = input.endpoint.as_deref()?;
+            cache.record(endpoint, &input.fields)
+        };
+        let (mut results, rest) = split_cached(inputs, cached);
+        let fresh: Vec<InvokeInput> = rest.iter().map(|&i| inputs[i].clone()).collect();
+        let answers = self.invoke_endpoint_calls(&fresh, claim, stats).await?;
+        for ((&row, input), answer) in rest.iter().zip(&fresh).zip(answers) {
+            if let (Some(record), Some(endpoint)) = (&answer, &input.endpoint) {
+                cache.keep_record(endpoint, &input.fields, record.clone());
+            }
+            results[row] = answer;
+        }
+        Ok(results)
+    }
+}
+
+/// The cached results of `inputs` (None where there is none) and the rows still to call for;
+/// counts hits and misses.
+fn split_cached<I, O>(
+    inputs: &[I],
+    cached: impl Fn(&I) -> Option<O>,
+) -> (Vec<Option<O>>, Vec<usize>) {
+    let mut results = Vec::with_capacity(inputs.len());
+    let mut rest = Vec::new();
+    for (row, input) in inputs.iter().enumerate() {
+        let hit = cached(input);
+        if hit.is_none() {
+            rest.push(row);
+        }
+        results.push(hit);
+    }
+    crate::metrics::cache_lookups((inputs.len() - rest.len()) as u64, rest.len() as u64);
+    (results, rest)
 }
 
 #[cfg(test)]

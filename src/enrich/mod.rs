@@ -290,35 +290,7 @@ impl Executor {
         }
     }
 
-    /// Sentiment for each input, in order (NULL for NULL or empty text or NULL language).
-    pub async fn detect_sentiment(
-        &self,
-        inputs: &[SentimentInput],
-        claim: &Arc<share::Claim>,
-        stats: &mut CallStats,
-    ) -> Result<Vec<Option<Sentiment>>, CallError> {
-        let Some(cache) = &self.cache else {
-            return self.detect_sentiment_calls(inputs, claim, stats).await;
-        };
-        let cached = |input: &SentimentInput| match (&input.text, &input.language) {
-            (Some(text), Some(language)) if !text.is_empty() => cache.sentiment(language, text),
-            _ => None,
-        };
-        let (mut results, rest) = split_cached(inputs, cached);
-        let fresh: Vec<SentimentInput> = rest.iter().map(|&i| inputs[i].clone()).collect();
-        let answers = self.detect_sentiment_calls(&fresh, claim, stats).await?;
-        for ((&row, input), answer) in rest.iter().zip(&fresh).zip(answers) {
-            if let (Some(sentiment), Some(text), Some(language)) =
-                (&answer, &input.text, &input.language)
-            {
-                cache.keep_sentiment(language, text, *sentiment);
-            }
-            results[row] = answer;
-        }
-        Ok(results)
-    }
-
-    async fn detect_sentiment_calls(
+    pub(super) async fn detect_sentiment_calls(
         &self,
         inputs: &[SentimentInput],
         claim: &Arc<share::Claim>,
@@ -430,33 +402,7 @@ impl Executor {
         Ok(text[..end].to_owned())
     }
 
-    /// The endpoint's output record for each input, in order.
-    pub async fn invoke_endpoint(
-        &self,
-        inputs: &[InvokeInput],
-        claim: &Arc<share::Claim>,
-        stats: &mut CallStats,
-    ) -> Result<Vec<Option<String>>, CallError> {
-        let Some(cache) = &self.cache else {
-            return self.invoke_endpoint_calls(inputs, claim, stats).await;
-        };
-        let cached = |input: &InvokeInput| {
-            let endpoint = input.endpoint.as_deref()?;
-            cache.record(endpoint, &input.fields)
-        };
-        let (mut results, rest) = split_cached(inputs, cached);
-        let fresh: Vec<InvokeInput> = rest.iter().map(|&i| inputs[i].clone()).collect();
-        let answers = self.invoke_endpoint_calls(&fresh, claim, stats).await?;
-        for ((&row, input), answer) in rest.iter().zip(&fresh).zip(answers) {
-            if let (Some(record), Some(endpoint)) = (&answer, &input.endpoint) {
-                cache.keep_record(endpoint, &input.fields, record.clone());
-            }
-            results[row] = answer;
-        }
-        Ok(results)
-    }
-
-    async fn invoke_endpoint_calls(
+    pub(super) async fn invoke_endpoint_calls(
         &self,
         inputs: &[InvokeInput],
         claim: &Arc<share::Claim>,
@@ -593,25 +539,6 @@ impl Executor {
             .collect();
         gather(calls, plans, inputs.len()).await
     }
-}
-
-/// The cached results of `inputs` (None where there is none) and the rows still to call for;
-/// counts hits and misses.
-fn split_cached<I, O>(
-    inputs: &[I],
-    cached: impl Fn(&I) -> Option<O>,
-) -> (Vec<Option<O>>, Vec<usize>) {
-    let mut results = Vec::with_capacity(inputs.len());
-    let mut rest = Vec::new();
-    for (row, input) in inputs.iter().enumerate() {
-        let hit = cached(input);
-        if hit.is_none() {
-            rest.push(row);
-        }
-        results.push(hit);
-    }
-    crate::metrics::cache_lookups((inputs.len() - rest.len()) as u64, rest.len() as u64);
-    (results, rest)
 }
 
 /// A service call that ended without an answer: it panicked, or the ML runtime shut down.
