@@ -140,3 +140,30 @@ async fn psql_runs_ml_statements_and_reports_refused_forms() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_progress_notices_of_a_long_ml_statement() {
+    let proxy = Proxy::start().await;
+    proxy
+        .mock
+        .set_latency(std::time::Duration::from_millis(100));
+    let out = psql(
+        &proxy,
+        &[
+            "-c",
+            "SET pgenrich.progress = on",
+            "-c",
+            "SET pgenrich.progress_interval = 0.1",
+            "-c",
+            "SELECT count(aws_sagemaker.invoke_endpoint('psql-progress', 1, g)) \
+             FROM generate_series(1, 12) g",
+        ],
+    )
+    .await;
+    assert_eq!(stdout(&out).lines().last(), Some("12"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("NOTICE:  pgenrich: ") && stderr.contains("rows sent to inference"),
+        "psql prints the progress notices: {stderr}"
+    );
+}
