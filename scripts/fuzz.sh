@@ -4,8 +4,9 @@
 #
 #   FUZZ_SECS=120          seconds per target
 #   TARGETS="frames sql"   targets to run (default: all)
-#   FUZZ_SANITIZER=none    none (default: pgenrich forbids unsafe code, and without ASan the
-#                          fuzzers run about twice as fast) or address
+#   FUZZ_SANITIZER=none    none (default: pgenrich denies unsafe code outside three FFI
+#                          calls, and without ASan the fuzzers run about twice as fast)
+#                          or address
 #
 # Each target grows its corpus in fuzz/corpus/<target> (not committed), starting from
 # fuzz/seeds/<target> where there is one. A crash leaves its input in fuzz/artifacts/<target>;
