@@ -125,8 +125,9 @@ impl Grant {
     }
 }
 
-/// `pattern` is `*`, a name, or a prefix followed by `*`.
-fn matches(pattern: &str, name: &str) -> bool {
+/// `pattern` is `*`, a name, or a prefix followed by `*` (also the role patterns of
+/// `[[rate_limits]]`).
+pub fn matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,

@@ -140,12 +140,10 @@ impl RateLimits {
 
     /// The buckets of `role` (the first rule naming it), shared by its sessions; None: no limit.
     pub fn for_role(&self, role: &str) -> Option<Arc<RoleLimit>> {
-        let rule = self.rules.iter().find(|r| {
-            r.roles.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => role.starts_with(prefix),
-                None => p == role,
-            })
-        })?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.roles.iter().any(|p| crate::access::matches(p, role)))?;
         let mut roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
         Some(Arc::clone(roles.entry(role.to_owned()).or_insert_with(
             || {

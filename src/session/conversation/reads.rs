@@ -83,18 +83,27 @@ impl Conversation<'_> {
     /// Sends a Query pgenrich needs (BEGIN, COMMIT, ROLLBACK) and reads its answer, keeping it
     /// from the client except for an error, whose body it returns.
     pub async fn hidden_query(&mut self, sql: &str) -> Result<Option<Bytes>, SessionError> {
+        self.hidden_query_row(sql).await.map(|(error, _)| error)
+    }
+
+    /// [`Conversation::hidden_query`] that also returns the body of the first DataRow, if any.
+    pub async fn hidden_query_row(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Option<Bytes>, Option<Bytes>), SessionError> {
         let mut text = sql.as_bytes().to_vec();
         text.push(0);
         self.send(message(frontend::QUERY, &text)).await?;
-        let mut error = None;
+        let (mut error, mut row) = (None, None);
         loop {
             let (kind, body) = self.next().await?;
             match kind {
                 b'Z' => {
                     self.note_ready(&body);
-                    return Ok(error);
+                    return Ok((error, row));
                 }
                 b'E' => error = Some(body),
+                b'D' if row.is_none() => row = Some(body),
                 b'N' | b'A' | b'S' => self.to_client(message(kind, &body)),
                 _ => {}
             }

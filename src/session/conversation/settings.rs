@@ -14,8 +14,7 @@ use bytes::Bytes;
 
 use super::Conversation;
 use crate::error::SessionError;
-use crate::protocol::{frontend, notice};
-use crate::session::rows::message;
+use crate::protocol::notice;
 
 /// The query reading every setting pgenrich knows (NULL when unset).
 const READ_SETTINGS: &str = "SELECT current_setting('pgenrich.progress', true), \
@@ -110,31 +109,18 @@ impl Conversation<'_> {
     /// from the client) and applies them to the statement about to run. In a failed transaction
     /// block the read fails like the statement will: the configured values stay.
     pub async fn apply_session_settings(&mut self) -> Result<(), SessionError> {
-        let mut text = READ_SETTINGS.as_bytes().to_vec();
-        text.push(0);
-        self.send(message(frontend::QUERY, &text)).await?;
-        let mut values: Option<Vec<Option<String>>> = None;
-        loop {
-            let (kind, body) = self.next().await?;
-            match kind {
-                b'D' if values.is_none() => {
-                    values = Some(
-                        crate::session::rows::split_row(&body)
-                            .into_iter()
-                            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                            .collect(),
-                    )
-                }
-                b'Z' => {
-                    self.note_ready(&body);
-                    break;
-                }
-                b'N' | b'A' | b'S' => self.to_client(message(kind, &body)),
-                _ => {}
-            }
-        }
+        // An error (a failed transaction block) leaves no row: the configured values stay.
+        let (_, row) = self.hidden_query_row(READ_SETTINGS).await?;
+        let values: Vec<Option<String>> = row
+            .map(|body| {
+                crate::session::rows::split_row(&body)
+                    .into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut warnings = Vec::new();
-        let settings = parse(&values.unwrap_or_default(), &mut warnings);
+        let settings = parse(&values, &mut warnings);
         for warning in warnings {
             self.to_client(notice("WARNING", "22023", warning));
         }
