@@ -500,23 +500,28 @@ fn startup_error(error: StartupError) -> SessionError {
     }
 }
 
-/// Forwards a client's cancel request to the upstream backend its key stands for. Unknown keys
-/// are ignored silently, as PostgreSQL does.
+/// Forwards a client's cancel request to the upstream backend its key stands for, then stops
+/// the session's own work (inference). Unknown keys are ignored silently, as PostgreSQL does.
+///
+/// The order matters: the session answers a stopped statement at once and the client's next
+/// statement follows, so a cancel still on its way to PostgreSQL would cancel that one. Once
+/// `cancel` returns, PostgreSQL has signalled its backend, which cancels what it runs now or
+/// ignores the signal while idle.
 async fn forward_cancel(ctx: &SessionContext, pid: i32, secret: &[u8]) {
     let Some(target) = ctx.cancels.lookup(pid, secret) else {
         debug!("cancel request with an unknown key ignored");
         return;
     };
-    target.session.notify_one();
-    match ctx
+    let forwarded = ctx
         .upstream
         .cancel(
             target.upstream_addr,
             target.upstream_pid,
             &target.upstream_secret,
         )
-        .await
-    {
+        .await;
+    target.session.notify_one();
+    match forwarded {
         Ok(()) => debug!("cancel request forwarded"),
         Err(error) => info!(%error, "could not forward a cancel request"),
     }

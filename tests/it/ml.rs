@@ -448,6 +448,34 @@ async fn cancel_stops_inference_in_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_statement_after_a_cancelled_one_is_not_cancelled() {
+    // pgenrich ends its own work on a cancel request and forwards the request to PostgreSQL. If
+    // it answered the client first, the forwarded cancel could land on the client's next
+    // statement (here a 300 ms sleep, long enough for any late cancel to hit it).
+    let proxy = Proxy::start().await;
+    proxy.mock.set_latency(std::time::Duration::from_secs(10));
+    let client = proxy.connect().await;
+    for round in 0..4 {
+        let token = client.cancel_token();
+        let cancel = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            token.cancel_query(tokio_postgres::NoTls).await
+        });
+        let error = client
+            .simple_query("SELECT aws_comprehend.detect_sentiment('slow ' || g, 'en') FROM generate_series(1, 3) g")
+            .await
+            .expect_err("cancelled");
+        assert_eq!(sqlstate(&error), "57014", "round {round}: {error}");
+        cancel.await.expect("join").expect("cancel sent");
+        let out = client
+            .simple_query("SELECT pg_sleep(0.3), 'next'")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the next statement failed: {e}"));
+        assert_eq!(rows(&out).len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_prepared_statements_with_parameters_and_binary_results() {
     reviews_table("ml_reviews_extended").await;
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 2).await;
