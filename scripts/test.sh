@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs pgenrich's whole test suite. On a fresh Debian or Ubuntu machine with Rust it first
-# installs what the tests need: the PostgreSQL server and client (the integration tests start
-# their own throw-away server from these binaries) and pgbouncer (for benches/e2e_relay.sh).
+# installs what the tests need: the PostgreSQL server and client and the Redis server (the
+# integration tests start their own throw-away servers from these binaries) and pgbouncer (for
+# benches/e2e_relay.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || [ -n "${PG_BIN:-}" ] || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+command -v redis-server >/dev/null || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

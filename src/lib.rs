@@ -15,8 +15,9 @@
 //!   plain data (streaming, base + residual, EXPLAIN targets).
 //! - [`enrich`]: the inference executor — batching, de-duplication, concurrency with fair
 //!   shares between statements and the row cap ([`enrich::share`]), ordering, the result cache
-//!   across statements ([`enrich::cache`]) — and the process-wide budget of bytes ML statements
-//!   hold ([`enrich::budget`]).
+//!   across statements ([`enrich::cache`]), what a fleet of sidecars shares through Redis
+//!   (cached results, calls in flight per endpoint: [`enrich::fleet`]) — and the process-wide
+//!   budget of bytes ML statements hold ([`enrich::budget`]).
 //! - [`backends`]: Comprehend and SageMaker Runtime through the AWS SDK, and the embedded ones
 //!   (VADER sentiment, ONNX models by tract).
 //! - [`upstream`]: connecting to the database (TLS modes) and forwarding cancel requests.

@@ -86,6 +86,7 @@ impl Server {
                 rate_limits: config.inference.rate_limits.clone(),
                 cache_bytes: config.inference.cache_bytes,
                 cache_ttl: config.inference.cache_ttl,
+                fleet: config.inference.fleet.clone(),
                 runtime: ml_runtime,
             },
         );

@@ -160,6 +160,31 @@ pub struct Cli {
     /// How long a cached inference result is used [default: 1h].
     #[arg(long, env = "PGENRICH_INFERENCE_CACHE_TTL", value_name = "DURATION")]
     pub inference_cache_ttl: Option<String>,
+    /// Keep inference results in Redis too (redis_url), shared by every sidecar using it:
+    /// true or false [default: false].
+    #[arg(long, env = "PGENRICH_INFERENCE_CACHE_REDIS", value_name = "BOOL")]
+    pub inference_cache_redis: Option<String>,
+    /// The Redis a fleet of sidecars shares for inference_cache_redis and
+    /// fleet_max_calls_per_endpoint: redis://[USER:PASSWORD@]HOST[:PORT][/DB] or rediss://…
+    /// (TLS) [default: none].
+    #[arg(
+        long,
+        env = "PGENRICH_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Prefix of the keys pgenrich writes in Redis [default: pgenrich:].
+    #[arg(long, env = "PGENRICH_REDIS_KEY_PREFIX", value_name = "PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Longest wait for one Redis operation; past it pgenrich goes on without Redis (a cache
+    /// miss; the call under this sidecar's own limits) [default: 250ms].
+    #[arg(long, env = "PGENRICH_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
+    /// Inference calls in flight at once per endpoint / language over every sidecar sharing
+    /// redis_url; 0 for no such limit [default: 0].
+    #[arg(long, env = "PGENRICH_FLEET_MAX_CALLS_PER_ENDPOINT", value_name = "N")]
+    pub fleet_max_calls_per_endpoint: Option<String>,
     /// Cut Comprehend documents over 5,000 bytes instead of failing: true or false [default: false].
     #[arg(long, env = "PGENRICH_COMPREHEND_TRUNCATE", value_name = "BOOL")]
     pub comprehend_truncate: Option<String>,

@@ -13,6 +13,7 @@ use crate::error::ConfigError;
 
 mod cli;
 mod file;
+mod redis;
 mod values;
 
 pub use cli::Cli;
@@ -49,6 +50,8 @@ pub struct InferenceConfig {
     /// The result cache across statements: byte budget (0: off) and entry lifetime.
     pub cache_bytes: usize,
     pub cache_ttl: Duration,
+    /// The Redis a fleet of sidecars shares (results, calls in flight); None: not used.
+    pub fleet: Option<crate::enrich::fleet::FleetConfig>,
     pub comprehend_truncate: bool,
     pub redact_aws_errors: bool,
     pub comprehend_backend: SentimentBackendKind,
@@ -324,6 +327,26 @@ impl Config {
                     Ok(n)
                 }
             };
+        let cache_ttl = nonzero(
+            "inference_cache_ttl",
+            duration(
+                "inference_cache_ttl",
+                cli.inference_cache_ttl,
+                file.inference_cache_ttl,
+                "1h",
+            )?,
+        )?;
+        let fleet = redis::fleet(
+            cli.redis_url.or(file.redis_url),
+            cli.redis_key_prefix.or(file.redis_key_prefix),
+            (cli.redis_timeout, file.redis_timeout),
+            (cli.inference_cache_redis, file.inference_cache_redis),
+            (
+                cli.fleet_max_calls_per_endpoint,
+                file.fleet_max_calls_per_endpoint,
+            ),
+            cache_ttl,
+        )?;
         let inference = InferenceConfig {
             aws_region: cli.aws_region.or(file.aws_region),
             sagemaker_endpoint_url: cli.sagemaker_endpoint_url.or(file.sagemaker_endpoint_url),
@@ -403,15 +426,8 @@ impl Config {
                 file.inference_cache_bytes,
                 0,
             )?,
-            cache_ttl: nonzero(
-                "inference_cache_ttl",
-                duration(
-                    "inference_cache_ttl",
-                    cli.inference_cache_ttl,
-                    file.inference_cache_ttl,
-                    "1h",
-                )?,
-            )?,
+            cache_ttl,
+            fleet,
             max_inference_rows: match number(
                 "max_inference_rows",
                 cli.max_inference_rows,

@@ -304,3 +304,77 @@ fn the_kubernetes_example_carries_a_valid_config() {
         .grant("orders_app")
         .allows(crate::access::INVOKE_ENDPOINT, "fraud-v3"));
 }
+
+#[test]
+fn redis_keys_need_each_other_and_never_echo_the_url() {
+    let off = Config::load(cli(&["--upstream", "h:1"])).expect("config");
+    assert!(off.inference.fleet.is_none(), "off by default");
+    let fleet = Config::load(cli(&[
+        "--upstream",
+        "h:1",
+        "--redis-url",
+        "rediss://user:s3cret@cache:6380/2",
+        "--fleet-max-calls-per-endpoint",
+        "24",
+        "--inference-cache-ttl",
+        "10m",
+    ]))
+    .expect("config")
+    .inference
+    .fleet
+    .expect("fleet");
+    assert_eq!(fleet.max_calls_per_target, Some(24));
+    assert!(!fleet.cache);
+    assert_eq!(fleet.key_prefix, "pgenrich:");
+    assert_eq!(fleet.timeout, Duration::from_millis(250));
+    assert_eq!(fleet.cache_ttl, Duration::from_secs(600));
+    assert!(!format!("{fleet:?}").contains("s3cret"), "{fleet:?}");
+
+    for (args, key) in [
+        (
+            &["--inference-cache-redis", "true"][..],
+            "inference_cache_redis",
+        ),
+        (
+            &["--fleet-max-calls-per-endpoint", "2"],
+            "fleet_max_calls_per_endpoint",
+        ),
+        (&["--redis-url", "redis://h"], "redis_url"),
+        (
+            &[
+                "--redis-url",
+                "http://u:s3cret@h",
+                "--inference-cache-redis",
+                "true",
+            ],
+            "redis_url",
+        ),
+        (
+            &[
+                "--redis-url",
+                "redis://u:s3cret@h:notaport",
+                "--inference-cache-redis",
+                "true",
+            ],
+            "redis_url",
+        ),
+        (
+            &[
+                "--redis-url",
+                "redis://h",
+                "--inference-cache-redis",
+                "true",
+                "--redis-timeout",
+                "0s",
+            ],
+            "redis_timeout",
+        ),
+    ] {
+        let mut all = vec!["--upstream", "h:1"];
+        all.extend_from_slice(args);
+        let error = Config::load(cli(&all)).expect_err("invalid");
+        let text = error.to_string();
+        assert!(text.contains(key), "{args:?}: {text}");
+        assert!(!text.contains("s3cret"), "{args:?}: {text}");
+    }
+}

@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod cache;
 pub mod csv;
+pub mod fleet;
 pub mod memo;
 pub mod rate;
 pub mod share;
@@ -50,6 +51,8 @@ pub struct ExecutorConfig {
     /// The result cache across statements: its byte budget (0: off) and entries' lifetime.
     pub cache_bytes: usize,
     pub cache_ttl: std::time::Duration,
+    /// The Redis a fleet of sidecars shares (`redis_url`): results, calls in flight; None: off.
+    pub fleet: Option<fleet::FleetConfig>,
     /// The runtime that runs service calls and chunk enrichment, apart from the one relaying
     /// sessions (`None`: the caller's runtime).
     pub runtime: Option<Handle>,
@@ -67,6 +70,7 @@ impl Default for ExecutorConfig {
             rate_limits: Vec::new(),
             cache_bytes: 0,
             cache_ttl: std::time::Duration::from_secs(3600),
+            fleet: None,
             runtime: None,
         }
     }
@@ -99,9 +103,19 @@ pub struct Executor {
     fairness: Arc<share::Fairness>,
     /// Results across statements (`inference_cache_bytes`); None: off.
     cache: Option<cache::ResultCache>,
+    /// The Redis shared with other sidecars (`redis_url`); None: off.
+    fleet: Option<Arc<fleet::Fleet>>,
     /// Per-role rate limits and their buckets.
     rates: rate::RateLimits,
 }
+
+/// What a call holds while it runs (see [`Executor::permits`]); dropping it frees them all.
+struct Permits(
+    #[allow(dead_code)] share::Slot,
+    #[allow(dead_code)] OwnedSemaphorePermit,
+    #[allow(dead_code)] OwnedSemaphorePermit,
+    #[allow(dead_code)] Option<fleet::FleetSlot>,
+);
 
 /// Per-endpoint limits kept before idle ones are dropped (see [`Executor::permits`]).
 const PRUNE_TARGETS_AT: usize = 1024;
@@ -140,6 +154,12 @@ impl Executor {
             rates: rate::RateLimits::new(config.rate_limits.clone()).unwrap_or_default(),
             cache: (config.cache_bytes > 0)
                 .then(|| cache::ResultCache::new(config.cache_bytes, config.cache_ttl)),
+            // The URL is checked with the configuration.
+            fleet: config.fleet.clone().and_then(|c| {
+                fleet::Fleet::new(c)
+                    .inspect_err(|e| tracing::error!("redis_url: {e}; Redis not used"))
+                    .ok()
+            }),
             backends,
             config,
         })
@@ -163,14 +183,14 @@ impl Executor {
         )
     }
 
-    /// A call's permits: its statement's share, its endpoint's (or language's) limit, and the
-    /// process's.
+    /// A call's permits: its statement's share, its endpoint's (or language's) limit, the
+    /// process's, and the fleet's (`fleet_max_calls_per_endpoint`).
     async fn permits(
         &self,
         target: &str,
         rows: usize,
         claim: &Arc<share::Claim>,
-    ) -> Result<(share::Slot, OwnedSemaphorePermit, OwnedSemaphorePermit), InferenceError> {
+    ) -> Result<Permits, InferenceError> {
         // The role's rate first: a statement slowed by it holds no slot meanwhile.
         if let Some(limit) = claim.rate_limit() {
             limit.admit(rows).await;
@@ -197,11 +217,17 @@ impl Executor {
         };
         let closed = |_| InferenceError::InvalidArgument("executor shut down".into());
         let target_permit = per_target.acquire_owned().await.map_err(closed)?;
+        // A call waiting for the fleet holds its endpoint's permit, not the process's: calls to
+        // other endpoints go on meanwhile.
+        let fleet = match &self.fleet {
+            Some(fleet) if fleet.limits_calls() => fleet.slot(target).await,
+            _ => None,
+        };
         let global_permit = Arc::clone(&self.global)
             .acquire_owned()
             .await
             .map_err(closed)?;
-        Ok((slot, target_permit, global_permit))
+        Ok(Permits(slot, target_permit, global_permit, fleet))
     }
 
     /// A slot for one chunk of an ML statement in inference, to hold until its task ends. A chunk

@@ -50,6 +50,9 @@ pub mod names {
     pub const DUPLICATES_SAVED: &str = "pgenrich_inference_duplicates_saved_total";
     pub const MEMO_HITS: &str = "pgenrich_memo_hits_total";
     pub const CACHE_LOOKUPS: &str = "pgenrich_cache_lookups_total";
+    pub const REDIS_ERRORS: &str = "pgenrich_redis_errors_total";
+    pub const FLEET_WAITS: &str = "pgenrich_fleet_slot_waits_total";
+    pub const FLEET_WAIT_SECONDS: &str = "pgenrich_fleet_slot_wait_seconds";
 }
 
 /// What a session is doing, for [`names::CLIENT_CONNECTIONS`]`{state}`.
@@ -201,7 +204,21 @@ fn describe() {
     );
     describe_counter!(
         names::CACHE_LOOKUPS,
-        "Rows looked up in the result cache across statements, by result (hit, miss)."
+        "Rows looked up in the result cache across statements, by tier (memory, redis) and \
+         result (hit, miss)."
+    );
+    describe_counter!(
+        names::REDIS_ERRORS,
+        "Redis operations that failed or timed out (pgenrich went on without them), by operation."
+    );
+    describe_counter!(
+        names::FLEET_WAITS,
+        "Times a call found every fleet slot of its endpoint taken and waited."
+    );
+    describe_histogram!(
+        names::FLEET_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time calls took to get a fleet slot (fleet_max_calls_per_endpoint)."
     );
     describe_counter!(
         names::MEMO_HITS,
@@ -374,13 +391,27 @@ pub fn memo_hits(rows: u64) {
 }
 
 /// Rows found in the result cache across statements and rows not found.
-pub fn cache_lookups(hits: u64, misses: u64) {
+pub fn cache_lookups(tier: &'static str, hits: u64, misses: u64) {
     if hits > 0 {
-        counter!(names::CACHE_LOOKUPS, "result" => "hit").increment(hits);
+        counter!(names::CACHE_LOOKUPS, "tier" => tier, "result" => "hit").increment(hits);
     }
     if misses > 0 {
-        counter!(names::CACHE_LOOKUPS, "result" => "miss").increment(misses);
+        counter!(names::CACHE_LOOKUPS, "tier" => tier, "result" => "miss").increment(misses);
     }
+}
+
+pub fn redis_error(op: &'static str) {
+    counter!(names::REDIS_ERRORS, "op" => op).increment(1);
+}
+
+/// A call found its endpoint's fleet slots all taken (once per attempt).
+pub fn fleet_waited() {
+    counter!(names::FLEET_WAITS).increment(1);
+}
+
+/// A call got its fleet slot after `waited`.
+pub fn fleet_wait(waited: Duration) {
+    histogram!(names::FLEET_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
 /// The label for an endpoint name or language: itself for the first [`MAX_TARGETS`] distinct

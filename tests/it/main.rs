@@ -9,6 +9,7 @@ mod cache;
 mod cli;
 mod differential;
 mod explain;
+mod fleet;
 mod hostile;
 mod lifecycle;
 mod limits;

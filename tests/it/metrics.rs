@@ -52,7 +52,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 }
 
 /// The sum of the samples whose series starts with `name` and holds every label in `labels`.
-fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+pub fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
     samples
         .iter()
         .filter(|(series, _)| {
@@ -63,7 +63,7 @@ fn sum(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+pub async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     samples(&body)

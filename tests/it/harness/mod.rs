@@ -22,6 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+mod redis;
+pub use redis::{redis, Redis};
+
 pub const DATABASE: &str = "pgenrich_test";
 /// SCRAM-authenticated application role.
 pub const USER: &str = "alice";
@@ -233,11 +236,16 @@ fn spawn_postgres(bin: &Path, user: Option<(u32, u32)>, dir: &Path, extra: &[&st
 }
 
 /// Stops PostgreSQL (immediate shutdown) and removes its directory once this process is gone.
-#[allow(clippy::zombie_processes)] // see spawn_postgres
 fn watchdog(postgres_pid: u32, dir: &Path) {
+    watchdog_with(postgres_pid, "QUIT", dir);
+}
+
+/// Sends `signal` to `pid` and removes `dir` once this process is gone.
+#[allow(clippy::zombie_processes)] // see spawn_postgres
+fn watchdog_with(pid: u32, signal: &str, dir: &Path) {
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {postgres_pid} 2>/dev/null; \
-         for i in $(seq 50); do kill -0 {postgres_pid} 2>/dev/null || break; sleep 0.1; done; \
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -{signal} {pid} 2>/dev/null; \
+         for i in $(seq 50); do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; \
          rm -rf '{dir}'",
         me = std::process::id(),
         dir = dir.display(),
@@ -347,7 +355,7 @@ pub fn reference_database() -> &'static str {
             "CREATE DATABASE {REFERENCE_DATABASE} OWNER {USER} TEMPLATE template0 \
              ENCODING 'UTF8' LOCALE 'C'"
         ));
-        pg.psql_super_in(REFERENCE_DATABASE, include_str!("reference.sql"));
+        pg.psql_super_in(REFERENCE_DATABASE, include_str!("../reference.sql"));
     });
     REFERENCE_DATABASE
 }
@@ -543,6 +551,13 @@ impl Proxy {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Proxy {
         init_logs();
         Self::start_inner(adjust, None).await
+    }
+
+    /// Starts pgenrich configured by `adjust` with its AWS clients pointed at `url` (e.g.
+    /// another proxy's mock, so that two sidecars call one service).
+    pub async fn start_sharing(url: &str, adjust: impl FnOnce(&mut Config)) -> Proxy {
+        init_logs();
+        Self::start_inner(adjust, Some(url)).await
     }
 
     /// Starts pgenrich in front of the hot standby ([`standby`]), with its own mock AWS server.
