@@ -293,7 +293,12 @@ fn the_kubernetes_example_carries_a_valid_config() {
         .collect::<Vec<_>>()
         .join("\n");
     let file: FileConfig = toml::from_str(&toml_text).expect("the embedded config parses");
-    let config = Config::resolve(Cli::default(), file).expect("and is valid");
+    // PGENRICH_REDIS_URL comes from the Secret.
+    let secret = cli(&["--redis-url", "rediss://:token@cache.example:6379"]);
+    let config = Config::resolve(secret, file).expect("and is valid");
+    let fleet = config.inference.fleet.as_ref().expect("Redis used");
+    assert!(fleet.cache);
+    assert_eq!(fleet.max_calls_per_target, Some(24));
     assert_eq!(
         config.admin_listen,
         Some("0.0.0.0:9187".parse().expect("addr"))

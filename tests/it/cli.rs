@@ -484,3 +484,70 @@ async fn idle_timeout_on(upstream_tls_mode: &str, direct_relay: &str) {
         "{upstream_tls_mode}/{direct_relay}: {exit:?}"
     );
 }
+
+/// `rediss://`: the binary reaches Redis over TLS, verifying the server against the system's CA
+/// roots (here `SSL_CERT_FILE`, the test CA), and its results land there; a server it cannot
+/// verify is not used, and statements go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_shares_results_over_tls_to_redis() {
+    use ::redis::AsyncCommands;
+    let pg = postgres();
+    let redis = crate::harness::redis();
+    let mock = mock_aws::MockAws::start().await.expect("mock AWS");
+    for (trusted, prefix) in [(true, "cli-tls-trusted:"), (false, "cli-tls-untrusted:")] {
+        let port = free_port();
+        let mut cmd = pgenrich();
+        with_mock_aws(&mut cmd, &mock).env(
+            "SSL_CERT_FILE",
+            if trusted {
+                pg.tls.ca_cert.clone()
+            } else {
+                std::path::PathBuf::from("/nonexistent")
+            },
+        );
+        let url = format!("rediss://localhost:{}/0", redis.tls_port);
+        let mut child = serve(
+            &mut cmd,
+            port,
+            pg,
+            &[
+                "--redis-url",
+                &url,
+                "--inference-cache-redis",
+                "true",
+                "--redis-key-prefix",
+                prefix,
+            ],
+        );
+        let client = connect_when_ready(&conninfo(port)).await;
+        let rows = client
+            .simple_query(
+                "SELECT aws_comprehend.detect_sentiment('tls ' || g, 'en') \
+                 FROM generate_series(1, 5) g",
+            )
+            .await
+            .expect("runs with or without Redis");
+        assert_eq!(crate::harness::text_rows(&rows).len(), 5);
+        let mut check = redis.connect().await;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..50 {
+            keys = check.keys(format!("{prefix}r:*")).await.expect("keys");
+            if keys.len() == 5 || !trusted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !trusted {
+            // Give a late write the time the trusted run needed at most.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            keys = check.keys(format!("{prefix}r:*")).await.expect("keys");
+        }
+        assert_eq!(
+            keys.len(),
+            if trusted { 5 } else { 0 },
+            "trusted: {trusted}"
+        );
+        drop(client);
+        assert!(terminate(&mut child).await.success());
+    }
+}

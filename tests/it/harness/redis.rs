@@ -1,6 +1,7 @@
 //! A throw-away Redis server (the distribution's `redis-server`), started once per test binary
-//! on a free loopback port, without persistence; the watchdog stops it with this process. Tests
-//! share it and keep apart by key prefix ([`Redis::prefix`]).
+//! on two free loopback ports — plain, and TLS with the certificate of the test PostgreSQL
+//! (`localhost`, signed by the test CA) — without persistence; the watchdog stops it with this
+//! process. Tests share it and keep apart by key prefix ([`Redis::prefix`]).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 pub struct Redis {
     pub port: u16,
+    pub tls_port: u16,
 }
 
 /// The shared Redis server, started on first use.
@@ -45,18 +47,29 @@ fn start_redis() -> Redis {
         .tempdir()
         .expect("temp dir")
         .keep();
-    let port = super::free_port();
+    let (port, tls_port) = (super::free_port(), super::free_port());
+    let tls = &super::postgres().tls;
+    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_owned();
     let log = std::fs::File::create(dir.join("redis.log")).expect("log");
     let child = Command::new(server_binary())
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .args(["--dir", dir.to_str().expect("utf8")])
+        .args([
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--tls-cert-file", &path(&tls.server_cert)])
+        .args(["--tls-key-file", &path(&tls.server_key)])
+        .args(["--tls-ca-cert-file", &path(&tls.ca_cert)])
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .expect("start redis-server");
     super::watchdog_with(child.id(), "TERM", &dir);
-    let redis = Redis { port };
+    let redis = Redis { port, tls_port };
     for _ in 0..100 {
         if redis.ping() {
             return redis;
