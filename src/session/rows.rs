@@ -173,6 +173,24 @@ pub fn sentiment_value(s: Sentiment, field: Field, format: i16) -> Vec<u8> {
     }
 }
 
+/// detect_sentiment's whole record; for a NULL result (NULL or empty text, NULL language) a
+/// record of two NULLs, `(,)`, as a native function with OUT parameters returns.
+pub fn sentiment_record(s: Option<Sentiment>, format: i16) -> Vec<u8> {
+    match (s, format) {
+        (Some(s), _) => sentiment_value(s, Field::Record, format),
+        (None, 1) => {
+            let mut out = Vec::with_capacity(20);
+            out.extend_from_slice(&2i32.to_be_bytes());
+            out.extend_from_slice(&VARCHAR_OID.to_be_bytes());
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            out.extend_from_slice(&FLOAT4_OID.to_be_bytes());
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            out
+        }
+        (None, _) => b"(,)".to_vec(),
+    }
+}
+
 /// `real` in PostgreSQL's default text form (shortest exact digits; exponent outside 1e-4..1e15).
 pub fn float4_text(value: f32) -> String {
     if value.is_nan() {
@@ -234,6 +252,15 @@ mod tests {
             confidence: 0.75,
         };
         assert_eq!(sentiment_value(s, Field::Record, 0), b"(POSITIVE,0.75)");
+        assert_eq!(sentiment_record(Some(s), 0), b"(POSITIVE,0.75)");
+        assert_eq!(sentiment_record(None, 0), b"(,)");
+        // record_send of two NULL fields: count, then (oid, -1) twice.
+        let mut null = 2i32.to_be_bytes().to_vec();
+        for oid in [VARCHAR_OID, FLOAT4_OID] {
+            null.extend_from_slice(&oid.to_be_bytes());
+            null.extend_from_slice(&(-1i32).to_be_bytes());
+        }
+        assert_eq!(sentiment_record(None, 1), null);
         assert_eq!(
             sentiment_value(s, Field::Confidence, 1),
             0.75f32.to_be_bytes()

@@ -28,10 +28,10 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::conversation::requests::execute;
 use crate::session::conversation::{canceled, Conversation, Outcome};
-use crate::session::rows::{message, sentiment_value, split_row, Column, Layout};
+use crate::session::rows::{message, sentiment_record, sentiment_value, split_row, Column, Layout};
 use crate::session::scoring::{call_error, infer, Memo, Results};
 use crate::session::statements::{MlPortal, MlStatement, Prepared};
-use crate::sql::plan::StreamingPlan;
+use crate::sql::plan::{Field, StreamingPlan};
 
 /// A chunk in inference on the ML runtime: its enriched DataRows and what the calls cost.
 /// Dropping it (the statement ended early, the client went away) stops its service calls.
@@ -417,6 +417,9 @@ async fn enrich_chunk(
                 Column::Ml(p) => {
                     let placeholder = &plan.placeholders[p];
                     match (&results[placeholder.call], placeholder.field) {
+                        (Results::Sentiment(values), Field::Record) => {
+                            Some(std::borrow::Cow::Owned(sentiment_record(values[r], format)))
+                        }
                         (Results::Sentiment(values), field) => values[r]
                             .map(|s| std::borrow::Cow::Owned(sentiment_value(s, field, format))),
                         (Results::Text(values), _) => values[r]

@@ -640,6 +640,79 @@ const CASES: &[Case] = &[
         "SELECT DISTINCT ON (user_id) user_id, (aws_comprehend.detect_sentiment(body, 'en')).sentiment \
            FROM diff_reviews ORDER BY user_id, id",
     ),
+    // Output column names of ML results in the clauses that may name them.
+    same(
+        "distinct_on_alias_of_label",
+        Ordered,
+        "SELECT DISTINCT ON (s) (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS s, id \
+           FROM diff_reviews ORDER BY s, id",
+    ),
+    same(
+        "distinct_on_alias_of_invoke_and_plain",
+        Ordered,
+        "SELECT DISTINCT ON (lang, q) lang, \
+                aws_sagemaker.invoke_endpoint('score', 10, rating) AS q, id \
+           FROM diff_reviews ORDER BY lang, q, id DESC",
+    ),
+    same(
+        "distinct_on_alias_of_record",
+        Ordered,
+        "SELECT DISTINCT ON (r) aws_comprehend.detect_sentiment(body, 'en') AS r, id \
+           FROM diff_reviews ORDER BY r, id",
+    ),
+    same(
+        "order_by_alias_of_confidence_desc",
+        Ordered,
+        "SELECT id, (aws_comprehend.detect_sentiment(body, 'en')).confidence AS c \
+           FROM diff_reviews ORDER BY c DESC NULLS LAST, id LIMIT 12",
+    ),
+    same(
+        "order_by_alias_and_ordinal",
+        Ordered,
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS s, id \
+           FROM diff_reviews ORDER BY 1 DESC, s, id",
+    ),
+    same(
+        "group_by_alias_of_label",
+        AnyOrder,
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS s, count(*) \
+           FROM diff_reviews GROUP BY s",
+    ),
+    same(
+        "group_by_alias_order_by_alias",
+        Ordered,
+        "SELECT aws_sagemaker.invoke_endpoint('score', 10, qty) AS q, count(*) AS n \
+           FROM diff_tx GROUP BY q ORDER BY n DESC, q",
+    ),
+    same(
+        "group_by_alias_having_on_alias_column",
+        AnyOrder,
+        "SELECT (aws_comprehend.detect_sentiment(body, lang)).sentiment AS s, max(id) \
+           FROM diff_reviews GROUP BY s HAVING count(*) > 1",
+    ),
+    // NULL and empty texts give a record of two NULLs, as a native function with OUT parameters.
+    same(
+        "record_of_null_and_empty_text",
+        Ordered,
+        "SELECT id, aws_comprehend.detect_sentiment(body, lang), \
+                aws_comprehend.detect_sentiment(body, lang) IS NULL AS is_null, \
+                (aws_comprehend.detect_sentiment(body, lang)).sentiment IS NULL AS no_label \
+           FROM diff_reviews ORDER BY id",
+    ),
+    same(
+        "record_of_null_text_in_residual",
+        Ordered,
+        "SELECT id, aws_comprehend.detect_sentiment(body, 'en') AS r FROM diff_reviews \
+          WHERE (aws_comprehend.detect_sentiment(body, 'en')).confidence IS NULL \
+             OR (aws_comprehend.detect_sentiment(body, 'en')).confidence > 0.5 \
+          ORDER BY id",
+    ),
+    same(
+        "record_of_null_literal",
+        Ordered,
+        "SELECT aws_comprehend.detect_sentiment(NULL, 'en'), aws_comprehend.detect_sentiment('', 'en'), \
+                aws_comprehend.detect_sentiment('good', NULL)",
+    ),
     // --- Window functions ------------------------------------------------------------------------
     same(
         "window_rank_by_label_and_score",

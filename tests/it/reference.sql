@@ -27,9 +27,8 @@
 -- ORDER BY on text sorts the same on both sides of the differential suite.
 --
 -- NULLS AND ERRORS, as pgenrich (src/enrich/mod.rs) handles them:
--- * detect_sentiment: NULL or empty text, or a NULL language, gives NULL — the whole record, not
---   a record of NULLs (pgenrich sends a NULL column; a SQL function whose query returns no row
---   returns NULL). Otherwise: max_rows_per_batch < 1 -> 22023, text over 5,000 UTF-8 bytes
+-- * detect_sentiment: NULL or empty text, or a NULL language, gives a record of two NULLs
+--   (printed `(,)`), as a function with OUT parameters that sets neither returns. Otherwise: max_rows_per_batch < 1 -> 22023, text over 5,000 UTF-8 bytes
 --   -> 22001 (pgenrich's default comprehend_truncate = false), a language Comprehend does not
 --   support -> 22023. A NULL max_rows_per_batch means the default batch size.
 -- * invoke_endpoint: a NULL endpoint name -> 22023 and max_rows_per_batch < 1 -> 22023, for every
@@ -330,8 +329,11 @@ CREATE OR REPLACE FUNCTION aws_comprehend.detect_sentiment(
     OUT sentiment varchar, OUT confidence real)
 LANGUAGE sql VOLATILE AS $$
     SELECT s.label, s.confidence
-      FROM ml_reference.sentiment(input_text) AS s
-     WHERE ml_reference.sentiment_wanted(input_text, language_code, max_rows_per_batch)
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (
+          SELECT * FROM ml_reference.sentiment(input_text)
+           WHERE ml_reference.sentiment_wanted(input_text, language_code, max_rows_per_batch)
+      ) AS s ON true
 $$;
 
 -- base ^ exponent for exponent >= 0, exactly (numeric's ^ rounds large results).

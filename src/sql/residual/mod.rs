@@ -194,7 +194,8 @@ impl ResidualPlan {
                 }
             }
             // detect_sentiment's whole record: a row of a lateral subquery, so PostgreSQL knows
-            // its field names wherever it goes, and NULL (no row) where the call gave NULL.
+            // its field names wherever it goes; where the call gave NULL, a record of two NULLs,
+            // as a native function with OUT parameters returns.
             let mut records = String::new();
             for &k in &block.records {
                 {
@@ -204,8 +205,8 @@ impl ResidualPlan {
                     );
                     select.push(format!("x{k} AS m{k}"));
                     records.push_str(&format!(
-                        " LEFT JOIN LATERAL (SELECT u.{s} AS sentiment, u.{c} AS confidence \
-                         WHERE u.{s} IS NOT NULL) AS x{k} ON true"
+                        " CROSS JOIN LATERAL (SELECT u.{s} AS sentiment, u.{c} AS confidence) \
+                         AS x{k}"
                     ));
                 }
             }

@@ -384,9 +384,10 @@ impl Planner {
         if let Some(having) = &mut select.having {
             rewriter.rewrite(having, Mode::Plain)?;
         }
+        // DISTINCT ON expressions follow ORDER BY's rules: a bare name may be an output column.
         if let Some(Distinct::On(exprs)) = &mut select.distinct {
             for expr in exprs {
-                rewriter.rewrite(expr, Mode::Plain)?;
+                rewriter.rewrite(expr, Mode::OrderBy)?;
             }
         }
         for window in &mut select.named_window {
