@@ -9,14 +9,23 @@
 //! runs a statement.
 //!
 //! A rule covers the functions it lists; without `functions`, those its lists imply —
-//! `endpoints` alone means `invoke_endpoint`, `languages` alone `detect_sentiment`, neither or
-//! both means both. An empty or missing list of endpoints or languages allows any. Names are
-//! exact, or a prefix followed by `*`.
+//! `endpoints` means `invoke_endpoint`, `languages` `detect_sentiment`, `models` the two Bedrock
+//! functions; no list at all means every function. An empty or missing list of endpoints,
+//! languages or models allows any. Names are exact, or a prefix followed by `*`.
 
 use serde::Deserialize;
 
 pub const DETECT_SENTIMENT: &str = "aws_comprehend.detect_sentiment";
 pub const INVOKE_ENDPOINT: &str = "aws_sagemaker.invoke_endpoint";
+pub const INVOKE_MODEL: &str = "aws_bedrock.invoke_model";
+pub const INVOKE_MODEL_GET_EMBEDDINGS: &str = "aws_bedrock.invoke_model_get_embeddings";
+/// Every function pgenrich evaluates.
+pub const FUNCTIONS: [&str; 4] = [
+    DETECT_SENTIMENT,
+    INVOKE_ENDPOINT,
+    INVOKE_MODEL,
+    INVOKE_MODEL_GET_EMBEDDINGS,
+];
 
 /// One `[[access]]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -30,6 +39,9 @@ pub struct Rule {
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub languages: Vec<String>,
+    /// Bedrock model ids.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 /// The rules of a configuration, checked.
@@ -40,18 +52,18 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Checks `rules`: every rule names a role, and only the two ML functions.
+    /// Checks `rules`: every rule names a role, and only the ML functions.
     pub fn new(rules: Option<Vec<Rule>>) -> Result<Rules, String> {
         for (i, rule) in rules.iter().flatten().enumerate() {
             if rule.roles.is_empty() {
                 return Err(format!("[[access]] rule {}: `roles` is empty", i + 1));
             }
             for function in &rule.functions {
-                if function != DETECT_SENTIMENT && function != INVOKE_ENDPOINT {
+                if !FUNCTIONS.contains(&function.as_str()) {
                     return Err(format!(
-                        "[[access]] rule {}: unknown function `{function}` (expected \
-                         {DETECT_SENTIMENT} or {INVOKE_ENDPOINT})",
-                        i + 1
+                        "[[access]] rule {}: unknown function `{function}` (expected one of {})",
+                        i + 1,
+                        FUNCTIONS.join(", ")
                     ));
                 }
             }
@@ -97,20 +109,21 @@ impl Grant {
             return true;
         };
         rules.iter().any(|rule| {
-            let functions: &[&str] = match (rule.endpoints.is_empty(), rule.languages.is_empty()) {
-                (false, true) => &[INVOKE_ENDPOINT],
-                (true, false) => &[DETECT_SENTIMENT],
-                _ => &[INVOKE_ENDPOINT, DETECT_SENTIMENT],
+            let targets = match function {
+                INVOKE_ENDPOINT => &rule.endpoints,
+                DETECT_SENTIMENT => &rule.languages,
+                _ => &rule.models,
             };
-            let covered = if rule.functions.is_empty() {
-                functions.contains(&function)
-            } else {
+            let covered = if !rule.functions.is_empty() {
                 rule.functions.iter().any(|f| f == function)
-            };
-            let targets = if function == INVOKE_ENDPOINT {
-                &rule.endpoints
+            } else if rule.endpoints.is_empty()
+                && rule.languages.is_empty()
+                && rule.models.is_empty()
+            {
+                true
             } else {
-                &rule.languages
+                // The lists given imply their functions.
+                !targets.is_empty()
             };
             covered && (targets.is_empty() || targets.iter().any(|p| matches(p, target)))
         })
@@ -145,7 +158,28 @@ mod tests {
             functions: owned(functions),
             endpoints: owned(endpoints),
             languages: owned(languages),
+            models: Vec::new(),
         }
+    }
+
+    #[test]
+    fn model_lists_cover_the_bedrock_functions() {
+        let mut bedrock = rule(&["app"], &[], &[], &[]);
+        bedrock.models = vec!["amazon.titan-*".into()];
+        let rules =
+            Rules::new(Some(vec![bedrock, rule(&["app"], &[], &["fraud"], &[])])).expect("valid");
+        let grant = rules.grant("app");
+        assert!(grant.allows(INVOKE_MODEL, "amazon.titan-text-v1"));
+        assert!(grant.allows(INVOKE_MODEL_GET_EMBEDDINGS, "amazon.titan-embed-text-v2:0"));
+        assert!(!grant.allows(INVOKE_MODEL, "anthropic.claude-v2"));
+        assert!(grant.allows(INVOKE_ENDPOINT, "fraud"));
+        assert!(!grant.allows(DETECT_SENTIMENT, "en"), "no list implies it");
+        // A rule without lists covers every function, Bedrock's too.
+        let all = Rules::new(Some(vec![rule(&["*"], &[], &[], &[])])).expect("valid");
+        assert!(all.grant("x").allows(INVOKE_MODEL, "any"));
+        let named = Rules::new(Some(vec![rule(&["*"], &[INVOKE_MODEL], &[], &[])])).expect("valid");
+        assert!(named.grant("x").allows(INVOKE_MODEL, "any"));
+        assert!(!named.grant("x").allows(INVOKE_MODEL_GET_EMBEDDINGS, "any"));
     }
 
     #[test]

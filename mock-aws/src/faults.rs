@@ -12,7 +12,7 @@ use std::time::Duration;
 /// The continuous faults; all off by default.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Faults {
-    /// Fraction of calls (0..=1) answered `ThrottlingException` (HTTP 400).
+    /// Fraction of calls (0..=1) answered `ThrottlingException` (HTTP 400; Bedrock's is 429).
     pub throttle_rate: f64,
     /// Fraction of calls (0..=1) answered with an internal error, half HTTP 500, half HTTP 503.
     pub error_rate: f64,
@@ -37,9 +37,10 @@ impl Default for Faults {
 pub enum Fault {
     None,
     Throttle,
-    /// HTTP 500 (`InternalFailure` / `InternalServerException`).
+    /// HTTP 500 (SageMaker's `InternalFailure`, Comprehend's and Bedrock's
+    /// `InternalServerException`).
     Internal,
-    /// HTTP 503 (`ServiceUnavailable`).
+    /// HTTP 503 (`ServiceUnavailable`; Bedrock's `ServiceUnavailableException`).
     Unavailable,
 }
 

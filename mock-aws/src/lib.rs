@@ -1,26 +1,36 @@
-//! A local server speaking the real AWS wire protocols of the two services pgenrich calls:
-//! SageMaker Runtime `InvokeEndpoint` (restJson1: `POST /endpoints/{name}/invocations`) and
+//! A local server speaking the real AWS wire protocols of the three services pgenrich calls:
+//! SageMaker Runtime `InvokeEndpoint` (restJson1: `POST /endpoints/{name}/invocations`),
 //! Comprehend `DetectSentiment` / `BatchDetectSentiment` (awsJson1_1: `POST /` with
-//! `X-Amz-Target: Comprehend_20171127.<Operation>`). The official AWS SDK clients reach it
-//! through the standard endpoint overrides (`AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`,
-//! `AWS_ENDPOINT_URL_COMPREHEND`, or `endpoint_url` in code).
+//! `X-Amz-Target: Comprehend_20171127.<Operation>`) and Bedrock Runtime `InvokeModel`
+//! (restJson1: `POST /model/{modelId}/invoke`, the id percent-encoded). The official AWS SDK
+//! clients reach it through the standard endpoint overrides (`AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`,
+//! `AWS_ENDPOINT_URL_COMPREHEND`, `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, or `endpoint_url` in code).
 //!
-//! Models are deterministic ([`models`]). Faults are injected by input or by knob:
+//! Models are deterministic ([`models`], [`bedrock`]). Bedrock model ids containing `embed` are
+//! a Titan-style embedding model (`{"inputText", "dimensions"}` in, `{"embedding",
+//! "inputTextTokenCount"}` out), ids starting with `echo` return their input, and any other id
+//! answers a JSON description of the request. Faults are injected by input or by knob:
 //! - endpoint names starting with `model-error` answer `ModelError` (424), `access-denied`
 //!   `AccessDeniedException` (400) naming a role and the endpoint by ARN, `short` answer one
 //!   record too few, `echo` return each input record unchanged, `bad-csv` return an unterminated
 //!   quoted field;
+//! - Bedrock model ids starting with `model-error` answer `ModelErrorException` (424), `missing`
+//!   `ResourceNotFoundException` (404), `access-denied` `AccessDeniedException` (403),
+//!   `validation` `ValidationException` (400), `timeout` `ModelTimeoutException` (408),
+//!   `not-ready` `ModelNotReadyException` (429);
 //! - texts containing `ITEM_ERROR` get a per-item `ErrorList` entry; languages outside
 //!   Comprehend's list get `UnsupportedLanguageException`; oversize texts or batches get the
 //!   service's size errors;
 //! - [`MockAws::throttle_next`] and [`MockAws::fail_next`] make the next calls answer
-//!   `ThrottlingException` / HTTP 500; [`MockAws::set_latency`] delays every answer;
+//!   `ThrottlingException` (HTTP 400; 429 from Bedrock) / HTTP 500; [`MockAws::set_latency`]
+//!   delays every answer;
 //! - [`MockAws::set_faults`] keeps faults on for a whole run ([`faults`]): a seeded fraction of
 //!   calls throttled, a fraction answered HTTP 500 / 503, and a random extra delay.
 //!
 //! Counters of calls, batch sizes, injected faults and peak concurrency are read with
 //! [`MockAws::stats`].
 
+pub mod bedrock;
 pub mod faults;
 pub mod models;
 
@@ -52,9 +62,14 @@ pub const LANGUAGES: &[&str] = &[
 pub struct Stats {
     pub sagemaker_calls: u64,
     pub comprehend_calls: u64,
+    /// InvokeModel calls that reached a model: its output or a fault id's error, not input it
+    /// refused.
+    pub bedrock_calls: u64,
     /// Records per InvokeEndpoint call / documents per Comprehend call, in arrival order.
     pub sagemaker_batch_sizes: Vec<usize>,
     pub comprehend_batch_sizes: Vec<usize>,
+    /// The decoded model id of each counted InvokeModel call, in arrival order.
+    pub bedrock_models: Vec<String>,
     /// Highest number of requests in flight at once.
     pub peak_concurrency: usize,
     /// Requests rejected for a missing SigV4 signature.
@@ -237,6 +252,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
     let target = header(&req, "x-amz-target");
     let signed = header(&req, "authorization").starts_with("AWS4-HMAC-SHA256 Credential=");
     let accept = header(&req, "accept");
+    let content_type = header(&req, "content-type");
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
@@ -265,12 +281,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
             Value::Null,
         ));
     }
-    let endpoint = path
-        .strip_prefix("/endpoints/")
-        .and_then(|rest| rest.strip_suffix("/invocations"))
-        .map(|name| name.to_owned());
-    let is_comprehend = target.starts_with("Comprehend_20171127.");
-    if endpoint.is_none() && !is_comprehend {
+    let Some(route) = route(&path, &target) else {
         return Ok(error(
             StatusCode::NOT_FOUND,
             &request_id,
@@ -278,7 +289,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
             "unknown operation",
             Value::Null,
         ));
-    }
+    };
     // The one-shot knobs first, so that tests using them see exactly what they asked for.
     let fault = if take_one(&state.throttle_next) {
         Fault::Throttle
@@ -287,22 +298,55 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
     } else {
         draw.fault
     };
-    if let Some(reply) = injected(&state, &request_id, is_comprehend, fault) {
+    if let Some(reply) = injected(&state, &request_id, &route, fault) {
         return Ok(reply);
     }
-    Ok(match endpoint {
-        Some(endpoint) => invoke_endpoint(&state, &request_id, &endpoint, &accept, &body),
-        None => comprehend(&state, &request_id, &target, &body),
+    Ok(match route {
+        Route::SageMaker(endpoint) => {
+            invoke_endpoint(&state, &request_id, endpoint, &accept, &body)
+        }
+        Route::Comprehend => comprehend(&state, &request_id, &target, &body),
+        Route::Bedrock(label) => {
+            bedrock::invoke_model(&state, &request_id, label, &content_type, &accept, &body)
+        }
     })
 }
 
-/// The answer of an injected fault, in the service's own terms: both services throttle with the
-/// AWS-wide `ThrottlingException` (HTTP 400); a 500 is SageMaker's `InternalFailure` or
-/// Comprehend's `InternalServerException`; a 503 is `ServiceUnavailable`. The SDKs' standard retry
-/// mode retries all three kinds.
-fn injected(state: &State, request_id: &str, is_comprehend: bool, fault: Fault) -> Option<Reply> {
+/// The operation a request asks for, with its path label (Bedrock's still percent-encoded).
+enum Route<'a> {
+    SageMaker(&'a str),
+    Comprehend,
+    Bedrock(&'a str),
+}
+
+/// The operation a request's path and `X-Amz-Target` name, if the mock serves it. A Bedrock
+/// label holds no raw `/`: the SDK percent-encodes one inside a model id (an ARN's), so a raw one
+/// means another path, such as `/model/{id}/invoke-with-response-stream/...`.
+fn route<'a>(path: &'a str, target: &str) -> Option<Route<'a>> {
+    let label = |prefix: &str, suffix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+    };
+    if let Some(endpoint) = label("/endpoints/", "/invocations") {
+        Some(Route::SageMaker(endpoint))
+    } else if let Some(model) = label("/model/", "/invoke").filter(|m| !m.contains('/')) {
+        Some(Route::Bedrock(model))
+    } else if target.starts_with("Comprehend_20171127.") {
+        Some(Route::Comprehend)
+    } else {
+        None
+    }
+}
+
+/// The answer of an injected fault, in the service's own terms: SageMaker and Comprehend throttle
+/// with the AWS-wide `ThrottlingException` (HTTP 400); a 500 is SageMaker's `InternalFailure` or
+/// Comprehend's `InternalServerException`; a 503 is `ServiceUnavailable`. Bedrock has its own
+/// ([`bedrock::injected`]). The SDKs' standard retry mode retries all three kinds.
+fn injected(state: &State, request_id: &str, route: &Route, fault: Fault) -> Option<Reply> {
+    let is_comprehend = matches!(route, Route::Comprehend);
     let (status, code, message) = match fault {
         Fault::None => return None,
+        _ if matches!(route, Route::Bedrock(_)) => bedrock::injected(fault)?,
         Fault::Throttle => (
             StatusCode::BAD_REQUEST,
             "ThrottlingException",

@@ -1,7 +1,8 @@
 //! `mock-aws [--listen ADDR] [--latency-ms N] [--latency-jitter-ms N] [--throttle-rate P]
-//! [--error-rate P] [--seed N]`: runs the mock SageMaker Runtime / Comprehend server until
-//! interrupted, for benchmarks and manual experiments. The fault flags stay on for the whole run
-//! (see `mock_aws::faults`); on Ctrl-C it prints its counters, injected faults included.
+//! [--error-rate P] [--seed N]`: runs the mock SageMaker Runtime / Comprehend / Bedrock Runtime
+//! server until interrupted, for benchmarks and manual experiments. The fault flags stay on for
+//! the whole run (see `mock_aws::faults`); on Ctrl-C it prints its counters, injected faults
+//! included.
 
 use std::time::Duration;
 
@@ -10,8 +11,11 @@ use mock_aws::Faults;
 const USAGE: &str =
     "usage: mock-aws [--listen ADDR:PORT] [--latency-ms N] [--latency-jitter-ms N] \
                      [--throttle-rate P] [--error-rate P] [--seed N]\n  \
-                     P: fraction of calls, 0..1 (throttle: ThrottlingException, HTTP 400; \
-                     error: HTTP 500 or 503)";
+                     P: fraction of calls, 0..1 (throttle: ThrottlingException, HTTP 400, \
+                     Bedrock 429; error: HTTP 500 or 503)\n  \
+                     serves SageMaker Runtime InvokeEndpoint, Comprehend (Batch)DetectSentiment \
+                     and Bedrock Runtime InvokeModel (model ids: *embed*, echo*, model-error*, \
+                     missing*, access-denied*, validation*, timeout*, not-ready*, any other)";
 
 fn usage(problem: &str) -> ! {
     eprintln!("mock-aws: {problem}\n{USAGE}");
@@ -62,9 +66,10 @@ async fn main() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await?;
     let stats = mock.stats();
     eprintln!(
-        "mock-aws: {} InvokeEndpoint calls, {} Comprehend calls, {} throttled, {} failed (5xx), peak concurrency {}",
+        "mock-aws: {} InvokeEndpoint calls, {} Comprehend calls, {} InvokeModel calls, {} throttled, {} failed (5xx), peak concurrency {}",
         stats.sagemaker_calls,
         stats.comprehend_calls,
+        stats.bedrock_calls,
         stats.throttled,
         stats.failed,
         stats.peak_concurrency

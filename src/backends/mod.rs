@@ -10,6 +10,7 @@
 //! `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME` and `AWS_ENDPOINT_URL_COMPREHEND`, with the SDK's own
 //! retry modes and timeouts.
 
+pub mod bedrock;
 pub mod comprehend;
 pub mod local;
 pub mod onnx;
@@ -65,6 +66,18 @@ pub trait SentimentBackend: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Sentiment>, InferenceError>>;
 }
 
+/// Foundation models (Bedrock's InvokeModel): one input body per call.
+pub trait ModelBackend: Send + Sync {
+    /// The response body (UTF-8) and the service's request id.
+    fn invoke<'a>(
+        &'a self,
+        model_id: &'a str,
+        content_type: &'a str,
+        accept: &'a str,
+        body: String,
+    ) -> BoxFuture<'a, Result<(String, Option<String>), InferenceError>>;
+}
+
 /// A model endpoint taking and returning `text/csv`.
 pub trait EndpointBackend: Send + Sync {
     /// The response body and the service's request id.
@@ -80,6 +93,7 @@ pub trait EndpointBackend: Send + Sync {
 pub struct Backends {
     pub sentiment: Arc<dyn SentimentBackend>,
     pub endpoints: Arc<dyn EndpointBackend>,
+    pub models: Arc<dyn ModelBackend>,
 }
 
 /// Error codes the SDK's retry classifier also treats as throttling.
@@ -191,6 +205,7 @@ pub fn with_local(
         return Ok(Backends {
             sentiment,
             endpoints: remote.endpoints,
+            models: remote.models,
         });
     }
     let mut models = std::collections::HashMap::new();
@@ -212,6 +227,7 @@ pub fn with_local(
     Ok(Backends {
         sentiment,
         endpoints: Arc::new(onnx::LocalEndpoints::new(models, remote.endpoints)),
+        models: remote.models,
     })
 }
 
@@ -251,14 +267,22 @@ pub async fn aws(
     if let Some(url) = &config.comprehend_endpoint_url {
         comprehend = comprehend.endpoint_url(url);
     }
+    let mut bedrock = aws_sdk_bedrockruntime::config::Builder::from(&sdk);
+    if let Some(url) = &config.bedrock_endpoint_url {
+        bedrock = bedrock.endpoint_url(url);
+    }
     sagemaker = sagemaker.interceptor(CountRetries("sagemaker"));
     comprehend = comprehend.interceptor(CountRetries("comprehend"));
+    bedrock = bedrock.interceptor(CountRetries("bedrock"));
     Backends {
         sentiment: Arc::new(comprehend::ComprehendBackend::new(
             aws_sdk_comprehend::Client::from_conf(comprehend.build()),
         )),
         endpoints: Arc::new(sagemaker::SageMakerBackend::new(
             aws_sdk_sagemakerruntime::Client::from_conf(sagemaker.build()),
+        )),
+        models: Arc::new(bedrock::BedrockBackend::new(
+            aws_sdk_bedrockruntime::Client::from_conf(bedrock.build()),
         )),
     }
 }

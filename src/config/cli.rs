@@ -118,6 +118,9 @@ pub struct Cli {
     /// Comprehend endpoint URL [default: AWS_ENDPOINT_URL_COMPREHEND or the regional endpoint].
     #[arg(long, env = "PGENRICH_COMPREHEND_ENDPOINT_URL", value_name = "URL")]
     pub comprehend_endpoint_url: Option<String>,
+    /// Bedrock Runtime endpoint URL [default: AWS_ENDPOINT_URL_BEDROCK_RUNTIME or the regional endpoint].
+    #[arg(long, env = "PGENRICH_BEDROCK_ENDPOINT_URL", value_name = "URL")]
+    pub bedrock_endpoint_url: Option<String>,
     /// AWS SDK retry mode: standard or adaptive [default: standard].
     #[arg(long, env = "PGENRICH_AWS_RETRY_MODE", value_name = "MODE")]
     pub aws_retry_mode: Option<String>,

@@ -52,6 +52,7 @@ pub(super) struct FileConfig {
     pub(super) aws_region: Option<String>,
     pub(super) sagemaker_endpoint_url: Option<String>,
     pub(super) comprehend_endpoint_url: Option<String>,
+    pub(super) bedrock_endpoint_url: Option<String>,
     pub(super) aws_retry_mode: Option<String>,
     pub(super) aws_max_attempts: Option<toml::Value>,
     pub(super) inference_timeout: Option<String>,

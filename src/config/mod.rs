@@ -33,6 +33,7 @@ pub struct InferenceConfig {
     pub aws_region: Option<String>,
     pub sagemaker_endpoint_url: Option<String>,
     pub comprehend_endpoint_url: Option<String>,
+    pub bedrock_endpoint_url: Option<String>,
     pub retry_mode: RetryMode,
     pub max_attempts: u32,
     pub timeout: Duration,
@@ -351,6 +352,7 @@ impl Config {
             aws_region: cli.aws_region.or(file.aws_region),
             sagemaker_endpoint_url: cli.sagemaker_endpoint_url.or(file.sagemaker_endpoint_url),
             comprehend_endpoint_url: cli.comprehend_endpoint_url.or(file.comprehend_endpoint_url),
+            bedrock_endpoint_url: cli.bedrock_endpoint_url.or(file.bedrock_endpoint_url),
             retry_mode: match cli
                 .aws_retry_mode
                 .or(file.aws_retry_mode)

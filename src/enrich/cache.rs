@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
-use super::{share, CallError, CallStats, InvokeInput, SentimentInput};
+use super::{share, CallError, CallStats, InvokeInput, ModelInput, SentimentInput};
 use crate::backends::{Sentiment, SentimentLabel};
 
 /// Bytes an entry costs beyond its strings (map slot, list links, allocation headers).
@@ -32,6 +32,12 @@ enum Key {
     Invoke {
         endpoint: String,
         fields: Vec<Option<String>>,
+    },
+    Model {
+        model_id: String,
+        content_type: String,
+        accept: Option<String>,
+        body: String,
     },
 }
 
@@ -65,6 +71,24 @@ impl Key {
                     }
                 }
             }
+            Key::Model {
+                model_id,
+                content_type,
+                accept,
+                body,
+            } => {
+                hash.update(b"m");
+                part(&mut hash, model_id.as_bytes());
+                part(&mut hash, content_type.as_bytes());
+                match accept {
+                    None => hash.update([0u8]),
+                    Some(accept) => {
+                        hash.update([1u8]);
+                        part(&mut hash, accept.as_bytes());
+                    }
+                }
+                part(&mut hash, body.as_bytes());
+            }
         }
         hash.finalize().into()
     }
@@ -78,6 +102,17 @@ impl Key {
                         .iter()
                         .map(|f| 24 + f.as_ref().map_or(0, String::len))
                         .sum::<usize>()
+            }
+            Key::Model {
+                model_id,
+                content_type,
+                accept,
+                body,
+            } => {
+                model_id.len()
+                    + content_type.len()
+                    + accept.as_ref().map_or(0, String::len)
+                    + body.len()
             }
         }
     }
@@ -266,6 +301,30 @@ impl Cached for InvokeInput {
     }
 }
 
+impl Cached for ModelInput {
+    type Output = String;
+
+    fn key(&self) -> Option<Key> {
+        Some(Key::Model {
+            model_id: self.model_id.clone()?,
+            content_type: self.content_type.clone()?,
+            accept: self.accept.clone(),
+            body: self.body.clone()?,
+        })
+    }
+
+    fn value(output: &String) -> Value {
+        Value::Text(output.clone())
+    }
+
+    fn output(value: Value) -> Option<String> {
+        match value {
+            Value::Text(t) => Some(t),
+            Value::Sentiment(_) => None,
+        }
+    }
+}
+
 /// How the executor consults the caches: inputs with a fresh result in process, then in Redis,
 /// are answered from there; the rest go through the service calls and their results are kept
 /// in both.
@@ -302,6 +361,22 @@ impl super::Executor {
         }
         self.through_caches(inputs, |fresh| async move {
             self.invoke_endpoint_calls(&fresh, claim, stats).await
+        })
+        .await
+    }
+
+    /// A model's response body for each input, in order (NULL for a NULL `model_input`).
+    pub async fn invoke_model(
+        &self,
+        inputs: &[ModelInput],
+        claim: &Arc<share::Claim>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Option<String>>, CallError> {
+        if !self.caching() {
+            return self.invoke_model_calls(inputs, claim, stats).await;
+        }
+        self.through_caches(inputs, |fresh| async move {
+            self.invoke_model_calls(&fresh, claim, stats).await
         })
         .await
     }

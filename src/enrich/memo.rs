@@ -39,6 +39,15 @@ impl Weight for InvokeInput {
     }
 }
 
+impl Weight for super::ModelInput {
+    fn weight(&self) -> usize {
+        192 + [&self.model_id, &self.content_type, &self.accept, &self.body]
+            .iter()
+            .map(|f| f.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+    }
+}
+
 /// What a pending input's owner reports when it is done: Ok, or the error its call failed with
 /// (which chunks waiting for the input then fail with too).
 type Outcome<E> = Option<Result<(), E>>;

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod csv;
 pub mod fleet;
 pub mod memo;
+pub mod models;
 pub mod rate;
 pub mod share;
 
@@ -30,6 +31,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::backends::{comprehend, sagemaker, Backends, Sentiment};
 use crate::error::InferenceError;
+pub use models::ModelInput;
 
 /// Executor settings.
 #[derive(Debug, Clone)]

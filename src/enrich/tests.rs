@@ -1,7 +1,7 @@
 //! The executor against scripted backends: batching, de-duplication, order, limits, errors.
 
 use super::*;
-use crate::backends::{BoxFuture, EndpointBackend, SentimentBackend, SentimentLabel};
+use crate::backends::{BoxFuture, EndpointBackend, ModelBackend, SentimentBackend, SentimentLabel};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A scripted double: records every batch; endpoint "short" drops a record, "throttle"
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 struct Scripted {
     sentiment_batches: Mutex<Vec<Vec<String>>>,
     endpoint_batches: Mutex<Vec<String>>,
+    model_bodies: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
 }
@@ -79,11 +80,34 @@ impl EndpointBackend for Scripted {
     }
 }
 
+impl ModelBackend for Scripted {
+    fn invoke<'a>(
+        &'a self,
+        model_id: &'a str,
+        content_type: &'a str,
+        accept: &'a str,
+        body: String,
+    ) -> BoxFuture<'a, Result<(String, Option<String>), InferenceError>> {
+        Box::pin(async move {
+            self.model_bodies.lock().expect("lock").push(body.clone());
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if model_id == "throttle" {
+                return Err(InferenceError::Throttled { request_id: None });
+            }
+            Ok((format!("{model_id}|{content_type}|{accept}|{body}"), None))
+        })
+    }
+}
+
 fn executor(config: ExecutorConfig) -> (Arc<Executor>, Arc<Scripted>) {
     let scripted = Arc::new(Scripted::default());
     let backends = Backends {
         sentiment: scripted.clone(),
         endpoints: scripted.clone(),
+        models: scripted.clone(),
     };
     (Executor::new(backends, config), scripted)
 }
@@ -94,6 +118,66 @@ fn invoke(endpoint: &str, batch: Option<i64>, fields: &[Option<&str>]) -> Invoke
         max_rows_per_batch: batch,
         fields: fields.iter().map(|f| f.map(str::to_owned)).collect(),
     }
+}
+
+#[tokio::test]
+async fn models_get_one_call_per_distinct_input_concurrently_in_order() {
+    let (executor, scripted) = executor(ExecutorConfig {
+        max_concurrent_calls_per_endpoint: 3,
+        ..ExecutorConfig::default()
+    });
+    let input = |model: Option<&str>, body: Option<String>| ModelInput {
+        model_id: model.map(Into::into),
+        content_type: Some("application/json".into()),
+        accept: Some("*/*".into()),
+        body,
+    };
+    let mut inputs: Vec<ModelInput> = (0..12)
+        .map(|i| input(Some("m"), Some(format!("{{\"n\":{}}}", i % 6))))
+        .collect();
+    inputs.push(input(Some("m"), None));
+    let mut stats = CallStats::default();
+    let out = executor
+        .invoke_model(&inputs, &executor.claim(), &mut stats)
+        .await
+        .expect("invoke");
+    for (i, value) in out.iter().take(12).enumerate() {
+        let want = format!("m|application/json|*/*|{{\"n\":{}}}", i % 6);
+        assert_eq!(value.as_deref(), Some(want.as_str()));
+    }
+    assert_eq!(out[12], None, "NULL model_input: NULL, no call");
+    assert_eq!(scripted.model_bodies.lock().expect("lock").len(), 6);
+    assert_eq!((stats.calls, stats.duplicates_saved), (6, 6));
+    assert_eq!(
+        scripted.peak.load(Ordering::SeqCst),
+        3,
+        "the per-model limit"
+    );
+
+    // A NULL model id fails before any call; a failing call fails the chunk with its error.
+    let before = scripted.model_bodies.lock().expect("lock").len();
+    let error = executor
+        .invoke_model(
+            &[input(None, Some("{}".into()))],
+            &executor.claim(),
+            &mut stats,
+        )
+        .await
+        .expect_err("NULL model");
+    assert_eq!(error.error.sqlstate().code(), "22023");
+    assert_eq!(scripted.model_bodies.lock().expect("lock").len(), before);
+    let error = executor
+        .invoke_model(
+            &[input(Some("throttle"), Some("{}".into()))],
+            &executor.claim(),
+            &mut stats,
+        )
+        .await
+        .expect_err("throttled");
+    assert_eq!(
+        (error.target.as_str(), error.error.sqlstate().code()),
+        ("throttle", "53000")
+    );
 }
 
 #[tokio::test]

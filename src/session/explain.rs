@@ -267,6 +267,18 @@ async fn postgres_explain(
 fn describe_calls(executor: &Executor, calls: &[Call], args: &[String], lines: &mut Vec<String>) {
     for (k, call) in calls.iter().enumerate() {
         let arg = |i: usize| args.get(call.first_arg + i).cloned().unwrap_or_default();
+        if matches!(
+            call.function,
+            MlFunction::InvokeModel | MlFunction::InvokeModelGetEmbeddings
+        ) {
+            lines.push(format!(
+                "  ML call {}: {} (model {}, InvokeModel, one call per distinct input)",
+                k + 1,
+                call.function.name(),
+                arg(0)
+            ));
+            continue;
+        }
         let batch = if call.arg_count > 2 || call.function == MlFunction::InvokeEndpoint {
             let index = if call.function == MlFunction::InvokeEndpoint {
                 1
@@ -281,7 +293,7 @@ fn describe_calls(executor: &Executor, calls: &[Call], args: &[String], lines: &
             MlFunction::DetectSentiment => executor
                 .default_batch_rows()
                 .min(executor.sentiment_batch_limit()),
-            MlFunction::InvokeEndpoint => executor.default_batch_rows(),
+            _ => executor.default_batch_rows(),
         };
         let batch = if batch.eq_ignore_ascii_case("null") {
             format!("NULL (default: {default} rows per call)")
@@ -294,7 +306,7 @@ fn describe_calls(executor: &Executor, calls: &[Call], args: &[String], lines: &
                 arg(1),
                 executor.sentiment_batch_limit()
             ),
-            MlFunction::InvokeEndpoint => format!("endpoint {}, text/csv", arg(0)),
+            _ => format!("endpoint {}, text/csv", arg(0)),
         };
         lines.push(format!(
             "  ML call {}: {} ({target}); max_rows_per_batch: {batch}",
@@ -417,7 +429,10 @@ async fn residual(
                 .iter()
                 .map(|c| match c.function {
                     MlFunction::DetectSentiment => Results::Sentiment(Vec::new()),
-                    MlFunction::InvokeEndpoint => Results::Text(Vec::new()),
+                    MlFunction::InvokeModelGetEmbeddings => Results::Embedding(Vec::new()),
+                    MlFunction::InvokeEndpoint | MlFunction::InvokeModel => {
+                        Results::Text(Vec::new())
+                    }
                 })
                 .collect();
             params.extend(residual_parameters(&shape, &[], &empty));

@@ -8,6 +8,9 @@ use crate::sql::plan::{Field, StreamingPlan};
 const RECORD_OID: u32 = 2249;
 const VARCHAR_OID: u32 = 1043;
 const FLOAT4_OID: u32 = 700;
+const TEXT_OID: u32 = 25;
+const FLOAT8_OID: u32 = 701;
+const FLOAT8_ARRAY_OID: u32 = 1022;
 
 pub use crate::protocol::message;
 
@@ -48,6 +51,8 @@ impl Layout {
                         Field::Record => (RECORD_OID, -1i16),
                         Field::Sentiment | Field::Text => (VARCHAR_OID, -1),
                         Field::Confidence => (FLOAT4_OID, 4),
+                        Field::Body => (TEXT_OID, -1),
+                        Field::Embedding => (FLOAT8_ARRAY_OID, -1),
                     };
                     let mut entry = placeholder.name.as_bytes().to_vec();
                     entry.push(0);
@@ -156,7 +161,10 @@ pub fn sentiment_value(s: Sentiment, field: Field, format: i16) -> Vec<u8> {
     match (field, format) {
         (Field::Confidence, 1) => s.confidence.to_be_bytes().to_vec(),
         (Field::Confidence, _) => float4_text(s.confidence).into_bytes(),
-        (Field::Sentiment | Field::Text, _) => label.as_bytes().to_vec(),
+        // (The other fields are not a sentiment's.)
+        (Field::Sentiment | Field::Text | Field::Body | Field::Embedding, _) => {
+            label.as_bytes().to_vec()
+        }
         (Field::Record, 1) => {
             // record_send: column count, then (type oid, length, value) per column.
             let mut out = Vec::with_capacity(28 + label.len());
@@ -191,6 +199,59 @@ pub fn sentiment_record(s: Option<Sentiment>, format: i16) -> Vec<u8> {
     }
 }
 
+/// A `float8[]` value (`invoke_model_get_embeddings`) in text (`{0.5,1e-05}`) or binary
+/// (array_send: one dimension, lower bound 1, no NULLs) format.
+pub fn float8_array(values: &[f64], format: i16) -> Vec<u8> {
+    if format != 1 {
+        let items: Vec<String> = values.iter().map(|&v| float8_text(v)).collect();
+        return format!("{{{}}}", items.join(",")).into_bytes();
+    }
+    let mut out = Vec::with_capacity(20 + 12 * values.len());
+    let dimensions: i32 = if values.is_empty() { 0 } else { 1 };
+    out.extend_from_slice(&dimensions.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
+    out.extend_from_slice(&FLOAT8_OID.to_be_bytes());
+    if !values.is_empty() {
+        out.extend_from_slice(&(values.len() as i32).to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+        for value in values {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+    }
+    out
+}
+
+/// `double precision` in PostgreSQL's default text form: shortest exact digits, fixed for
+/// decimal exponents from -4 to 14, else `d.ddde±XX`.
+pub fn float8_text(value: f64) -> String {
+    if value.is_nan() {
+        return "NaN".into();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let magnitude = value.abs();
+    if magnitude == 0.0 || (1e-4..1e15).contains(&magnitude) {
+        return format!("{value}");
+    }
+    postgres_exponent(format!("{value:e}"))
+}
+
+/// Rust's `1.5e-5` as PostgreSQL writes it: `1.5e-05`.
+fn postgres_exponent(text: String) -> String {
+    match text.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let (sign, digits) = match exponent.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', exponent),
+            };
+            format!("{mantissa}e{sign}{digits:0>2}")
+        }
+        None => text,
+    }
+}
+
 /// `real` in PostgreSQL's default text form (shortest exact digits; exponent outside 1e-4..1e15).
 pub fn float4_text(value: f32) -> String {
     if value.is_nan() {
@@ -207,23 +268,33 @@ pub fn float4_text(value: f32) -> String {
     if magnitude == 0.0 || (1e-4..1e15).contains(&magnitude) {
         return format!("{value}");
     }
-    let text = format!("{value:e}");
-    match text.split_once('e') {
-        Some((mantissa, exponent)) => {
-            let (sign, digits) = match exponent.strip_prefix('-') {
-                Some(d) => ('-', d),
-                None => ('+', exponent),
-            };
-            format!("{mantissa}e{sign}{digits:0>2}")
-        }
-        None => text,
-    }
+    postgres_exponent(format!("{value:e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backends::SentimentLabel;
+
+    #[test]
+    fn float8_arrays_print_and_send_like_postgres() {
+        assert_eq!(
+            float8_array(&[0.5, -1.0, 1e-5, 1.5e20, 0.1], 0),
+            b"{0.5,-1,1e-05,1.5e+20,0.1}"
+        );
+        assert_eq!(float8_array(&[], 0), b"{}");
+        assert_eq!(float8_text(123456789012345.0), "123456789012345");
+        assert_eq!(float8_text(1e15), "1e+15");
+        let binary = float8_array(&[2.0], 1);
+        let mut want = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, 189, 0, 0, 0, 1, 0, 0, 0, 1];
+        want.extend_from_slice(&8i32.to_be_bytes());
+        want.extend_from_slice(&2.0f64.to_be_bytes());
+        assert_eq!(binary, want);
+        assert_eq!(
+            float8_array(&[], 1),
+            vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 189]
+        );
+    }
 
     #[test]
     fn floats_print_like_postgres() {

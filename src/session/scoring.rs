@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::backends::Sentiment;
 use crate::enrich::budget::MemoryBudget;
-use crate::enrich::{CallError, CallStats, Executor, InvokeInput, SentimentInput};
+use crate::enrich::{CallError, CallStats, Executor, InvokeInput, ModelInput, SentimentInput};
 use crate::sql::plan::{Call, MlFunction};
 
 fn text(value: Option<&[u8]>) -> Option<String> {
@@ -39,6 +39,7 @@ pub fn call_error(error: CallError, calls: &[Call]) -> crate::protocol::ErrorMes
 pub enum Results {
     Sentiment(Vec<Option<Sentiment>>),
     Text(Vec<Option<String>>),
+    Embedding(Vec<Option<Vec<f64>>>),
 }
 
 fn column<'a>(row: &[Option<&'a [u8]>], index: usize) -> Option<&'a [u8]> {
@@ -56,6 +57,7 @@ pub struct Memo {
     claim: Arc<crate::enrich::share::Claim>,
     sentiment: crate::enrich::memo::Memo<SentimentInput, Sentiment, CallError>,
     text: crate::enrich::memo::Memo<InvokeInput, String, CallError>,
+    model: crate::enrich::memo::Memo<ModelInput, String, CallError>,
 }
 
 impl Memo {
@@ -69,8 +71,9 @@ impl Memo {
         Memo {
             grant: Arc::clone(grant),
             claim,
-            sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
-            text: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 2, Some(memos.charge())),
+            sentiment: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 3, Some(memos.charge())),
+            text: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 3, Some(memos.charge())),
+            model: crate::enrich::memo::Memo::charged(MEMO_BUDGET / 3, Some(memos.charge())),
         }
     }
 }
@@ -190,6 +193,61 @@ pub async fn infer(
                     )
                     .await?;
                 results.push(Results::Text(out));
+            }
+            MlFunction::InvokeModel | MlFunction::InvokeModelGetEmbeddings => {
+                let embeddings = call.function == MlFunction::InvokeModelGetEmbeddings;
+                let arg = |row: &[Option<&[u8]>], i: usize| text(column(row, call.first_arg + i));
+                let inputs: Vec<ModelInput> = parsed
+                    .iter()
+                    .map(|row| ModelInput {
+                        model_id: arg(row, 0),
+                        content_type: arg(row, 1),
+                        accept: if embeddings {
+                            Some(crate::enrich::models::EMBEDDINGS_ACCEPT.into())
+                        } else {
+                            arg(row, 2)
+                        },
+                        body: arg(row, 3),
+                    })
+                    .collect();
+                permitted(
+                    &memo.grant,
+                    call.function.name(),
+                    inputs.iter().filter_map(|i| i.model_id.as_deref()),
+                )?;
+                let stats = &mut *stats;
+                let out = memo
+                    .model
+                    .resolve(
+                        inputs.clone(),
+                        async |misses: &[ModelInput]| {
+                            executor.invoke_model(misses, &memo.claim, stats).await
+                        },
+                        abandoned(call.function),
+                    )
+                    .await?;
+                if !embeddings {
+                    results.push(Results::Text(out));
+                    continue;
+                }
+                // The array at each row's json_key of its model's response.
+                let vectors = parsed
+                    .iter()
+                    .zip(out)
+                    .zip(&inputs)
+                    .map(|((row, response), input)| {
+                        let (Some(response), Some(key)) = (response, arg(row, 2)) else {
+                            return Ok(None);
+                        };
+                        crate::enrich::models::embedding(&response, &key)
+                            .map(Some)
+                            .map_err(|error| CallError {
+                                target: input.model_id.clone().unwrap_or_default(),
+                                error,
+                            })
+                    })
+                    .collect::<Result<Vec<_>, CallError>>()?;
+                results.push(Results::Embedding(vectors));
             }
         }
     }

@@ -28,7 +28,9 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::conversation::requests::execute;
 use crate::session::conversation::{canceled, Conversation, Outcome};
-use crate::session::rows::{message, sentiment_record, sentiment_value, split_row, Column, Layout};
+use crate::session::rows::{
+    float8_array, message, sentiment_record, sentiment_value, split_row, Column, Layout,
+};
 use crate::session::scoring::{call_error, infer, Memo, Results};
 use crate::session::statements::{MlPortal, MlStatement, Prepared};
 use crate::sql::plan::{Field, StreamingPlan};
@@ -425,6 +427,9 @@ async fn enrich_chunk(
                         (Results::Text(values), _) => values[r]
                             .as_deref()
                             .map(|t| std::borrow::Cow::Borrowed(t.as_bytes())),
+                        (Results::Embedding(values), _) => values[r]
+                            .as_deref()
+                            .map(|v| std::borrow::Cow::Owned(float8_array(v, format))),
                     }
                 }
             };

@@ -22,7 +22,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// The schemas whose functions pgenrich evaluates instead of the database.
-pub const ML_SCHEMAS: [&str; 2] = ["aws_comprehend", "aws_sagemaker"];
+pub const ML_SCHEMAS: [&str; 3] = ["aws_comprehend", "aws_sagemaker", "aws_bedrock"];
 
 /// What the session should do with a statement text.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,6 +34,11 @@ pub enum MlFunction {
     DetectSentiment,
     /// `aws_sagemaker.invoke_endpoint(endpoint, max_rows_per_batch, VARIADIC inputs)` → varchar
     InvokeEndpoint,
+    /// `aws_bedrock.invoke_model(model_id, content_type, accept_type, model_input)` → text
+    InvokeModel,
+    /// `aws_bedrock.invoke_model_get_embeddings(model_id, content_type, json_key, model_input)`
+    /// → float8[]
+    InvokeModelGetEmbeddings,
 }
 
 impl MlFunction {
@@ -41,6 +46,39 @@ impl MlFunction {
         match self {
             MlFunction::DetectSentiment => "aws_comprehend.detect_sentiment",
             MlFunction::InvokeEndpoint => "aws_sagemaker.invoke_endpoint",
+            MlFunction::InvokeModel => "aws_bedrock.invoke_model",
+            MlFunction::InvokeModelGetEmbeddings => "aws_bedrock.invoke_model_get_embeddings",
+        }
+    }
+
+    /// The client column of a scalar function's result (None for detect_sentiment's record).
+    pub fn scalar_field(self) -> Option<Field> {
+        match self {
+            MlFunction::DetectSentiment => None,
+            MlFunction::InvokeEndpoint => Some(Field::Text),
+            MlFunction::InvokeModel => Some(Field::Body),
+            MlFunction::InvokeModelGetEmbeddings => Some(Field::Embedding),
+        }
+    }
+
+    /// Aurora's parameter types, in order (invoke_endpoint's VARIADIC inputs are untyped).
+    pub fn parameter_types(self) -> &'static [&'static str] {
+        match self {
+            MlFunction::DetectSentiment => &["varchar", "varchar", "int4"],
+            MlFunction::InvokeEndpoint => &["varchar", "int4"],
+            MlFunction::InvokeModel | MlFunction::InvokeModelGetEmbeddings => {
+                &["varchar", "text", "text", "text"]
+            }
+        }
+    }
+
+    /// The SQL type of a scalar function's result (detect_sentiment: its record's fields).
+    pub fn result_type(self) -> &'static str {
+        match self {
+            MlFunction::DetectSentiment => "record",
+            MlFunction::InvokeEndpoint => "varchar",
+            MlFunction::InvokeModel => "text",
+            MlFunction::InvokeModelGetEmbeddings => "float8[]",
         }
     }
 }
@@ -52,8 +90,12 @@ pub enum Field {
     Record,
     Sentiment,
     Confidence,
-    /// invoke_endpoint's text.
+    /// invoke_endpoint's text (`varchar`).
     Text,
+    /// invoke_model's response body (`text`).
+    Body,
+    /// invoke_model_get_embeddings' array (`float8[]`).
+    Embedding,
 }
 
 /// One ML call site: its arguments are base columns `first_arg .. first_arg + arg_count`.
@@ -322,8 +364,11 @@ impl Planner {
                     let function = function_of(&name)?;
                     if function != MlFunction::DetectSentiment {
                         return Err(unsupported(
-                            "aws_sagemaker.invoke_endpoint is supported in the SELECT list only",
-                            "Write SELECT aws_sagemaker.invoke_endpoint(...) instead of selecting FROM it.",
+                            format!("{} is supported in the SELECT list only", function.name()),
+                            &format!(
+                                "Write SELECT {}(...) instead of selecting FROM it.",
+                                function.name()
+                            ),
                         ));
                     }
                     let call = self.add_call(function, args)?;
@@ -626,15 +671,19 @@ impl Planner {
                     hint: Some("detect_sentiment returns (sentiment, confidence).".into()),
                 })
             }
-            (MlFunction::InvokeEndpoint, false, None) => {
-                let name = alias_name.unwrap_or_else(|| "invoke_endpoint".into());
-                items.push(self.placeholder_item(call, Field::Text, name));
+            (scalar, false, None) => {
+                let name = alias_name.unwrap_or_else(|| function_short_name(scalar).into());
+                let field = scalar.scalar_field().unwrap_or(Field::Text);
+                items.push(self.placeholder_item(call, field, name));
             }
-            (MlFunction::InvokeEndpoint, _, _) => {
+            (scalar, _, _) => {
                 return Err(PlanError {
                     code: SqlState::WrongObjectType,
-                    message: "aws_sagemaker.invoke_endpoint returns text, which has no fields"
-                        .into(),
+                    message: format!(
+                        "{} returns {}, which has no fields",
+                        scalar.name(),
+                        scalar.result_type()
+                    ),
                     hint: None,
                 })
             }
@@ -760,6 +809,7 @@ pub(super) fn call_arguments(
     let (min, max) = match function {
         MlFunction::DetectSentiment => (2, 3),
         MlFunction::InvokeEndpoint => (3, usize::MAX),
+        MlFunction::InvokeModel | MlFunction::InvokeModelGetEmbeddings => (4, 4),
     };
     if exprs.len() < min || exprs.len() > max {
         return Err(PlanError {
@@ -772,6 +822,8 @@ pub(super) fn call_arguments(
             hint: Some(match function {
                 MlFunction::DetectSentiment => "Call aws_comprehend.detect_sentiment(text, language [, max_rows_per_batch]).".into(),
                 MlFunction::InvokeEndpoint => "Call aws_sagemaker.invoke_endpoint(endpoint, max_rows_per_batch, input [, ...]).".into(),
+                MlFunction::InvokeModel => "Call aws_bedrock.invoke_model(model_id, content_type, accept_type, model_input).".into(),
+                MlFunction::InvokeModelGetEmbeddings => "Call aws_bedrock.invoke_model_get_embeddings(model_id, content_type, json_key, model_input).".into(),
             }),
         });
     }
@@ -788,6 +840,8 @@ pub(super) fn function_short_name(function: MlFunction) -> &'static str {
     match function {
         MlFunction::DetectSentiment => "detect_sentiment",
         MlFunction::InvokeEndpoint => "invoke_endpoint",
+        MlFunction::InvokeModel => "invoke_model",
+        MlFunction::InvokeModelGetEmbeddings => "invoke_model_get_embeddings",
     }
 }
 
@@ -795,10 +849,12 @@ pub(super) fn function_of(name: &str) -> Result<MlFunction, PlanError> {
     match name {
         "aws_comprehend.detect_sentiment" => Ok(MlFunction::DetectSentiment),
         "aws_sagemaker.invoke_endpoint" => Ok(MlFunction::InvokeEndpoint),
+        "aws_bedrock.invoke_model" => Ok(MlFunction::InvokeModel),
+        "aws_bedrock.invoke_model_get_embeddings" => Ok(MlFunction::InvokeModelGetEmbeddings),
         other => Err(PlanError {
             code: SqlState::UndefinedFunction,
             message: format!("function {other} is not available through pgenrich"),
-            hint: Some("pgenrich provides aws_comprehend.detect_sentiment and aws_sagemaker.invoke_endpoint.".into()),
+            hint: Some("pgenrich provides aws_comprehend.detect_sentiment, aws_sagemaker.invoke_endpoint, aws_bedrock.invoke_model and aws_bedrock.invoke_model_get_embeddings.".into()),
         }),
     }
 }
@@ -903,13 +959,10 @@ pub fn has_ml<V: Visit>(node: &V) -> bool {
 /// A bare `$n` argument cast to the type of Aurora's signature, so that PostgreSQL infers the
 /// parameter's type from the base statement as it would from the native function.
 fn typed_parameter(function: MlFunction, position: usize, arg: Expr) -> Expr {
-    let data_type = match (function, position) {
-        (MlFunction::DetectSentiment, 0 | 1) | (MlFunction::InvokeEndpoint, 0) => {
-            sqlparser::ast::DataType::Varchar(None)
-        }
-        (MlFunction::DetectSentiment, 2) | (MlFunction::InvokeEndpoint, 1) => {
-            sqlparser::ast::DataType::Int4(None)
-        }
+    let data_type = match function.parameter_types().get(position) {
+        Some(&"varchar") => sqlparser::ast::DataType::Varchar(None),
+        Some(&"int4") => sqlparser::ast::DataType::Int4(None),
+        Some(&"text") => sqlparser::ast::DataType::Text,
         _ => return arg,
     };
     match arg {

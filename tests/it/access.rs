@@ -13,12 +13,14 @@ fn rules() -> Rules {
             functions: vec![],
             endpoints: vec!["fraud*".into()],
             languages: vec![],
+            models: vec![],
         },
         Rule {
             roles: vec![USER.into()],
             functions: vec![],
             endpoints: vec![],
             languages: vec!["en".into()],
+            models: vec![],
         },
     ]))
     .expect("valid rules")

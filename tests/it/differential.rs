@@ -713,6 +713,45 @@ const CASES: &[Case] = &[
         "SELECT aws_comprehend.detect_sentiment(NULL, 'en'), aws_comprehend.detect_sentiment('', 'en'), \
                 aws_comprehend.detect_sentiment('good', NULL)",
     ),
+    // --- Bedrock --------------------------------------------------------------------------------
+    same(
+        "bedrock_invoke_model_in_select_list",
+        Ordered,
+        "SELECT id, aws_bedrock.invoke_model('anthropic.claude-v2', 'application/json', NULL, body) \
+           FROM diff_reviews ORDER BY id",
+    ),
+    same(
+        "bedrock_echo_in_where_and_order_by",
+        Ordered,
+        "SELECT id, aws_bedrock.invoke_model('echo', 'text/plain', 'text/plain', body) AS b \
+           FROM diff_reviews \
+          WHERE aws_bedrock.invoke_model('echo', 'text/plain', 'text/plain', body) LIKE '%o%' \
+          ORDER BY b, id",
+    ),
+    same(
+        "bedrock_embeddings_in_select_list",
+        Ordered,
+        "SELECT id, aws_bedrock.invoke_model_get_embeddings('amazon.titan-embed-text-v2:0', \
+                'application/json', 'embedding', json_build_object('inputText', body)::text) \
+           FROM diff_reviews WHERE body IS NOT NULL ORDER BY id",
+    ),
+    same(
+        "bedrock_embeddings_indexed_grouped_and_sorted",
+        Ordered,
+        "SELECT (aws_bedrock.invoke_model_get_embeddings('amazon.titan-embed-text-v2:0', \
+                 'application/json', 'embedding', \
+                 json_build_object('inputText', coalesce(body, ''), 'dimensions', 2)::text))[2] > 0.5 AS high, \
+                count(*) \
+           FROM diff_reviews GROUP BY 1 ORDER BY 1",
+    ),
+    same(
+        "bedrock_embeddings_param_model",
+        Ordered,
+        "SELECT id, array_length(aws_bedrock.invoke_model_get_embeddings($1, 'application/json', \
+                'embedding', json_build_object('inputText', body)::text), 1) AS n \
+           FROM diff_reviews WHERE body IS NOT NULL ORDER BY id LIMIT 5",
+    )
+    .with(&[Param::Text("amazon.titan-embed-text-v2:0")]),
     // --- Window functions ------------------------------------------------------------------------
     same(
         "window_rank_by_label_and_score",

@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod auth;
+mod bedrock;
 mod cache;
 mod cli;
 mod differential;

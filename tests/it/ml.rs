@@ -80,7 +80,8 @@ async fn detect_sentiment_forms_match_the_model_row_by_row() {
                 expected_fields.push((Some(s.label.to_owned()), Some(confidence)));
             }
             _ => {
-                expected_record.push(None);
+                // A record of two NULLs, as a native function with OUT parameters.
+                expected_record.push(Some("(,)".to_owned()));
                 expected_fields.push((None, None));
             }
         }

@@ -75,7 +75,8 @@
 CREATE SCHEMA IF NOT EXISTS ml_reference;
 CREATE SCHEMA IF NOT EXISTS aws_comprehend;
 CREATE SCHEMA IF NOT EXISTS aws_sagemaker;
-GRANT USAGE ON SCHEMA ml_reference, aws_comprehend, aws_sagemaker TO PUBLIC;
+CREATE SCHEMA IF NOT EXISTS aws_bedrock;
+GRANT USAGE ON SCHEMA ml_reference, aws_comprehend, aws_sagemaker, aws_bedrock TO PUBLIC;
 
 -- The lexicon and languages of mock_aws (models::POSITIVE_WORDS / NEGATIVE_WORDS, LANGUAGES).
 CREATE OR REPLACE FUNCTION ml_reference.positive_words() RETURNS text[]
@@ -560,5 +561,84 @@ BEGIN
         endpoint_name, max_rows_per_batch,
         ARRAY(SELECT format('%s', x) FROM unnest(model_input) WITH ORDINALITY AS u(x, i)
                ORDER BY i));
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Bedrock (mock-aws/src/bedrock.rs). pgenrich sends a NULL model_input nowhere (NULL result),
+-- refuses a NULL or empty model id or a NULL content type with 22023, and sends `*/*` for a NULL
+-- accept type; the model's errors are 38000. Model ids starting with `echo` return the input;
+-- ids containing `embed` are the Titan-style embedding model; any other id describes the request.
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION ml_reference.bedrock_checked(model_id text, content_type text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF model_id IS NULL OR model_id = '' THEN
+        RAISE EXCEPTION 'model_id must not be NULL' USING ERRCODE = '22023';
+    ELSIF content_type IS NULL THEN
+        RAISE EXCEPTION 'content_type must not be NULL' USING ERRCODE = '22023';
+    ELSIF starts_with(model_id, 'model-error') OR starts_with(model_id, 'missing')
+          OR starts_with(model_id, 'validation') OR starts_with(model_id, 'timeout')
+          OR starts_with(model_id, 'not-ready') THEN
+        RAISE EXCEPTION 'model %: error', model_id USING ERRCODE = '38000';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION aws_bedrock.invoke_model(
+    model_id varchar, content_type text, accept_type text, model_input text)
+RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF model_input IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM ml_reference.bedrock_checked(model_id, content_type);
+    IF starts_with(model_id, 'echo') THEN
+        RETURN model_input;
+    ELSIF strpos(model_id, 'embed') > 0 THEN
+        RAISE EXCEPTION 'the reference does not print embedding bodies' USING ERRCODE = '0A000';
+    END IF;
+    RETURN format('{"model":%s,"content_type":%s,"accept":%s,"input_bytes":%s}',
+                  to_json(model_id::text), to_json(content_type),
+                  to_json(coalesce(accept_type, '*/*')), octet_length(model_input));
+END
+$$;
+
+-- The mock's embedding: for i in 0..dimensions, ((L + i * S) mod 1000) / 1000 with L the code
+-- points of inputText and S their sum.
+CREATE OR REPLACE FUNCTION aws_bedrock.invoke_model_get_embeddings(
+    model_id varchar, content_type text, json_key text, model_input text)
+RETURNS float8[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    doc jsonb;
+    input text;
+    dimensions int;
+    total bigint;
+BEGIN
+    IF model_input IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM ml_reference.bedrock_checked(model_id, content_type);
+    IF json_key IS NULL THEN
+        RETURN NULL;
+    ELSIF strpos(model_id, 'embed') = 0 OR json_key <> 'embedding'
+          OR split_part(lower(content_type), ';', 1) <> 'application/json' THEN
+        RAISE EXCEPTION 'no array at json_key %', json_key USING ERRCODE = '38000';
+    END IF;
+    BEGIN
+        doc := model_input::jsonb;
+    EXCEPTION WHEN others THEN
+        RAISE EXCEPTION 'malformed input' USING ERRCODE = '38000';
+    END;
+    IF jsonb_typeof(doc) <> 'object' OR jsonb_typeof(doc -> 'inputText') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'malformed input' USING ERRCODE = '38000';
+    END IF;
+    input := doc ->> 'inputText';
+    dimensions := coalesce((doc ->> 'dimensions')::int, 4);
+    total := coalesce((SELECT sum(ascii(c)) FROM regexp_split_to_table(input, '') AS c
+                        WHERE c <> ''), 0);
+    RETURN ARRAY(SELECT ((char_length(input) + i * total) % 1000)::float8 / 1000
+                   FROM generate_series(0, dimensions - 1) AS i ORDER BY i);
 END
 $$;

@@ -327,6 +327,17 @@ pub fn residual_parameters(
                 VARCHAR_OID,
                 values.iter().map(|v| v.as_deref().map(str::as_bytes)),
             )),
+            // Each row's array as its text literal (see ResidualPlan::residual_sql).
+            Results::Embedding(values) => {
+                let literals: Vec<Option<Vec<u8>>> = values
+                    .iter()
+                    .map(|v| {
+                        v.as_deref()
+                            .map(|v| crate::session::rows::float8_array(v, 0))
+                    })
+                    .collect();
+                params.push(array(TEXT_OID, literals.iter().map(|l| l.as_deref())));
+            }
         }
     }
     params

@@ -134,7 +134,7 @@ impl BlockPlan {
                 .iter()
                 .map(|c| match c.function {
                     MlFunction::DetectSentiment => 2,
-                    MlFunction::InvokeEndpoint => 1,
+                    _ => 1,
                 })
                 .sum::<usize>()
     }
@@ -180,16 +180,25 @@ impl ResidualPlan {
                 select.push(format!("u.c{i}::{} AS c{i}", t.name));
             }
             for (k, call) in block.calls.iter().enumerate() {
-                let outputs: &[(&str, &str)] = match call.function {
-                    MlFunction::DetectSentiment => {
-                        &[("sentiment", "varchar"), ("confidence", "float4")]
-                    }
-                    MlFunction::InvokeEndpoint => &[("", "varchar")],
+                // (field, array element type, the column's type when it differs): embeddings
+                // travel as their text form, one `float8[]` literal per row (arrays of arrays
+                // must be rectangular; embeddings need not be).
+                let outputs: &[(&str, &str, Option<&str>)] = match call.function {
+                    MlFunction::DetectSentiment => &[
+                        ("sentiment", "varchar", None),
+                        ("confidence", "float4", None),
+                    ],
+                    MlFunction::InvokeEndpoint => &[("", "varchar", None)],
+                    MlFunction::InvokeModel => &[("", "varchar", Some("text"))],
+                    MlFunction::InvokeModelGetEmbeddings => &[("", "text", Some("float8[]"))],
                 };
-                for (field, ty) in outputs {
+                for (field, ty, cast) in outputs {
                     let name = output_column(k, field);
                     arrays.push(format!("${}::{ty}[]", next()));
-                    select.push(format!("u.{name}"));
+                    select.push(match cast {
+                        Some(cast) => format!("u.{name}::{cast} AS {name}"),
+                        None => format!("u.{name}"),
+                    });
                     columns.push(name);
                 }
             }

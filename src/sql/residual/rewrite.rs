@@ -230,10 +230,24 @@ impl Rewriter {
         }
         let call = self.add_call(ml, call_arguments(ml, list.args.clone())?)?;
         match (ml, field) {
-            (MlFunction::InvokeEndpoint, None) => Ok(self.base_ref(&output_column(call, ""))),
-            (MlFunction::InvokeEndpoint, Some(_)) => Err(PlanError {
+            (
+                MlFunction::InvokeEndpoint
+                | MlFunction::InvokeModel
+                | MlFunction::InvokeModelGetEmbeddings,
+                None,
+            ) => Ok(self.base_ref(&output_column(call, ""))),
+            (
+                MlFunction::InvokeEndpoint
+                | MlFunction::InvokeModel
+                | MlFunction::InvokeModelGetEmbeddings,
+                Some(_),
+            ) => Err(PlanError {
                 code: SqlState::WrongObjectType,
-                message: "aws_sagemaker.invoke_endpoint returns text, which has no fields".into(),
+                message: format!(
+                    "{} returns {}, which has no fields",
+                    ml.name(),
+                    ml.result_type()
+                ),
                 hint: None,
             }),
             (MlFunction::DetectSentiment, Some(f @ ("sentiment" | "confidence"))) => {

@@ -28,10 +28,7 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
     struct Typer;
     impl Typer {
         fn args(function: MlFunction, args: &[Expr]) -> String {
-            let types: &[&str] = match function {
-                MlFunction::DetectSentiment => &["varchar", "varchar", "int4"],
-                MlFunction::InvokeEndpoint => &["varchar", "int4"],
-            };
+            let types = function.parameter_types();
             args.iter()
                 .enumerate()
                 .map(|(i, arg)| match types.get(i) {
@@ -69,10 +66,14 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
         fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<PlanError> {
             let (call, result) = match &*expr {
                 Expr::Function(f) => match Typer::call(f) {
-                    Some((MlFunction::InvokeEndpoint, args)) => {
-                        ((MlFunction::InvokeEndpoint, args), "NULL::varchar")
-                    }
-                    Some(call) => (call, "ROW(NULL::varchar, NULL::real)"),
+                    Some((MlFunction::DetectSentiment, args)) => (
+                        (MlFunction::DetectSentiment, args),
+                        "ROW(NULL::varchar, NULL::real)".to_owned(),
+                    ),
+                    Some((function, args)) => (
+                        (function, args),
+                        format!("NULL::{}", function.result_type()),
+                    ),
                     None => return ControlFlow::Continue(()),
                 },
                 Expr::CompoundFieldAccess { root, access_chain } => {
@@ -90,9 +91,9 @@ pub(super) fn typing_statement(mut query: Query) -> Result<String, PlanError> {
                         return ControlFlow::Continue(());
                     };
                     let result = if field.value.eq_ignore_ascii_case("confidence") {
-                        "NULL::real"
+                        "NULL::real".to_owned()
                     } else {
-                        "NULL::varchar"
+                        "NULL::varchar".to_owned()
                     };
                     (call, result)
                 }

@@ -522,6 +522,7 @@ pub async fn backends_for(config: &Config, url: &str) -> pgenrich::backends::Bac
     inference.aws_region = Some("us-east-1".into());
     inference.sagemaker_endpoint_url = Some(url.to_owned());
     inference.comprehend_endpoint_url = Some(url.to_owned());
+    inference.bedrock_endpoint_url = Some(url.to_owned());
     let credentials = Credentials::new(
         "AKIDPGENRICHTEST",
         "pgenrich-test-secret",
