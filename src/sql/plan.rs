@@ -267,6 +267,17 @@ pub(super) fn parse_ml_query(text: &str) -> Result<Box<Query>, PlanError> {
     }
     match statements.pop() {
         Some(Statement::Query(query)) => Ok(query),
+        // A view keeps the calls for the database to evaluate at each read, where no pgenrich
+        // is: it could never work (natively the functions would not even exist).
+        Some(Statement::CreateView(view)) => Err(unsupported(
+            format!(
+                "a {}view over ML calls cannot work through pgenrich: the database would \
+                 evaluate the calls later, without pgenrich",
+                if view.materialized { "materialized " } else { "" }
+            ),
+            "Materialise the results into a table instead: create the table, then fill it with \
+             the rows of the SELECT run through pgenrich, and build the view over that table.",
+        )),
         _ => Err(unsupported(
             "ML functions can only be called in SELECT statements through pgenrich",
             "Run the SELECT through pgenrich and write its results with a separate statement \

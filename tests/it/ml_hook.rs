@@ -34,6 +34,18 @@ async fn refused_forms_get_0a000_with_a_hint_and_the_session_goes_on() {
             .expect("next statement works");
         assert_eq!(row.get::<_, i32>(0), 7);
     }
+    // Views over ML calls: refused with the reason and a hint to materialise into a table.
+    for sql in [
+        "CREATE VIEW ml_view AS SELECT aws_comprehend.detect_sentiment('a', 'en')",
+        "CREATE MATERIALIZED VIEW ml_mview AS \
+         SELECT aws_bedrock.invoke_model('m', 'a', 'b', 'c') AS answer",
+    ] {
+        let error = client.simple_query(sql).await.expect_err(sql);
+        let db = error.as_db_error().expect("db error");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(db.message().contains("view over ML calls"), "{}", db.message());
+        assert!(db.hint().is_some_and(|h| h.contains("into a table")), "{sql}");
+    }
     // Look-alikes that are not calls pass through to PostgreSQL.
     let row = client
         .query_one(
