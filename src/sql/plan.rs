@@ -273,7 +273,11 @@ pub(super) fn parse_ml_query(text: &str) -> Result<Box<Query>, PlanError> {
             format!(
                 "a {}view over ML calls cannot work through pgenrich: the database would \
                  evaluate the calls later, without pgenrich",
-                if view.materialized { "materialized " } else { "" }
+                if view.materialized {
+                    "materialized "
+                } else {
+                    ""
+                }
             ),
             "Materialise the results into a table instead: create the table, then fill it with \
              the rows of the SELECT run through pgenrich, and build the view over that table.",

@@ -43,8 +43,15 @@ async fn refused_forms_get_0a000_with_a_hint_and_the_session_goes_on() {
         let error = client.simple_query(sql).await.expect_err(sql);
         let db = error.as_db_error().expect("db error");
         assert_eq!(db.code().code(), "0A000", "{sql}");
-        assert!(db.message().contains("view over ML calls"), "{}", db.message());
-        assert!(db.hint().is_some_and(|h| h.contains("into a table")), "{sql}");
+        assert!(
+            db.message().contains("view over ML calls"),
+            "{}",
+            db.message()
+        );
+        assert!(
+            db.hint().is_some_and(|h| h.contains("into a table")),
+            "{sql}"
+        );
     }
     // Look-alikes that are not calls pass through to PostgreSQL.
     let row = client

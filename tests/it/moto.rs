@@ -1,6 +1,7 @@
 //! Compatibility with a third-party emulator of the AWS APIs: moto's server mode (PyPI
-//! `moto[server]`). It implements InvokeEndpoint (results configured through its moto-api) and
-//! DetectSentiment (a fixed answer); pgenrich's SDK clients call both through it.
+//! `moto[server]`). It implements InvokeEndpoint (results configured through its moto-api),
+//! DetectSentiment (a fixed answer) and Bedrock's InvokeModel (an empty JSON object for every
+//! model); pgenrich's SDK clients call all three through it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{free_port, Proxy};
+use crate::harness::{free_port, sqlstate, Proxy};
 
 async fn post_json(port: u16, path: &str, body: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
@@ -34,7 +35,7 @@ fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moto_server_answers_invoke_endpoint_and_detect_sentiment() {
+async fn moto_server_answers_invoke_endpoint_detect_sentiment_and_invoke_model() {
     let installed = std::process::Command::new("python3")
         .args(["-c", "import moto.server"])
         .status()
@@ -95,4 +96,22 @@ async fn moto_server_answers_invoke_endpoint_and_detect_sentiment() {
         .expect("detect through moto");
     // moto's canned answer: NEUTRAL with a Neutral score of 0.9916020035743713 (as real: 0.991602).
     assert_eq!(first_value(&out).as_deref(), Some("(NEUTRAL,0.991602)"));
+    // moto's InvokeModel answers every model with an empty JSON object.
+    let out = client
+        .simple_query(
+            "SELECT aws_bedrock.invoke_model('anthropic.claude-v2', 'application/json', \
+             'application/json', '{\"prompt\":\"hi\"}')",
+        )
+        .await
+        .expect("invoke_model through moto");
+    assert_eq!(first_value(&out).as_deref(), Some("{}"));
+    // … so it has no embedding to read: the model's error, naming the key.
+    let error = client
+        .simple_query(
+            "SELECT aws_bedrock.invoke_model_get_embeddings('amazon.titan-embed-text-v2:0', \
+             'application/json', 'embedding', '{\"inputText\":\"hi\"}')",
+        )
+        .await
+        .expect_err("no embedding in moto's answer");
+    assert_eq!(sqlstate(&error), "38000", "{error}");
 }
