@@ -54,6 +54,8 @@ pub enum SqlState {
     InternalError,
     /// 25P02 — a statement pgenrich answers itself, in a failed transaction block.
     InFailedSqlTransaction,
+    /// 25006 — an ML statement that writes, in a READ ONLY transaction or on a standby.
+    ReadOnlySqlTransaction,
     /// 53200 — the process's memory for ML statements (`max_ml_memory`) is used up.
     OutOfMemory,
     /// 34000 — Describe or Execute of an ML portal that no longer exists.
@@ -70,6 +72,7 @@ impl SqlState {
         match self {
             SqlState::FeatureNotSupported => "0A000",
             SqlState::InFailedSqlTransaction => "25P02",
+            SqlState::ReadOnlySqlTransaction => "25006",
             SqlState::ProtocolViolation => "08P01",
             SqlState::ConnectionFailure => "08006",
             SqlState::TooManyConnections => "53300",

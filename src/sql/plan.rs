@@ -254,22 +254,32 @@ pub fn plan(sql: &str) -> Result<StreamingPlan, PlanError> {
 
 /// Parses the one SELECT an ML statement must be (after [`rewrite_unparsable_forms`]).
 pub(super) fn parse_ml_query(text: &str) -> Result<Box<Query>, PlanError> {
+    ml_query(parse_ml_statement(text)?)
+}
+
+/// Parses the one statement of an ML statement's text.
+pub(super) fn parse_ml_statement(text: &str) -> Result<Statement, PlanError> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| PlanError {
         code: SqlState::SyntaxError,
         message: format!("pgenrich could not parse this ML statement: {e}"),
         hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),
     })?;
-    if statements.len() != 1 {
-        return Err(unsupported(
+    match (statements.pop(), statements.is_empty()) {
+        (Some(statement), true) => Ok(statement),
+        _ => Err(unsupported(
             "this text holds several statements; pgenrich plans ML statements one at a time",
             "Send the statement that calls the ML function on its own.",
-        ));
+        )),
     }
-    match statements.pop() {
-        Some(Statement::Query(query)) => Ok(query),
+}
+
+/// The query of an ML statement that is a SELECT; other statements are refused.
+pub(super) fn ml_query(statement: Statement) -> Result<Box<Query>, PlanError> {
+    match statement {
+        Statement::Query(query) => Ok(query),
         // A view keeps the calls for the database to evaluate at each read, where no pgenrich
         // is: it could never work (natively the functions would not even exist).
-        Some(Statement::CreateView(view)) => Err(unsupported(
+        Statement::CreateView(view) => Err(unsupported(
             format!(
                 "a {}view over ML calls cannot work through pgenrich: the database would \
                  evaluate the calls later, without pgenrich",
@@ -283,9 +293,11 @@ pub(super) fn parse_ml_query(text: &str) -> Result<Box<Query>, PlanError> {
              the rows of the SELECT run through pgenrich, and build the view over that table.",
         )),
         _ => Err(unsupported(
-            "ML functions can only be called in SELECT statements through pgenrich",
-            "Run the SELECT through pgenrich and write its results with a separate statement \
-             (INSERT, UPDATE, DELETE, MERGE, COPY and DDL cannot call ML functions).",
+            "ML functions can only be called in SELECT and INSERT … SELECT statements through \
+             pgenrich",
+            "Write the results with INSERT INTO t (…) SELECT <the ML calls> FROM …, or run the \
+             SELECT through pgenrich and write them with a separate statement (UPDATE, DELETE, \
+             MERGE, COPY and DDL cannot call ML functions yet).",
         )),
     }
 }

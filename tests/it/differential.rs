@@ -1004,10 +1004,22 @@ const CASES: &[Case] = &[
            (SELECT 1 FROM diff_reviews r \
              WHERE aws_comprehend.detect_sentiment(u.bio || r.body, 'en') IS NOT NULL)",
     ),
-    refused(
-        "refused_insert_select",
-        "INSERT INTO diff_sink (id, label) \
-         SELECT id, (aws_comprehend.detect_sentiment(body, 'en')).sentiment FROM diff_reviews",
+    // INSERT … SELECT writes the enriched rows (each side into its own diff_insert; diff_sink
+    // stays empty, for the refused writes).
+    same(
+        "insert_select_returning",
+        AnyOrder,
+        "INSERT INTO diff_insert (id, label) \
+         SELECT id, (aws_comprehend.detect_sentiment(body, 'en')).sentiment FROM diff_reviews \
+         RETURNING id, label",
+    ),
+    same(
+        "insert_select_where_ml_returning_expression",
+        AnyOrder,
+        "INSERT INTO diff_insert (id, label) \
+         SELECT id, aws_sagemaker.invoke_endpoint('score', 10, rating) FROM diff_reviews \
+          WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE' \
+         RETURNING id * 2, upper(label)",
     ),
     refused(
         "refused_insert_values",
@@ -1099,7 +1111,6 @@ const STANDBY_CASES: &[&str] = &[
     "in_subquery",
     "cte_two_ml_ctes_joined",
     "union_all_branches",
-    "refused_insert_select",
     "refused_correlated_exists",
 ];
 
@@ -1234,7 +1245,7 @@ fn literal(value: Option<&str>) -> String {
 fn setup_sql() -> String {
     let mut sql = String::from(
         "DROP VIEW IF EXISTS diff_view;
-         DROP TABLE IF EXISTS diff_reviews, diff_users, diff_tx, diff_sink, diff_cte_log, diff_ctas;
+         DROP TABLE IF EXISTS diff_reviews, diff_users, diff_tx, diff_sink, diff_insert, diff_cte_log, diff_ctas;
          CREATE TABLE diff_users (id int PRIMARY KEY, name varchar(40), country text,
              vip boolean, signup timestamp, bio text);
          CREATE TABLE diff_reviews (id int PRIMARY KEY, user_id int, body text, lang text,
@@ -1242,6 +1253,7 @@ fn setup_sql() -> String {
          CREATE TABLE diff_tx (id int PRIMARY KEY, user_id int, amount numeric, qty int,
              fee float8, flagged boolean, ts timestamp, merchant text, memo text);
          CREATE TABLE diff_sink (id int, label text);
+         CREATE TABLE diff_insert (id int, label text);
          -- Written by the data-modifying CTE cases (if pgenrich ever runs them).
          CREATE TABLE diff_cte_log (id int, label text);
         ",

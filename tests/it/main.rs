@@ -9,6 +9,7 @@ mod bedrock;
 mod cache;
 mod cli;
 mod differential;
+mod dml;
 mod explain;
 mod fleet;
 mod hostile;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::enrich::CallStats;
-use crate::error::SessionError;
+use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::conversation::requests::{execute_body, named, named_body, parse_body};
 use crate::session::conversation::transaction::Failure;
@@ -94,6 +94,23 @@ async fn run_phases(
     plan: &ResidualPlan,
     outcome: &mut Outcome,
 ) -> Result<Option<Failure>, SessionError> {
+    if plan.modifies {
+        // In a READ ONLY transaction (or on a standby) the INSERT would fail only after every
+        // base row had been scored and billed: find out first.
+        let (error, row) = conv
+            .hidden_query_row("SELECT pg_catalog.current_setting('transaction_read_only')")
+            .await?;
+        if let Some(error) = error {
+            conv.to_client(message(b'E', &error));
+            return Ok(Some(Failure::Relayed));
+        }
+        if row.is_some_and(|r| r.ends_with(b"on")) {
+            return Ok(Some(Failure::Ours(ErrorMessage::error(
+                SqlState::ReadOnlySqlTransaction,
+                "cannot execute INSERT in a read-only transaction",
+            ))));
+        }
+    }
     let mut params = Vec::new();
     let mut described = Vec::with_capacity(plan.blocks.len());
     for block in &plan.blocks {
@@ -261,7 +278,9 @@ async fn run_residual(
             if kind == b'D' {
                 sent += 1;
             }
-            matches!(kind, b'1' | b'2')
+            // NoData: the Describe of a residual INSERT without RETURNING (a simple-protocol
+            // client expects none).
+            matches!(kind, b'1' | b'2' | b'n')
         })
         .await?;
     outcome.rows += sent;

@@ -38,6 +38,7 @@ use super::plan::{
 use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
 use crate::error::SqlState;
 
+mod dml;
 mod names;
 mod outer;
 mod planner;
@@ -76,6 +77,8 @@ pub struct ResidualPlan {
     /// aggregate or window function (the session asks the database): then it can run per chunk
     /// of base rows and stream.
     pub row_local: Option<Vec<String>>,
+    /// The residual writes (`INSERT … SELECT`): it cannot run in a READ ONLY transaction.
+    pub modifies: bool,
 }
 
 /// One ML-bearing SELECT block's base relation.
@@ -152,10 +155,11 @@ impl ResidualPlan {
     /// Whether a base statement calls nextval() or setval(), which write: then the statement
     /// cannot run in a READ ONLY transaction.
     pub fn writes(&self) -> bool {
-        self.blocks.iter().any(|b| {
-            let sql = b.base_sql.to_ascii_lowercase();
-            sql.contains("nextval") || sql.contains("setval")
-        })
+        self.modifies
+            || self.blocks.iter().any(|b| {
+                let sql = b.base_sql.to_ascii_lowercase();
+                sql.contains("nextval") || sql.contains("setval")
+            })
     }
 
     /// The residual statement, given each block's [`Described`] base. Its parameters are
@@ -299,11 +303,18 @@ pub fn plan(sql: &str) -> Result<ResidualPlan, PlanError> {
             "Rename the identifier.",
         ));
     }
-    let query = parse_ml_query(&text)?;
-    plan_query(*query)
+    match dml::parse(&text)? {
+        dml::Parsed::Query(query) => plan_query(*query, |q| q.to_string(), false),
+        dml::Parsed::Insert(insert) => dml::plan_insert(insert),
+    }
 }
 
-fn plan_query(mut query: Query) -> Result<ResidualPlan, PlanError> {
+/// Plans `query`, whose residual is `render(query rewritten)`; `modifies`: that statement writes.
+fn plan_query(
+    mut query: Query,
+    render: impl Fn(Query) -> String,
+    modifies: bool,
+) -> Result<ResidualPlan, PlanError> {
     let original = query.clone();
     if !query.locks.is_empty() {
         return Err(unsupported(
@@ -319,16 +330,29 @@ fn plan_query(mut query: Query) -> Result<ResidualPlan, PlanError> {
             NOT_YET_HINT,
         ));
     }
-    let row_local = row_local_functions(&query, planner.blocks.len());
+    // A statement that writes runs its residual once, over all base rows (per chunk it would
+    // also need its command tags summed).
+    let row_local = if modifies {
+        None
+    } else {
+        row_local_functions(&query, planner.blocks.len())
+    };
+    let typing_sql = if has_parameters(&original) {
+        let typing = typing_statement(original)?;
+        Some(if modifies {
+            render(*parse_ml_query(&typing)?)
+        } else {
+            typing
+        })
+    } else {
+        None
+    };
     let plan = ResidualPlan {
         blocks: planner.blocks,
-        residual: query.to_string(),
+        residual: render(query),
         row_local,
-        typing_sql: if has_parameters(&original) {
-            Some(typing_statement(original)?)
-        } else {
-            None
-        },
+        typing_sql,
+        modifies,
     };
     // Every text pgenrich sends upstream must be free of ML calls: PostgreSQL would refuse one
     // (or, where native functions exist, run it unbatched). A position the planner missed is

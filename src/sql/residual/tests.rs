@@ -220,9 +220,30 @@ fn subqueries_are_carried_and_correlated_references_replaced() {
 }
 
 #[test]
+fn insert_select_runs_as_the_residual_over_all_base_rows() {
+    let p = ok(
+        "INSERT INTO t (a, b) SELECT x, aws_sagemaker.invoke_endpoint('e', NULL, x) FROM s \
+                WHERE x > 1 ON CONFLICT (a) DO NOTHING RETURNING a",
+    );
+    assert!(p.writes() && p.row_local.is_none());
+    assert_eq!(p.blocks.len(), 1);
+    assert!(
+        p.blocks[0].base_sql.contains("FROM s WHERE x > 1"),
+        "{}",
+        p.blocks[0].base_sql
+    );
+    let r = residual(&p);
+    assert!(r.starts_with("INSERT INTO t (a, b) SELECT "), "{r}");
+    assert!(r.ends_with("ON CONFLICT(a) DO NOTHING RETURNING a"), "{r}");
+    assert!(!ok("SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, x) > '1'").writes());
+}
+
+#[test]
 fn unsupported_forms_are_refused_with_a_hint() {
     for sql in [
-        "INSERT INTO t SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) FROM s",
+        "INSERT INTO t VALUES (aws_sagemaker.invoke_endpoint('e', NULL, 1))",
+        "INSERT INTO t SELECT x FROM s RETURNING aws_sagemaker.invoke_endpoint('e', NULL, x)",
+        "INSERT INTO t SELECT x FROM s ON CONFLICT (x) DO UPDATE SET y = aws_sagemaker.invoke_endpoint('e', NULL, 1)",
         "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, x)",
         "SELECT * FROM t, aws_comprehend.detect_sentiment(x, 'en') s WHERE s.sentiment = 'x'",
         "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, t.x) = '1')",

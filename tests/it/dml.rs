@@ -1,0 +1,188 @@
+//! ML calls in data-modifying statements (issue 18): `INSERT … SELECT` with ML calls writes the
+//! enriched rows in one statement, atomically, with PostgreSQL's own tag, conflicts and
+//! RETURNING, in both protocols and inside or outside a transaction block.
+
+use crate::harness::*;
+
+async fn table(client: &tokio_postgres::Client, name: &str) {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name}; \
+             CREATE TABLE {name} (id int PRIMARY KEY, label varchar, score real, answer text)"
+        ))
+        .await
+        .expect("create");
+}
+
+async fn contents(client: &tokio_postgres::Client, name: &str) -> Vec<Vec<Option<String>>> {
+    text_rows(
+        &client
+            .simple_query(&format!("SELECT * FROM {name} ORDER BY id"))
+            .await
+            .expect("read"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_writes_enriched_rows_atomically() {
+    let pg = postgres();
+    let direct = connect(&pg.direct_conninfo()).await;
+    let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 4).await;
+    let client = proxy.connect().await;
+    table(&direct, "dml_insert").await;
+    let insert = "INSERT INTO dml_insert (id, label, score) \
+                  SELECT g, s.sentiment, s.confidence \
+                  FROM generate_series(1, 10) g, \
+                       aws_comprehend.detect_sentiment('text ' || g, 'en') s \
+                  WHERE s.confidence > 0";
+    // Outside a block: pgenrich's own transaction, PostgreSQL's tag.
+    let out = client.simple_query(insert).await.expect("insert");
+    let tag = out.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(tag, Some(10));
+    // What was written is what the SELECT through pgenrich returns.
+    let select = text_rows(
+        &client
+            .simple_query(
+                "SELECT g, s.sentiment, s.confidence, NULL \
+                 FROM generate_series(1, 10) g, \
+                      aws_comprehend.detect_sentiment('text ' || g, 'en') s ORDER BY g",
+            )
+            .await
+            .expect("select"),
+    );
+    assert_eq!(contents(&direct, "dml_insert").await, select);
+
+    // A conflict fails the whole statement: nothing half-written.
+    let error = client
+        .simple_query(
+            "INSERT INTO dml_insert (id, answer) \
+             SELECT g + 8, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+             FROM generate_series(1, 5) g",
+        )
+        .await
+        .expect_err("duplicate key");
+    assert_eq!(sqlstate(&error), "23505");
+    assert_eq!(contents(&direct, "dml_insert").await.len(), 10);
+    // An inference failure too, and the session goes on.
+    let error = client
+        .simple_query(
+            "INSERT INTO dml_insert (id, answer) \
+             SELECT g + 100, aws_sagemaker.invoke_endpoint('model-error', NULL, g) \
+             FROM generate_series(1, 5) g",
+        )
+        .await
+        .expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000");
+    assert_eq!(contents(&direct, "dml_insert").await.len(), 10);
+
+    // ON CONFLICT and RETURNING, extended protocol with a parameter.
+    let rows = client
+        .query(
+            "INSERT INTO dml_insert (id, answer) \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+             FROM generate_series(9, $1::int) g \
+             ON CONFLICT (id) DO UPDATE SET answer = EXCLUDED.answer \
+             RETURNING id, answer",
+            &[&12i32],
+        )
+        .await
+        .expect("upsert");
+    assert_eq!(rows.len(), 4);
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [9, 10, 11, 12]);
+    let after = contents(&direct, "dml_insert").await;
+    assert_eq!(after.len(), 12);
+    assert!(after[8..].iter().all(|r| r[3].is_some()), "{after:?}");
+
+    // Inside the client's block: rolled back with it.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .simple_query(
+            "INSERT INTO dml_insert (id, label) \
+             SELECT 50 + g, (aws_comprehend.detect_sentiment('x' || g, 'en')).sentiment \
+             FROM generate_series(1, 3) g",
+        )
+        .await
+        .expect("insert in block");
+    let inside = client
+        .query_one("SELECT count(*) FROM dml_insert", &[])
+        .await
+        .expect("count");
+    assert_eq!(inside.get::<_, i64>(0), 15);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(contents(&direct, "dml_insert").await.len(), 12);
+
+    // A prepared INSERT without RETURNING, executed twice.
+    let statement = client
+        .prepare(
+            "INSERT INTO dml_insert (id, label) \
+             SELECT g, (aws_comprehend.detect_sentiment(t, 'en')).sentiment \
+             FROM unnest($1::int[], $2::text[]) AS u(g, t)",
+        )
+        .await
+        .expect("prepare");
+    assert!(statement.columns().is_empty());
+    let n = client
+        .execute(&statement, &[&vec![200i32, 201], &vec!["good", "bad"]])
+        .await
+        .expect("execute");
+    assert_eq!(n, 2);
+    let n = client
+        .execute(&statement, &[&vec![202i32], &vec!["fine"]])
+        .await
+        .expect("execute again");
+    assert_eq!(n, 1);
+    assert_eq!(contents(&direct, "dml_insert").await.len(), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_on_a_standby_fails_as_natively() {
+    table(&connect(&postgres().direct_conninfo()).await, "dml_standby").await;
+    standby().wait_for_replay();
+    let proxy = Proxy::start_on_standby().await;
+    let client = proxy.connect().await;
+    let error = client
+        .simple_query(
+            "INSERT INTO dml_standby (id) \
+             SELECT g FROM generate_series(1, 2) g \
+             WHERE aws_sagemaker.invoke_endpoint('score', NULL, g)::int > 0",
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(sqlstate(&error), "25006", "{error}");
+    assert_eq!(
+        proxy.mock.stats().sagemaker_calls,
+        0,
+        "nothing is scored for an INSERT that cannot run"
+    );
+    client.simple_query("SELECT 1").await.expect("usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_select_in_a_read_only_transaction_fails_before_scoring() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    table(&client, "dml_read_only").await;
+    client
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .expect("begin");
+    let error = client
+        .simple_query(
+            "INSERT INTO dml_read_only (id, label) \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+             FROM generate_series(1, 3) g",
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(sqlstate(&error), "25006", "{error}");
+    assert_eq!(proxy.mock.stats().sagemaker_calls, 0);
+    // The transaction is aborted, as natively.
+    let error = client.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(sqlstate(&error), "25P02", "{error}");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert!(contents(&client, "dml_read_only").await.is_empty());
+}
