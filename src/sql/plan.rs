@@ -329,6 +329,13 @@ fn plan_query(query: &mut Query) -> Result<(), PlanError> {
             ));
         }
     }
+    // SELECT INTO writes: the residual planner runs it as CREATE TABLE AS.
+    if matches!(query.body.as_ref(), SetExpr::Select(select) if select.into.is_some()) {
+        return Err(unsupported(
+            "SELECT INTO is planned as CREATE TABLE AS",
+            LATER_HINT,
+        ));
+    }
     if !matches!(*query.body, SetExpr::Select(_)) {
         return Err(unsupported(
             "ML calls in UNION, INTERSECT, EXCEPT or VALUES are not supported yet",

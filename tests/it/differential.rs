@@ -1061,9 +1061,9 @@ const CASES: &[Case] = &[
         "COPY (SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM diff_reviews) TO STDOUT",
     ),
     refused(
-        "refused_create_table_as",
+        "refused_create_table_as_with_no_data",
         "CREATE TABLE diff_ctas AS \
-         SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM diff_reviews",
+         SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM diff_reviews WITH NO DATA",
     ),
     refused(
         "refused_create_view",

@@ -185,4 +185,172 @@ async fn insert_select_in_a_read_only_transaction_fails_before_scoring() {
     assert_eq!(sqlstate(&error), "25P02", "{error}");
     client.batch_execute("ROLLBACK").await.expect("rollback");
     assert!(contents(&client, "dml_read_only").await.is_empty());
+
+    // As natively, an INSERT into a temporary table may run in a READ ONLY transaction.
+    client
+        .batch_execute("CREATE TEMP TABLE dml_temp (id int, answer text); BEGIN READ ONLY")
+        .await
+        .expect("temp table");
+    let n = client
+        .execute(
+            "INSERT INTO pg_temp.dml_temp \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+             FROM generate_series(1, 3) g",
+            &[],
+        )
+        .await
+        .expect("insert into a temporary table");
+    assert_eq!(n, 3);
+    let n = client
+        .simple_query(
+            "INSERT INTO dml_temp \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+             FROM generate_series(4, 5) g",
+        )
+        .await
+        .expect("simple protocol too");
+    assert!(!n.is_empty());
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(contents(&client, "dml_temp").await.len(), 5);
+}
+
+/// A table's columns (name and type) and rows, to compare one made through pgenrich with one
+/// made natively.
+async fn described(client: &tokio_postgres::Client, name: &str) -> Vec<Vec<Option<String>>> {
+    let mut out = text_rows(
+        &client
+            .simple_query(&format!(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = '{name}'::regclass AND attnum > 0 ORDER BY attnum"
+            ))
+            .await
+            .expect("columns"),
+    );
+    out.extend(contents(client, name).await);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_as_and_select_into_match_native() {
+    let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 4).await;
+    let client = proxy.connect().await;
+    let statements = [
+        (
+            "dml_ctas",
+            "CREATE TABLE dml_ctas AS \
+             SELECT g AS id, s.sentiment, s.confidence, \
+                    aws_sagemaker.invoke_endpoint('score', NULL, g) AS answer \
+             FROM generate_series(1, 10) g, \
+                  aws_comprehend.detect_sentiment('text ' || g, 'en') s \
+             WHERE s.confidence > 0",
+        ),
+        (
+            "dml_into",
+            "SELECT g AS id, (aws_comprehend.detect_sentiment('x' || g, 'en')).*, \
+                    aws_sagemaker.invoke_endpoint('score', NULL, g) AS answer \
+             INTO TEMP dml_into FROM generate_series(1, 7) g ORDER BY g",
+        ),
+        (
+            "dml_into_where",
+            "SELECT g AS id INTO UNLOGGED dml_into_where FROM generate_series(1, 9) g \
+             WHERE (aws_comprehend.detect_sentiment( \
+                      CASE WHEN g % 3 = 0 THEN 'good' ELSE 'bad' END, 'en')).sentiment \
+                   = 'POSITIVE'",
+        ),
+    ];
+    for (name, sql) in statements {
+        for c in [&client, &native] {
+            c.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                .await
+                .expect("drop");
+        }
+        let tag = |out: Vec<tokio_postgres::SimpleQueryMessage>| {
+            out.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+        };
+        let ours = tag(client.simple_query(sql).await.expect(name));
+        let theirs = tag(native.simple_query(sql).await.expect(name));
+        assert_eq!(ours, theirs, "{name}: tag");
+        assert!(ours.is_some_and(|n| n > 0), "{name}: {ours:?}");
+        assert_eq!(
+            described(&client, name).await,
+            described(&native, name).await,
+            "{name}: columns and rows"
+        );
+    }
+
+    // A whole record as a column fails as natively (a column cannot be of type record).
+    let record = "CREATE TEMP TABLE dml_record AS \
+                  SELECT g, aws_comprehend.detect_sentiment('x' || g, 'en') AS s \
+                  FROM generate_series(1, 3) g";
+    let ours = client.simple_query(record).await.expect_err("record");
+    let theirs = native.simple_query(record).await.expect_err("record");
+    assert_eq!(sqlstate(&ours), sqlstate(&theirs), "{ours} / {theirs}");
+
+    // Atomic: an inference failure creates nothing; the session goes on.
+    let error = client
+        .simple_query(
+            "CREATE TABLE dml_ctas_failed AS \
+             SELECT g, aws_sagemaker.invoke_endpoint('model-error', NULL, g) \
+             FROM generate_series(1, 5) g",
+        )
+        .await
+        .expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000", "{error}");
+    let exists = client
+        .query_one("SELECT to_regclass('dml_ctas_failed') IS NOT NULL", &[])
+        .await
+        .expect("check");
+    assert!(!exists.get::<_, bool>(0));
+    // PostgreSQL's own errors come as they are.
+    let error = client
+        .simple_query(statements[0].1)
+        .await
+        .expect_err("exists");
+    assert_eq!(sqlstate(&error), "42P07", "{error}");
+    // WITH NO DATA never runs the query: refused rather than billed.
+    let error = client
+        .simple_query(
+            "CREATE TABLE dml_ctas_empty AS \
+             SELECT aws_sagemaker.invoke_endpoint('score', NULL, 1) WITH NO DATA",
+        )
+        .await
+        .expect_err("no data");
+    assert_eq!(sqlstate(&error), "0A000", "{error}");
+
+    // Extended protocol, with a parameter, inside a block that rolls back.
+    client.batch_execute("BEGIN").await.expect("begin");
+    let n = client
+        .execute(
+            "CREATE TABLE dml_ctas_param AS \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) AS answer \
+             FROM generate_series(1, $1::int) g",
+            &[&6i32],
+        )
+        .await
+        .expect("prepared CTAS");
+    assert_eq!(n, 6);
+    assert_eq!(contents_by(&client, "dml_ctas_param", "g").await.len(), 6);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    let exists = client
+        .query_one("SELECT to_regclass('dml_ctas_param') IS NOT NULL", &[])
+        .await
+        .expect("check");
+    assert!(!exists.get::<_, bool>(0));
+}
+
+async fn contents_by(
+    client: &tokio_postgres::Client,
+    name: &str,
+    key: &str,
+) -> Vec<Vec<Option<String>>> {
+    text_rows(
+        &client
+            .simple_query(&format!("SELECT * FROM {name} ORDER BY {key}"))
+            .await
+            .expect("read"),
+    )
 }

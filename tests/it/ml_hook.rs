@@ -14,7 +14,7 @@ const REFUSED: [&str; 4] = [
     "SELECT aws_sagemaker.invoke_endpoint('m', NULL, aws_sagemaker.invoke_endpoint('m', NULL, 1))",
     "SELECT x FROM (VALUES (1)) v(x) \
      WHERE EXISTS (SELECT 1 WHERE aws_sagemaker.invoke_endpoint('m', NULL, v.x) = '1')",
-    "CREATE TABLE ml_refused AS SELECT aws_comprehend.detect_sentiment('x', 'en')",
+    "CREATE TABLE ml_refused AS SELECT aws_comprehend.detect_sentiment('x', 'en') WITH NO DATA",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

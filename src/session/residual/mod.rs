@@ -28,7 +28,7 @@ use crate::session::conversation::{canceled, Conversation, Outcome};
 use crate::session::rows::{message, split_row};
 use crate::session::scoring::{call_error, infer, Memo, Results};
 use crate::session::statements::{MlPortal, MlStatement, Shape};
-use crate::sql::residual::{BlockPlan, CarriedType, Described, ResidualPlan};
+use crate::sql::residual::{BlockPlan, CarriedType, Described, ResidualPlan, Write};
 
 mod catalog;
 mod chunked;
@@ -89,25 +89,40 @@ pub async fn run_statement(
     conv.report(failure, false).await
 }
 
+/// A query whose one row is `t` if `write` cannot run in the current transaction because it is
+/// READ ONLY (an INSERT into a temporary table can, as natively).
+fn read_only_check(write: &Write) -> String {
+    let mut sql = String::from("SELECT pg_catalog.current_setting('transaction_read_only') = 'on'");
+    if let Some(table) = &write.table {
+        let literal = table.replace('\\', "\\\\").replace('\'', "''");
+        sql.push_str(&format!(
+            " AND COALESCE((SELECT c.relpersistence <> 't' FROM pg_catalog.pg_class c \
+             WHERE c.oid = pg_catalog.to_regclass(E'{literal}')), true)"
+        ));
+    }
+    sql
+}
+
 async fn run_phases(
     conv: &mut Conversation<'_>,
     plan: &ResidualPlan,
     outcome: &mut Outcome,
 ) -> Result<Option<Failure>, SessionError> {
-    if plan.modifies {
-        // In a READ ONLY transaction (or on a standby) the INSERT would fail only after every
+    if let Some(write) = &plan.modifies {
+        // In a READ ONLY transaction (or on a standby) the statement would fail only after every
         // base row had been scored and billed: find out first.
-        let (error, row) = conv
-            .hidden_query_row("SELECT pg_catalog.current_setting('transaction_read_only')")
-            .await?;
+        let (error, row) = conv.hidden_query_row(&read_only_check(write)).await?;
         if let Some(error) = error {
             conv.to_client(message(b'E', &error));
             return Ok(Some(Failure::Relayed));
         }
-        if row.is_some_and(|r| r.ends_with(b"on")) {
+        if row.is_some_and(|r| r.ends_with(b"t")) {
             return Ok(Some(Failure::Ours(ErrorMessage::error(
                 SqlState::ReadOnlySqlTransaction,
-                "cannot execute INSERT in a read-only transaction",
+                format!(
+                    "cannot execute {} in a read-only transaction",
+                    write.command
+                ),
             ))));
         }
     }

@@ -4,26 +4,36 @@
 //! resolves conflicts and returns RETURNING rows and the `INSERT 0 n` tag itself, in the
 //! client's transaction or pgenrich's own (read-write) one, atomically.
 //!
+//! `CREATE [TEMP|UNLOGGED] TABLE t AS SELECT … ML …` and `SELECT … ML … INTO t FROM …` work
+//! the same way: the residual statement is the CREATE TABLE AS over the enriched rows (SELECT
+//! INTO as the CREATE TABLE AS it stands for, with the same `SELECT n` tag).
+//!
 //! Other data-modifying forms are refused with `0A000` for now.
 
-use sqlparser::ast::{Insert, Query, SetExpr, Statement};
+use sqlparser::ast::{CreateTable, Insert, Query, SetExpr, Statement};
 
 use super::super::plan::{has_ml, ml_query, parse_ml_statement, unsupported, PlanError};
+use super::Write;
 
 /// A statement the residual planner takes.
 pub(super) enum Parsed {
     Query(Box<Query>),
     Insert(Box<Insert>),
+    CreateTable(Box<CreateTable>),
 }
 
 pub(super) fn parse(text: &str) -> Result<Parsed, PlanError> {
     match parse_ml_statement(text)? {
         Statement::Insert(insert) => Ok(Parsed::Insert(Box::new(insert))),
+        Statement::CreateTable(create) if create.query.is_some() => {
+            Ok(Parsed::CreateTable(Box::new(create)))
+        }
         other => ml_query(other).map(Parsed::Query),
     }
 }
 
 pub(super) fn plan_insert(mut insert: Box<Insert>) -> Result<super::ResidualPlan, PlanError> {
+    let table = insert.table.to_string();
     if has_ml(&insert.on) || has_ml(&insert.returning) {
         return Err(unsupported(
             "ML calls in ON CONFLICT or RETURNING are not supported",
@@ -49,6 +59,68 @@ pub(super) fn plan_insert(mut insert: Box<Insert>) -> Result<super::ResidualPlan
             insert.source = Some(Box::new(query));
             Statement::Insert(*insert).to_string()
         },
-        true,
+        Some(Write {
+            command: "INSERT",
+            table: Some(table),
+        }),
     )
+}
+
+pub(super) fn plan_create_table(
+    mut create: Box<CreateTable>,
+) -> Result<super::ResidualPlan, PlanError> {
+    if create.with_data.as_ref().is_some_and(|w| !w.data) {
+        return Err(unsupported(
+            "CREATE TABLE … AS … WITH NO DATA over ML calls is not supported",
+            "Create the table with explicit column types instead.",
+        ));
+    }
+    let Some(query) = create.query.take() else {
+        return Err(unsupported(
+            "this CREATE TABLE form with ML calls is not supported",
+            "Write CREATE TABLE t AS SELECT <the ML calls> FROM ….",
+        ));
+    };
+    super::plan_query(
+        *query,
+        |query| {
+            let mut create = create.clone();
+            create.query = Some(Box::new(query));
+            Statement::CreateTable(*create).to_string()
+        },
+        Some(Write {
+            command: "CREATE TABLE AS",
+            table: None,
+        }),
+    )
+}
+
+/// `SELECT … INTO [TEMP|UNLOGGED] [TABLE] t …` at the top of `query`, planned as the CREATE TABLE
+/// AS it stands for; `None` for any other query.
+pub(super) fn plan_select_into(
+    query: &mut Query,
+) -> Option<Result<super::ResidualPlan, PlanError>> {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    let into = select.into.take()?;
+    let [target] = into.targets.as_slice() else {
+        return Some(Err(unsupported(
+            "SELECT INTO names one table",
+            "Write SELECT … INTO t FROM ….",
+        )));
+    };
+    let create = format!(
+        "CREATE {}{}TABLE {target} AS ",
+        if into.temporary { "TEMPORARY " } else { "" },
+        if into.unlogged { "UNLOGGED " } else { "" },
+    );
+    Some(super::plan_query(
+        query.clone(),
+        move |query| format!("{create}{query}"),
+        Some(Write {
+            command: "SELECT INTO",
+            table: None,
+        }),
+    ))
 }

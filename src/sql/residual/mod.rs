@@ -77,8 +77,18 @@ pub struct ResidualPlan {
     /// aggregate or window function (the session asks the database): then it can run per chunk
     /// of base rows and stream.
     pub row_local: Option<Vec<String>>,
-    /// The residual writes (`INSERT … SELECT`): it cannot run in a READ ONLY transaction.
-    pub modifies: bool,
+    /// Set if the residual writes (`INSERT … SELECT`, `CREATE TABLE … AS`, `SELECT … INTO`).
+    pub modifies: Option<Write>,
+}
+
+/// What a residual statement that writes writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The command, as PostgreSQL names it in "cannot execute … in a read-only transaction".
+    pub command: &'static str,
+    /// An INSERT's table, as written: an INSERT into a temporary table may run in a READ ONLY
+    /// transaction.
+    pub table: Option<String>,
 }
 
 /// One ML-bearing SELECT block's base relation.
@@ -155,7 +165,7 @@ impl ResidualPlan {
     /// Whether a base statement calls nextval() or setval(), which write: then the statement
     /// cannot run in a READ ONLY transaction.
     pub fn writes(&self) -> bool {
-        self.modifies
+        self.modifies.is_some()
             || self.blocks.iter().any(|b| {
                 let sql = b.base_sql.to_ascii_lowercase();
                 sql.contains("nextval") || sql.contains("setval")
@@ -304,16 +314,21 @@ pub fn plan(sql: &str) -> Result<ResidualPlan, PlanError> {
         ));
     }
     match dml::parse(&text)? {
-        dml::Parsed::Query(query) => plan_query(*query, |q| q.to_string(), false),
+        dml::Parsed::Query(mut query) => match dml::plan_select_into(&mut query) {
+            Some(plan) => plan,
+            None => plan_query(*query, |q| q.to_string(), None),
+        },
         dml::Parsed::Insert(insert) => dml::plan_insert(insert),
+        dml::Parsed::CreateTable(create) => dml::plan_create_table(create),
     }
 }
 
-/// Plans `query`, whose residual is `render(query rewritten)`; `modifies`: that statement writes.
+/// Plans `query`, whose residual is `render(query rewritten)`; `modifies`: the command, if that
+/// statement writes.
 fn plan_query(
     mut query: Query,
     render: impl Fn(Query) -> String,
-    modifies: bool,
+    modifies: Option<Write>,
 ) -> Result<ResidualPlan, PlanError> {
     let original = query.clone();
     if !query.locks.is_empty() {
@@ -332,14 +347,14 @@ fn plan_query(
     }
     // A statement that writes runs its residual once, over all base rows (per chunk it would
     // also need its command tags summed).
-    let row_local = if modifies {
+    let row_local = if modifies.is_some() {
         None
     } else {
         row_local_functions(&query, planner.blocks.len())
     };
     let typing_sql = if has_parameters(&original) {
         let typing = typing_statement(original)?;
-        Some(if modifies {
+        Some(if modifies.is_some() {
             render(*parse_ml_query(&typing)?)
         } else {
             typing

@@ -239,9 +239,47 @@ fn insert_select_runs_as_the_residual_over_all_base_rows() {
 }
 
 #[test]
+fn create_table_as_and_select_into_run_as_the_residual() {
+    let p = ok(
+        "CREATE TEMP TABLE t AS SELECT x, aws_sagemaker.invoke_endpoint('e', NULL, x) AS y \
+                FROM s ORDER BY x",
+    );
+    assert_eq!(
+        p.modifies.as_ref().map(|w| w.command),
+        Some("CREATE TABLE AS")
+    );
+    assert!(p.row_local.is_none());
+    let r = residual(&p);
+    assert!(r.starts_with("CREATE TEMPORARY TABLE t AS SELECT "), "{r}");
+    assert!(
+        !p.blocks[0].base_sql.contains("TABLE"),
+        "{}",
+        p.blocks[0].base_sql
+    );
+
+    let p = ok("SELECT x, aws_sagemaker.invoke_endpoint('e', NULL, x) AS y INTO UNLOGGED u FROM s");
+    assert_eq!(p.modifies.as_ref().map(|w| w.command), Some("SELECT INTO"));
+    let r = residual(&p);
+    assert!(r.starts_with("CREATE UNLOGGED TABLE u AS SELECT "), "{r}");
+    assert!(!r.contains("INTO"), "{r}");
+    assert!(
+        !p.blocks[0].base_sql.contains("INTO"),
+        "{}",
+        p.blocks[0].base_sql
+    );
+    // SELECT INTO is never planned as a streaming SELECT (whose base would create the table).
+    assert!(crate::sql::plan::plan(
+        "SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) INTO u FROM s"
+    )
+    .is_err());
+}
+
+#[test]
 fn unsupported_forms_are_refused_with_a_hint() {
     for sql in [
         "INSERT INTO t VALUES (aws_sagemaker.invoke_endpoint('e', NULL, 1))",
+        "CREATE TABLE t AS SELECT aws_sagemaker.invoke_endpoint('e', NULL, 1) WITH NO DATA",
+        "SELECT aws_sagemaker.invoke_endpoint('e', NULL, 1) INTO a, b",
         "INSERT INTO t SELECT x FROM s RETURNING aws_sagemaker.invoke_endpoint('e', NULL, x)",
         "INSERT INTO t SELECT x FROM s ON CONFLICT (x) DO UPDATE SET y = aws_sagemaker.invoke_endpoint('e', NULL, 1)",
         "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, x)",
