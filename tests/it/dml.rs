@@ -354,3 +354,68 @@ async fn contents_by(
             .expect("read"),
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_larger_than_max_buffered_bytes_runs_chunk_by_chunk() {
+    let proxy = Proxy::start_with(|c| c.max_buffered_bytes = 1 << 20).await;
+    let client = proxy.connect().await;
+    table(&client, "dml_backfill").await;
+    // About 4 MB of base rows: held at once they would exceed max_buffered_bytes.
+    let insert = "INSERT INTO dml_backfill (id, label, answer) \
+                  SELECT g, (aws_comprehend.detect_sentiment(CASE WHEN g % 2 = 0 \
+                             THEN 'good' ELSE 'bad' END, 'en')).sentiment, \
+                         aws_sagemaker.invoke_endpoint('score', NULL, g) || repeat('x', 60) \
+                  FROM generate_series(1, 40000) g";
+    let out = client.simple_query(insert).await.expect("backfill");
+    let tag = out.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(tag, Some(40000));
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT label), count(answer) FROM dml_backfill",
+            &[],
+        )
+        .await
+        .expect("count");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (40000, 2, 40000)
+    );
+    // A prepared INSERT is not chunked (an Execute with a row limit would leave later chunks
+    // unwritten): the same backfill stops at max_buffered_bytes, before any call.
+    let calls = proxy.mock.stats().sagemaker_calls;
+    let error = client
+        .execute(&insert.replace("(1, 40000)", "(50001, 90000)"), &[])
+        .await
+        .expect_err("over max_buffered_bytes");
+    assert_eq!(sqlstate(&error), "54000", "{error}");
+    assert_eq!(proxy.mock.stats().sagemaker_calls, calls);
+    // A failure in a late chunk (a document over Comprehend's 5,000 bytes) leaves nothing of
+    // the earlier chunks, which PostgreSQL had already written in the same transaction.
+    let error = client
+        .simple_query(
+            "INSERT INTO dml_backfill (id, label) \
+             SELECT g, (aws_comprehend.detect_sentiment( \
+                    CASE WHEN g = 139990 THEN repeat('x', 6000) ELSE 'fine' END, 'en')).sentiment \
+             FROM generate_series(100001, 140000) g",
+        )
+        .await
+        .expect_err("oversized document");
+    assert!(
+        error
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("5000") || e.message().contains("5,000")),
+        "{error:?}"
+    );
+    let row = client
+        .query_one("SELECT count(*) FROM dml_backfill", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 40000);
+}

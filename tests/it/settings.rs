@@ -57,6 +57,21 @@ async fn progress_notices_come_while_a_long_statement_runs() {
             .all(|n| n.starts_with("NOTICE: pgenrich: ") && n.contains("rows sent to inference")),
         "{seen:?}"
     );
+    // A backfill (INSERT … SELECT) reports its progress too.
+    client
+        .batch_execute("CREATE TEMP TABLE progress_sink (answer text)")
+        .await
+        .expect("temp table");
+    client
+        .simple_query(
+            "INSERT INTO progress_sink \
+             SELECT aws_sagemaker.invoke_endpoint('progress', 1, g) FROM generate_series(1, 12) g",
+        )
+        .await
+        .expect("backfill");
+    let notice = notices.try_recv().expect("progress of the backfill");
+    assert!(notice.contains("rows sent to inference"), "{notice}");
+    while notices.try_recv().is_ok() {}
 
     // RESET turns it off again; a nonsense value is a WARNING and changes nothing.
     client

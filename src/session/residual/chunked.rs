@@ -80,7 +80,11 @@ pub(super) async fn run_chunked(
     close_chunked(conv).await?;
     Ok(match ending {
         Ending::Done => {
-            conv.to_client(message(b'C', format!("SELECT {sent}\0").as_bytes()));
+            let tag = match &plan.modifies {
+                Some(write) if write.command == "INSERT" => format!("INSERT 0 {sent}\0"),
+                _ => format!("SELECT {sent}\0"),
+            };
+            conv.to_client(message(b'C', tag.as_bytes()));
             None
         }
         Ending::UpstreamError => Some(Failure::Relayed),

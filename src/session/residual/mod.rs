@@ -58,6 +58,10 @@ pub async fn run_query(
     let Some(wrap) = conv.begin_snapshot(!plan.writes()).await? else {
         return conv.ready(b"I", outcome).await;
     };
+    if let Some(failure) = check_writable(conv, &plan).await? {
+        let failed = conv.report(Some(failure), wrap).await?;
+        return conv.finish_query(wrap, failed, outcome).await;
+    }
     let streams = match &plan.row_local {
         Some(functions) => match only_row_functions(conv, functions, true).await? {
             Ok(streams) => streams,
@@ -85,8 +89,36 @@ pub async fn run_statement(
     plan: &ResidualPlan,
     outcome: &mut Outcome,
 ) -> Result<bool, SessionError> {
-    let failure = run_phases(conv, plan, outcome).await?;
+    let failure = match check_writable(conv, plan).await? {
+        Some(failure) => Some(failure),
+        None => run_phases(conv, plan, outcome).await?,
+    };
     conv.report(failure, false).await
+}
+
+/// A statement that writes, in a READ ONLY transaction (or on a standby), would fail only after
+/// every base row had been scored and billed: find out first. The failure, if it cannot run.
+async fn check_writable(
+    conv: &mut Conversation<'_>,
+    plan: &ResidualPlan,
+) -> Result<Option<Failure>, SessionError> {
+    let Some(write) = &plan.modifies else {
+        return Ok(None);
+    };
+    let (error, row) = conv.hidden_query_row(&read_only_check(write)).await?;
+    if let Some(error) = error {
+        conv.to_client(message(b'E', &error));
+        return Ok(Some(Failure::Relayed));
+    }
+    Ok(row.is_some_and(|r| r.ends_with(b"t")).then(|| {
+        Failure::Ours(ErrorMessage::error(
+            SqlState::ReadOnlySqlTransaction,
+            format!(
+                "cannot execute {} in a read-only transaction",
+                write.command
+            ),
+        ))
+    }))
 }
 
 /// A query whose one row is `t` if `write` cannot run in the current transaction because it is
@@ -108,24 +140,6 @@ async fn run_phases(
     plan: &ResidualPlan,
     outcome: &mut Outcome,
 ) -> Result<Option<Failure>, SessionError> {
-    if let Some(write) = &plan.modifies {
-        // In a READ ONLY transaction (or on a standby) the statement would fail only after every
-        // base row had been scored and billed: find out first.
-        let (error, row) = conv.hidden_query_row(&read_only_check(write)).await?;
-        if let Some(error) = error {
-            conv.to_client(message(b'E', &error));
-            return Ok(Some(Failure::Relayed));
-        }
-        if row.is_some_and(|r| r.ends_with(b"t")) {
-            return Ok(Some(Failure::Ours(ErrorMessage::error(
-                SqlState::ReadOnlySqlTransaction,
-                format!(
-                    "cannot execute {} in a read-only transaction",
-                    write.command
-                ),
-            ))));
-        }
-    }
     let mut params = Vec::new();
     let mut described = Vec::with_capacity(plan.blocks.len());
     for block in &plan.blocks {

@@ -69,7 +69,8 @@ enum Owed {
     Residual,
 }
 
-/// Runs `run` to the end; how it ended and the residual rows sent to the client.
+/// Runs `run` to the end; how it ended and the rows its residual runs counted (selected and sent
+/// to the client, or written).
 pub(super) async fn pipeline(
     conv: &mut Conversation<'_>,
     run: &ChunkRun<'_>,
@@ -220,6 +221,7 @@ pub(super) async fn pipeline(
             (Owed::Residual, b'D') => out.push(conv, &body),
             (Owed::Residual, b'C') => {
                 owed.pop_front();
+                out.count(&body);
                 out.send(conv);
                 conv.flush_soft().await?;
             }
@@ -253,7 +255,11 @@ pub(super) async fn pipeline(
                     return Ok(out.end(conv, outcome, Ending::UpstreamError));
                 }
                 (Owed::Base, b'D') | (_, b'2' | b'3') => {}
-                (Owed::Base, b's' | b'C') | (Owed::Residual, b'C') => break,
+                (Owed::Base, b's' | b'C') => break,
+                (Owed::Residual, b'C') => {
+                    out.count(&body);
+                    break;
+                }
                 (Owed::Residual, b'D') => out.push(conv, &body),
                 _ => {
                     out.send(conv);
@@ -270,9 +276,16 @@ pub(super) async fn pipeline(
 struct Output {
     batch: BytesMut,
     rows: u64,
+    /// The residual runs' CommandComplete counts: rows selected, or written by an INSERT.
+    tagged: u64,
 }
 
 impl Output {
+    /// Adds the count of a residual run's CommandComplete (`SELECT n`, `INSERT 0 n`).
+    fn count(&mut self, tag: &[u8]) {
+        self.tagged += tag_count(tag);
+    }
+
     fn push(&mut self, conv: &mut Conversation<'_>, row: &[u8]) {
         self.batch.put_u8(b'D');
         self.batch.put_u32(row.len() as u32 + 4);
@@ -292,7 +305,7 @@ impl Output {
     ) -> (Ending, u64) {
         self.send(conv);
         outcome.rows += self.rows;
-        (ending, self.rows)
+        (ending, self.tagged)
     }
 
     fn send(&mut self, conv: &mut Conversation<'_>) {
@@ -300,6 +313,16 @@ impl Output {
             conv.to_client(self.batch.split().freeze());
         }
     }
+}
+
+/// The row count at the end of a CommandComplete tag (`SELECT 5`, `INSERT 0 5`); 0 if none.
+fn tag_count(tag: &[u8]) -> u64 {
+    let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+    let digits = tag.rsplit(|b| *b == b' ').next().unwrap_or_default();
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Scores one chunk: the residual's parameters for its rows.
@@ -314,4 +337,18 @@ async fn score_chunk(
     let mut stats = CallStats::default();
     let results = infer(executor, calls, &parsed, memo, &mut stats).await?;
     Ok((residual_parameters(shape, &parsed, &results), stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag_count;
+
+    #[test]
+    fn tags_give_their_row_counts() {
+        assert_eq!(tag_count(b"SELECT 12\0"), 12);
+        assert_eq!(tag_count(b"INSERT 0 7\0"), 7);
+        assert_eq!(tag_count(b"INSERT 0 7"), 7);
+        assert_eq!(tag_count(b"CREATE TABLE\0"), 0);
+        assert_eq!(tag_count(b""), 0);
+    }
 }

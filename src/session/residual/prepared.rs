@@ -137,11 +137,15 @@ pub(crate) async fn prepare(
         .iter()
         .find(|(kind, _)| *kind == b'T')
         .map(|(_, body)| body.clone());
+    // A prepared statement that writes is never chunked: an Execute with a row limit would
+    // leave the rows of later chunks unwritten when the client closes the portal.
     let chunked = match (&plan.row_local, plan.blocks.len()) {
-        (Some(functions), 1) => match only_row_functions(conv, functions, false).await? {
-            Ok(chunked) => chunked,
-            Err(error) => return Ok(Err(error)),
-        },
+        (Some(functions), 1) if plan.modifies.is_none() => {
+            match only_row_functions(conv, functions, false).await? {
+                Ok(chunked) => chunked,
+                Err(error) => return Ok(Err(error)),
+            }
+        }
         _ => false,
     };
     Ok(Ok(MlStatement {

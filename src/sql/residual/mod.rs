@@ -345,9 +345,9 @@ fn plan_query(
             NOT_YET_HINT,
         ));
     }
-    // A statement that writes runs its residual once, over all base rows (per chunk it would
-    // also need its command tags summed).
-    let row_local = if modifies.is_some() {
+    // An INSERT may run per chunk (in one transaction; the session sums the chunks' tags); a
+    // CREATE TABLE AS runs its residual once, over all base rows.
+    let row_local = if modifies.as_ref().is_some_and(|w| w.table.is_none()) {
         None
     } else {
         row_local_functions(&query, planner.blocks.len())
