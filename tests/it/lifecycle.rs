@@ -242,7 +242,12 @@ async fn drain_timeout_terminates_long_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_gives_08006() {
-    let port = crate::harness::free_port();
+    // A port bound but not listening: connections to it are refused, and no other test can
+    // take it meanwhile (a port merely found free could be).
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = held.local_addr().expect("addr").port();
     let proxy = Proxy::start_with(|c| c.upstream = format!("127.0.0.1:{port}")).await;
     let mut raw = RawClient::connect(proxy.addr).await;
     raw.send_startup(&[("user", "alice")]).await;
