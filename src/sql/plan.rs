@@ -293,11 +293,10 @@ pub(super) fn ml_query(statement: Statement) -> Result<Box<Query>, PlanError> {
              the rows of the SELECT run through pgenrich, and build the view over that table.",
         )),
         _ => Err(unsupported(
-            "ML functions can only be called in SELECT and INSERT … SELECT statements through \
-             pgenrich",
-            "Write the results with INSERT INTO t (…) SELECT <the ML calls> FROM …, or run the \
-             SELECT through pgenrich and write them with a separate statement (UPDATE, DELETE, \
-             MERGE, COPY and DDL cannot call ML functions yet).",
+            "through pgenrich, ML functions can be called in SELECT, INSERT … SELECT, UPDATE, \
+             DELETE and CREATE TABLE … AS statements only",
+            "Write the results with INSERT INTO t (…) SELECT <the ML calls> FROM … or UPDATE t \
+             SET c = <the ML call> …; MERGE, COPY and other DDL cannot call ML functions.",
         )),
     }
 }

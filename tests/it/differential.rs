@@ -1030,14 +1030,31 @@ const CASES: &[Case] = &[
         "INSERT INTO diff_sink VALUES (2, 'good') \
          RETURNING (aws_comprehend.detect_sentiment(label, 'en')).sentiment",
     ),
-    refused(
-        "refused_update",
-        "UPDATE diff_sink SET label = (aws_comprehend.detect_sentiment(label, 'en')).sentiment",
+    // UPDATE and DELETE, each of a table of its own (copies of diff_reviews).
+    same(
+        "update_set_ml_returning",
+        AnyOrder,
+        "UPDATE diff_upd_set SET label = (aws_comprehend.detect_sentiment(label, 'en')).sentiment \
+          WHERE id % 2 = 0 RETURNING id, label",
+    ),
+    same(
+        "update_where_ml_returning",
+        AnyOrder,
+        "UPDATE diff_upd_where u SET label = lower(u.label) \
+          WHERE aws_sagemaker.invoke_endpoint('score', 10, u.rating)::int > 3 \
+         RETURNING u.id, u.label",
+    ),
+    same(
+        "delete_where_ml_returning",
+        AnyOrder,
+        "DELETE FROM diff_del \
+          WHERE (aws_comprehend.detect_sentiment(label, 'en')).sentiment = 'NEGATIVE' RETURNING id",
     ),
     refused(
-        "refused_delete",
-        "DELETE FROM diff_sink \
-          WHERE (aws_comprehend.detect_sentiment(label, 'en')).sentiment = 'NEGATIVE'",
+        "refused_update_ml_in_a_subquery",
+        "UPDATE diff_sink SET label = 'x' \
+          WHERE id IN (SELECT id FROM diff_reviews \
+                        WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'NEGATIVE')",
     ),
     refused(
         "refused_merge",
@@ -1245,7 +1262,8 @@ fn literal(value: Option<&str>) -> String {
 fn setup_sql() -> String {
     let mut sql = String::from(
         "DROP VIEW IF EXISTS diff_view;
-         DROP TABLE IF EXISTS diff_reviews, diff_users, diff_tx, diff_sink, diff_insert, diff_cte_log, diff_ctas;
+         DROP TABLE IF EXISTS diff_reviews, diff_users, diff_tx, diff_sink, diff_insert, diff_cte_log, diff_ctas,
+             diff_upd_set, diff_upd_where, diff_del;
          CREATE TABLE diff_users (id int PRIMARY KEY, name varchar(40), country text,
              vip boolean, signup timestamp, bio text);
          CREATE TABLE diff_reviews (id int PRIMARY KEY, user_id int, body text, lang text,
@@ -1312,6 +1330,13 @@ fn setup_sql() -> String {
         "INSERT INTO diff_reviews VALUES {};",
         values.join(",\n")
     );
+    // The UPDATE and DELETE cases' tables, one each: the two lanes run cases concurrently.
+    for table in ["diff_upd_set", "diff_upd_where", "diff_del"] {
+        let _ = writeln!(
+            sql,
+            "CREATE TABLE {table} AS SELECT id, rating, body AS label FROM diff_reviews;"
+        );
+    }
     values.clear();
     for i in 0..60usize {
         let id = i + 1;

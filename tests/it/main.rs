@@ -20,6 +20,7 @@ mod memory;
 mod metrics;
 mod ml;
 mod ml_hook;
+mod modify;
 mod moto;
 mod pipelines;
 mod psql;

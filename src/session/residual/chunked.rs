@@ -80,8 +80,9 @@ pub(super) async fn run_chunked(
     close_chunked(conv).await?;
     Ok(match ending {
         Ending::Done => {
-            let tag = match &plan.modifies {
-                Some(write) if write.command == "INSERT" => format!("INSERT 0 {sent}\0"),
+            let tag = match plan.modifies.as_ref().map(|w| w.command) {
+                Some("INSERT") => format!("INSERT 0 {sent}\0"),
+                Some(command @ ("UPDATE" | "DELETE")) => format!("{command} {sent}\0"),
                 _ => format!("SELECT {sent}\0"),
             };
             conv.to_client(message(b'C', tag.as_bytes()));

@@ -8,9 +8,10 @@
 //! the same way: the residual statement is the CREATE TABLE AS over the enriched rows (SELECT
 //! INTO as the CREATE TABLE AS it stands for, with the same `SELECT n` tag).
 //!
-//! Other data-modifying forms are refused with `0A000` for now.
+//! UPDATE and DELETE: see [`super::modify`]. Other data-modifying forms (MERGE, COPY, ML calls
+//! in VALUES, ON CONFLICT or RETURNING) are refused with `0A000`.
 
-use sqlparser::ast::{CreateTable, Insert, Query, SetExpr, Statement};
+use sqlparser::ast::{CreateTable, Delete, Insert, Query, SetExpr, Statement, Update};
 
 use super::super::plan::{has_ml, ml_query, parse_ml_statement, unsupported, PlanError};
 use super::Write;
@@ -20,6 +21,8 @@ pub(super) enum Parsed {
     Query(Box<Query>),
     Insert(Box<Insert>),
     CreateTable(Box<CreateTable>),
+    Update(Box<Update>),
+    Delete(Box<Delete>),
 }
 
 pub(super) fn parse(text: &str) -> Result<Parsed, PlanError> {
@@ -28,6 +31,8 @@ pub(super) fn parse(text: &str) -> Result<Parsed, PlanError> {
         Statement::CreateTable(create) if create.query.is_some() => {
             Ok(Parsed::CreateTable(Box::new(create)))
         }
+        Statement::Update(update) => Ok(Parsed::Update(Box::new(update))),
+        Statement::Delete(delete) => Ok(Parsed::Delete(Box::new(delete))),
         other => ml_query(other).map(Parsed::Query),
     }
 }
@@ -62,6 +67,7 @@ pub(super) fn plan_insert(mut insert: Box<Insert>) -> Result<super::ResidualPlan
         Some(Write {
             command: "INSERT",
             table: Some(table),
+            chunkable: true,
         }),
     )
 }
@@ -91,6 +97,7 @@ pub(super) fn plan_create_table(
         Some(Write {
             command: "CREATE TABLE AS",
             table: None,
+            chunkable: false,
         }),
     )
 }
@@ -121,6 +128,7 @@ pub(super) fn plan_select_into(
         Some(Write {
             command: "SELECT INTO",
             table: None,
+            chunkable: false,
         }),
     ))
 }

@@ -39,6 +39,7 @@ use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
 use crate::error::SqlState;
 
 mod dml;
+mod modify;
 mod names;
 mod outer;
 mod planner;
@@ -86,9 +87,12 @@ pub struct ResidualPlan {
 pub struct Write {
     /// The command, as PostgreSQL names it in "cannot execute … in a read-only transaction".
     pub command: &'static str,
-    /// An INSERT's table, as written: an INSERT into a temporary table may run in a READ ONLY
-    /// transaction.
+    /// The target table, as written: an INSERT, UPDATE or DELETE of a temporary table may run
+    /// in a READ ONLY transaction.
     pub table: Option<String>,
+    /// Whether the statement may run per chunk of base rows (in one transaction, the chunks'
+    /// tags summed): each base row is written by its own chunk's run only.
+    pub chunkable: bool,
 }
 
 /// One ML-bearing SELECT block's base relation.
@@ -320,6 +324,8 @@ pub fn plan(sql: &str) -> Result<ResidualPlan, PlanError> {
         },
         dml::Parsed::Insert(insert) => dml::plan_insert(insert),
         dml::Parsed::CreateTable(create) => dml::plan_create_table(create),
+        dml::Parsed::Update(update) => modify::plan_update(*update),
+        dml::Parsed::Delete(delete) => modify::plan_delete(*delete),
     }
 }
 
@@ -347,7 +353,7 @@ fn plan_query(
     }
     // An INSERT may run per chunk (in one transaction; the session sums the chunks' tags); a
     // CREATE TABLE AS runs its residual once, over all base rows.
-    let row_local = if modifies.as_ref().is_some_and(|w| w.table.is_none()) {
+    let row_local = if modifies.as_ref().is_some_and(|w| !w.chunkable) {
         None
     } else {
         row_local_functions(&query, planner.blocks.len())

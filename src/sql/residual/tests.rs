@@ -276,6 +276,71 @@ fn create_table_as_and_select_into_run_as_the_residual() {
 }
 
 #[test]
+fn update_and_delete_lock_the_target_rows_and_join_on_their_identity() {
+    let p = ok(
+        "UPDATE reviews r SET label = (aws_comprehend.detect_sentiment(r.body, 'en')).sentiment \
+                WHERE r.id > 3 RETURNING r.id, r.label",
+    );
+    let w = p.modifies.as_ref().expect("writes");
+    assert_eq!(
+        (w.command, w.table.as_deref(), w.chunkable),
+        ("UPDATE", Some("reviews"), true)
+    );
+    let base = &p.blocks[0].base_sql;
+    assert!(
+        base.contains("r.ctid") && base.contains("r.tableoid"),
+        "{base}"
+    );
+    assert!(
+        base.contains("WHERE r.id > 3") && base.ends_with(" FOR UPDATE OF r"),
+        "{base}"
+    );
+    let r = residual(&p);
+    assert!(
+        r.starts_with("UPDATE reviews r SET label = \"pgenrich.q\".\"pgenrich.v0\" FROM (SELECT "),
+        "{r}"
+    );
+    assert!(
+        r.ends_with("WHERE r.tableoid = \"pgenrich.q\".\"pgenrich.toid\" AND r.ctid = \"pgenrich.q\".\"pgenrich.ctid\" RETURNING r.id, r.label"),
+        "{r}"
+    );
+
+    let p =
+        ok("DELETE FROM s.reviews WHERE aws_sagemaker.invoke_endpoint('e', NULL, body)::int < 0");
+    let w = p.modifies.as_ref().expect("writes");
+    assert_eq!(
+        (w.command, w.table.as_deref()),
+        ("DELETE", Some("s.reviews"))
+    );
+    assert!(
+        p.blocks[0].base_sql.ends_with(" FOR UPDATE OF reviews"),
+        "{}",
+        p.blocks[0].base_sql
+    );
+    let r = residual(&p);
+    assert!(r.starts_with("DELETE FROM s.reviews USING (SELECT "), "{r}");
+
+    // ONLY and DEFAULT stay as written.
+    let p = ok("UPDATE ONLY t SET a = DEFAULT, b = aws_sagemaker.invoke_endpoint('e', NULL, c)");
+    let r = residual(&p);
+    assert!(
+        r.starts_with("UPDATE ONLY t SET a = DEFAULT, b = \"pgenrich.q\".\"pgenrich.v0\" FROM"),
+        "{r}"
+    );
+    assert!(
+        p.blocks[0].base_sql.contains("FROM ONLY t"),
+        "{}",
+        p.blocks[0].base_sql
+    );
+
+    // With FROM, a target row may meet several rows: never chunked.
+    let p = ok(
+        "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, u.x) FROM u WHERE u.id = t.id",
+    );
+    assert!(!p.modifies.as_ref().expect("writes").chunkable && p.row_local.is_none());
+}
+
+#[test]
 fn unsupported_forms_are_refused_with_a_hint() {
     for sql in [
         "INSERT INTO t VALUES (aws_sagemaker.invoke_endpoint('e', NULL, 1))",
@@ -283,7 +348,10 @@ fn unsupported_forms_are_refused_with_a_hint() {
         "SELECT aws_sagemaker.invoke_endpoint('e', NULL, 1) INTO a, b",
         "INSERT INTO t SELECT x FROM s RETURNING aws_sagemaker.invoke_endpoint('e', NULL, x)",
         "INSERT INTO t SELECT x FROM s ON CONFLICT (x) DO UPDATE SET y = aws_sagemaker.invoke_endpoint('e', NULL, 1)",
-        "UPDATE t SET y = aws_sagemaker.invoke_endpoint('e', NULL, x)",
+        "UPDATE t SET (y, z) = (aws_sagemaker.invoke_endpoint('e', NULL, x), 1)",
+        "UPDATE t SET y = 1 FROM u WHERE aws_sagemaker.invoke_endpoint('e', NULL, u.x) = '1' RETURNING u.x",
+        "UPDATE t SET y = 1 WHERE x IN (SELECT aws_sagemaker.invoke_endpoint('e', NULL, z) FROM u)",
+        "DELETE FROM t RETURNING aws_sagemaker.invoke_endpoint('e', NULL, x)",
         "SELECT * FROM t, aws_comprehend.detect_sentiment(x, 'en') s WHERE s.sentiment = 'x'",
         "SELECT x FROM t WHERE EXISTS (SELECT 1 FROM s WHERE aws_sagemaker.invoke_endpoint('e', NULL, t.x) = '1')",
         "WITH w AS (SELECT aws_sagemaker.invoke_endpoint('e', NULL, x) v FROM t) SELECT aws_sagemaker.invoke_endpoint('e', NULL, v) FROM w",
