@@ -12,7 +12,7 @@ import re
 
 MAX_LEN = 4096
 OUT = "fuzz/seeds/sql"
-ML = re.compile(r"aws_(comprehend|sagemaker)", re.IGNORECASE)
+ML = re.compile(r"aws_(comprehend|sagemaker|bedrock)", re.IGNORECASE)
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 
 
