@@ -51,8 +51,15 @@ pub async fn run(
         Err(failure) => Some(failure),
     };
     let failed = conv.report(failure, wrap).await?;
-    // EXPLAIN ANALYZE ran the statement: nothing of it stays (it cannot write anyway).
-    conv.finish_query(wrap, failed || analyze, outcome).await
+    conv.finish_query(wrap, failed || discards(analyze, &target), outcome)
+        .await
+}
+
+/// Whether pgenrich's own transaction around an EXPLAIN is rolled back: EXPLAIN ANALYZE of a
+/// SELECT leaves nothing of its run (sequence calls included); that of an INSERT, UPDATE, DELETE
+/// or CREATE TABLE AS keeps what it wrote, as natively.
+fn discards(analyze: bool, target: &ExplainTarget) -> bool {
+    analyze && !matches!(target, ExplainTarget::Residual(plan) if plan.modifies.is_some())
 }
 
 /// pgenrich's plan of `target` as lines; with `analyze` the statement runs and a line of what
@@ -194,7 +201,7 @@ async fn explain_in_pipeline(
     };
     let failed = conv.report(failure, wrap).await?;
     if wrap {
-        conv.end_hidden(failed || analyze).await?;
+        conv.end_hidden(failed || discards(analyze, target)).await?;
     }
     match lines {
         Some(lines) if !failed => Ok(Some(lines)),

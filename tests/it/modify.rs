@@ -44,10 +44,10 @@ async fn outcome(
     }
 }
 
-async fn table(client: &Client) -> Vec<Vec<Option<String>>> {
+async fn table(client: &Client, name: &str) -> Vec<Vec<Option<String>>> {
     text_rows(
         &client
-            .simple_query("SELECT * FROM m_reviews ORDER BY id")
+            .simple_query(&format!("SELECT * FROM {name} ORDER BY id"))
             .await
             .expect("read"),
     )
@@ -87,7 +87,11 @@ async fn update_and_delete_match_native() {
             ours.as_ref().is_ok_and(|(n, _)| n.is_some_and(|n| n > 0)),
             "{sql}: {ours:?}"
         );
-        assert_eq!(table(&client).await, table(&native).await, "after {sql}");
+        assert_eq!(
+            table(&client, "m_reviews").await,
+            table(&native, "m_reviews").await,
+            "after {sql}"
+        );
     }
 
     // Prepared, with a parameter; then an inference failure writes nothing.
@@ -100,7 +104,7 @@ async fn update_and_delete_match_native() {
         .await
         .expect("prepared UPDATE");
     assert!(n > 0);
-    let before = table(&client).await;
+    let before = table(&client, "m_reviews").await;
     let error = client
         .simple_query(
             "UPDATE m_reviews SET body = aws_sagemaker.invoke_endpoint('model-error', NULL, id)",
@@ -108,7 +112,7 @@ async fn update_and_delete_match_native() {
         .await
         .expect_err("model error");
     assert_eq!(sqlstate(&error), "38000", "{error}");
-    assert_eq!(table(&client).await, before);
+    assert_eq!(table(&client, "m_reviews").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,4 +217,44 @@ async fn psycopg_with_autocommit_off_writes_ml_results() {
     assert_eq!(seen["error"], "38000", "{seen}");
     assert_eq!(seen["status_after_error"], "INERROR", "{seen}");
     assert_eq!(seen["ctas_rolled_back"], true, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_write_and_explain_analyze_writes_as_natively() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    fresh(&client, "m_explain").await;
+    let before = table(&client, "m_explain").await;
+    for (sql, node) in [
+        (
+            "EXPLAIN UPDATE m_explain SET label = (aws_comprehend.detect_sentiment(body, 'en')).sentiment",
+            "Update on m_explain",
+        ),
+        (
+            "EXPLAIN ANALYZE DELETE FROM m_explain \
+             WHERE aws_sagemaker.invoke_endpoint('score', NULL, id)::int > 2",
+            "Delete on m_explain",
+        ),
+        (
+            "EXPLAIN ANALYZE INSERT INTO m_explain (id, label) \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) FROM generate_series(100, 103) g",
+            "Insert on m_explain",
+        ),
+    ] {
+        let plan: Vec<String> = text_rows(&client.simple_query(sql).await.expect(sql))
+            .into_iter()
+            .filter_map(|mut r| r.pop().flatten())
+            .collect();
+        assert!(plan.iter().any(|line| line.contains(node)), "{sql}: {plan:#?}");
+    }
+    // EXPLAIN ANALYZE executes the statement and keeps its writes, as natively; EXPLAIN alone
+    // does not. The mock's score of an id is the id: rows 1 and 2 stay, 100–103 came.
+    let after = table(&client, "m_explain").await;
+    let ids: Vec<&str> = after.iter().filter_map(|r| r[0].as_deref()).collect();
+    assert_eq!(ids, ["1", "2", "100", "101", "102", "103"], "{after:?}");
+    assert!(before.iter().all(|r| r[2].is_none()), "{before:?}");
+    assert!(
+        after[..2].iter().all(|r| r[2].is_none()),
+        "EXPLAIN did not update: {after:?}"
+    );
 }
