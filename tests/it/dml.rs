@@ -387,15 +387,50 @@ async fn a_backfill_larger_than_max_buffered_bytes_runs_chunk_by_chunk() {
         ),
         (40000, 2, 40000)
     );
-    // A prepared INSERT is not chunked (an Execute with a row limit would leave later chunks
-    // unwritten): the same backfill stops at max_buffered_bytes, before any call.
-    let calls = proxy.mock.stats().sagemaker_calls;
-    let error = client
+    // Prepared and executed to the end (as drivers do), it runs chunk by chunk too.
+    let n = client
         .execute(&insert.replace("(1, 40000)", "(50001, 90000)"), &[])
+        .await
+        .expect("prepared backfill");
+    assert_eq!(n, 40000);
+    // An Execute with a row limit runs a write whole (later chunks would stay unwritten if the
+    // client closed the portal): the same backfill then stops at max_buffered_bytes, before
+    // any call, and a small one writes every row though the client read only some.
+    let mut limited = proxy.connect().await;
+    let calls = proxy.mock.stats().sagemaker_calls;
+    let tx = limited.transaction().await.expect("begin");
+    let big = tx
+        .prepare(&format!(
+            "{} RETURNING id",
+            insert.replace("(1, 40000)", "(100001, 140000)")
+        ))
+        .await
+        .expect("prepare");
+    let portal = tx.bind(&big, &[]).await.expect("bind");
+    let error = tx
+        .query_portal(&portal, 10)
         .await
         .expect_err("over max_buffered_bytes");
     assert_eq!(sqlstate(&error), "54000", "{error}");
     assert_eq!(proxy.mock.stats().sagemaker_calls, calls);
+    tx.rollback().await.expect("rollback");
+    let tx = limited.transaction().await.expect("begin");
+    let small = tx
+        .prepare(&format!(
+            "{} RETURNING id",
+            insert.replace("(1, 40000)", "(200001, 200030)")
+        ))
+        .await
+        .expect("prepare");
+    let portal = tx.bind(&small, &[]).await.expect("bind");
+    let first = tx.query_portal(&portal, 5).await.expect("first rows");
+    assert_eq!(first.len(), 5);
+    tx.commit().await.expect("commit");
+    let row = client
+        .query_one("SELECT count(*) FROM dml_backfill WHERE id > 200000", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 30);
     // A failure in a late chunk (a document over Comprehend's 5,000 bytes) leaves nothing of
     // the earlier chunks, which PostgreSQL had already written in the same transaction.
     let error = client
@@ -417,5 +452,5 @@ async fn a_backfill_larger_than_max_buffered_bytes_runs_chunk_by_chunk() {
         .query_one("SELECT count(*) FROM dml_backfill", &[])
         .await
         .expect("count");
-    assert_eq!(row.get::<_, i64>(0), 40000);
+    assert_eq!(row.get::<_, i64>(0), 80030);
 }

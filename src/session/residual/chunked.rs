@@ -80,17 +80,22 @@ pub(super) async fn run_chunked(
     close_chunked(conv).await?;
     Ok(match ending {
         Ending::Done => {
-            let tag = match plan.modifies.as_ref().map(|w| w.command) {
-                Some("INSERT") => format!("INSERT 0 {sent}\0"),
-                Some(command @ ("UPDATE" | "DELETE")) => format!("{command} {sent}\0"),
-                _ => format!("SELECT {sent}\0"),
-            };
-            conv.to_client(message(b'C', tag.as_bytes()));
+            conv.to_client(message(b'C', &done_tag(plan, sent)));
             None
         }
         Ending::UpstreamError => Some(Failure::Relayed),
         Ending::Failed(error) => Some(Failure::Ours(error)),
     })
+}
+
+/// The CommandComplete body of a chunked statement that selected or wrote `n` rows in all.
+fn done_tag(plan: &ResidualPlan, n: u64) -> Vec<u8> {
+    let tag = match plan.modifies.as_ref().map(|w| w.command) {
+        Some("INSERT") => format!("INSERT 0 {n}\0"),
+        Some(command @ ("UPDATE" | "DELETE")) => format!("{command} {n}\0"),
+        _ => format!("SELECT {n}\0"),
+    };
+    tag.into_bytes()
 }
 
 /// Closes what a chunked run keeps open (none of it is an error if already gone).
@@ -138,7 +143,7 @@ pub(super) async fn run_chunked_execute(
         match ending {
             Ending::Done => {
                 state.base_done = true;
-                conv.to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
+                conv.to_client(message(b'C', &done_tag(&prepared.plan, state.sent)));
                 snapshot::portal_done(conv).await?;
             }
             Ending::UpstreamError => conv.mark_failed(),
@@ -197,7 +202,7 @@ pub(super) async fn run_chunked_execute(
             }
         }
         if state.base_done {
-            conv.to_client(message(b'C', format!("SELECT {}\0", state.sent).as_bytes()));
+            conv.to_client(message(b'C', &done_tag(&prepared.plan, state.sent)));
             snapshot::portal_done(conv).await?;
             break outcome;
         }

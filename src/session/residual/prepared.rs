@@ -137,15 +137,13 @@ pub(crate) async fn prepare(
         .iter()
         .find(|(kind, _)| *kind == b'T')
         .map(|(_, body)| body.clone());
-    // A prepared statement that writes is never chunked: an Execute with a row limit would
-    // leave the rows of later chunks unwritten when the client closes the portal.
+    // A statement that writes runs chunked only when an Execute reads it to the end (see
+    // `run_execute`).
     let chunked = match (&plan.row_local, plan.blocks.len()) {
-        (Some(functions), 1) if plan.modifies.is_none() => {
-            match only_row_functions(conv, functions, false).await? {
-                Ok(chunked) => chunked,
-                Err(error) => return Ok(Err(error)),
-            }
-        }
+        (Some(functions), 1) => match only_row_functions(conv, functions, false).await? {
+            Ok(chunked) => chunked,
+            Err(error) => return Ok(Err(error)),
+        },
         _ => false,
     };
     Ok(Ok(MlStatement {
@@ -175,7 +173,11 @@ pub async fn run_execute(
     let Prepared::Residual(prepared) = &bound.statement.prepared else {
         unreachable!("only base + residual portals come here")
     };
-    if prepared.chunked {
+    // A statement that writes goes chunk by chunk only when this first Execute reads it to the
+    // end: with a row limit the rows of later chunks would stay unwritten if the client closed
+    // the portal, so then it runs whole (as PostgreSQL runs a portal that writes).
+    let writes_whole = prepared.plan.modifies.is_some() && (max_rows > 0 || bound.started);
+    if prepared.chunked && !writes_whole {
         return run_chunked_execute(conv, portal, bound, prepared, max_rows).await;
     }
     let residual_portal = format!("pgenrich.r.{portal}");
