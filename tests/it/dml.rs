@@ -180,6 +180,52 @@ async fn insert_select_in_a_read_only_transaction_fails_before_scoring() {
         .expect_err("read-only");
     assert_eq!(sqlstate(&error), "25006", "{error}");
     assert_eq!(proxy.mock.stats().sagemaker_calls, 0);
+    // Prepared too (the extended protocol checks at the first Execute).
+    let error = client
+        .execute(
+            "UPDATE dml_read_only SET answer = aws_sagemaker.invoke_endpoint('score', NULL, id)",
+            &[],
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(
+        sqlstate(&error),
+        "25P02",
+        "the block was already aborted: {error}"
+    );
+    client
+        .batch_execute("ROLLBACK; BEGIN READ ONLY")
+        .await
+        .expect("again");
+    let error = client
+        .execute(
+            "INSERT INTO dml_read_only (id, answer) \
+             SELECT g, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+             FROM generate_series(1, $1::int) g",
+            &[&3i32],
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(sqlstate(&error), "25006", "{error}");
+    let message = error.as_db_error().map(|e| e.message().to_owned());
+    assert_eq!(
+        message.as_deref(),
+        Some("cannot execute INSERT in a read-only transaction")
+    );
+    client
+        .batch_execute("ROLLBACK; BEGIN READ ONLY")
+        .await
+        .expect("again");
+    // An UPDATE's base locks its rows: PostgreSQL refuses that at Bind, before any call.
+    let error = client
+        .execute(
+            "UPDATE dml_read_only SET answer = aws_sagemaker.invoke_endpoint('score', NULL, id)",
+            &[],
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(sqlstate(&error), "25006", "{error}");
+    assert_eq!(proxy.mock.stats().sagemaker_calls, 0);
     // The transaction is aborted, as natively.
     let error = client.simple_query("SELECT 1").await.expect_err("aborted");
     assert_eq!(sqlstate(&error), "25P02", "{error}");

@@ -110,15 +110,70 @@ async fn check_writable(
         conv.to_client(message(b'E', &error));
         return Ok(Some(Failure::Relayed));
     }
-    Ok(row.is_some_and(|r| r.ends_with(b"t")).then(|| {
-        Failure::Ours(ErrorMessage::error(
+    Ok(read_only(write, row.as_deref()).map(Failure::Ours))
+}
+
+/// [`check_writable`] at the first Execute of a portal that writes, in the extended protocol
+/// (the check runs as a statement of pgenrich's own, answered before the client's Sync).
+/// Whether the Execute may go on; if not, the client has its error and the upstream skips to
+/// Sync.
+pub(super) async fn check_writable_execute(
+    conv: &mut Conversation<'_>,
+    plan: &ResidualPlan,
+) -> Result<bool, SessionError> {
+    const CHECK: &str = "pgenrich.read_only";
+    let Some(write) = &plan.modifies else {
+        return Ok(true);
+    };
+    let mut requests = BytesMut::new();
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(CHECK, &read_only_check(write), &[]),
+    ));
+    let mut bind = named_body(CHECK);
+    bind.extend_from_slice(&named_body(CHECK));
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    requests.put_slice(&message(frontend::BIND, &bind));
+    requests.put_slice(&message(frontend::EXECUTE, &execute_body(CHECK, 0)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'P', CHECK)));
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', CHECK)));
+    requests.put_slice(&message(b'H', &[]));
+    conv.send(requests.freeze()).await?;
+    let (mut row, mut closed) = (None, 0);
+    while closed < 2 {
+        let (kind, body) = conv.next().await?;
+        match kind {
+            b'E' => {
+                conv.to_client(message(b'E', &body));
+                conv.mark_failed();
+                return Ok(false);
+            }
+            b'D' => row = Some(body),
+            b'3' => closed += 1,
+            b'1' | b'2' | b'C' => {}
+            _ => conv.to_client(message(kind, &body)),
+        }
+    }
+    match read_only(write, row.as_deref()) {
+        None => Ok(true),
+        Some(error) => {
+            conv.fail_execute(error).await?;
+            Ok(false)
+        }
+    }
+}
+
+/// PostgreSQL's error for `write` if the check's row says the transaction is read-only.
+fn read_only(write: &Write, row: Option<&[u8]>) -> Option<ErrorMessage> {
+    row.is_some_and(|r| r.ends_with(b"t")).then(|| {
+        ErrorMessage::error(
             SqlState::ReadOnlySqlTransaction,
             format!(
                 "cannot execute {} in a read-only transaction",
                 write.command
             ),
-        ))
-    }))
+        )
+    })
 }
 
 /// A query whose one row is `t` if `write` cannot run in the current transaction because it is

@@ -176,6 +176,9 @@ pub async fn run_execute(
     // A statement that writes goes chunk by chunk only when this first Execute reads it to the
     // end: with a row limit the rows of later chunks would stay unwritten if the client closed
     // the portal, so then it runs whole (as PostgreSQL runs a portal that writes).
+    if !bound.started && !check_writable_execute(conv, &prepared.plan).await? {
+        return Ok(outcome);
+    }
     let writes_whole = prepared.plan.modifies.is_some() && (max_rows > 0 || bound.started);
     if prepared.chunked && !writes_whole {
         return run_chunked_execute(conv, portal, bound, prepared, max_rows).await;
