@@ -1,6 +1,6 @@
 //! pgenrich: a PostgreSQL wire-protocol sidecar that relays sessions to the upstream database and
 //! intervenes only in statements calling ML pseudo-functions (`aws_comprehend.*`,
-//! `aws_sagemaker.*`).
+//! `aws_sagemaker.*`, `aws_bedrock.*`).
 //!
 //! # Layout
 //!

@@ -14,6 +14,10 @@
 //!   evaluates everything else — operators, casts, comparisons, aggregates, sorting, output
 //!   formats — exactly as it would natively.
 //!
+//! Statements that write take the same path with the write as the residual statement:
+//! `INSERT … SELECT`, `CREATE TABLE … AS` and `SELECT … INTO` in [`dml`], `UPDATE` and `DELETE`
+//! (target rows selected by identity and locked before inference) in [`modify`].
+//!
 //! The residual's text depends on the carried columns' types, which only PostgreSQL knows: the
 //! planner keeps a marker where the base goes, and [`ResidualPlan::residual_sql`] fills it in once
 //! the base statement has been described.
