@@ -4,12 +4,13 @@
 //! (DetectSentiment, BatchDetectSentiment JSON, or errors) are mapped to one sentiment per
 //! document; SageMaker InvokeEndpoint bodies are split into one CSV record per row. Checked: one
 //! result per input row, in order; NULL exactly where the input is NULL or empty; every endpoint
-//! result one of the body's records; every failure a client error with a SQLSTATE.
+//! result one of the body's records; Bedrock InvokeModel bodies are passed through as text and
+//! read as embeddings; every failure a client error with a SQLSTATE.
 //!
 //! Input layout (so that seeds can be written by hand): byte 0 flags (bit 0: SageMaker, bit 1:
-//! send a request id, bit 2: first row NULL, bit 3: second row empty), byte 1 the HTTP status
-//! (index into `STATUSES`), byte 2 the `x-amzn-ErrorType` header (index into `ERROR_TYPES`, 0:
-//! none), byte 3 rows (1 + n % 12), byte 4 distinct inputs among them (1 + n % rows), byte 5
+//! send a request id, bit 2: first row NULL, bit 3: second row empty, bit 4: Bedrock), byte 1
+//! the HTTP status (index into `STATUSES`), byte 2 the `x-amzn-ErrorType` header (index into
+//! `ERROR_TYPES`, 0: none), byte 3 rows (1 + n % 12), byte 4 distinct inputs among them (1 + n % rows), byte 5
 //! `max_rows_per_batch` (0: NULL), then the body.
 #![no_main]
 
@@ -23,10 +24,14 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
 use libfuzzer_sys::fuzz_target;
+use pgenrich::backends::bedrock::BedrockBackend;
 use pgenrich::backends::comprehend::ComprehendBackend;
 use pgenrich::backends::sagemaker::SageMakerBackend;
 use pgenrich::backends::Backends;
-use pgenrich::enrich::{csv, CallStats, Executor, ExecutorConfig, InvokeInput, SentimentInput};
+use pgenrich::enrich::models::embedding;
+use pgenrich::enrich::{
+    csv, CallStats, Executor, ExecutorConfig, InvokeInput, ModelInput, SentimentInput,
+};
 
 const STATUSES: &[u16] = &[200, 400, 403, 404, 413, 424, 429, 500, 503, 204, 301, 599];
 const ERROR_TYPES: &[&str] = &[
@@ -101,9 +106,16 @@ fn harness() -> &'static Harness {
         let sagemaker = aws_sdk_sagemakerruntime::Config::builder()
             .behavior_version(aws_sdk_sagemakerruntime::config::BehaviorVersion::latest())
             .region(aws_sdk_sagemakerruntime::config::Region::new("us-east-1"))
+            .credentials_provider(credentials.clone())
+            .http_client(http.clone())
+            .retry_config(aws_sdk_sagemakerruntime::config::retry::RetryConfig::disabled())
+            .build();
+        let bedrock = aws_sdk_bedrockruntime::Config::builder()
+            .behavior_version(aws_sdk_bedrockruntime::config::BehaviorVersion::latest())
+            .region(aws_sdk_bedrockruntime::config::Region::new("us-east-1"))
             .credentials_provider(credentials)
             .http_client(http)
-            .retry_config(aws_sdk_sagemakerruntime::config::retry::RetryConfig::disabled())
+            .retry_config(aws_sdk_bedrockruntime::config::retry::RetryConfig::disabled())
             .build();
         let backends = Backends {
             sentiment: Arc::new(ComprehendBackend::new(
@@ -111,6 +123,9 @@ fn harness() -> &'static Harness {
             )),
             endpoints: Arc::new(SageMakerBackend::new(
                 aws_sdk_sagemakerruntime::Client::from_conf(sagemaker),
+            )),
+            models: Arc::new(BedrockBackend::new(
+                aws_sdk_bedrockruntime::Client::from_conf(bedrock),
             )),
         };
         let executor =
@@ -138,7 +153,45 @@ fuzz_target!(|data: &[u8]| {
     let batch = (batch != 0).then_some(i64::from(batch));
     let h = harness();
     let mut stats = CallStats::default();
-    if flags & 1 == 0 {
+    if flags & 16 != 0 {
+        let inputs: Vec<ModelInput> = (0..rows)
+            .map(|i| ModelInput {
+                model_id: Some("amazon.titan-embed-text-v2:0".into()),
+                content_type: Some("application/json".into()),
+                accept: Some("application/json".into()),
+                body: (i != 0 || flags & 4 == 0)
+                    .then(|| format!("{{\"inputText\":\"{}\"}}", i % distinct)),
+            })
+            .collect();
+        match h.runtime.block_on(
+            h.executor
+                .invoke_model(&inputs, &h.executor.claim(), &mut stats),
+        ) {
+            Ok(results) => {
+                assert_eq!(results.len(), inputs.len());
+                let text = std::str::from_utf8(body).expect("an accepted body is UTF-8");
+                for (input, result) in inputs.iter().zip(&results) {
+                    assert_eq!(
+                        result.is_some(),
+                        input.body.is_some(),
+                        "NULL exactly for NULL"
+                    );
+                    if let Some(result) = result {
+                        assert_eq!(result, text, "the body passes through");
+                        if let Err(error) = embedding(result, "embedding") {
+                            assert!(!error.to_string().is_empty());
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                let message = error
+                    .error
+                    .to_client("aws_bedrock.invoke_model", &error.target);
+                assert!(!message.encode().is_empty());
+            }
+        }
+    } else if flags & 1 == 0 {
         let inputs: Vec<SentimentInput> = (0..rows)
             .map(|i| SentimentInput {
                 text: match i {
@@ -150,10 +203,11 @@ fuzz_target!(|data: &[u8]| {
                 max_rows_per_batch: batch,
             })
             .collect();
-        match h
-            .runtime
-            .block_on(h.executor.detect_sentiment(&inputs, &h.executor.claim(), &mut stats))
-        {
+        match h.runtime.block_on(h.executor.detect_sentiment(
+            &inputs,
+            &h.executor.claim(),
+            &mut stats,
+        )) {
             Ok(results) => {
                 assert_eq!(results.len(), inputs.len());
                 for (input, result) in inputs.iter().zip(&results) {
@@ -183,10 +237,11 @@ fuzz_target!(|data: &[u8]| {
                 ],
             })
             .collect();
-        match h
-            .runtime
-            .block_on(h.executor.invoke_endpoint(&inputs, &h.executor.claim(), &mut stats))
-        {
+        match h.runtime.block_on(h.executor.invoke_endpoint(
+            &inputs,
+            &h.executor.claim(),
+            &mut stats,
+        )) {
             Ok(results) => {
                 assert_eq!(results.len(), inputs.len());
                 let text = std::str::from_utf8(body).expect("an accepted body is UTF-8");
