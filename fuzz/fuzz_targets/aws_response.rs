@@ -10,8 +10,8 @@
 //! Input layout (so that seeds can be written by hand): byte 0 flags (bit 0: SageMaker, bit 1:
 //! send a request id, bit 2: first row NULL, bit 3: second row empty, bit 4: Bedrock), byte 1
 //! the HTTP status (index into `STATUSES`), byte 2 the `x-amzn-ErrorType` header (index into
-//! `ERROR_TYPES`, 0: none), byte 3 rows (1 + n % 12), byte 4 distinct inputs among them (1 + n % rows), byte 5
-//! `max_rows_per_batch` (0: NULL), then the body.
+//! `ERROR_TYPES`, 0: none), byte 3 rows (1 + n % 12), byte 4 distinct inputs among them
+//! (1 + n % rows), byte 5 `max_rows_per_batch` (0: NULL), then the body.
 #![no_main]
 
 use std::sync::{Arc, Mutex, OnceLock};
