@@ -18,7 +18,9 @@ pub fn check(sql: &str) {
     let lower = sql.to_ascii_lowercase();
     assert_eq!(
         mentions,
-        lower.contains("aws_comprehend") || lower.contains("aws_sagemaker"),
+        lower.contains("aws_comprehend")
+            || lower.contains("aws_sagemaker")
+            || lower.contains("aws_bedrock"),
         "the byte search disagrees with a plain search"
     );
     let verdict = hook::inspect(sql);
