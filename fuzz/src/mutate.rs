@@ -22,6 +22,8 @@ const EXPR_TEMPLATES: &[&str] = &[
     "aws_sagemaker.invoke_endpoint('echo', 10, __x__)::numeric",
     "aws_comprehend.detect_sentiment(__x__)",
     "aws_sagemaker.other(__x__)",
+    "aws_bedrock.invoke_model('m', 'application/json', '*/*', __x__)",
+    "aws_bedrock.invoke_model_get_embeddings('m', 'application/json', 'embedding', __x__)",
     "(SELECT __x__)",
     "(SELECT __x__ FROM t WHERE __y__)",
     "EXISTS (SELECT 1 FROM t WHERE __x__ = __y__)",

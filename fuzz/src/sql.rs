@@ -32,7 +32,9 @@ pub fn check(sql: &str) {
                 "an ML call in text that does not mention an ML schema"
             );
             assert!(
-                function.starts_with("aws_comprehend.") || function.starts_with("aws_sagemaker."),
+                ["aws_comprehend.", "aws_sagemaker.", "aws_bedrock."]
+                    .iter()
+                    .any(|schema| function.starts_with(schema)),
                 "{function}"
             );
         }
