@@ -14,15 +14,6 @@ async fn table(client: &tokio_postgres::Client, name: &str) {
         .expect("create");
 }
 
-async fn contents(client: &tokio_postgres::Client, name: &str) -> Vec<Vec<Option<String>>> {
-    text_rows(
-        &client
-            .simple_query(&format!("SELECT * FROM {name} ORDER BY id"))
-            .await
-            .expect("read"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_select_writes_enriched_rows_atomically() {
     let pg = postgres();
@@ -37,10 +28,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
                   WHERE s.confidence > 0";
     // Outside a block: pgenrich's own transaction, PostgreSQL's tag.
     let out = client.simple_query(insert).await.expect("insert");
-    let tag = out.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
-        _ => None,
-    });
+    let tag = command_count(&out);
     assert_eq!(tag, Some(10));
     // What was written is what the SELECT through pgenrich returns.
     let select = text_rows(
@@ -53,7 +41,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
             .await
             .expect("select"),
     );
-    assert_eq!(contents(&direct, "dml_insert").await, select);
+    assert_eq!(table_rows(&direct, "dml_insert").await, select);
 
     // A conflict fails the whole statement: nothing half-written.
     let error = client
@@ -65,7 +53,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
         .await
         .expect_err("duplicate key");
     assert_eq!(sqlstate(&error), "23505");
-    assert_eq!(contents(&direct, "dml_insert").await.len(), 10);
+    assert_eq!(table_rows(&direct, "dml_insert").await.len(), 10);
     // An inference failure too, and the session goes on.
     let error = client
         .simple_query(
@@ -76,7 +64,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
         .await
         .expect_err("model error");
     assert_eq!(sqlstate(&error), "38000");
-    assert_eq!(contents(&direct, "dml_insert").await.len(), 10);
+    assert_eq!(table_rows(&direct, "dml_insert").await.len(), 10);
 
     // ON CONFLICT and RETURNING, extended protocol with a parameter.
     let rows = client
@@ -93,7 +81,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
     assert_eq!(rows.len(), 4);
     let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, [9, 10, 11, 12]);
-    let after = contents(&direct, "dml_insert").await;
+    let after = table_rows(&direct, "dml_insert").await;
     assert_eq!(after.len(), 12);
     assert!(after[8..].iter().all(|r| r[3].is_some()), "{after:?}");
 
@@ -113,7 +101,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
         .expect("count");
     assert_eq!(inside.get::<_, i64>(0), 15);
     client.batch_execute("ROLLBACK").await.expect("rollback");
-    assert_eq!(contents(&direct, "dml_insert").await.len(), 12);
+    assert_eq!(table_rows(&direct, "dml_insert").await.len(), 12);
 
     // A prepared INSERT without RETURNING, executed twice.
     let statement = client
@@ -135,7 +123,7 @@ async fn insert_select_writes_enriched_rows_atomically() {
         .await
         .expect("execute again");
     assert_eq!(n, 1);
-    assert_eq!(contents(&direct, "dml_insert").await.len(), 15);
+    assert_eq!(table_rows(&direct, "dml_insert").await.len(), 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +218,7 @@ async fn insert_select_in_a_read_only_transaction_fails_before_scoring() {
     let error = client.simple_query("SELECT 1").await.expect_err("aborted");
     assert_eq!(sqlstate(&error), "25P02", "{error}");
     client.batch_execute("ROLLBACK").await.expect("rollback");
-    assert!(contents(&client, "dml_read_only").await.is_empty());
+    assert!(table_rows(&client, "dml_read_only").await.is_empty());
 
     // As natively, an INSERT into a temporary table may run in a READ ONLY transaction.
     client
@@ -257,7 +245,7 @@ async fn insert_select_in_a_read_only_transaction_fails_before_scoring() {
         .expect("simple protocol too");
     assert!(!n.is_empty());
     client.batch_execute("COMMIT").await.expect("commit");
-    assert_eq!(contents(&client, "dml_temp").await.len(), 5);
+    assert_eq!(table_rows(&client, "dml_temp").await.len(), 5);
 }
 
 /// A table's columns (name and type) and rows, to compare one made through pgenrich with one
@@ -272,7 +260,7 @@ async fn described(client: &tokio_postgres::Client, name: &str) -> Vec<Vec<Optio
             .await
             .expect("columns"),
     );
-    out.extend(contents(client, name).await);
+    out.extend(table_rows(client, name).await);
     out
 }
 
@@ -311,14 +299,8 @@ async fn create_table_as_and_select_into_match_native() {
                 .await
                 .expect("drop");
         }
-        let tag = |out: Vec<tokio_postgres::SimpleQueryMessage>| {
-            out.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                _ => None,
-            })
-        };
-        let ours = tag(client.simple_query(sql).await.expect(name));
-        let theirs = tag(native.simple_query(sql).await.expect(name));
+        let ours = command_count(&client.simple_query(sql).await.expect(name));
+        let theirs = command_count(&native.simple_query(sql).await.expect(name));
         assert_eq!(ours, theirs, "{name}: tag");
         assert!(ours.is_some_and(|n| n > 0), "{name}: {ours:?}");
         assert_eq!(
@@ -379,26 +361,13 @@ async fn create_table_as_and_select_into_match_native() {
         .await
         .expect("prepared CTAS");
     assert_eq!(n, 6);
-    assert_eq!(contents_by(&client, "dml_ctas_param", "g").await.len(), 6);
+    assert_eq!(table_rows(&client, "dml_ctas_param").await.len(), 6);
     client.batch_execute("ROLLBACK").await.expect("rollback");
     let exists = client
         .query_one("SELECT to_regclass('dml_ctas_param') IS NOT NULL", &[])
         .await
         .expect("check");
     assert!(!exists.get::<_, bool>(0));
-}
-
-async fn contents_by(
-    client: &tokio_postgres::Client,
-    name: &str,
-    key: &str,
-) -> Vec<Vec<Option<String>>> {
-    text_rows(
-        &client
-            .simple_query(&format!("SELECT * FROM {name} ORDER BY {key}"))
-            .await
-            .expect("read"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,10 +382,7 @@ async fn a_backfill_larger_than_max_buffered_bytes_runs_chunk_by_chunk() {
                          aws_sagemaker.invoke_endpoint('score', NULL, g) || repeat('x', 60) \
                   FROM generate_series(1, 40000) g";
     let out = client.simple_query(insert).await.expect("backfill");
-    let tag = out.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
-        _ => None,
-    });
+    let tag = command_count(&out);
     assert_eq!(tag, Some(40000));
     let row = client
         .query_one(

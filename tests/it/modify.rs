@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::harness::*;
 
@@ -32,25 +32,13 @@ async fn outcome(
 ) -> Result<(Option<u64>, Vec<Vec<Option<String>>>), String> {
     match client.simple_query(sql).await {
         Ok(messages) => {
-            let tag = messages.iter().find_map(|m| match m {
-                SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                _ => None,
-            });
+            let tag = command_count(&messages);
             let mut rows = text_rows(&messages);
             rows.sort();
             Ok((tag, rows))
         }
         Err(error) => Err(sqlstate(&error)),
     }
-}
-
-async fn table(client: &Client, name: &str) -> Vec<Vec<Option<String>>> {
-    text_rows(
-        &client
-            .simple_query(&format!("SELECT * FROM {name} ORDER BY id"))
-            .await
-            .expect("read"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +76,8 @@ async fn update_and_delete_match_native() {
             "{sql}: {ours:?}"
         );
         assert_eq!(
-            table(&client, "m_reviews").await,
-            table(&native, "m_reviews").await,
+            table_rows(&client, "m_reviews").await,
+            table_rows(&native, "m_reviews").await,
             "after {sql}"
         );
     }
@@ -104,7 +92,7 @@ async fn update_and_delete_match_native() {
         .await
         .expect("prepared UPDATE");
     assert!(n > 0);
-    let before = table(&client, "m_reviews").await;
+    let before = table_rows(&client, "m_reviews").await;
     let error = client
         .simple_query(
             "UPDATE m_reviews SET body = aws_sagemaker.invoke_endpoint('model-error', NULL, id)",
@@ -112,7 +100,7 @@ async fn update_and_delete_match_native() {
         .await
         .expect_err("model error");
     assert_eq!(sqlstate(&error), "38000", "{error}");
-    assert_eq!(table(&client, "m_reviews").await, before);
+    assert_eq!(table_rows(&client, "m_reviews").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +212,7 @@ async fn explain_shows_the_write_and_explain_analyze_writes_as_natively() {
     let proxy = Proxy::start().await;
     let client = proxy.connect().await;
     fresh(&client, "m_explain").await;
-    let before = table(&client, "m_explain").await;
+    let before = table_rows(&client, "m_explain").await;
     for (sql, node) in [
         (
             "EXPLAIN UPDATE m_explain SET label = (aws_comprehend.detect_sentiment(body, 'en')).sentiment",
@@ -249,7 +237,7 @@ async fn explain_shows_the_write_and_explain_analyze_writes_as_natively() {
     }
     // EXPLAIN ANALYZE executes the statement and keeps its writes, as natively; EXPLAIN alone
     // does not. The mock's score of an id is the id: rows 1 and 2 stay, 100–103 came.
-    let after = table(&client, "m_explain").await;
+    let after = table_rows(&client, "m_explain").await;
     let ids: Vec<&str> = after.iter().filter_map(|r| r[0].as_deref()).collect();
     assert_eq!(ids, ["1", "2", "100", "101", "102", "103"], "{after:?}");
     assert!(before.iter().all(|r| r[2].is_none()), "{before:?}");

@@ -642,6 +642,21 @@ pub fn text_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Opt
         .collect()
 }
 
+/// The row count of a simple-protocol answer's CommandComplete (`INSERT 0 n`, `UPDATE n`, …).
+pub fn command_count(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<u64> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    })
+}
+
+/// Every row of table `name` as text, ordered by its first column.
+pub async fn table_rows(client: &tokio_postgres::Client, name: &str) -> Vec<Vec<Option<String>>> {
+    text_result(client, &format!("SELECT * FROM {name} ORDER BY 1"))
+        .await
+        .1
+}
+
 /// Column names, then rows as text, of a simple-protocol query (which must succeed).
 pub async fn text_result(
     client: &tokio_postgres::Client,
