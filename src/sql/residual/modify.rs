@@ -84,12 +84,6 @@ fn rows_select(
     sql
 }
 
-/// The join of the target to the enriched rows.
-fn identity_join(target: &Target) -> String {
-    let r = &target.reference;
-    format!("{r}.tableoid = {ROWS}.\"pgenrich.toid\" AND {r}.ctid = {ROWS}.\"pgenrich.ctid\"")
-}
-
 fn returning(
     items: &Option<Vec<SelectItem>>,
     with_other_tables: bool,
@@ -106,6 +100,33 @@ fn returning(
     }
     let items: Vec<String> = items.iter().map(ToString::to_string).collect();
     Ok(format!(" RETURNING {}", items.join(", ")))
+}
+
+/// Plans `select` (from [`rows_select`]) with the residual `{head} {join_keyword} (<enriched
+/// rows>) AS … WHERE <target = rows by identity>{tail}`, and locks the target rows as the base
+/// statement reads them.
+fn plan_by_identity(
+    target: Target,
+    select: &str,
+    head: String,
+    join_keyword: &'static str,
+    tail: String,
+    command: &'static str,
+    chunkable: bool,
+) -> Result<ResidualPlan, PlanError> {
+    let r = &target.reference;
+    let join =
+        format!("{r}.tableoid = {ROWS}.\"pgenrich.toid\" AND {r}.ctid = {ROWS}.\"pgenrich.ctid\"");
+    let plan = super::plan_query(
+        *parse_ml_query(select)?,
+        move |q| format!("{head} {join_keyword} ({q}) AS {ROWS} WHERE {join}{tail}"),
+        Some(Write {
+            command,
+            table: Some(target.name.clone()),
+            chunkable,
+        }),
+    )?;
+    lock(plan, &target)
 }
 
 /// Locks the target rows as the base statement reads them.
@@ -157,48 +178,24 @@ pub(super) fn plan_update(update: Update) -> Result<ResidualPlan, PlanError> {
     }
     let select = rows_select(&target, &values, &from, update.selection.as_ref());
     let head = format!("UPDATE {} SET {}", target.written, sets.join(", "));
-    let join = identity_join(&target);
-    let plan = super::plan_query(
-        *parse_ml_query(&select)?,
-        move |q| format!("{head} FROM ({q}) AS {ROWS} WHERE {join}{tail}"),
-        Some(Write {
-            command: "UPDATE",
-            table: Some(target.name.clone()),
-            // With FROM, a target row may meet several rows (updated once, natively).
-            chunkable: from.is_empty(),
-        }),
-    )?;
-    lock(plan, &target)
+    // With FROM, a target row may meet several rows (updated once, natively): not per chunk.
+    let chunkable = from.is_empty();
+    plan_by_identity(target, &select, head, "FROM", tail, "UPDATE", chunkable)
 }
 
 pub(super) fn plan_delete(delete: Delete) -> Result<ResidualPlan, PlanError> {
     let (FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables)) = &delete.from;
-    let [table] = tables.as_slice() else {
+    let ([table], true) = (tables.as_slice(), delete.tables.is_empty()) else {
         return Err(unsupported(
             "this DELETE form with ML calls is not supported",
             "Write DELETE FROM t [USING …] WHERE ….",
         ));
     };
-    if !delete.tables.is_empty() {
-        return Err(unsupported(
-            "this DELETE form with ML calls is not supported",
-            "Write DELETE FROM t [USING …] WHERE ….",
-        ));
-    }
     let target = target(table)?;
     let using = delete.using.unwrap_or_default();
     let tail = returning(&delete.returning, !using.is_empty())?;
     let select = rows_select(&target, &[], &using, delete.selection.as_ref());
     let head = format!("DELETE FROM {}", target.written);
-    let join = identity_join(&target);
-    let plan = super::plan_query(
-        *parse_ml_query(&select)?,
-        move |q| format!("{head} USING ({q}) AS {ROWS} WHERE {join}{tail}"),
-        Some(Write {
-            command: "DELETE",
-            table: Some(target.name.clone()),
-            chunkable: using.is_empty(),
-        }),
-    )?;
-    lock(plan, &target)
+    let chunkable = using.is_empty();
+    plan_by_identity(target, &select, head, "USING", tail, "DELETE", chunkable)
 }
