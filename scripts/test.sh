@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python clients of the tests: moto's server mode (a third-party AWS emulator the compatibility
-# test calls through pgenrich) and psycopg 3 (a third driver).
+# test calls through pgenrich), psycopg 3 (a third driver) and SQLAlchemy (its stream_results).
 if ! python3 -c 'import moto.server' 2>/dev/null; then
   echo "installing moto[server] from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
@@ -27,6 +27,10 @@ fi
 if ! python3 -c 'import psycopg' 2>/dev/null; then
   echo "installing psycopg[binary] from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'
+fi
+if ! python3 -c 'import sqlalchemy' 2>/dev/null; then
+  echo "installing sqlalchemy from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'sqlalchemy>=2'
 fi
 
 cargo test --locked --workspace --all-targets "$@"

@@ -37,7 +37,8 @@
 //!    pass-through loops ([`session::direct`]) and `dispatch`, which hands each ML message to
 //!    its mode with a conversation;
 //! 2. [`session::explain`], which describes (and with ANALYZE runs) what an execution mode would
-//!    do, so it uses the residual mode's phases;
+//!    do, so it uses the residual mode's phases, and `cursor` (DECLARE, FETCH, MOVE, CLOSE of
+//!    cursors over ML statements), which scores each FETCH with the streaming mode's phases;
 //! 3. the execution modes, which never import each other: [`session::streaming`] and
 //!    [`session::residual`] (base statements, then the residual statement; DESIGN.md's "enrich,
 //!    then finish in PostgreSQL"). Each offers the same entry points: `run_query` (a simple

@@ -14,7 +14,7 @@ use super::relay::planner::{self, Planned};
 use super::relay::Relay;
 use super::rows::message;
 use super::statements::{Intercept, Prepared};
-use super::{explain, residual, streaming};
+use super::{cursor, explain, residual, streaming};
 use crate::enrich::Executor;
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
@@ -30,18 +30,26 @@ pub(super) async fn intercept_ml(
 ) -> Result<(), SessionError> {
     let started = std::time::Instant::now();
     let intercept = match intercept {
-        Intercept::Inspect { kind, body } => match planner::plan(kind, body.clone()).await {
-            Planned::Relay => {
-                relay.relay_inspected(kind, &body);
-                return Ok(());
+        Intercept::Inspect { kind, body } => {
+            match planner::plan(kind, body.clone(), held(relay)).await {
+                Planned::Relay => {
+                    relay.relay_inspected(kind, &body);
+                    return Ok(());
+                }
+                Planned::Rejected(error) => {
+                    crate::metrics::ml_statement_refused(error.code.code());
+                    relay.reject(kind, error);
+                    return Ok(());
+                }
+                Planned::Intercept(Intercept::Cursor { kind, body, work }) => {
+                    match cursor::settle(relay, kind, body, work) {
+                        Some((kind, body, work)) => Intercept::Cursor { kind, body, work },
+                        None => return Ok(()),
+                    }
+                }
+                Planned::Intercept(intercept) => intercept,
             }
-            Planned::Rejected(error) => {
-                crate::metrics::ml_statement_refused(error.code.code());
-                relay.reject(kind, error);
-                return Ok(());
-            }
-            Planned::Intercept(intercept) => intercept,
-        },
+        }
         intercept => intercept,
     };
     // A cancel request that arrived while nothing of pgenrich's was running (the session idle,
@@ -62,6 +70,10 @@ pub(super) async fn intercept_ml(
             | Intercept::Multi(_)
             | Intercept::Residual(_)
             | Intercept::Explain { .. }
+            | Intercept::Cursor {
+                kind: frontend::QUERY,
+                ..
+            }
     );
     let mut conv = Conversation::new(relay, Arc::clone(executor), chunking);
     let conv = &mut conv;
@@ -81,6 +93,7 @@ pub(super) async fn intercept_ml(
         Intercept::Multi(_) => "multi",
         Intercept::Residual(_) => "residual",
         Intercept::Explain { .. } => "explain",
+        Intercept::Cursor { .. } => "cursor",
         Intercept::Execute { portal, .. } => match conv.registry().portals.get(portal) {
             Some(bound) => match &bound.statement.prepared {
                 Prepared::Streaming { .. } => "streaming",
@@ -113,8 +126,18 @@ pub(super) async fn intercept_ml(
             return conv.flush().await;
         }
         Intercept::Describe { kind, name } => {
-            describe(conv, kind, &name);
+            if kind == b'P' && !conv.registry().portals.contains_key(&name) {
+                cursor::describe(conv, &name).await?;
+            } else {
+                describe(conv, kind, &name);
+            }
             return conv.flush().await;
+        }
+        Intercept::Cursor { kind, body, work } => {
+            match cursor::run(conv, kind, body, work).await? {
+                Some(outcome) => outcome,
+                None => return Ok(()),
+            }
         }
         Intercept::Bind(body) => {
             residual::handle_bind(conv, body).await?;
@@ -163,6 +186,16 @@ fn log_outcome(outcome: &Outcome, started: std::time::Instant) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "ML statement"
     );
+}
+
+/// The session's cursors over ML statements, for the planner: client name → upstream name.
+fn held(relay: &mut Relay) -> planner::HeldCursors {
+    relay
+        .registry()
+        .cursors
+        .iter()
+        .map(|(name, cursor)| (name.clone(), cursor.upstream.clone()))
+        .collect()
 }
 
 /// Answers a message naming a portal that no longer exists, as PostgreSQL does (34000); the

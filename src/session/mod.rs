@@ -3,6 +3,7 @@
 
 mod controls;
 pub mod conversation;
+mod cursor;
 pub mod direct;
 mod dispatch;
 pub mod explain;

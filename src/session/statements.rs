@@ -19,6 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::protocol::{frontend, split_cstr};
 use crate::session::rows::{expand_formats, message, split_fields, Layout};
 use crate::session::scoring::Memo;
+use crate::sql::cursor::{CursorCommand, DeclarePlan};
 use crate::sql::explain::ExplainTarget;
 use crate::sql::plan::StreamingPlan;
 use crate::sql::residual::{CarriedType, Described, ResidualPlan};
@@ -219,11 +220,35 @@ pub fn plan_description(format: i16) -> Vec<u8> {
     description.to_vec()
 }
 
-/// The session's ML statements and portals, by client name.
+/// A cursor over an ML statement (`DECLARE … CURSOR FOR`), kept under the client's name.
+#[derive(Debug)]
+pub struct MlCursor {
+    /// The cursor's name upstream.
+    pub upstream: String,
+    /// How its rows are scored (base statement: the cursor's query).
+    pub plan: Arc<StreamingPlan>,
+    /// `WITH HOLD`: it outlives the transaction that commits it.
+    pub hold: bool,
+    /// Closing messages forwarded before its DECLARE: one without HOLD ends with the transaction
+    /// the next of them ends.
+    pub epoch: u64,
+}
+
+/// The session's ML statements, portals and cursors, by client name.
 #[derive(Debug, Default)]
 pub struct Registry {
     pub statements: HashMap<String, Arc<MlStatement>>,
     pub portals: HashMap<String, MlPortal>,
+    pub cursors: HashMap<String, Arc<MlCursor>>,
+}
+
+/// What a statement about cursors over ML statements asks for.
+#[derive(Debug)]
+pub enum CursorWork {
+    /// Declare one.
+    Declare(Box<DeclarePlan>),
+    /// FETCH, MOVE or CLOSE one, or forget some.
+    Command(CursorCommand),
 }
 
 /// Work the session does itself, in order with the upstream's answers.
@@ -275,6 +300,12 @@ pub enum Intercept {
     Bind(Bytes),
     /// pgenrich's snapshot transaction must end before the client's next message.
     EndSnapshot,
+    /// A Query or Parse (kind, body) about cursors over ML statements.
+    Cursor {
+        kind: u8,
+        body: Bytes,
+        work: CursorWork,
+    },
 }
 
 fn cstr(bytes: &[u8]) -> String {
@@ -310,6 +341,14 @@ impl Registry {
     /// A transaction ended with the `answered`-th ReadyForQuery: its portals are gone.
     pub fn transaction_ended(&mut self, answered: u64) {
         self.portals.retain(|_, portal| portal.epoch >= answered);
+        self.cursors
+            .retain(|_, cursor| cursor.hold || cursor.epoch >= answered);
+    }
+
+    /// Whether any ML statement, portal or cursor is named (so Bind, Describe, Execute and
+    /// Close are looked at).
+    pub fn names_any(&self) -> bool {
+        !self.statements.is_empty() || !self.portals.is_empty() || !self.cursors.is_empty()
     }
 
     /// The ML statement a Bind body names, if any.
@@ -390,7 +429,12 @@ impl Registry {
         let (kind, name) = target(body)?;
         if kind == b'P' {
             self.portals.remove(&name);
-            return None;
+            // A cursor is a portal too: Close of it closes pgenrich's.
+            let cursor = self.cursors.remove(&name)?;
+            return Some(message(
+                frontend::CLOSE,
+                &[&b"P"[..], cursor.upstream.as_bytes(), &[0]].concat(),
+            ));
         }
         let statement = self.statements.remove(&name)?;
         let mut out = vec![b'S'];

@@ -219,10 +219,13 @@ async fn stream(
     }
 }
 
-/// A `SELECT n` CommandComplete body with `rows` as n (other tags as they are).
+/// A `SELECT n` (or a cursor's `FETCH n`) CommandComplete body with `rows` as n (other tags as
+/// they are).
 fn select_tag(tag: Bytes, rows: u64) -> Bytes {
     if tag.starts_with(b"SELECT ") {
         Bytes::from(format!("SELECT {rows}\0"))
+    } else if tag.starts_with(b"FETCH ") {
+        Bytes::from(format!("FETCH {rows}\0"))
     } else {
         tag
     }
@@ -270,6 +273,17 @@ pub async fn run_statement(
             b'E' => {
                 conv.to_client(message(b'E', &body));
                 return Ok((true, conv.sync().await?));
+            }
+            // No rows to enrich (a FETCH from a cursor that no longer exists): it runs as it is.
+            b'n' => {
+                conv.send(execute("", 0)).await?;
+                loop {
+                    let (kind, body) = conv.next().await?;
+                    conv.to_client(message(kind, &body));
+                    if matches!(kind, b'C' | b'E' | b'I') {
+                        return Ok((kind == b'E', conv.sync().await?));
+                    }
+                }
             }
             _ => conv.to_client(message(kind, &body)),
         }

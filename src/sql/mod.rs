@@ -8,6 +8,7 @@
 //! that sqlparser cannot parse falls back to a token-level check, because some forms PostgreSQL
 //! accepts (`VARIADIC ARRAY[...]`, `(f(x)).*`) are beyond sqlparser 0.64.
 
+pub mod cursor;
 pub mod explain;
 pub mod guard;
 pub mod plan;

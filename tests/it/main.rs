@@ -8,6 +8,7 @@ mod auth;
 mod bedrock;
 mod cache;
 mod cli;
+mod cursors;
 mod differential;
 mod dml;
 mod explain;

@@ -30,6 +30,7 @@ use crate::enrich::{CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::ErrorMessage;
 use crate::session::relay::Relay;
+use crate::session::rows::message;
 use crate::session::statements::Registry;
 use crate::session::tracker::Tracker;
 
@@ -78,6 +79,8 @@ pub struct Conversation<'r> {
     progress: Option<settings::Progress>,
     /// The session's own row cap (`SET pgenrich.max_inference_rows`).
     row_cap: Option<u64>,
+    /// A name of pgenrich's upstream and the client's name it stands for, in errors.
+    rename: Option<(String, String)>,
 }
 
 /// Sleeps until `at`, or for ever without one.
@@ -86,6 +89,20 @@ async fn sleep_until(at: Option<std::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The framed ErrorResponse `error` with every `from` in it replaced by `to`.
+fn renamed(error: &[u8], from: &str, to: &str) -> Bytes {
+    let body = error.get(5..).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len());
+    let mut at = 0;
+    while let Some(found) = memchr::memmem::find(&body[at..], from.as_bytes()) {
+        out.extend_from_slice(&body[at..at + found]);
+        out.extend_from_slice(to.as_bytes());
+        at += found + from.len();
+    }
+    out.extend_from_slice(&body[at..]);
+    message(b'E', &out)
 }
 
 /// The error a cancel request gives the statement, as PostgreSQL words it.
@@ -104,6 +121,7 @@ impl<'r> Conversation<'r> {
             chunking,
             progress: None,
             row_cap: None,
+            rename: None,
         }
     }
 
@@ -120,7 +138,17 @@ impl<'r> Conversation<'r> {
 
     /// Queues a message for the client.
     pub fn to_client(&mut self, bytes: Bytes) {
+        let bytes = match &self.rename {
+            Some((from, to)) if bytes.first() == Some(&b'E') => renamed(&bytes, from, to),
+            _ => bytes,
+        };
         self.relay.push_to_client(bytes);
+    }
+
+    /// From now on, errors for the client say `to` where the upstream's say `from` (a name of
+    /// pgenrich's for an object of the client's).
+    pub fn rename_in_errors(&mut self, from: &str, to: &str) {
+        self.rename = Some((from.to_owned(), to.to_owned()));
     }
 
     /// Waits until everything queued for the client is written.

@@ -346,7 +346,7 @@ impl Relay {
                 && match kind {
                     frontend::QUERY | frontend::PARSE => true,
                     frontend::BIND => {
-                        let named = !self.ml.statements.is_empty() || !self.ml.portals.is_empty();
+                        let named = self.ml.names_any();
                         if named && len - 4 > self.ctx.max_query_bytes {
                             // Too large to hold: it is relayed as it streams in, but a portal of
                             // that name no longer belongs to an ML statement.
@@ -357,9 +357,7 @@ impl Relay {
                         }
                         named && len - 4 <= self.ctx.max_query_bytes
                     }
-                    frontend::DESCRIBE | frontend::EXECUTE | frontend::CLOSE => {
-                        !self.ml.statements.is_empty() || !self.ml.portals.is_empty()
-                    }
+                    frontend::DESCRIBE | frontend::EXECUTE | frontend::CLOSE => self.ml.names_any(),
                     _ => false,
                 };
             if !inspected {
@@ -413,7 +411,9 @@ impl Relay {
                 frontend::DESCRIBE => statements::target(body)
                     .filter(|(k, name)| match k {
                         b'S' => self.ml.statements.contains_key(name),
-                        _ => self.ml.portals.contains_key(name),
+                        _ => {
+                            self.ml.portals.contains_key(name) || self.ml.cursors.contains_key(name)
+                        }
                     })
                     .map(|(kind, name)| Err(Intercept::Describe { kind, name })),
                 frontend::EXECUTE => statements::execute_parts(body)
@@ -443,7 +443,9 @@ impl Relay {
                 continue;
             }
             let text = protocol::statement_text(kind, body).unwrap_or_default();
-            if sql::mentions_ml_schema(text) {
+            if sql::mentions_ml_schema(text)
+                || (!self.ml.cursors.is_empty() && sql::cursor::may_name_cursor(text))
+            {
                 // Inspected and planned by the session's task, off this thread; everything
                 // after it waits until it has been handled.
                 self.pending = Some(Intercept::Inspect {

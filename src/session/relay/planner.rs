@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, Semaphore};
 use super::hook::{plan_query, plan_statement};
 use super::*;
 use crate::error::panic_text;
+use crate::session::statements::CursorWork;
 use crate::sql::guard;
 
 /// Stack of a planner thread: the deepest statements the guard lets through need less than
@@ -38,8 +39,12 @@ pub enum Planned {
     Rejected(ErrorMessage),
 }
 
-/// Inspects and plans a Query or Parse (`kind`, `body`) on a planner thread.
-pub async fn plan(kind: u8, body: Bytes) -> Planned {
+/// The session's cursors over ML statements: client name → upstream name.
+pub type HeldCursors = std::collections::HashMap<String, String>;
+
+/// Inspects and plans a Query or Parse (`kind`, `body`) on a planner thread; `held` are the
+/// session's cursors over ML statements, which FETCH, MOVE and CLOSE may name.
+pub async fn plan(kind: u8, body: Bytes, held: HeldCursors) -> Planned {
     // Never closed, so acquiring only waits.
     let _slot = SLOTS.acquire().await;
     let (answer, planned) = oneshot::channel();
@@ -47,7 +52,7 @@ pub async fn plan(kind: u8, body: Bytes) -> Planned {
         .name("pgenrich-plan".to_owned())
         .stack_size(PLANNER_STACK)
         .spawn(move || {
-            let planned = catch_unwind(AssertUnwindSafe(|| plan_now(kind, &body)))
+            let planned = catch_unwind(AssertUnwindSafe(|| plan_now(kind, &body, &held)))
                 .unwrap_or_else(|panic| Planned::Rejected(failed(&panic_text(&*panic))));
             let _ = answer.send(planned);
         });
@@ -72,18 +77,36 @@ fn failed(what: &str) -> ErrorMessage {
 }
 
 /// Inspects and plans on the calling thread (a planner thread).
-fn plan_now(kind: u8, body: &[u8]) -> Planned {
+fn plan_now(kind: u8, body: &[u8], held: &HeldCursors) -> Planned {
     let Some(text) = protocol::statement_text(kind, body) else {
         return Planned::Relay;
     };
     let text = String::from_utf8_lossy(text);
-    match guard::check(&text) {
-        Ok(true) => {}
-        Ok(false) => return Planned::Relay,
+    let calls_ml = match guard::check(&text) {
+        Ok(calls) => calls && sql::inspect(&text) != Verdict::Relay,
         Err(error) => return Planned::Rejected(error_message(error)),
+    };
+    let cursor = |work| {
+        Planned::Intercept(Intercept::Cursor {
+            kind,
+            body: Bytes::copy_from_slice(body),
+            work,
+        })
+    };
+    if !calls_ml {
+        if held.is_empty() {
+            return Planned::Relay;
+        }
+        return match sql::cursor::command(&text, |name| held.get(name).cloned()) {
+            Some(command) => cursor(CursorWork::Command(command)),
+            None => Planned::Relay,
+        };
     }
-    if sql::inspect(&text) == Verdict::Relay {
-        return Planned::Relay;
+    if let Some(declared) = sql::cursor::declare(&text) {
+        return match declared {
+            Ok(declare) => cursor(CursorWork::Declare(Box::new(declare))),
+            Err(error) => Planned::Rejected(error_message(error)),
+        };
     }
     let planned = if kind == frontend::QUERY {
         plan_query(&text)
@@ -148,14 +171,14 @@ mod tests {
             "SELECT id FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, a)::int > 1 AND ({chain})"
         );
         assert!(guard::scan(&sql).expect("tokenizes").depth <= guard::MAX_DEPTH);
-        match plan(frontend::QUERY, query(&sql)).await {
+        match plan(frontend::QUERY, query(&sql), HeldCursors::new()).await {
             Planned::Intercept(Intercept::Residual(_)) => {}
             other => panic!("expected a residual plan, got {other:?}"),
         }
         let sum = vec!["a"; guard::MAX_DEPTH - 1].join("+");
         let sql = format!("SELECT aws_sagemaker.invoke_endpoint('e', NULL, {sum}) FROM t");
         assert!(guard::scan(&sql).expect("tokenizes").depth <= guard::MAX_DEPTH);
-        match plan(frontend::QUERY, query(&sql)).await {
+        match plan(frontend::QUERY, query(&sql), HeldCursors::new()).await {
             Planned::Intercept(Intercept::Query(_)) => {}
             other => panic!("expected a streaming plan, got {other:?}"),
         }
@@ -171,6 +194,7 @@ mod tests {
                 query(&format!(
                     "SELECT aws_comprehend.detect_sentiment('a', 'en'), {chain}"
                 )),
+                HeldCursors::new(),
             )
             .await,
         );
@@ -179,6 +203,7 @@ mod tests {
         let planned = plan(
             frontend::QUERY,
             query(&format!("SELECT {chain} -- aws_comprehend")),
+            HeldCursors::new(),
         )
         .await;
         assert!(matches!(planned, Planned::Relay), "{planned:?}");
@@ -187,7 +212,7 @@ mod tests {
             "SELECT aws_comprehend.detect_sentiment('a', 'en'){}",
             ";".repeat(200_000)
         );
-        match plan(frontend::QUERY, query(&sql)).await {
+        match plan(frontend::QUERY, query(&sql), HeldCursors::new()).await {
             Planned::Intercept(Intercept::Query(_)) => {}
             other => panic!("expected a streaming plan, got {other:?}"),
         }

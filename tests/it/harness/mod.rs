@@ -855,6 +855,15 @@ pub fn init_logs() {
 /// Runs the psycopg 3 client script `tests/clients/<script>` through pgenrich at `proxy` and
 /// returns the JSON object it prints; fails with an install hint when psycopg is missing.
 pub async fn run_psycopg_script(proxy: &Proxy, script: &str) -> serde_json::Value {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
+        proxy.addr.port()
+    );
+    run_psycopg_script_on(&conninfo, script).await
+}
+
+/// [`run_psycopg_script`] connecting with `conninfo` (pgenrich, or a database directly).
+pub async fn run_psycopg_script_on(conninfo: &str, script: &str) -> serde_json::Value {
     let installed = std::process::Command::new("python3")
         .args(["-c", "import psycopg"])
         .status()
@@ -863,13 +872,9 @@ pub async fn run_psycopg_script(proxy: &Proxy, script: &str) -> serde_json::Valu
         installed,
         "psycopg 3 is needed for this test: python3 -m pip install 'psycopg[binary]' (scripts/test.sh installs it)"
     );
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
-        proxy.addr.port()
-    );
     let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::process::Command::new("python3")
-        .args([&path, &conninfo])
+        .args([&path, conninfo])
         .output()
         .await
         .expect("run python3");

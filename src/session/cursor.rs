@@ -1,0 +1,208 @@
+//! Cursors over ML statements: `DECLARE name CURSOR FOR <ML SELECT>`, then FETCH, MOVE and
+//! CLOSE. pgenrich declares a cursor of its own over the streaming plan's base statement
+//! ([`crate::sql::cursor`]), scores the rows of each FETCH as the streaming mode scores a
+//! SELECT's (chunk by chunk, in bounded memory), and keeps the session's cursors in the statement
+//! table ([`MlCursor`]). Errors name the client's cursor, not pgenrich's. Like EXPLAIN, this
+//! uses the streaming mode's phases.
+//!
+//! A DECLARE in the simple protocol is remembered once PostgreSQL has accepted it; a prepared one
+//! (psycopg's named cursors) when its Parse passes, since its Execute may come much later. A
+//! cursor without HOLD is forgotten when its transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and
+//! a DECLARE of the name without ML calls forget it too. A cursor that ended upstream in any
+//! other way (ROLLBACK TO SAVEPOINT, a rolled back WITH HOLD) gives PostgreSQL's own `34000` on
+//! the next FETCH.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::conversation::requests::{flushed, named};
+use super::conversation::{Conversation, Outcome};
+use super::relay::Relay;
+use super::rows::{message, Layout};
+use super::statements::{self, CursorWork, MlCursor};
+use super::streaming;
+use crate::error::SessionError;
+use crate::protocol::frontend;
+use crate::sql::cursor::{CursorCommand, DeclarePlan};
+use crate::sql::plan::StreamingPlan;
+
+/// Settles what needs no conversation: statements relayed (rewritten or as they are) that only
+/// change the session's cursors. Returns the work left for [`run`].
+pub(super) fn settle(
+    relay: &mut Relay,
+    kind: u8,
+    body: Bytes,
+    work: CursorWork,
+) -> Option<(u8, Bytes, CursorWork)> {
+    let parse = kind == frontend::PARSE;
+    let rewritten = |sql: &str| reparse(&body, sql).unwrap_or_else(|| body.clone());
+    match work {
+        CursorWork::Command(CursorCommand::CloseAll) => {
+            relay.registry().cursors.clear();
+            relay.relay_inspected(kind, &body);
+        }
+        CursorWork::Command(CursorCommand::Redeclare { name }) => {
+            relay.registry().cursors.remove(&name);
+            relay.relay_inspected(kind, &body);
+        }
+        CursorWork::Command(CursorCommand::Move { sql, .. }) if parse => {
+            relay.relay_inspected(kind, &rewritten(&sql));
+        }
+        CursorWork::Command(CursorCommand::Close { name, sql }) if parse => {
+            relay.registry().cursors.remove(&name);
+            relay.relay_inspected(kind, &rewritten(&sql));
+        }
+        CursorWork::Declare(declare) if parse => {
+            let epoch = relay.tracker.closings_forwarded();
+            let body = rewritten(&declare.sql);
+            remember(relay.registry(), *declare, epoch);
+            relay.relay_inspected(kind, &body);
+        }
+        work => return Some((kind, body, work)),
+    }
+    None
+}
+
+/// A Parse body like `body` (statement name, parameter types) with the text `sql`.
+fn reparse(body: &[u8], sql: &str) -> Option<Bytes> {
+    let (name, types) = statements::parse_parts(body)?;
+    let mut out = Vec::with_capacity(name.len() + sql.len() + types.len() + 2);
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.extend_from_slice(sql.as_bytes());
+    out.push(0);
+    out.extend_from_slice(types);
+    Some(Bytes::from(out))
+}
+
+fn remember(registry: &mut statements::Registry, declare: DeclarePlan, epoch: u64) {
+    registry.cursors.insert(
+        declare.name,
+        Arc::new(MlCursor {
+            upstream: declare.upstream,
+            plan: Arc::new(declare.plan),
+            hold: declare.hold,
+            epoch,
+        }),
+    );
+}
+
+/// Runs a DECLARE, FETCH, MOVE or CLOSE sent as a Query (answered up to ReadyForQuery), or a
+/// FETCH sent as a Parse (prepared as a streaming ML statement; `None`).
+pub(super) async fn run(
+    conv: &mut Conversation<'_>,
+    kind: u8,
+    body: Bytes,
+    work: CursorWork,
+) -> Result<Option<Outcome>, SessionError> {
+    let (name, sql) = match work {
+        CursorWork::Declare(declare) => {
+            conv.rename_in_errors(&declare.upstream, &declare.name);
+            let epoch = conv.tracker().closings_forwarded();
+            let (failed, ready) = query(conv, &declare.sql).await?;
+            if !failed {
+                remember(conv.registry(), *declare, epoch);
+            }
+            return finish(conv, ready).await;
+        }
+        CursorWork::Command(
+            CursorCommand::Fetch { name, sql }
+            | CursorCommand::Move { name, sql }
+            | CursorCommand::Close { name, sql },
+        ) => (name, sql),
+        // Settled before a conversation began.
+        CursorWork::Command(CursorCommand::CloseAll | CursorCommand::Redeclare { .. }) => {
+            conv.forward(kind, message(kind, &body));
+            conv.flush().await?;
+            return Ok(None);
+        }
+    };
+    let Some(cursor) = conv.registry().cursors.get(&name).cloned() else {
+        conv.forward(kind, message(kind, &body));
+        conv.flush().await?;
+        return Ok(None);
+    };
+    conv.rename_in_errors(&cursor.upstream, &name);
+    let first_word = sql.split(' ').next().unwrap_or_default();
+    if first_word.eq_ignore_ascii_case("FETCH") {
+        let plan = StreamingPlan {
+            base_sql: sql,
+            ..(*cursor.plan).clone()
+        };
+        if let Some((statement, types)) = statements::parse_parts(&body)
+            .filter(|_| kind == frontend::PARSE)
+            .map(|(name, types)| (name, Bytes::copy_from_slice(types)))
+        {
+            streaming::handle_parse(conv, statement, types, plan).await?;
+            conv.flush().await?;
+            return Ok(None);
+        }
+        return streaming::run_query(conv, plan).await.map(Some);
+    }
+    // MOVE or CLOSE.
+    let (failed, ready) = query(conv, &sql).await?;
+    if !failed && first_word.eq_ignore_ascii_case("CLOSE") {
+        conv.registry().cursors.remove(&name);
+    }
+    finish(conv, ready).await
+}
+
+/// Sends the Query `sql` and relays its answers up to ReadyForQuery: whether it failed, and the
+/// ReadyForQuery body.
+async fn query(conv: &mut Conversation<'_>, sql: &str) -> Result<(bool, Bytes), SessionError> {
+    let mut text = sql.as_bytes().to_vec();
+    text.push(0);
+    conv.send(message(frontend::QUERY, &text)).await?;
+    let mut failed = false;
+    loop {
+        let (kind, body) = conv.next().await?;
+        if kind == b'Z' {
+            conv.note_ready(&body);
+            return Ok((failed, body));
+        }
+        failed |= kind == b'E';
+        conv.to_client(message(kind, &body));
+    }
+}
+
+async fn finish(
+    conv: &mut Conversation<'_>,
+    ready: Bytes,
+) -> Result<Option<Outcome>, SessionError> {
+    conv.to_client(message(b'Z', &ready));
+    conv.flush().await?;
+    Ok(Some(Outcome::default()))
+}
+
+/// Answers Describe of a cursor over an ML statement (a portal, for the protocol): the
+/// upstream cursor's columns with the ML results in place of their placeholders.
+pub(super) async fn describe(conv: &mut Conversation<'_>, name: &str) -> Result<(), SessionError> {
+    let Some(cursor) = conv.registry().cursors.get(name).cloned() else {
+        return Ok(());
+    };
+    conv.rename_in_errors(&cursor.upstream, name);
+    conv.send(flushed(message(
+        frontend::DESCRIBE,
+        &named(b'P', &cursor.upstream),
+    )))
+    .await?;
+    match conv.answers(1).await? {
+        Ok(answers) => {
+            for (kind, body) in answers {
+                if kind == b'T' {
+                    let layout = Layout::new(&cursor.plan, &body);
+                    let formats = vec![0i16; layout.columns.len()];
+                    conv.to_client(message(b'T', &layout.row_description(&formats)));
+                } else {
+                    conv.to_client(message(kind, &body));
+                }
+            }
+        }
+        Err(error) => {
+            conv.to_client(message(b'E', &error));
+            conv.mark_failed();
+        }
+    }
+    Ok(())
+}

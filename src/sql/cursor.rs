@@ -1,0 +1,383 @@
+//! Cursors over ML statements, as plain data: `DECLARE name CURSOR FOR <ML SELECT>` becomes a
+//! cursor of pgenrich's over the streaming plan's base statement, and the FETCH, MOVE and CLOSE
+//! that name it are rewritten to that cursor (the session scores each FETCH's rows).
+//!
+//! The cursor pgenrich declares upstream is named after the client's name and the base
+//! statement ([`upstream_name`]): declaring the same ML cursor twice fails upstream as it would
+//! natively (`42P03`), and a cursor re-declared over another statement never gets the rows of
+//! the earlier one. FETCH, MOVE and CLOSE are read with sqlparser's tokenizer (its parser has no
+//! MOVE) and rewritten token by token, so that every direction form reaches PostgreSQL as written.
+
+use std::hash::{Hash, Hasher};
+
+use sqlparser::ast::{DeclareType, Ident, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer, Word};
+
+use super::plan::{self, unsupported, PlanError, StreamingPlan};
+use super::text::rewrite_unparsable_forms;
+use crate::error::SqlState;
+
+/// A `DECLARE … CURSOR FOR` an ML SELECT, planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclarePlan {
+    /// The client's cursor name, as PostgreSQL folds it.
+    pub name: String,
+    /// The cursor's name upstream.
+    pub upstream: String,
+    /// `WITH HOLD`: the cursor outlives the transaction that commits it.
+    pub hold: bool,
+    /// The DECLARE PostgreSQL runs: the upstream cursor over the base statement.
+    pub sql: String,
+    /// How each FETCH's rows are scored (its base statement is the cursor's query).
+    pub plan: StreamingPlan,
+}
+
+/// A statement naming a cursor pgenrich holds (or ending all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorCommand {
+    /// `FETCH … name`, rewritten to the upstream cursor.
+    Fetch { name: String, sql: String },
+    /// `MOVE … name`, rewritten.
+    Move { name: String, sql: String },
+    /// `CLOSE name`, rewritten.
+    Close { name: String, sql: String },
+    /// `CLOSE ALL` or `DISCARD ALL`: relayed; every cursor is gone.
+    CloseAll,
+    /// A `DECLARE name` without ML calls: relayed; the name is the client's own cursor now.
+    Redeclare { name: String },
+}
+
+impl CursorCommand {
+    /// The client's cursor name it is about, if one.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            CursorCommand::Fetch { name, .. }
+            | CursorCommand::Move { name, .. }
+            | CursorCommand::Close { name, .. }
+            | CursorCommand::Redeclare { name } => Some(name),
+            CursorCommand::CloseAll => None,
+        }
+    }
+}
+
+/// The name of the cursor pgenrich declares upstream for the client's cursor `name` over
+/// `base_sql`: short enough for PostgreSQL's 63-byte names whatever the client's.
+pub fn upstream_name(name: &str, base_sql: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    base_sql.hash(&mut hasher);
+    format!("pgenrich.c.{:016x}", hasher.finish())
+}
+
+/// An identifier as PostgreSQL folds it: unquoted in lower case.
+fn folded(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// Plans `text` if it is a `DECLARE … CURSOR FOR <query>` (None: it is not one). The query must
+/// stream; `BINARY` is refused (pgenrich's columns are text or the client's Bind formats).
+pub fn declare(text: &str) -> Option<Result<DeclarePlan, PlanError>> {
+    let mut statements =
+        Parser::parse_sql(&PostgreSqlDialect {}, &rewrite_unparsable_forms(text)).ok()?;
+    let Some(Statement::Declare { mut stmts, .. }) = statements.pop() else {
+        return None;
+    };
+    if !statements.is_empty() || stmts.len() != 1 {
+        return None;
+    }
+    let declare = stmts.pop()?;
+    if declare.declare_type != Some(DeclareType::Cursor) || declare.names.len() != 1 {
+        return None;
+    }
+    let query = declare.for_query.as_ref()?.to_string();
+    Some(plan_declare(folded(&declare.names[0]), &declare, &query))
+}
+
+fn plan_declare(
+    name: String,
+    declare: &sqlparser::ast::Declare,
+    query: &str,
+) -> Result<DeclarePlan, PlanError> {
+    if declare.binary == Some(true) {
+        return Err(unsupported(
+            "DECLARE BINARY CURSOR over an ML statement is not supported",
+            "Declare the cursor without BINARY; a driver's binary results (a FETCH through the \
+             extended protocol with binary result formats) are supported.",
+        ));
+    }
+    let plan = plan::plan(query).map_err(|error| match error.code {
+        SqlState::FeatureNotSupported => PlanError {
+            message: format!(
+                "a cursor over this ML statement is not supported: {}",
+                error.message
+            ),
+            hint: Some(
+                "A cursor's ML calls must be evaluable row by row (in the select list or FROM). \
+                 Materialise the statement first (CREATE TEMP TABLE t AS <the statement>), then \
+                 declare the cursor over t."
+                    .into(),
+            ),
+            ..error
+        },
+        _ => error,
+    })?;
+    let upstream = upstream_name(&name, &plan.base_sql);
+    let mut sql = format!("DECLARE \"{upstream}\"");
+    match declare.sensitive {
+        Some(true) => sql.push_str(" INSENSITIVE"),
+        Some(false) => sql.push_str(" ASENSITIVE"),
+        None => {}
+    }
+    match declare.scroll {
+        Some(true) => sql.push_str(" SCROLL"),
+        Some(false) => sql.push_str(" NO SCROLL"),
+        None => {}
+    }
+    let hold = declare.hold == Some(true);
+    sql.push_str(if hold {
+        " CURSOR WITH HOLD FOR "
+    } else {
+        " CURSOR FOR "
+    });
+    sql.push_str(&plan.base_sql);
+    Ok(DeclarePlan {
+        name,
+        upstream,
+        hold,
+        sql,
+        plan,
+    })
+}
+
+/// Reads `text` as a FETCH, MOVE, CLOSE, DISCARD ALL or DECLARE about a cursor `held` knows
+/// (client name → upstream name). None: none of these, several statements, or another cursor.
+pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<CursorCommand> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .ok()?;
+    let mut tokens: Vec<Token> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    while tokens.last() == Some(&Token::SemiColon) {
+        tokens.pop();
+    }
+    if tokens.contains(&Token::SemiColon) {
+        return None;
+    }
+    let keyword = |token: &Token, word: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    let first = tokens.first()?;
+    if keyword(first, "DISCARD") {
+        return (tokens.len() == 2 && keyword(&tokens[1], "ALL"))
+            .then_some(CursorCommand::CloseAll);
+    }
+    if keyword(first, "DECLARE") {
+        let name = word_name(tokens.get(1)?)?;
+        held(&name)?;
+        return Some(CursorCommand::Redeclare { name });
+    }
+    if keyword(first, "CLOSE") && tokens.len() == 2 && keyword(&tokens[1], "ALL") {
+        return Some(CursorCommand::CloseAll);
+    }
+    let kind = ["FETCH", "MOVE", "CLOSE"]
+        .into_iter()
+        .find(|k| keyword(first, k))?;
+    let last = tokens.len() - 1;
+    if last == 0 {
+        return None;
+    }
+    let name = word_name(&tokens[last])?;
+    let upstream = held(&name)?;
+    tokens[last] = Token::Word(Word {
+        value: upstream,
+        quote_style: Some('"'),
+        keyword: sqlparser::keywords::Keyword::NoKeyword,
+    });
+    let sql = tokens
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(match kind {
+        "FETCH" => CursorCommand::Fetch { name, sql },
+        "MOVE" => CursorCommand::Move { name, sql },
+        _ => CursorCommand::Close { name, sql },
+    })
+}
+
+/// A word token as a folded name (None: another token).
+fn word_name(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(word) => Some(folded(&Ident {
+            value: word.value.clone(),
+            quote_style: word.quote_style,
+            span: sqlparser::tokenizer::Span::empty(),
+        })),
+        _ => None,
+    }
+}
+
+/// Whether `sql` may be a statement [`command`] reads (its first word is one of theirs), for
+/// the relay to hand it over while the session holds cursors: a few byte comparisons.
+pub fn may_name_cursor(sql: &[u8]) -> bool {
+    let mut rest = sql;
+    loop {
+        let trimmed = rest.trim_ascii_start();
+        if let Some(comment) = trimmed.strip_prefix(b"--") {
+            rest = comment
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(&[][..], |at| &comment[at..]);
+        } else if trimmed.starts_with(b"/*") {
+            // A leading block comment: let the tokenizer decide.
+            return true;
+        } else {
+            rest = trimmed;
+            break;
+        }
+    }
+    ["FETCH", "MOVE", "CLOSE", "DISCARD", "DECLARE"]
+        .iter()
+        .any(|word| {
+            rest.get(..word.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(name: &str) -> Option<String> {
+        (name == "c" || name == "Mixed").then(|| format!("up.{name}"))
+    }
+
+    #[test]
+    fn declare_plans_the_query_and_keeps_the_options() {
+        let plan = declare(
+            "DECLARE C NO SCROLL CURSOR WITH HOLD FOR \
+             SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM reviews",
+        )
+        .expect("a DECLARE")
+        .expect("planned");
+        assert_eq!(plan.name, "c");
+        assert!(plan.hold);
+        assert_eq!(plan.upstream, upstream_name("c", &plan.plan.base_sql));
+        assert_eq!(
+            plan.sql,
+            format!(
+                "DECLARE \"{}\" NO SCROLL CURSOR WITH HOLD FOR {}",
+                plan.upstream, plan.plan.base_sql
+            )
+        );
+        assert_eq!(plan.plan.calls.len(), 1);
+        let quoted = declare(
+            "declare \"Mixed\" scroll cursor for select aws_sagemaker.invoke_endpoint('e', NULL, $1)",
+        )
+        .expect("a DECLARE")
+        .expect("planned");
+        assert_eq!(quoted.name, "Mixed");
+        assert!(!quoted.hold);
+        assert!(quoted.sql.contains(" SCROLL CURSOR FOR "), "{}", quoted.sql);
+        assert_ne!(quoted.upstream, plan.upstream);
+        assert!(quoted.upstream.len() < 64);
+        assert_eq!(
+            declare("SELECT aws_comprehend.detect_sentiment('a', 'en')"),
+            None
+        );
+    }
+
+    #[test]
+    fn declare_refuses_binary_and_statements_that_do_not_stream() {
+        let binary = declare(
+            "DECLARE c BINARY CURSOR FOR SELECT aws_comprehend.detect_sentiment(b, 'en') FROM t",
+        )
+        .expect("a DECLARE")
+        .expect_err("refused");
+        assert_eq!(binary.code, SqlState::FeatureNotSupported);
+        let residual = declare(
+            "DECLARE c CURSOR FOR SELECT id FROM t \
+             ORDER BY (aws_comprehend.detect_sentiment(b, 'en')).sentiment",
+        )
+        .expect("a DECLARE")
+        .expect_err("refused");
+        assert_eq!(residual.code, SqlState::FeatureNotSupported);
+        assert!(residual
+            .hint
+            .is_some_and(|h| h.contains("CREATE TEMP TABLE")));
+    }
+
+    #[test]
+    fn commands_are_rewritten_to_the_upstream_cursor() {
+        assert_eq!(
+            command("fetch forward 5 from C;", held),
+            Some(CursorCommand::Fetch {
+                name: "c".into(),
+                sql: "fetch forward 5 from \"up.c\"".into()
+            })
+        );
+        assert_eq!(
+            command("FETCH ABSOLUTE -3 \"Mixed\"", held),
+            Some(CursorCommand::Fetch {
+                name: "Mixed".into(),
+                sql: "FETCH ABSOLUTE - 3 \"up.Mixed\"".into()
+            })
+        );
+        assert_eq!(
+            command("/* x */ MOVE 2 IN c", held),
+            Some(CursorCommand::Move {
+                name: "c".into(),
+                sql: "MOVE 2 IN \"up.c\"".into()
+            })
+        );
+        assert_eq!(
+            command("CLOSE c", held),
+            Some(CursorCommand::Close {
+                name: "c".into(),
+                sql: "CLOSE \"up.c\"".into()
+            })
+        );
+        assert_eq!(command("close all", held), Some(CursorCommand::CloseAll));
+        assert_eq!(command("DISCARD ALL", held), Some(CursorCommand::CloseAll));
+        assert_eq!(
+            command("DECLARE c CURSOR FOR SELECT 1", held),
+            Some(CursorCommand::Redeclare { name: "c".into() })
+        );
+        // Another cursor, a quoted name of another case, several statements, other statements.
+        for other in [
+            "FETCH 5 FROM d",
+            "FETCH 5 FROM \"C\"",
+            "FETCH 1 FROM c; SELECT 1",
+            "CLOSE \"all\"",
+            "DECLARE d CURSOR FOR SELECT 1",
+            "DISCARD PLANS",
+            "SELECT * FROM c",
+            "FETCH",
+            "FETCH 'c",
+        ] {
+            assert_eq!(command(other, held), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_relay_hands_over_only_cursor_statements() {
+        for yes in [
+            "FETCH 1 FROM c",
+            "  move c",
+            "-- note\nclose c",
+            "/* x */ FETCH c",
+            "discard all",
+            "DECLARE c CURSOR FOR SELECT 1",
+        ] {
+            assert!(may_name_cursor(yes.as_bytes()), "{yes}");
+        }
+        for no in ["SELECT 1", "-- FETCH", "UPDATE t SET a = 1", "", "FET"] {
+            assert!(!may_name_cursor(no.as_bytes()), "{no}");
+        }
+    }
+}

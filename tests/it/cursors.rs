@@ -1,0 +1,274 @@
+//! Cursors over ML statements (issue 18): DECLARE, FETCH in every direction, MOVE and CLOSE
+//! through pgenrich give what the native functions give in the reference database — the same
+//! rows, columns, tags and errors (SQLSTATE and message) — in both protocols and through psycopg's
+//! named cursors (and SQLAlchemy's stream_results on them).
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::harness::*;
+
+/// Rows of a cursor's table: `n` reviews.
+async fn fresh(client: &Client, name: &str, n: usize) {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name}; \
+             CREATE TABLE {name} (id int PRIMARY KEY, body text); \
+             INSERT INTO {name} SELECT g, CASE WHEN g % 3 = 0 THEN 'bad' WHEN g % 3 = 1 \
+                 THEN 'good' ELSE 'fine' END || ' review ' || g FROM generate_series(1, {n}) g"
+        ))
+        .await
+        .expect("table");
+}
+
+/// What a statement gave: column names, rows (in order) and the tag's count, or its SQLSTATE
+/// and message.
+type Answer = Result<(Vec<String>, Vec<Vec<Option<String>>>, Option<u64>), (String, String)>;
+
+async fn answer(client: &Client, sql: &str) -> Answer {
+    match client.simple_query(sql).await {
+        Ok(messages) => {
+            let columns = messages
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::RowDescription(columns) => {
+                        Some(columns.iter().map(|c| c.name().to_owned()).collect())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            Ok((columns, text_rows(&messages), command_count(&messages)))
+        }
+        Err(error) => Err((
+            sqlstate(&error),
+            error
+                .as_db_error()
+                .map(|e| e.message().to_owned())
+                .unwrap_or_default(),
+        )),
+    }
+}
+
+/// Runs `script` on both connections, statement by statement, and asserts equal answers;
+/// returns pgenrich's.
+async fn same_as_native(ours: &Client, native: &Client, script: &[&str]) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for sql in script {
+        let got = answer(ours, sql).await;
+        let expected = answer(native, sql).await;
+        assert_eq!(got, expected, "{sql}");
+        answers.push(got);
+    }
+    answers
+}
+
+const SENTIMENT: &str = "SELECT id, aws_comprehend.detect_sentiment(body, 'en') AS s, \
+     (aws_comprehend.detect_sentiment(body, 'en')).sentiment FROM cur_a ORDER BY id";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_match_native_in_every_direction() {
+    let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
+    // Small chunks: a FETCH's rows are scored chunk by chunk.
+    let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 3).await;
+    let client = proxy.connect().await;
+    fresh(&client, "cur_a", 20).await;
+    fresh(&native, "cur_a", 20).await;
+    let scores = "SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, id) AS score \
+                  FROM cur_a ORDER BY id";
+    let declare_c = format!("DECLARE c CURSOR FOR {SENTIMENT}");
+    let declare_s = format!("DECLARE s SCROLL CURSOR FOR {scores}");
+    let declare_h = "DECLARE h CURSOR WITH HOLD FOR SELECT id, \
+                     (aws_comprehend.detect_sentiment(body, 'en')).confidence \
+                     FROM cur_a WHERE id < 8 ORDER BY id";
+    let declare_n = format!("DECLARE n NO SCROLL CURSOR FOR {SENTIMENT}");
+    let answers = same_as_native(
+        &client,
+        &native,
+        &[
+            "BEGIN",
+            &declare_c,
+            "FETCH 3 FROM c",
+            "FETCH NEXT c",
+            "MOVE 2 IN c",
+            "FETCH FORWARD 4 FROM c",
+            "FETCH ALL c",
+            "FETCH c",
+            "CLOSE c",
+            "FETCH c",
+            "ROLLBACK",
+            // Scrolling, in every direction.
+            "BEGIN",
+            &declare_s,
+            "FETCH LAST FROM s",
+            "FETCH PRIOR FROM s",
+            "FETCH ABSOLUTE 2 FROM s",
+            "FETCH RELATIVE 3 FROM s",
+            "FETCH BACKWARD 2 FROM s",
+            "MOVE ABSOLUTE 0 IN s",
+            "FETCH 2 FROM s",
+            // The same cursor again, while it is open.
+            &declare_s,
+            "ROLLBACK",
+            // WITH HOLD, outside a block: it outlives its transaction.
+            declare_h,
+            "FETCH 2 FROM h",
+            "BEGIN",
+            "FETCH 1 FROM h",
+            "COMMIT",
+            "FETCH ALL FROM h",
+            "CLOSE h",
+            "FETCH h",
+            // Without HOLD: only in a block, forward only with NO SCROLL, gone at commit.
+            &declare_c,
+            "BEGIN",
+            &declare_n,
+            "FETCH 2 FROM n",
+            "FETCH BACKWARD 1 FROM n",
+            "ROLLBACK",
+            "BEGIN",
+            &declare_n,
+            "FETCH 1 FROM n",
+            "COMMIT",
+            "FETCH 1 FROM n",
+            // The name is the client's own cursor again: its rows are relayed as they are.
+            "BEGIN",
+            "DECLARE n CURSOR FOR SELECT id, body FROM cur_a ORDER BY id",
+            "FETCH 2 FROM n",
+            "CLOSE ALL",
+            "FETCH 2 FROM n",
+            "ROLLBACK",
+        ],
+    )
+    .await;
+    // The answers hold rows, ML values and errors: nothing here passed by being empty.
+    let fetched: usize = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .map(|(_, rows, _)| rows.len())
+        .sum();
+    assert!(fetched > 30, "{fetched} rows fetched");
+    let errors: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .map(|(code, _)| code.as_str())
+        .collect();
+    assert_eq!(
+        errors,
+        ["34000", "42P03", "34000", "25P01", "55000", "34000", "34000"]
+    );
+    let (columns, rows, _) = answers[2].as_ref().expect("FETCH 3");
+    assert_eq!(columns, &["id", "s", "sentiment"]);
+    assert!(rows[0][1].as_deref().is_some_and(|r| r.starts_with('(')));
+    // pgenrich's cursors are gone with the transactions and CLOSEs: none is left open.
+    assert_eq!(
+        answer(&client, "SELECT count(*) FROM pg_cursors").await,
+        Ok((vec!["count".into()], vec![vec![Some("0".into())]], Some(1)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_declare_and_fetch_match_native() {
+    let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 4).await;
+    let mut client = proxy.connect().await;
+    fresh(&client, "cur_p", 30).await;
+    let mut native = native;
+    fresh(&native, "cur_p", 30).await;
+    let declare = "DECLARE p CURSOR FOR SELECT id, \
+                   (aws_comprehend.detect_sentiment(body || $1, 'en')).sentiment AS label, \
+                   aws_sagemaker.invoke_endpoint('score', NULL, id) AS score \
+                   FROM cur_p WHERE id > $2 ORDER BY id";
+    let mut results = Vec::new();
+    for client in [&mut client, &mut native] {
+        let tx = client.transaction().await.expect("begin");
+        tx.execute(declare, &[&"!", &5i32]).await.expect("declare");
+        let mut fetched = Vec::new();
+        for sql in ["FETCH 7 FROM p", "FETCH 100 FROM p"] {
+            let statement = tx.prepare(sql).await.expect("prepare");
+            let columns: Vec<(String, String)> = statement
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_().name().to_owned()))
+                .collect();
+            // Binary results: pgenrich encodes its columns as PostgreSQL would.
+            let rows: Vec<(i32, Option<String>, Option<String>)> = tx
+                .query(&statement, &[])
+                .await
+                .expect("fetch")
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            fetched.push((columns, rows));
+        }
+        let error = tx
+            .query("FETCH 1 FROM q", &[])
+            .await
+            .expect_err("no such cursor");
+        fetched.push((vec![(sqlstate(&error), String::new())], Vec::new()));
+        tx.rollback().await.expect("rollback");
+        results.push(fetched);
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0][0].1.len(), 7);
+    assert_eq!(results[0][1].1.len(), 18);
+    assert!(results[0][0]
+        .1
+        .iter()
+        .all(|(_, l, s)| l.is_some() && s.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_named_cursors_match_native() {
+    let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 16).await;
+    let client = proxy.connect().await;
+    fresh(&client, "cur_py", 250).await;
+    fresh(&native, "cur_py", 250).await;
+    let ours = run_psycopg_script(&proxy, "psycopg_cursors.py").await;
+    let theirs = run_psycopg_script_on(
+        &postgres().direct_conninfo_to(reference_database()),
+        "psycopg_cursors.py",
+    )
+    .await;
+    assert_eq!(ours, theirs);
+    assert_eq!(ours["streamed"].as_array().map(Vec::len), Some(250));
+    assert_eq!(ours["binary"].as_array().map(Vec::len), Some(10));
+    assert_eq!(ours["held"].as_array().map(Vec::len), Some(5));
+    assert_eq!(ours["sqlalchemy"].as_array().map(Vec::len), Some(70));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_refusals_are_clear_and_leave_the_session_usable() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    fresh(&client, "cur_r", 5).await;
+    client.batch_execute("BEGIN").await.expect("begin");
+    for (sql, hint) in [
+        (
+            "DECLARE b BINARY CURSOR FOR SELECT aws_comprehend.detect_sentiment(body, 'en') \
+             FROM cur_r",
+            "without BINARY",
+        ),
+        (
+            "DECLARE o CURSOR FOR SELECT id FROM cur_r \
+             ORDER BY (aws_comprehend.detect_sentiment(body, 'en')).sentiment",
+            "CREATE TEMP TABLE",
+        ),
+    ] {
+        let error = client.simple_query(sql).await.expect_err("refused");
+        assert_eq!(sqlstate(&error), "0A000", "{sql}");
+        let db = error.as_db_error().expect("a database error");
+        assert!(db.hint().is_some_and(|h| h.contains(hint)), "{db:?}");
+        // As a native error would, the refusal aborted the transaction block.
+        let aborted = client.simple_query("SELECT 1").await.expect_err("aborted");
+        assert_eq!(sqlstate(&aborted), "25P02");
+        client
+            .batch_execute("ROLLBACK; BEGIN")
+            .await
+            .expect("again");
+    }
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        text_result(&client, "SELECT count(*) FROM cur_r").await.1,
+        vec![vec![Some("5".to_owned())]]
+    );
+}
