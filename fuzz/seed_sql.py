@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of the `sql` and `sql_ast` fuzz targets: every string literal of the
-Rust tests (tests/it/*.rs and the SQL unit tests in src/sql/) that mentions an ML schema, and every
+Rust tests (tests/it/*.rs and the SQL unit tests in src/sql/) that mentions an ML schema or is a
+cursor statement (FETCH, MOVE, CLOSE, DECLARE, DISCARD), and every
 statement of tests/it/reference.sql that does, one file each, named by content hash.
 
 Run from the repository root: python3 fuzz/seed_sql.py
@@ -13,6 +14,7 @@ import re
 MAX_LEN = 4096
 OUT = "fuzz/seeds/sql"
 ML = re.compile(r"aws_(comprehend|sagemaker|bedrock)", re.IGNORECASE)
+CURSOR = re.compile(r"\s*(fetch|move|close|declare|discard)\b", re.IGNORECASE)
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
 
 
@@ -101,7 +103,7 @@ def main():
     seeds = set()
     for path in sorted(glob.glob("tests/it/*.rs") + glob.glob("src/sql/**/*.rs", recursive=True)):
         with open(path, encoding="utf-8") as f:
-            seeds.update(s for s in rust_strings(f.read()) if ML.search(s))
+            seeds.update(s for s in rust_strings(f.read()) if ML.search(s) or CURSOR.match(s))
     with open("tests/it/reference.sql", encoding="utf-8") as f:
         seeds.update(s for s in sql_statements(f.read()) if ML.search(s))
     os.makedirs(OUT, exist_ok=True)

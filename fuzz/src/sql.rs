@@ -6,6 +6,7 @@
 //! itself call an ML function, and a statement the planners find ML calls in must be one the
 //! hook recognises (or the relay would pass it to the database unplanned).
 
+use pgenrich::sql::cursor::{self, CursorCommand};
 use pgenrich::sql::explain::{self, ExplainTarget};
 use pgenrich::sql::plan::{self, Piece, StreamingPlan};
 use pgenrich::sql::residual::{self, CarriedType, Described, ResidualPlan};
@@ -45,12 +46,18 @@ pub fn check(sql: &str) {
         assert_eq!(rewritten, sql, "text without ML names was rewritten");
     }
     let _ = explain::has_parameters(sql);
+    check_cursor_command(sql);
 
     // What the hook plans: only text that mentions an ML schema reaches the planners. The
     // simple-protocol path (a Query message, one statement or several) and EXPLAIN; the Parse
     // path plans one statement the same way as a one-statement Query.
     if !mentions {
         return;
+    }
+    if let Some(Ok(declare)) = cursor::declare(sql) {
+        check_streaming(&declare.plan);
+        assert_no_ml("a cursor's DECLARE", &declare.sql);
+        assert!(declare.upstream.len() < 64, "{}", declare.upstream);
     }
     if let Some(request) = explain::explain(sql) {
         let _ = explain::has_parameters(&request.statement);
@@ -77,6 +84,29 @@ pub fn check(sql: &str) {
         if pieces.iter().any(|p| !matches!(p, Piece::Plain(_))) {
             assert_ne!(verdict, Verdict::Relay, "planned ML pieces the hook relays");
         }
+    }
+}
+
+/// FETCH, MOVE and CLOSE of a held cursor are rewritten to the upstream name, and the relay
+/// hands every such text over while cursors are held.
+fn check_cursor_command(sql: &str) {
+    let Some(command) = cursor::command(sql, |name| Some(format!("up.{name}"))) else {
+        return;
+    };
+    assert!(
+        cursor::may_name_cursor(sql.as_bytes()),
+        "a cursor statement the relay would not hand over: {sql:?}"
+    );
+    match &command {
+        CursorCommand::Fetch { name, sql: rewritten }
+        | CursorCommand::Move { name, sql: rewritten }
+        | CursorCommand::Close { name, sql: rewritten } => {
+            assert!(
+                rewritten.ends_with(&format!("\"up.{name}\"")),
+                "{sql:?} became {rewritten:?}"
+            );
+        }
+        CursorCommand::CloseAll | CursorCommand::Redeclare { .. } => {}
     }
 }
 
