@@ -21,10 +21,10 @@ use super::conversation::{Conversation, Outcome};
 use super::relay::Relay;
 use super::rows::{message, Layout};
 use super::statements::{self, CursorWork, MlCursor};
-use super::streaming;
+use super::{residual, streaming};
 use crate::error::SessionError;
 use crate::protocol::frontend;
-use crate::sql::cursor::{CursorCommand, DeclarePlan};
+use crate::sql::cursor::{CursorCommand, CursorQuery, DeclarePlan};
 use crate::sql::plan::StreamingPlan;
 
 /// Settles what needs no conversation: statements relayed (rewritten or as they are) that only
@@ -53,9 +53,22 @@ pub(super) fn settle(
             relay.registry().cursors.remove(&name);
             relay.relay_inspected(kind, &rewritten(&sql));
         }
-        CursorWork::Declare(declare) if parse => {
+        CursorWork::Command(CursorCommand::Fetch { name, sql })
+            if parse
+                && relay
+                    .registry()
+                    .cursors
+                    .get(&name)
+                    .is_some_and(|c| c.plan.is_none()) =>
+        {
+            // A cursor over finished rows: read as they are.
+            relay.relay_inspected(kind, &rewritten(&sql));
+        }
+        CursorWork::Declare(declare) if parse && declare.streaming_sql().is_some() => {
             let epoch = relay.tracker.closings_forwarded();
-            let body = rewritten(&declare.sql);
+            let body = declare
+                .streaming_sql()
+                .map_or_else(|| body.clone(), rewritten);
             remember(relay.registry(), *declare, epoch);
             relay.relay_inspected(kind, &body);
         }
@@ -77,11 +90,15 @@ fn reparse(body: &[u8], sql: &str) -> Option<Bytes> {
 }
 
 fn remember(registry: &mut statements::Registry, declare: DeclarePlan, epoch: u64) {
+    let plan = match declare.query {
+        CursorQuery::Streaming { plan, .. } => Some(Arc::new(plan)),
+        CursorQuery::Residual(_) => None,
+    };
     registry.cursors.insert(
         declare.name,
         Arc::new(MlCursor {
             upstream: declare.upstream,
-            plan: Arc::new(declare.plan),
+            plan,
             hold: declare.hold,
             epoch,
         }),
@@ -97,15 +114,7 @@ pub(super) async fn run(
     work: CursorWork,
 ) -> Result<Option<Outcome>, SessionError> {
     let (name, sql) = match work {
-        CursorWork::Declare(declare) => {
-            conv.rename_in_errors(&declare.upstream, &declare.name);
-            let epoch = conv.tracker().closings_forwarded();
-            let (failed, ready) = query(conv, &declare.sql).await?;
-            if !failed {
-                remember(conv.registry(), *declare, epoch);
-            }
-            return finish(conv, ready).await;
-        }
+        CursorWork::Declare(declare) => return declare_cursor(conv, kind, body, *declare).await,
         CursorWork::Command(
             CursorCommand::Fetch { name, sql }
             | CursorCommand::Move { name, sql }
@@ -125,10 +134,14 @@ pub(super) async fn run(
     };
     conv.rename_in_errors(&cursor.upstream, &name);
     let first_word = sql.split(' ').next().unwrap_or_default();
-    if first_word.eq_ignore_ascii_case("FETCH") {
+    if let Some(plan) = cursor
+        .plan
+        .as_ref()
+        .filter(|_| first_word.eq_ignore_ascii_case("FETCH"))
+    {
         let plan = StreamingPlan {
             base_sql: sql,
-            ..(*cursor.plan).clone()
+            ..(**plan).clone()
         };
         if let Some((statement, types)) = statements::parse_parts(&body)
             .filter(|_| kind == frontend::PARSE)
@@ -140,12 +153,55 @@ pub(super) async fn run(
         }
         return streaming::run_query(conv, plan).await.map(Some);
     }
-    // MOVE or CLOSE.
+    // MOVE, CLOSE, or FETCH of finished rows.
     let (failed, ready) = query(conv, &sql).await?;
     if !failed && first_word.eq_ignore_ascii_case("CLOSE") {
         conv.registry().cursors.remove(&name);
     }
     finish(conv, ready).await
+}
+
+/// Declares a cursor: in the simple protocol, pgenrich's cursor over the base statement (then
+/// remembered), or over the residual statement, scored whole; as a Parse, the residual's (a
+/// streaming one is settled before).
+async fn declare_cursor(
+    conv: &mut Conversation<'_>,
+    kind: u8,
+    body: Bytes,
+    declare: DeclarePlan,
+) -> Result<Option<Outcome>, SessionError> {
+    conv.rename_in_errors(&declare.upstream, &declare.name);
+    let epoch = conv.tracker().closings_forwarded();
+    if let Some(sql) = declare.streaming_sql() {
+        let (failed, ready) = query(conv, sql).await?;
+        if !failed {
+            remember(conv.registry(), declare, epoch);
+        }
+        return finish(conv, ready).await;
+    }
+    let CursorQuery::Residual(plan) = declare.query.clone() else {
+        return Ok(None);
+    };
+    if kind == frontend::PARSE {
+        let Some((statement, types)) = statements::parse_parts(&body) else {
+            return Ok(None);
+        };
+        let types = Bytes::copy_from_slice(types);
+        remember(conv.registry(), declare, epoch);
+        residual::handle_parse(conv, statement, types, *plan).await?;
+        conv.flush().await?;
+        return Ok(None);
+    }
+    if conv.status() == b'I' && !declare.hold {
+        // Outside a block, PostgreSQL refuses the cursor before any row is scored: its own
+        // error, from a DECLARE that needs nothing scored.
+        let refused = format!("DECLARE \"{}\" CURSOR FOR SELECT", declare.upstream);
+        let (_, ready) = query(conv, &refused).await?;
+        return finish(conv, ready).await;
+    }
+    // Remembered before it runs: if it fails, a FETCH gets PostgreSQL's 34000 as natively.
+    remember(conv.registry(), declare, epoch);
+    residual::run_query(conv, *plan).await.map(Some)
 }
 
 /// Sends the Query `sql` and relays its answers up to ReadyForQuery: whether it failed, and the
@@ -190,8 +246,8 @@ pub(super) async fn describe(conv: &mut Conversation<'_>, name: &str) -> Result<
     match conv.answers(1).await? {
         Ok(answers) => {
             for (kind, body) in answers {
-                if kind == b'T' {
-                    let layout = Layout::new(&cursor.plan, &body);
+                if let (b'T', Some(plan)) = (kind, &cursor.plan) {
+                    let layout = Layout::new(plan, &body);
                     let formats = vec![0i16; layout.columns.len()];
                     conv.to_client(message(b'T', &layout.row_description(&formats)));
                 } else {

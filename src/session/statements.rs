@@ -225,8 +225,9 @@ pub fn plan_description(format: i16) -> Vec<u8> {
 pub struct MlCursor {
     /// The cursor's name upstream.
     pub upstream: String,
-    /// How its rows are scored (base statement: the cursor's query).
-    pub plan: Arc<StreamingPlan>,
+    /// How each FETCH's rows are scored (base statement: the cursor's query); `None` for a
+    /// cursor over finished rows (its query ran whole, base + residual, at DECLARE).
+    pub plan: Option<Arc<StreamingPlan>>,
     /// `WITH HOLD`: it outlives the transaction that commits it.
     pub hold: bool,
     /// Closing messages forwarded before its DECLARE: one without HOLD ends with the transaction

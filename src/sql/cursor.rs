@@ -16,6 +16,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer, Word};
 
 use super::plan::{self, unsupported, PlanError, StreamingPlan};
+use super::residual::{self, ResidualPlan};
 use super::text::rewrite_unparsable_forms;
 use crate::error::SqlState;
 
@@ -28,10 +29,29 @@ pub struct DeclarePlan {
     pub upstream: String,
     /// `WITH HOLD`: the cursor outlives the transaction that commits it.
     pub hold: bool,
-    /// The DECLARE PostgreSQL runs: the upstream cursor over the base statement.
-    pub sql: String,
-    /// How each FETCH's rows are scored (its base statement is the cursor's query).
-    pub plan: StreamingPlan,
+    pub query: CursorQuery,
+}
+
+/// How a cursor's rows get their ML results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorQuery {
+    /// Scored per FETCH: `sql` declares pgenrich's cursor over the base statement, and `plan`
+    /// scores each FETCH's rows.
+    Streaming { sql: String, plan: StreamingPlan },
+    /// Scored whole at DECLARE: the residual statement declares pgenrich's cursor over the
+    /// finished rows, which FETCH then reads as they are.
+    Residual(Box<ResidualPlan>),
+}
+
+impl DeclarePlan {
+    /// The DECLARE of pgenrich's cursor over the base statement, if the cursor is scored per
+    /// FETCH.
+    pub fn streaming_sql(&self) -> Option<&str> {
+        match &self.query {
+            CursorQuery::Streaming { sql, .. } => Some(sql),
+            CursorQuery::Residual(_) => None,
+        }
+    }
 }
 
 /// A statement naming a cursor pgenrich holds (or ending all of them).
@@ -63,11 +83,11 @@ impl CursorCommand {
 }
 
 /// The name of the cursor pgenrich declares upstream for the client's cursor `name` over
-/// `base_sql`: short enough for PostgreSQL's 63-byte names whatever the client's.
-pub fn upstream_name(name: &str, base_sql: &str) -> String {
+/// `query`: short enough for PostgreSQL's 63-byte names whatever the client's.
+pub fn upstream_name(name: &str, query: &str) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut hasher);
-    base_sql.hash(&mut hasher);
+    query.hash(&mut hasher);
     format!("pgenrich.c.{:016x}", hasher.finish())
 }
 
@@ -110,48 +130,68 @@ fn plan_declare(
              extended protocol with binary result formats) are supported.",
         ));
     }
-    let plan = plan::plan(query).map_err(|error| match error.code {
+    let upstream = upstream_name(&name, query);
+    let mut prefix = format!("DECLARE \"{upstream}\"");
+    match declare.sensitive {
+        Some(true) => prefix.push_str(" INSENSITIVE"),
+        Some(false) => prefix.push_str(" ASENSITIVE"),
+        None => {}
+    }
+    match declare.scroll {
+        Some(true) => prefix.push_str(" SCROLL"),
+        Some(false) => prefix.push_str(" NO SCROLL"),
+        None => {}
+    }
+    let hold = declare.hold == Some(true);
+    prefix.push_str(if hold {
+        " CURSOR WITH HOLD FOR "
+    } else {
+        " CURSOR FOR "
+    });
+    let query = match plan::plan(query) {
+        Ok(plan) => CursorQuery::Streaming {
+            sql: format!("{prefix}{}", plan.base_sql),
+            plan,
+        },
+        Err(error) if error.code == SqlState::FeatureNotSupported => match residual::plan(query) {
+            Ok(plan) if plan.modifies.is_none() => {
+                CursorQuery::Residual(Box::new(plan.declared_as(prefix)))
+            }
+            Ok(_) => {
+                return Err(unsupported(
+                    "a cursor's query cannot write",
+                    "Declare the cursor over a SELECT.",
+                ))
+            }
+            Err(error) => return Err(not_for_cursors(error)),
+        },
+        Err(error) => return Err(error),
+    };
+    Ok(DeclarePlan {
+        name,
+        upstream,
+        hold,
+        query,
+    })
+}
+
+/// A planner's refusal, said of a cursor, with the way around it.
+fn not_for_cursors(error: PlanError) -> PlanError {
+    match error.code {
         SqlState::FeatureNotSupported => PlanError {
             message: format!(
                 "a cursor over this ML statement is not supported: {}",
                 error.message
             ),
-            hint: Some(
-                "A cursor's ML calls must be evaluable row by row (in the select list or FROM). \
-                 Materialise the statement first (CREATE TEMP TABLE t AS <the statement>), then \
-                 declare the cursor over t."
-                    .into(),
-            ),
+            hint: Some(format!(
+                "{} Or materialise the statement first (CREATE TEMP TABLE t AS <the statement>), \
+                 then declare the cursor over t.",
+                error.hint.as_deref().unwrap_or_default()
+            )),
             ..error
         },
         _ => error,
-    })?;
-    let upstream = upstream_name(&name, &plan.base_sql);
-    let mut sql = format!("DECLARE \"{upstream}\"");
-    match declare.sensitive {
-        Some(true) => sql.push_str(" INSENSITIVE"),
-        Some(false) => sql.push_str(" ASENSITIVE"),
-        None => {}
     }
-    match declare.scroll {
-        Some(true) => sql.push_str(" SCROLL"),
-        Some(false) => sql.push_str(" NO SCROLL"),
-        None => {}
-    }
-    let hold = declare.hold == Some(true);
-    sql.push_str(if hold {
-        " CURSOR WITH HOLD FOR "
-    } else {
-        " CURSOR FOR "
-    });
-    sql.push_str(&plan.base_sql);
-    Ok(DeclarePlan {
-        name,
-        upstream,
-        hold,
-        sql,
-        plan,
-    })
 }
 
 /// Reads `text` as a FETCH, MOVE, CLOSE, DISCARD ALL or DECLARE about a cursor `held` knows
@@ -267,15 +307,21 @@ mod tests {
         .expect("planned");
         assert_eq!(plan.name, "c");
         assert!(plan.hold);
-        assert_eq!(plan.upstream, upstream_name("c", &plan.plan.base_sql));
+        let CursorQuery::Streaming {
+            sql,
+            plan: streaming,
+        } = &plan.query
+        else {
+            panic!("a streaming cursor: {plan:?}")
+        };
         assert_eq!(
-            plan.sql,
-            format!(
+            sql,
+            &format!(
                 "DECLARE \"{}\" NO SCROLL CURSOR WITH HOLD FOR {}",
-                plan.upstream, plan.plan.base_sql
+                plan.upstream, streaming.base_sql
             )
         );
-        assert_eq!(plan.plan.calls.len(), 1);
+        assert_eq!(streaming.calls.len(), 1);
         let quoted = declare(
             "declare \"Mixed\" scroll cursor for select aws_sagemaker.invoke_endpoint('e', NULL, $1)",
         )
@@ -283,7 +329,10 @@ mod tests {
         .expect("planned");
         assert_eq!(quoted.name, "Mixed");
         assert!(!quoted.hold);
-        assert!(quoted.sql.contains(" SCROLL CURSOR FOR "), "{}", quoted.sql);
+        assert!(
+            matches!(&quoted.query, CursorQuery::Streaming { sql, .. } if sql.contains(" SCROLL CURSOR FOR ")),
+            "{quoted:?}"
+        );
         assert_ne!(quoted.upstream, plan.upstream);
         assert!(quoted.upstream.len() < 64);
         assert_eq!(
@@ -293,23 +342,44 @@ mod tests {
     }
 
     #[test]
-    fn declare_refuses_binary_and_statements_that_do_not_stream() {
+    fn declare_runs_other_statements_whole_and_refuses_binary() {
         let binary = declare(
             "DECLARE c BINARY CURSOR FOR SELECT aws_comprehend.detect_sentiment(b, 'en') FROM t",
         )
         .expect("a DECLARE")
         .expect_err("refused");
         assert_eq!(binary.code, SqlState::FeatureNotSupported);
-        let residual = declare(
-            "DECLARE c CURSOR FOR SELECT id FROM t \
+        let sorted = declare(
+            "DECLARE c SCROLL CURSOR WITH HOLD FOR SELECT id FROM t \
              ORDER BY (aws_comprehend.detect_sentiment(b, 'en')).sentiment",
         )
         .expect("a DECLARE")
+        .expect("planned");
+        let CursorQuery::Residual(plan) = &sorted.query else {
+            panic!("a residual cursor: {sorted:?}")
+        };
+        assert!(plan.declares() && plan.row_local.is_none());
+        let residual = plan.residual_sql(&[Default::default()], 1);
+        assert!(
+            residual.starts_with(&format!(
+                "DECLARE \"{}\" SCROLL CURSOR WITH HOLD FOR SELECT",
+                sorted.upstream
+            )),
+            "{residual}"
+        );
+        // Beyond both planners: refused, with the way around it.
+        let nested = declare(
+            "DECLARE c CURSOR FOR SELECT aws_comprehend.detect_sentiment(\
+             aws_sagemaker.invoke_endpoint('e', NULL, b), 'en') FROM t",
+        )
+        .expect("a DECLARE")
         .expect_err("refused");
-        assert_eq!(residual.code, SqlState::FeatureNotSupported);
-        assert!(residual
-            .hint
-            .is_some_and(|h| h.contains("CREATE TEMP TABLE")));
+        assert_eq!(nested.code, SqlState::FeatureNotSupported);
+        assert!(
+            nested.hint.is_some_and(|h| h.contains("CREATE TEMP TABLE")),
+            "{:?}",
+            nested.message
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 """psycopg 3 named (server-side) cursors over ML statements, with autocommit off (psycopg's and
 SQLAlchemy's default): DECLARE with server-side parameters, iteration in FETCH FORWARD batches,
-scrolling (MOVE), binary results, a WITH HOLD cursor read after its transaction committed, and
+scrolling (MOVE), binary results, a cursor scored whole at DECLARE (ML calls in WHERE and a
+cast), a WITH HOLD cursor read after its transaction committed, and
 SQLAlchemy's stream_results (a named cursor of SQLAlchemy's making) on psycopg.
 
 Run by tests/it/cursors.rs twice, through pgenrich and on the reference database (where the ML
@@ -44,6 +45,16 @@ def main() -> None:
         with conn.cursor("bin", binary=True) as cur:
             cur.execute(SQL + " LIMIT 10", ("en", 0))
             out["binary"] = [list(r) for r in cur.fetchall()]
+        with conn.cursor("ranked", scrollable=True) as cur:
+            cur.execute(
+                "SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, id)::int AS score "
+                "FROM cur_py WHERE (aws_comprehend.detect_sentiment(body, %s)).sentiment = %s "
+                "ORDER BY score DESC LIMIT %s",
+                ("en", "POSITIVE", 30),
+            )
+            head = [list(r) for r in cur.fetchmany(5)]
+            cur.scroll(-2)
+            out["ranked"] = [head, list(cur.fetchone()), [list(r) for r in cur.fetchall()]]
         conn.commit()
         with conn.cursor("held", withhold=True) as cur:
             cur.execute(SQL, ("en", 245))

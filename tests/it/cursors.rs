@@ -1,6 +1,7 @@
 //! Cursors over ML statements (issue 18): DECLARE, FETCH in every direction, MOVE and CLOSE
 //! through pgenrich give what the native functions give in the reference database — the same
-//! rows, columns, tags and errors (SQLSTATE and message) — in both protocols and through psycopg's
+//! rows, columns, tags and errors (SQLSTATE and message), for cursors scored per FETCH and for
+//! those scored whole at DECLARE — in both protocols and through psycopg's
 //! named cursors (and SQLAlchemy's stream_results on them).
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -60,6 +61,12 @@ async fn same_as_native(ours: &Client, native: &Client, script: &[&str]) -> Vec<
     }
     answers
 }
+
+/// A cursor whose ML calls do not stream (a cast, a WHERE, an ORDER BY on them).
+const RESIDUAL: &str = "DECLARE r SCROLL CURSOR FOR SELECT id, \
+     aws_sagemaker.invoke_endpoint('score', NULL, id)::int AS score FROM cur_a \
+     WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment <> 'NEGATIVE' \
+     ORDER BY (aws_comprehend.detect_sentiment(body, 'en')).sentiment, score DESC";
 
 const SENTIMENT: &str = "SELECT id, aws_comprehend.detect_sentiment(body, 'en') AS s, \
      (aws_comprehend.detect_sentiment(body, 'en')).sentiment FROM cur_a ORDER BY id";
@@ -129,6 +136,24 @@ async fn cursors_match_native_in_every_direction() {
             "FETCH 1 FROM n",
             "COMMIT",
             "FETCH 1 FROM n",
+            // Statements that do not stream are scored whole at DECLARE, then read as they are.
+            "BEGIN",
+            RESIDUAL,
+            "FETCH 3 FROM r",
+            "FETCH PRIOR FROM r",
+            "MOVE LAST IN r",
+            "FETCH BACKWARD 2 FROM r",
+            "FETCH ABSOLUTE 1 FROM r",
+            "CLOSE r",
+            "FETCH r",
+            "ROLLBACK",
+            RESIDUAL,
+            "DECLARE rh CURSOR WITH HOLD FOR SELECT count(*) AS n, \
+             (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS label \
+             FROM cur_a GROUP BY 2 ORDER BY 2",
+            "FETCH 2 FROM rh",
+            "FETCH 2 FROM rh",
+            "CLOSE rh",
             // The name is the client's own cursor again: its rows are relayed as they are.
             "BEGIN",
             "DECLARE n CURSOR FOR SELECT id, body FROM cur_a ORDER BY id",
@@ -145,7 +170,7 @@ async fn cursors_match_native_in_every_direction() {
         .filter_map(|a| a.as_ref().ok())
         .map(|(_, rows, _)| rows.len())
         .sum();
-    assert!(fetched > 30, "{fetched} rows fetched");
+    assert!(fetched > 40, "{fetched} rows fetched");
     let errors: Vec<&str> = answers
         .iter()
         .filter_map(|a| a.as_ref().err())
@@ -153,7 +178,7 @@ async fn cursors_match_native_in_every_direction() {
         .collect();
     assert_eq!(
         errors,
-        ["34000", "42P03", "34000", "25P01", "55000", "34000", "34000"]
+        ["34000", "42P03", "34000", "25P01", "55000", "34000", "34000", "25P01", "34000"]
     );
     let (columns, rows, _) = answers[2].as_ref().expect("FETCH 3");
     assert_eq!(columns, &["id", "s", "sentiment"]);
@@ -167,53 +192,69 @@ async fn cursors_match_native_in_every_direction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_declare_and_fetch_match_native() {
-    let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
+    let mut native = connect(&postgres().direct_conninfo_to(reference_database())).await;
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 4).await;
     let mut client = proxy.connect().await;
     fresh(&client, "cur_p", 30).await;
-    let mut native = native;
     fresh(&native, "cur_p", 30).await;
-    let declare = "DECLARE p CURSOR FOR SELECT id, \
-                   (aws_comprehend.detect_sentiment(body || $1, 'en')).sentiment AS label, \
-                   aws_sagemaker.invoke_endpoint('score', NULL, id) AS score \
-                   FROM cur_p WHERE id > $2 ORDER BY id";
-    let mut results = Vec::new();
-    for client in [&mut client, &mut native] {
-        let tx = client.transaction().await.expect("begin");
-        tx.execute(declare, &[&"!", &5i32]).await.expect("declare");
-        let mut fetched = Vec::new();
-        for sql in ["FETCH 7 FROM p", "FETCH 100 FROM p"] {
-            let statement = tx.prepare(sql).await.expect("prepare");
-            let columns: Vec<(String, String)> = statement
-                .columns()
-                .iter()
-                .map(|c| (c.name().to_owned(), c.type_().name().to_owned()))
-                .collect();
-            // Binary results: pgenrich encodes its columns as PostgreSQL would.
-            let rows: Vec<(i32, Option<String>, Option<String>)> = tx
-                .query(&statement, &[])
-                .await
-                .expect("fetch")
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect();
-            fetched.push((columns, rows));
-        }
-        let error = tx
-            .query("FETCH 1 FROM q", &[])
-            .await
-            .expect_err("no such cursor");
-        fetched.push((vec![(sqlstate(&error), String::new())], Vec::new()));
-        tx.rollback().await.expect("rollback");
-        results.push(fetched);
+    // Scored per FETCH, and (the cast) scored whole at DECLARE.
+    for declare in [
+        "DECLARE p CURSOR FOR SELECT id, \
+         (aws_comprehend.detect_sentiment(body || $1, 'en')).sentiment AS label, \
+         aws_sagemaker.invoke_endpoint('score', NULL, id) AS score \
+         FROM cur_p WHERE id > $2 ORDER BY id",
+        "DECLARE p CURSOR FOR SELECT id, \
+         (aws_comprehend.detect_sentiment(body || $1, 'en')).sentiment AS label, \
+         aws_sagemaker.invoke_endpoint('score', NULL, id)::int::text AS score \
+         FROM cur_p WHERE id > $2 ORDER BY id",
+    ] {
+        let ours = fetch_prepared(&mut client, declare).await;
+        assert_eq!(
+            ours,
+            fetch_prepared(&mut native, declare).await,
+            "{declare}"
+        );
+        assert_eq!(ours[0].1.len(), 7);
+        assert_eq!(ours[1].1.len(), 18);
+        assert!(ours[0].1.iter().all(|(_, l, s)| l.is_some() && s.is_some()));
     }
-    assert_eq!(results[0], results[1]);
-    assert_eq!(results[0][0].1.len(), 7);
-    assert_eq!(results[0][1].1.len(), 18);
-    assert!(results[0][0]
-        .1
-        .iter()
-        .all(|(_, l, s)| l.is_some() && s.is_some()));
+}
+
+type Fetched = Vec<(
+    Vec<(String, String)>,
+    Vec<(i32, Option<String>, Option<String>)>,
+)>;
+
+/// DECLAREs `declare` (parameters `$1` text, `$2` int) in a transaction and fetches through
+/// prepared FETCH statements (binary results), then from a cursor that does not exist: the
+/// columns and rows of each.
+async fn fetch_prepared(client: &mut Client, declare: &str) -> Fetched {
+    let tx = client.transaction().await.expect("begin");
+    tx.execute(declare, &[&"!", &5i32]).await.expect("declare");
+    let mut fetched = Vec::new();
+    for sql in ["FETCH 7 FROM p", "FETCH 100 FROM p"] {
+        let statement = tx.prepare(sql).await.expect("prepare");
+        let columns: Vec<(String, String)> = statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_().name().to_owned()))
+            .collect();
+        let rows: Vec<(i32, Option<String>, Option<String>)> = tx
+            .query(&statement, &[])
+            .await
+            .expect("fetch")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        fetched.push((columns, rows));
+    }
+    let error = tx
+        .query("FETCH 1 FROM q", &[])
+        .await
+        .expect_err("no such cursor");
+    fetched.push((vec![(sqlstate(&error), String::new())], Vec::new()));
+    tx.rollback().await.expect("rollback");
+    fetched
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +274,7 @@ async fn psycopg_named_cursors_match_native() {
     assert_eq!(ours["streamed"].as_array().map(Vec::len), Some(250));
     assert_eq!(ours["binary"].as_array().map(Vec::len), Some(10));
     assert_eq!(ours["held"].as_array().map(Vec::len), Some(5));
+    assert_eq!(ours["ranked"][2].as_array().map(Vec::len), Some(26));
     assert_eq!(ours["sqlalchemy"].as_array().map(Vec::len), Some(70));
 }
 
@@ -249,8 +291,8 @@ async fn cursor_refusals_are_clear_and_leave_the_session_usable() {
             "without BINARY",
         ),
         (
-            "DECLARE o CURSOR FOR SELECT id FROM cur_r \
-             ORDER BY (aws_comprehend.detect_sentiment(body, 'en')).sentiment",
+            "DECLARE o CURSOR FOR SELECT aws_comprehend.detect_sentiment(\
+             aws_sagemaker.invoke_endpoint('score', NULL, body), 'en') FROM cur_r",
             "CREATE TEMP TABLE",
         ),
     ] {

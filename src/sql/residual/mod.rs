@@ -84,6 +84,9 @@ pub struct ResidualPlan {
     pub row_local: Option<Vec<String>>,
     /// Set if the residual writes (`INSERT … SELECT`, `CREATE TABLE … AS`, `SELECT … INTO`).
     pub modifies: Option<Write>,
+    /// Text before the residual statement: `DECLARE … CURSOR FOR ` when the residual is a
+    /// cursor's query ([`ResidualPlan::declared_as`]).
+    prefix: String,
 }
 
 /// What a residual statement that writes writes.
@@ -270,7 +273,25 @@ impl ResidualPlan {
                 residual = residual.replacen(&star_marker(b, k), &list.join(", "), 1);
             }
         }
-        residual
+        if self.prefix.is_empty() {
+            residual
+        } else {
+            format!("{}{residual}", self.prefix)
+        }
+    }
+
+    /// The plan whose residual statement declares a cursor over the result: `prefix` (the
+    /// `DECLARE … CURSOR FOR ` of pgenrich's cursor) then the residual. It runs whole, never per
+    /// chunk: the cursor's rows are the whole statement's.
+    pub fn declared_as(mut self, prefix: String) -> ResidualPlan {
+        self.prefix = prefix;
+        self.row_local = None;
+        self
+    }
+
+    /// Whether it declares a cursor ([`ResidualPlan::declared_as`]).
+    pub fn declares(&self) -> bool {
+        !self.prefix.is_empty()
     }
 }
 
@@ -378,6 +399,7 @@ fn plan_query(
         row_local,
         typing_sql,
         modifies,
+        prefix: String::new(),
     };
     // Every text pgenrich sends upstream must be free of ML calls: PostgreSQL would refuse one
     // (or, where native functions exist, run it unbatched). A position the planner missed is
