@@ -126,7 +126,11 @@ pub(super) async fn intercept_ml(
             return conv.flush().await;
         }
         Intercept::Describe { kind, name } => {
-            if kind == b'P' && !conv.registry().portals.contains_key(&name) {
+            let registry = conv.registry();
+            if kind == b'P'
+                && !registry.portals.contains_key(&name)
+                && registry.cursors.contains_key(&name)
+            {
                 cursor::describe(conv, &name).await?;
             } else {
                 describe(conv, kind, &name);
