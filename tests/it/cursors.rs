@@ -314,3 +314,71 @@ async fn cursor_refusals_are_clear_and_leave_the_session_usable() {
         vec![vec![Some("5".to_owned())]]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_cancelled_fetch_aborts_the_block_as_natively_and_the_session_goes_on() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    fresh(&client, "cur_f", 20).await;
+    // An inference failure at FETCH (the DECLARE scores nothing).
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute(
+            "DECLARE f CURSOR FOR SELECT id, \
+             aws_sagemaker.invoke_endpoint('model-error', NULL, id) FROM cur_f ORDER BY id",
+        )
+        .await
+        .expect("declared");
+    let error = client
+        .simple_query("FETCH 2 FROM f")
+        .await
+        .expect_err("model error");
+    assert_eq!(sqlstate(&error), "38000", "{error}");
+    let aborted = client.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(sqlstate(&aborted), "25P02");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    let gone = client.simple_query("FETCH 1 FROM f").await.expect_err("gone");
+    assert_eq!(sqlstate(&gone), "34000");
+    assert_eq!(
+        gone.as_db_error().map(|e| e.message()),
+        Some("cursor \"f\" does not exist")
+    );
+
+    // A cancel request stops a FETCH waiting for slow inference.
+    proxy.mock.set_latency(std::time::Duration::from_secs(10));
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute(
+            "DECLARE s CURSOR FOR SELECT id, \
+             aws_sagemaker.invoke_endpoint('slow', NULL, id) FROM cur_f ORDER BY id",
+        )
+        .await
+        .expect("declared");
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    let fetch = tokio::spawn(async move {
+        let result = client.simple_query("FETCH ALL FROM s").await;
+        (result, client)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel");
+    let (result, client) = tokio::time::timeout(std::time::Duration::from_secs(20), fetch)
+        .await
+        .expect("returns")
+        .expect("join");
+    assert_eq!(sqlstate(&result.expect_err("cancelled")), "57014");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    proxy.mock.set_latency(std::time::Duration::ZERO);
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(
+        text_result(&client, "SELECT count(*) FROM pg_cursors").await.1,
+        vec![vec![Some("0".to_owned())]]
+    );
+}
