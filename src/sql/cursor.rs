@@ -383,6 +383,17 @@ mod tests {
     }
 
     #[test]
+    fn a_declare_among_other_statements_is_refused_with_a_hint() {
+        let error = plan::plan_query_message(
+            "DECLARE c CURSOR FOR SELECT aws_comprehend.detect_sentiment(b, 'en') FROM t; \
+             FETCH 5 FROM c",
+        )
+        .expect_err("refused");
+        assert_eq!(error.code, SqlState::FeatureNotSupported);
+        assert!(error.message.contains("statement of its own"), "{error:?}");
+    }
+
+    #[test]
     fn commands_are_rewritten_to_the_upstream_cursor() {
         assert_eq!(
             command("fetch forward 5 from C;", held),

@@ -292,6 +292,12 @@ pub(super) fn ml_query(statement: Statement) -> Result<Box<Query>, PlanError> {
             "Materialise the results into a table instead: create the table, then fill it with \
              the rows of the SELECT run through pgenrich, and build the view over that table.",
         )),
+        // A DECLARE on its own is a cursor's ([`super::cursor`]); here it is one of several.
+        Statement::Declare { .. } => Err(unsupported(
+            "a DECLARE of a cursor over ML calls must be a statement of its own",
+            "Send DECLARE (and each FETCH, MOVE and CLOSE) in a Query message of its own, as \
+             psql and drivers do.",
+        )),
         _ => Err(unsupported(
             "through pgenrich, ML functions can be called in SELECT, INSERT … SELECT, UPDATE, \
              DELETE and CREATE TABLE … AS statements only",

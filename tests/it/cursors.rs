@@ -337,7 +337,10 @@ async fn a_failing_or_cancelled_fetch_aborts_the_block_as_natively_and_the_sessi
     let aborted = client.simple_query("SELECT 1").await.expect_err("aborted");
     assert_eq!(sqlstate(&aborted), "25P02");
     client.batch_execute("ROLLBACK").await.expect("rollback");
-    let gone = client.simple_query("FETCH 1 FROM f").await.expect_err("gone");
+    let gone = client
+        .simple_query("FETCH 1 FROM f")
+        .await
+        .expect_err("gone");
     assert_eq!(sqlstate(&gone), "34000");
     assert_eq!(
         gone.as_db_error().map(|e| e.message()),
@@ -378,7 +381,9 @@ async fn a_failing_or_cancelled_fetch_aborts_the_block_as_natively_and_the_sessi
     proxy.mock.set_latency(std::time::Duration::ZERO);
     client.batch_execute("ROLLBACK").await.expect("rollback");
     assert_eq!(
-        text_result(&client, "SELECT count(*) FROM pg_cursors").await.1,
+        text_result(&client, "SELECT count(*) FROM pg_cursors")
+            .await
+            .1,
         vec![vec![Some("0".to_owned())]]
     );
 }

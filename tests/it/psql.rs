@@ -167,3 +167,18 @@ async fn psql_shows_progress_notices_of_a_long_ml_statement() {
         "psql prints the progress notices: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_fetch_count_reads_ml_results_through_a_cursor() {
+    // With FETCH_COUNT, psql (before 17) runs a SELECT as DECLARE _psql_cursor … then
+    // FETCH FORWARD n until the end, in a transaction of its own: the same output as without.
+    let proxy = Proxy::start().await;
+    let sql = "SELECT g, aws_comprehend.detect_sentiment(CASE WHEN g % 2 = 0 THEN 'great' \
+               ELSE 'awful' END, 'en') AS s, aws_sagemaker.invoke_endpoint('score', NULL, g) \
+               FROM generate_series(1, 20) g ORDER BY g";
+    let whole = stdout(&psql(&proxy, &["-c", sql]).await);
+    let fetched = stdout(&psql(&proxy, &["-v", "FETCH_COUNT=3", "-c", sql]).await);
+    assert_eq!(whole.lines().count(), 20, "{whole}");
+    assert!(whole.contains("(POSITIVE,"), "{whole}");
+    assert_eq!(fetched, whole);
+}
