@@ -31,8 +31,10 @@
 //! [`MockAws::stats`].
 
 pub mod bedrock;
+mod comprehend;
 pub mod faults;
 pub mod models;
+mod sagemaker;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -303,9 +305,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infa
     }
     Ok(match route {
         Route::SageMaker(endpoint) => {
-            invoke_endpoint(&state, &request_id, endpoint, &accept, &body)
+            sagemaker::invoke_endpoint(&state, &request_id, endpoint, &accept, &body)
         }
-        Route::Comprehend => comprehend(&state, &request_id, &target, &body),
+        Route::Comprehend => comprehend::comprehend(&state, &request_id, &target, &body),
         Route::Bedrock(label) => {
             bedrock::invoke_model(&state, &request_id, label, &content_type, &accept, &body)
         }
@@ -383,195 +385,6 @@ fn header(req: &Request<Incoming>, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
-}
-
-fn invoke_endpoint(
-    state: &State,
-    request_id: &str,
-    endpoint: &str,
-    accept: &str,
-    body: &[u8],
-) -> Reply {
-    let text = String::from_utf8_lossy(body);
-    let records = match models::parse_csv(&text) {
-        Ok(records) => records,
-        Err(why) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                request_id,
-                "ValidationError",
-                &why,
-                Value::Null,
-            )
-        }
-    };
-    if let Ok(mut stats) = state.stats.lock() {
-        stats.sagemaker_calls += 1;
-        stats.sagemaker_batch_sizes.push(records.len());
-    }
-    if endpoint.starts_with("access-denied") {
-        // As SageMaker words it: the caller's role ARN, the account and the endpoint's ARN.
-        let message = format!(
-            "User: arn:aws:sts::123456789012:assumed-role/pgenrich/i-0abc is not authorized to \
-             perform: sagemaker:InvokeEndpoint on resource: \
-             arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint} because no \
-             identity-based policy allows the sagemaker:InvokeEndpoint action"
-        );
-        return error(
-            StatusCode::BAD_REQUEST,
-            request_id,
-            "AccessDeniedException",
-            &message,
-            Value::Null,
-        );
-    }
-    if endpoint.starts_with("model-error") {
-        return error(
-            StatusCode::FAILED_DEPENDENCY,
-            request_id,
-            "ModelError",
-            "Received server error (500) from primary with message \"model crashed\"",
-            json!({ "OriginalStatusCode": 500, "OriginalMessage": "model crashed" }),
-        );
-    }
-    let mut out = String::new();
-    let keep = if endpoint.starts_with("short") {
-        records.len().saturating_sub(1)
-    } else {
-        records.len()
-    };
-    for record in records.iter().take(keep) {
-        if endpoint.starts_with("echo") {
-            for (i, field) in record.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                models::csv_field(&mut out, field);
-            }
-        } else if endpoint.starts_with("bad-csv") {
-            out.push_str("\"unterminated");
-        } else {
-            out.push_str(&models::score(record));
-        }
-        out.push('\n');
-    }
-    let content_type = if accept.is_empty() {
-        "text/csv"
-    } else {
-        accept
-    };
-    reply(
-        StatusCode::OK,
-        request_id,
-        &[
-            ("content-type", content_type),
-            ("x-Amzn-Invoked-Production-Variant", "AllTraffic"),
-        ],
-        Bytes::from(out),
-    )
-}
-
-fn sentiment_json(text: &str) -> Value {
-    let s = models::sentiment(text);
-    json!({
-        "Sentiment": s.label,
-        "SentimentScore": {
-            "Positive": s.positive, "Negative": s.negative, "Neutral": s.neutral, "Mixed": s.mixed
-        }
-    })
-}
-
-fn comprehend(state: &State, request_id: &str, target: &str, body: &[u8]) -> Reply {
-    let bad = |message: &str| {
-        error(
-            StatusCode::BAD_REQUEST,
-            request_id,
-            "InvalidRequestException",
-            message,
-            Value::Null,
-        )
-    };
-    let Ok(request) = serde_json::from_slice::<Value>(body) else {
-        return bad("request body is not JSON");
-    };
-    let language = request["LanguageCode"].as_str().unwrap_or_default();
-    let texts: Vec<String> = match target {
-        "Comprehend_20171127.BatchDetectSentiment" => match request["TextList"].as_array() {
-            Some(list) => list
-                .iter()
-                .map(|t| t.as_str().unwrap_or_default().to_owned())
-                .collect(),
-            None => return bad("TextList is required"),
-        },
-        "Comprehend_20171127.DetectSentiment" => match request["Text"].as_str() {
-            Some(text) => vec![text.to_owned()],
-            None => return bad("Text is required"),
-        },
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                request_id,
-                "UnknownOperationException",
-                target,
-                Value::Null,
-            )
-        }
-    };
-    if let Ok(mut stats) = state.stats.lock() {
-        stats.comprehend_calls += 1;
-        stats.comprehend_batch_sizes.push(texts.len());
-    }
-    if !LANGUAGES.contains(&language) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            request_id,
-            "UnsupportedLanguageException",
-            &format!("Language code '{language}' is not supported"),
-            Value::Null,
-        );
-    }
-    if texts.len() > 25 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            request_id,
-            "BatchSizeLimitExceededException",
-            "at most 25 documents",
-            Value::Null,
-        );
-    }
-    if texts.iter().any(|t| t.len() > 5000 || t.is_empty()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            request_id,
-            "TextSizeLimitExceededException",
-            "Input text size exceeds limit. Max length of request text allowed is 5000 bytes",
-            Value::Null,
-        );
-    }
-    let body = if target.ends_with(".DetectSentiment") {
-        sentiment_json(&texts[0])
-    } else {
-        let (mut results, mut errors) = (Vec::new(), Vec::new());
-        for (index, text) in texts.iter().enumerate() {
-            if text.contains("ITEM_ERROR") {
-                errors.push(json!({
-                    "Index": index, "ErrorCode": "INTERNAL_SERVER_ERROR",
-                    "ErrorMessage": "Internal server error for this document"
-                }));
-            } else {
-                let mut result = sentiment_json(text);
-                result["Index"] = json!(index);
-                results.push(result);
-            }
-        }
-        json!({ "ResultList": results, "ErrorList": errors })
-    };
-    reply(
-        StatusCode::OK,
-        request_id,
-        &[("content-type", "application/x-amz-json-1.1")],
-        Bytes::from(body.to_string()),
-    )
 }
 
 #[cfg(test)]
