@@ -11,6 +11,7 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || [ -n "${PG_BIN:-}"
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 command -v redis-server >/dev/null || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
+command -v c++ >/dev/null || missing+=(g++)  # libfuzzer-sys, built by the fuzz crate's check
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -33,6 +34,9 @@ if ! python3 -c 'import sqlalchemy' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'sqlalchemy>=2'
 fi
 
+# The fuzz crate (fuzz/, run by scripts/fuzz.sh on nightly) must keep compiling against the
+# code it fuzzes: checked here on the stable toolchain.
+cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 cargo test --locked --workspace --all-targets "$@"
 # The integration suite twice more: with TLS to the database (TLS sessions on the pass-through
 # loops), and with the loops off (every session relayed on the tokio runtime).

@@ -6,7 +6,7 @@
 //! itself call an ML function, and a statement the planners find ML calls in must be one the
 //! hook recognises (or the relay would pass it to the database unplanned).
 
-use pgenrich::sql::cursor::{self, CursorCommand};
+use pgenrich::sql::cursor::{self, CursorCommand, CursorQuery};
 use pgenrich::sql::explain::{self, ExplainTarget};
 use pgenrich::sql::plan::{self, Piece, StreamingPlan};
 use pgenrich::sql::residual::{self, CarriedType, Described, ResidualPlan};
@@ -55,9 +55,17 @@ pub fn check(sql: &str) {
         return;
     }
     if let Some(Ok(declare)) = cursor::declare(sql) {
-        check_streaming(&declare.plan);
-        assert_no_ml("a cursor's DECLARE", &declare.sql);
         assert!(declare.upstream.len() < 64, "{}", declare.upstream);
+        match &declare.query {
+            CursorQuery::Streaming { sql, plan } => {
+                check_streaming(plan);
+                assert_no_ml("a cursor's DECLARE", sql);
+            }
+            CursorQuery::Residual(plan) => {
+                assert!(plan.declares() && plan.row_local.is_none(), "{plan:?}");
+                check_residual(plan);
+            }
+        }
     }
     if let Some(request) = explain::explain(sql) {
         let _ = explain::has_parameters(&request.statement);
