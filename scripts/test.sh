@@ -2,7 +2,7 @@
 # Runs pgenrich's whole test suite. On a fresh Debian or Ubuntu machine with Rust it first
 # installs what the tests need: the PostgreSQL server and client and the Redis server (the
 # integration tests start their own throw-away servers from these binaries) and pgbouncer (for
-# benches/e2e_relay.sh).
+# benches/e2e_relay.sh), and a C++ compiler (the fuzz crate, which the command also checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
