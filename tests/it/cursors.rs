@@ -387,3 +387,64 @@ async fn a_failing_or_cancelled_fetch_aborts_the_block_as_natively_and_the_sessi
         vec![vec![Some("0".to_owned())]]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_declares_and_fetches_without_sync_and_skips_after_an_error() {
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    fresh(&client, "cur_pl", 6).await;
+    client
+        .batch_execute("GRANT SELECT ON cur_pl TO PUBLIC")
+        .await
+        .expect("grant");
+    let mut raw = RawClient::startup(proxy.addr).await;
+    raw.send(b'Q', &cstr("BEGIN")).await;
+    assert_eq!(kinds(&raw.recv_until_ready().await), "CZ");
+    // DECLARE (scored per FETCH, and scored whole) and FETCH in one pipeline, one Sync.
+    let mut bytes = Vec::new();
+    for sql in [
+        "DECLARE c CURSOR FOR SELECT id, aws_comprehend.detect_sentiment(body, 'en') \
+         FROM cur_pl ORDER BY id",
+        "DECLARE w CURSOR FOR SELECT id FROM cur_pl \
+         WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE' ORDER BY id",
+        "FETCH 4 FROM c",
+        "FETCH ALL FROM w",
+    ] {
+        bytes.extend(parse_bind_execute(sql));
+    }
+    bytes.extend(message(b'S', &[]));
+    raw.stream_write(&bytes).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "12C12C12DDDDC12DDCZ", "{reply:?}");
+    let text = |i: usize| String::from_utf8_lossy(&reply[i].1).into_owned();
+    assert!((8..12).any(|i| text(i).contains("(POSITIVE,")), "{reply:?}");
+    assert!(text(12).starts_with("FETCH 4"), "{}", text(12));
+    assert!(text(17).starts_with("FETCH 2"), "{}", text(17));
+    // After an error the pipeline is skipped to Sync: neither cursor is declared or read.
+    let mut bytes = parse_bind_execute("SELECT 1/0");
+    bytes.extend(parse_bind_execute(
+        "DECLARE d CURSOR FOR SELECT aws_comprehend.detect_sentiment(body, 'en') FROM cur_pl",
+    ));
+    bytes.extend(parse_bind_execute("FETCH 1 FROM c"));
+    bytes.extend(message(b'S', &[]));
+    raw.stream_write(&bytes).await;
+    let reply = raw.recv_until_ready().await;
+    // (PostgreSQL folds 1/0 when it plans the statement, at Bind.)
+    assert_eq!(kinds(&reply), "1EZ", "{reply:?}");
+    assert_eq!(error_code(&reply[1].1), "22012");
+    raw.send(b'Q', &cstr("ROLLBACK")).await;
+    assert_eq!(kinds(&raw.recv_until_ready().await), "CZ");
+    raw.send(b'Q', &cstr("FETCH 1 FROM d")).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "EZ", "{reply:?}");
+    assert_eq!(error_code(&reply[0].1), "34000");
+    raw.send(b'Q', &cstr("SELECT count(*) FROM pg_cursors"))
+        .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "TDCZ", "{reply:?}");
+    assert_eq!(
+        reply[1].1,
+        [0, 1, 0, 0, 0, 1, b'0'],
+        "no cursor is left open"
+    );
+}
