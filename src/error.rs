@@ -56,6 +56,8 @@ pub enum SqlState {
     InFailedSqlTransaction,
     /// 25006 — an ML statement that writes, in a READ ONLY transaction or on a standby.
     ReadOnlySqlTransaction,
+    /// 25P01 — a prepared DECLARE of a cursor without HOLD, outside a transaction block.
+    NoActiveSqlTransaction,
     /// 53200 — the process's memory for ML statements (`max_ml_memory`) is used up.
     OutOfMemory,
     /// 34000 — Describe or Execute of an ML portal that no longer exists.
@@ -73,6 +75,7 @@ impl SqlState {
             SqlState::FeatureNotSupported => "0A000",
             SqlState::InFailedSqlTransaction => "25P02",
             SqlState::ReadOnlySqlTransaction => "25006",
+            SqlState::NoActiveSqlTransaction => "25P01",
             SqlState::ProtocolViolation => "08P01",
             SqlState::ConnectionFailure => "08006",
             SqlState::TooManyConnections => "53300",

@@ -155,7 +155,7 @@ fn plan_declare(
         },
         Err(error) if error.code == SqlState::FeatureNotSupported => match residual::plan(query) {
             Ok(plan) if plan.modifies.is_none() => {
-                CursorQuery::Residual(Box::new(plan.declared_as(prefix)))
+                CursorQuery::Residual(Box::new(plan.declared_as(prefix, hold)))
             }
             Ok(_) => {
                 return Err(unsupported(

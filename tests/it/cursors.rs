@@ -448,3 +448,39 @@ async fn a_pipeline_declares_and_fetches_without_sync_and_skips_after_an_error()
         "no cursor is left open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_declares_outside_a_block_match_native() {
+    let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
+    let proxy = Proxy::start().await;
+    let client = proxy.connect().await;
+    fresh(&client, "cur_o", 8).await;
+    fresh(&native, "cur_o", 8).await;
+    let query = "SELECT id FROM cur_o \
+                 WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE' \
+                 ORDER BY id";
+    let mut answers = Vec::new();
+    for client in [&client, &native] {
+        // Without HOLD: refused, before anything is scored; with HOLD: it outlives the
+        // implicit transaction.
+        let refused = client
+            .execute(&format!("DECLARE o CURSOR FOR {query}"), &[])
+            .await
+            .expect_err("outside a block");
+        let held = client
+            .execute(&format!("DECLARE o CURSOR WITH HOLD FOR {query}"), &[])
+            .await
+            .expect("WITH HOLD");
+        let rows = text_result(client, "FETCH ALL FROM o").await;
+        client.batch_execute("CLOSE o").await.expect("close");
+        answers.push((
+            sqlstate(&refused),
+            refused.as_db_error().map(|e| e.message().to_owned()),
+            held,
+            rows,
+        ));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, "25P01");
+    assert_eq!(answers[0].3 .1.len(), 3, "{:?}", answers[0]);
+}

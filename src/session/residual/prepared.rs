@@ -179,6 +179,16 @@ pub async fn run_execute(
     if !bound.started && !check_writable_execute(conv, &prepared.plan).await? {
         return Ok(outcome);
     }
+    if !bound.started && prepared.plan.needs_block() && conv.snapshot_open() {
+        // Outside a transaction block (the only one open is pgenrich's snapshot), PostgreSQL
+        // refuses a cursor without HOLD before anything runs: so does pgenrich, before any call.
+        let error = ErrorMessage::error(
+            SqlState::NoActiveSqlTransaction,
+            "DECLARE CURSOR can only be used in transaction blocks",
+        );
+        conv.fail_execute(error).await?;
+        return Ok(outcome);
+    }
     let writes_whole = prepared.plan.modifies.is_some() && (max_rows > 0 || bound.started);
     if prepared.chunked && !writes_whole {
         return run_chunked_execute(conv, portal, bound, prepared, max_rows).await;

@@ -87,6 +87,8 @@ pub struct ResidualPlan {
     /// Text before the residual statement: `DECLARE … CURSOR FOR ` when the residual is a
     /// cursor's query ([`ResidualPlan::declared_as`]).
     prefix: String,
+    /// The cursor it declares is `WITH HOLD`.
+    hold: bool,
 }
 
 /// What a residual statement that writes writes.
@@ -283,8 +285,9 @@ impl ResidualPlan {
     /// The plan whose residual statement declares a cursor over the result: `prefix` (the
     /// `DECLARE … CURSOR FOR ` of pgenrich's cursor) then the residual. It runs whole, never per
     /// chunk: the cursor's rows are the whole statement's.
-    pub fn declared_as(mut self, prefix: String) -> ResidualPlan {
+    pub fn declared_as(mut self, prefix: String, hold: bool) -> ResidualPlan {
         self.prefix = prefix;
+        self.hold = hold;
         self.row_local = None;
         self
     }
@@ -292,6 +295,11 @@ impl ResidualPlan {
     /// Whether it declares a cursor ([`ResidualPlan::declared_as`]).
     pub fn declares(&self) -> bool {
         !self.prefix.is_empty()
+    }
+
+    /// Whether it declares a cursor without HOLD, which only a transaction block may hold.
+    pub fn needs_block(&self) -> bool {
+        self.declares() && !self.hold
     }
 }
 
@@ -400,6 +408,7 @@ fn plan_query(
         typing_sql,
         modifies,
         prefix: String::new(),
+        hold: false,
     };
     // Every text pgenrich sends upstream must be free of ML calls: PostgreSQL would refuse one
     // (or, where native functions exist, run it unbatched). A position the planner missed is
