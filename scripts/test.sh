@@ -20,7 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python clients of the tests: moto's server mode (a third-party AWS emulator the compatibility
-# test calls through pgenrich), psycopg 3 (a third driver) and SQLAlchemy (its stream_results).
+# test calls through pgenrich), psycopg 3 and asyncpg (drivers) and SQLAlchemy (its
+# stream_results).
 if ! python3 -c 'import moto.server' 2>/dev/null; then
   echo "installing moto[server] from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
@@ -28,6 +29,10 @@ fi
 if ! python3 -c 'import psycopg' 2>/dev/null; then
   echo "installing psycopg[binary] from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]'
+fi
+if ! python3 -c 'import asyncpg' 2>/dev/null; then
+  echo "installing asyncpg from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check asyncpg
 fi
 if ! python3 -c 'import sqlalchemy' 2>/dev/null; then
   echo "installing sqlalchemy from PyPI"

@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod asyncpg;
 mod auth;
 mod bedrock;
 mod cache;

@@ -864,13 +864,25 @@ pub async fn run_psycopg_script(proxy: &Proxy, script: &str) -> serde_json::Valu
 
 /// [`run_psycopg_script`] connecting with `conninfo` (pgenrich, or a database directly).
 pub async fn run_psycopg_script_on(conninfo: &str, script: &str) -> serde_json::Value {
+    run_python_client(conninfo, script, "psycopg", "'psycopg[binary]'").await
+}
+
+/// Runs the Python client script `tests/clients/<script>` with `conninfo` and returns the JSON
+/// object it prints; fails with an install hint when its driver `module` (PyPI `package`) is
+/// missing.
+pub async fn run_python_client(
+    conninfo: &str,
+    script: &str,
+    module: &str,
+    package: &str,
+) -> serde_json::Value {
     let installed = std::process::Command::new("python3")
-        .args(["-c", "import psycopg"])
+        .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         installed,
-        "psycopg 3 is needed for this test: python3 -m pip install 'psycopg[binary]' (scripts/test.sh installs it)"
+        "{module} is needed for this test: python3 -m pip install {package} (scripts/test.sh installs it)"
     );
     let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::process::Command::new("python3")
