@@ -2,7 +2,8 @@
 # Runs pgenrich's whole test suite. On a fresh Debian or Ubuntu machine with Rust it first
 # installs what the tests need: the PostgreSQL server and client and the Redis server (the
 # integration tests start their own throw-away servers from these binaries) and pgbouncer (for
-# benches/e2e_relay.sh), and a C++ compiler (the fuzz crate, which the command also checks).
+# benches/e2e_relay.sh), a C++ compiler (the fuzz crate, which the command also checks), and
+# Node.js with npm (the Node.js drivers' test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ command -v psql >/dev/null || missing+=(postgresql-client)
 command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 command -v redis-server >/dev/null || [ -n "${REDIS_SERVER:-}" ] || missing+=(redis-server)
 command -v c++ >/dev/null || missing+=(g++)  # libfuzzer-sys, built by the fuzz crate's check
+command -v node >/dev/null || missing+=(nodejs)  # the Node.js drivers' test
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -37,6 +40,13 @@ fi
 if ! python3 -c 'import sqlalchemy' 2>/dev/null; then
   echo "installing sqlalchemy from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check 'sqlalchemy>=2'
+fi
+
+# Node.js clients of the tests (node-postgres, pg-cursor, postgres.js), as package-lock.json
+# pins them.
+if [ ! -d tests/clients/node/node_modules ]; then
+  echo "installing the Node.js clients from the npm registry"
+  npm ci --prefix tests/clients/node --no-audit --no-fund --silent
 fi
 
 # The fuzz crate (fuzz/, run by scripts/fuzz.sh on nightly) must keep compiling against the

@@ -24,6 +24,7 @@ mod ml;
 mod ml_hook;
 mod modify;
 mod moto;
+mod node;
 mod pipelines;
 mod psql;
 mod psycopg;
