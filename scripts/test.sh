@@ -2,8 +2,8 @@
 # Runs pgenrich's whole test suite. On a fresh Debian or Ubuntu machine with Rust it first
 # installs what the tests need: the PostgreSQL server and client and the Redis server (the
 # integration tests start their own throw-away servers from these binaries) and pgbouncer (for
-# benches/e2e_relay.sh), a C++ compiler (the fuzz crate, which the command also checks), and
-# Node.js with npm (the Node.js drivers' test).
+# benches/e2e_relay.sh), a C++ compiler (the fuzz crate, which the command also checks),
+# Node.js with npm (the Node.js drivers' test), and a JDK with pgjdbc (the JDBC test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ command -v redis-server >/dev/null || [ -n "${REDIS_SERVER:-}" ] || missing+=(re
 command -v c++ >/dev/null || missing+=(g++)  # libfuzzer-sys, built by the fuzz crate's check
 command -v node >/dev/null || missing+=(nodejs)  # the Node.js drivers' test
 command -v npm >/dev/null || missing+=(npm)
+command -v javac >/dev/null || missing+=(default-jdk-headless)  # pgjdbc's test
+[ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -15,6 +15,7 @@ mod dml;
 mod explain;
 mod fleet;
 mod hostile;
+mod jdbc;
 mod lifecycle;
 mod limits;
 mod malformed;
