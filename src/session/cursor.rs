@@ -1,16 +1,17 @@
 //! Cursors over ML statements: `DECLARE name CURSOR FOR <ML SELECT>`, then FETCH, MOVE and
-//! CLOSE. pgenrich declares a cursor of its own over the streaming plan's base statement
-//! ([`crate::sql::cursor`]), scores the rows of each FETCH as the streaming mode scores a
-//! SELECT's (chunk by chunk, in bounded memory), and keeps the session's cursors in the statement
-//! table ([`MlCursor`]). Errors name the client's cursor, not pgenrich's. Like EXPLAIN, this
-//! uses the streaming mode's phases.
+//! CLOSE ([`crate::sql::cursor`] plans them). Where the statement streams, pgenrich declares a
+//! cursor of its own over the base statement and scores the rows of each FETCH as the streaming
+//! mode scores a SELECT's (chunk by chunk, in bounded memory); otherwise the statement runs base
+//! + residual at DECLARE and the residual statement declares pgenrich's cursor, which FETCH then
+//! reads as it is. The session's cursors are in the statement table ([`MlCursor`]); errors name
+//! the client's cursor, not pgenrich's. Like EXPLAIN, this uses the execution modes' phases.
 //!
-//! A DECLARE in the simple protocol is remembered once PostgreSQL has accepted it; a prepared one
-//! (psycopg's named cursors) when its Parse passes, since its Execute may come much later. A
-//! cursor without HOLD is forgotten when its transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and
-//! a DECLARE of the name without ML calls forget it too. A cursor that ended upstream in any
-//! other way (ROLLBACK TO SAVEPOINT, a rolled back WITH HOLD) gives PostgreSQL's own `34000` on
-//! the next FETCH.
+//! A streaming DECLARE in the simple protocol is remembered once PostgreSQL has accepted it;
+//! one scored whole, just before it runs; a prepared one (psycopg's named cursors) when its
+//! Parse passes, since its Execute may come much later. A cursor without HOLD is forgotten when
+//! its transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and a DECLARE of the name without ML calls
+//! forget it too. A cursor that ended upstream in any other way (ROLLBACK TO SAVEPOINT, a rolled
+//! back WITH HOLD, a DECLARE that failed) gives PostgreSQL's own `34000` on the next FETCH.
 
 use std::sync::Arc;
 
