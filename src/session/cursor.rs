@@ -1,9 +1,9 @@
 //! Cursors over ML statements: `DECLARE name CURSOR FOR <ML SELECT>`, then FETCH, MOVE and
 //! CLOSE ([`crate::sql::cursor`] plans them). Where the statement streams, pgenrich declares a
 //! cursor of its own over the base statement and scores the rows of each FETCH as the streaming
-//! mode scores a SELECT's (chunk by chunk, in bounded memory); otherwise the statement runs base
-//! + residual at DECLARE and the residual statement declares pgenrich's cursor, which FETCH then
-//! reads as it is. The session's cursors are in the statement table ([`MlCursor`]); errors name
+//! mode scores a SELECT's (chunk by chunk, in bounded memory); otherwise the statement runs as
+//! base and residual statements at DECLARE, and the residual statement declares pgenrich's
+//! cursor, which FETCH then reads as it is. The session's cursors are in the statement table ([`MlCursor`]); errors name
 //! the client's cursor, not pgenrich's. Like EXPLAIN, this uses the execution modes' phases.
 //!
 //! A streaming DECLARE in the simple protocol is remembered once PostgreSQL has accepted it;

@@ -90,11 +90,11 @@ pub(super) async fn run_chunked(
 
 /// The CommandComplete body of a chunked statement that selected or wrote `n` rows in all.
 fn done_tag(plan: &ResidualPlan, n: u64) -> Vec<u8> {
-    let tag = match plan.modifies.as_ref().map(|w| w.command) {
-        Some("INSERT") => format!("INSERT 0 {n}\0"),
-        Some(command @ ("UPDATE" | "DELETE")) => format!("{command} {n}\0"),
-        _ => format!("SELECT {n}\0"),
+    let mut tag = match &plan.modifies {
+        Some(write) => write.command.tag(n),
+        None => format!("SELECT {n}"),
     };
+    tag.push('\0');
     tag.into_bytes()
 }
 

@@ -170,7 +170,7 @@ fn read_only(write: &Write, row: Option<&[u8]>) -> Option<ErrorMessage> {
             SqlState::ReadOnlySqlTransaction,
             format!(
                 "cannot execute {} in a read-only transaction",
-                write.command
+                write.command.name()
             ),
         )
     })

@@ -14,7 +14,7 @@
 use sqlparser::ast::{CreateTable, Delete, Insert, Query, SetExpr, Statement, Update};
 
 use super::super::plan::{has_ml, ml_query, parse_ml_statement, unsupported, PlanError};
-use super::Write;
+use super::{Command, Write};
 
 /// A statement the residual planner takes.
 pub(super) enum Parsed {
@@ -65,7 +65,7 @@ pub(super) fn plan_insert(mut insert: Box<Insert>) -> Result<super::ResidualPlan
             Statement::Insert(*insert).to_string()
         },
         Some(Write {
-            command: "INSERT",
+            command: Command::Insert,
             table: Some(table),
             chunkable: true,
         }),
@@ -95,7 +95,7 @@ pub(super) fn plan_create_table(
             Statement::CreateTable(*create).to_string()
         },
         Some(Write {
-            command: "CREATE TABLE AS",
+            command: Command::CreateTableAs,
             table: None,
             chunkable: false,
         }),
@@ -126,7 +126,7 @@ pub(super) fn plan_select_into(
         query.clone(),
         move |query| format!("{create}{query}"),
         Some(Write {
-            command: "SELECT INTO",
+            command: Command::SelectInto,
             table: None,
             chunkable: false,
         }),

@@ -94,14 +94,46 @@ pub struct ResidualPlan {
 /// What a residual statement that writes writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
-    /// The command, as PostgreSQL names it in "cannot execute … in a read-only transaction".
-    pub command: &'static str,
+    pub command: Command,
     /// The target table, as written: an INSERT, UPDATE or DELETE of a temporary table may run
     /// in a READ ONLY transaction.
     pub table: Option<String>,
     /// Whether the statement may run per chunk of base rows (in one transaction, the chunks'
     /// tags summed): each base row is written by its own chunk's run only.
     pub chunkable: bool,
+}
+
+/// The kind of statement that writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Insert,
+    CreateTableAs,
+    SelectInto,
+    Update,
+    Delete,
+}
+
+impl Command {
+    /// As PostgreSQL names it in "cannot execute … in a read-only transaction".
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Insert => "INSERT",
+            Command::CreateTableAs => "CREATE TABLE AS",
+            Command::SelectInto => "SELECT INTO",
+            Command::Update => "UPDATE",
+            Command::Delete => "DELETE",
+        }
+    }
+
+    /// PostgreSQL's CommandComplete tag for `n` rows written.
+    pub fn tag(self, n: u64) -> String {
+        match self {
+            Command::Insert => format!("INSERT 0 {n}"),
+            Command::Update => format!("UPDATE {n}"),
+            Command::Delete => format!("DELETE {n}"),
+            Command::CreateTableAs | Command::SelectInto => format!("SELECT {n}"),
+        }
+    }
 }
 
 /// One ML-bearing SELECT block's base relation.

@@ -14,7 +14,7 @@ use sqlparser::ast::{
 };
 
 use super::super::plan::{has_ml, parse_ml_query, unsupported, PlanError};
-use super::{ResidualPlan, Write};
+use super::{Command, ResidualPlan, Write};
 
 /// The enriched rows, as the residual UPDATE or DELETE joins them.
 const ROWS: &str = "\"pgenrich.q\"";
@@ -111,7 +111,7 @@ fn plan_by_identity(
     head: String,
     join_keyword: &'static str,
     tail: String,
-    command: &'static str,
+    command: Command,
     chunkable: bool,
 ) -> Result<ResidualPlan, PlanError> {
     let r = &target.reference;
@@ -180,7 +180,15 @@ pub(super) fn plan_update(update: Update) -> Result<ResidualPlan, PlanError> {
     let head = format!("UPDATE {} SET {}", target.written, sets.join(", "));
     // With FROM, a target row may meet several rows (updated once, natively): not per chunk.
     let chunkable = from.is_empty();
-    plan_by_identity(target, &select, head, "FROM", tail, "UPDATE", chunkable)
+    plan_by_identity(
+        target,
+        &select,
+        head,
+        "FROM",
+        tail,
+        Command::Update,
+        chunkable,
+    )
 }
 
 pub(super) fn plan_delete(delete: Delete) -> Result<ResidualPlan, PlanError> {
@@ -197,5 +205,13 @@ pub(super) fn plan_delete(delete: Delete) -> Result<ResidualPlan, PlanError> {
     let select = rows_select(&target, &[], &using, delete.selection.as_ref());
     let head = format!("DELETE FROM {}", target.written);
     let chunkable = using.is_empty();
-    plan_by_identity(target, &select, head, "USING", tail, "DELETE", chunkable)
+    plan_by_identity(
+        target,
+        &select,
+        head,
+        "USING",
+        tail,
+        Command::Delete,
+        chunkable,
+    )
 }

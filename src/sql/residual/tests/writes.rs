@@ -29,7 +29,7 @@ fn create_table_as_and_select_into_run_as_the_residual() {
                 FROM s ORDER BY x",
     );
     assert_eq!(
-        p.modifies.as_ref().map(|w| w.command),
+        p.modifies.as_ref().map(|w| w.command.name()),
         Some("CREATE TABLE AS")
     );
     assert!(p.row_local.is_none());
@@ -42,7 +42,10 @@ fn create_table_as_and_select_into_run_as_the_residual() {
     );
 
     let p = ok("SELECT x, aws_sagemaker.invoke_endpoint('e', NULL, x) AS y INTO UNLOGGED u FROM s");
-    assert_eq!(p.modifies.as_ref().map(|w| w.command), Some("SELECT INTO"));
+    assert_eq!(
+        p.modifies.as_ref().map(|w| w.command.name()),
+        Some("SELECT INTO")
+    );
     let r = residual(&p);
     assert!(r.starts_with("CREATE UNLOGGED TABLE u AS SELECT "), "{r}");
     assert!(!r.contains("INTO"), "{r}");
@@ -66,7 +69,7 @@ fn update_and_delete_lock_the_target_rows_and_join_on_their_identity() {
     );
     let w = p.modifies.as_ref().expect("writes");
     assert_eq!(
-        (w.command, w.table.as_deref(), w.chunkable),
+        (w.command.name(), w.table.as_deref(), w.chunkable),
         ("UPDATE", Some("reviews"), true)
     );
     let base = &p.blocks[0].base_sql;
@@ -92,7 +95,7 @@ fn update_and_delete_lock_the_target_rows_and_join_on_their_identity() {
         ok("DELETE FROM s.reviews WHERE aws_sagemaker.invoke_endpoint('e', NULL, body)::int < 0");
     let w = p.modifies.as_ref().expect("writes");
     assert_eq!(
-        (w.command, w.table.as_deref()),
+        (w.command.name(), w.table.as_deref()),
         ("DELETE", Some("s.reviews"))
     );
     assert!(
