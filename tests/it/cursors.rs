@@ -154,6 +154,18 @@ async fn cursors_match_native_in_every_direction() {
             "FETCH 2 FROM rh",
             "FETCH 2 FROM rh",
             "CLOSE rh",
+            // A savepoint rolled back takes the cursor declared after it; DISCARD ALL takes a
+            // held one.
+            "BEGIN",
+            "SAVEPOINT a",
+            &declare_c,
+            "FETCH 1 FROM c",
+            "ROLLBACK TO SAVEPOINT a",
+            "FETCH 1 FROM c",
+            "ROLLBACK",
+            declare_h,
+            "DISCARD ALL",
+            "FETCH 1 FROM h",
             // The name is the client's own cursor again: its rows are relayed as they are.
             "BEGIN",
             "DECLARE n CURSOR FOR SELECT id, body FROM cur_a ORDER BY id",
@@ -178,7 +190,10 @@ async fn cursors_match_native_in_every_direction() {
         .collect();
     assert_eq!(
         errors,
-        ["34000", "42P03", "34000", "25P01", "55000", "34000", "34000", "25P01", "34000"]
+        [
+            "34000", "42P03", "34000", "25P01", "55000", "34000", "34000", "25P01", "34000",
+            "34000", "34000"
+        ]
     );
     let (columns, rows, _) = answers[2].as_ref().expect("FETCH 3");
     assert_eq!(columns, &["id", "s", "sentiment"]);
