@@ -159,3 +159,49 @@ async fn the_process_budget_bounds_every_statement_together() {
     let rows = crate::harness::text_rows(&b.simple_query(sorted).await.expect("afterwards"));
     assert_eq!(rows.len(), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_from_an_ml_cursor_is_held_back_by_a_client_that_does_not_read() {
+    let proxy = Proxy::start().await;
+    let app = "pgenrich-memory-cursor";
+    let mut raw = RawClient::startup_as(proxy.addr, app).await;
+    for sql in [
+        "BEGIN".to_owned(),
+        format!(
+            "DECLARE c CURSOR FOR SELECT repeat('x', 20000) AS pad, \
+             aws_comprehend.detect_sentiment('hi', 'en') FROM generate_series(1, {ROWS})"
+        ),
+    ] {
+        raw.stream_write(&message(b'Q', &cstr(&sql))).await;
+        let reply = raw.recv_until_ready().await;
+        assert!(
+            reply.iter().all(|(kind, _)| *kind != b'E'),
+            "{sql}: {reply:?}"
+        );
+    }
+    raw.stream_write(&message(b'Q', &cstr("FETCH ALL FROM c")))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let wait = wait_event(app).await;
+        if wait == "ClientWrite" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database was never held back (last wait event: {wait:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(reply.iter().filter(|(kind, _)| *kind == b'D').count(), ROWS);
+    let tag = reply.iter().find(|(kind, _)| *kind == b'C');
+    assert_eq!(
+        tag.map(|(_, body)| String::from_utf8_lossy(body).into_owned()),
+        Some(format!("FETCH {ROWS}\0"))
+    );
+    assert_eq!(
+        reply.last().map(|(_, body)| body.as_slice()),
+        Some(&b"T"[..])
+    );
+}
