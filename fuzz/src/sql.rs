@@ -109,10 +109,9 @@ fn check_cursor_command(sql: &str) {
         CursorCommand::Fetch { name, sql: rewritten }
         | CursorCommand::Move { name, sql: rewritten }
         | CursorCommand::Close { name, sql: rewritten } => {
-            assert!(
-                rewritten.ends_with(&format!("\"up.{name}\"")),
-                "{sql:?} became {rewritten:?}"
-            );
+            // The held name, quoted as an identifier (a `"` in it doubled).
+            let quoted = format!("\"up.{}\"", name.replace('"', "\"\""));
+            assert!(rewritten.ends_with(&quoted), "{sql:?} became {rewritten:?}");
         }
         CursorCommand::CloseAll | CursorCommand::Redeclare { .. } => {}
     }

@@ -423,6 +423,15 @@ mod tests {
                 sql: "CLOSE \"up.c\"".into()
             })
         );
+        // A quote inside a quoted name (found by fuzzing): folded once, doubled again when
+        // the upstream name is quoted.
+        assert_eq!(
+            command("FETCH 1 FROM \"a\"\"b\"", |name| Some(format!("up.{name}"))),
+            Some(CursorCommand::Fetch {
+                name: "a\"b".into(),
+                sql: "FETCH 1 FROM \"up.a\"\"b\"".into()
+            })
+        );
         assert_eq!(command("close all", held), Some(CursorCommand::CloseAll));
         assert_eq!(command("DISCARD ALL", held), Some(CursorCommand::CloseAll));
         assert_eq!(
