@@ -109,9 +109,18 @@ fn check_cursor_command(sql: &str) {
         CursorCommand::Fetch { name, sql: rewritten }
         | CursorCommand::Move { name, sql: rewritten }
         | CursorCommand::Close { name, sql: rewritten } => {
-            // The held name, quoted as an identifier (a `"` in it doubled).
-            let quoted = format!("\"up.{}\"", name.replace('"', "\"\""));
-            assert!(rewritten.ends_with(&quoted), "{sql:?} became {rewritten:?}");
+            // Read back, the statement's last word is the held name, quoted.
+            let tokens = text::significant_tokens(rewritten).expect("the rewrite tokenizes");
+            let last = tokens
+                .iter()
+                .rev()
+                .map(|(token, _)| token)
+                .find(|token| **token != sqlparser::tokenizer::Token::SemiColon);
+            assert!(
+                matches!(last, Some(sqlparser::tokenizer::Token::Word(w))
+                    if w.quote_style == Some('"') && w.value == format!("up.{name}")),
+                "{sql:?} became {rewritten:?}"
+            );
         }
         CursorCommand::CloseAll | CursorCommand::Redeclare { .. } => {}
     }

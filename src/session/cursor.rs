@@ -114,13 +114,12 @@ pub(super) async fn run(
     body: Bytes,
     work: CursorWork,
 ) -> Result<Option<Outcome>, SessionError> {
-    let (name, sql) = match work {
+    // (Which statement, and whether it fetches, closes or moves.)
+    let (name, sql, fetch, close) = match work {
         CursorWork::Declare(declare) => return declare_cursor(conv, kind, body, *declare).await,
-        CursorWork::Command(
-            CursorCommand::Fetch { name, sql }
-            | CursorCommand::Move { name, sql }
-            | CursorCommand::Close { name, sql },
-        ) => (name, sql),
+        CursorWork::Command(CursorCommand::Fetch { name, sql }) => (name, sql, true, false),
+        CursorWork::Command(CursorCommand::Close { name, sql }) => (name, sql, false, true),
+        CursorWork::Command(CursorCommand::Move { name, sql }) => (name, sql, false, false),
         // Settled before a conversation began.
         CursorWork::Command(CursorCommand::CloseAll | CursorCommand::Redeclare { .. }) => {
             conv.forward(kind, message(kind, &body));
@@ -134,12 +133,7 @@ pub(super) async fn run(
         return Ok(None);
     };
     conv.rename_in_errors(&cursor.upstream, &name);
-    let first_word = sql.split(' ').next().unwrap_or_default();
-    if let Some(plan) = cursor
-        .plan
-        .as_ref()
-        .filter(|_| first_word.eq_ignore_ascii_case("FETCH"))
-    {
+    if let Some(plan) = cursor.plan.as_ref().filter(|_| fetch) {
         let plan = StreamingPlan {
             base_sql: sql,
             ..(**plan).clone()
@@ -156,7 +150,7 @@ pub(super) async fn run(
     }
     // MOVE, CLOSE, or FETCH of finished rows.
     let (failed, ready) = query(conv, &sql).await?;
-    if !failed && first_word.eq_ignore_ascii_case("CLOSE") {
+    if !failed && close {
         conv.registry().cursors.remove(&name);
     }
     finish(conv, ready).await

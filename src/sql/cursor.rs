@@ -6,18 +6,19 @@
 //! statement ([`upstream_name`]): declaring the same ML cursor twice fails upstream as it would
 //! natively (`42P03`), and a cursor re-declared over another statement never gets the rows of
 //! the earlier one. FETCH, MOVE and CLOSE are read with sqlparser's tokenizer (its parser has no
-//! MOVE) and rewritten token by token, so that every direction form reaches PostgreSQL as written.
+//! MOVE), and only the cursor's name is replaced in the client's text, so that every direction
+//! form reaches PostgreSQL as written.
 
 use std::hash::{Hash, Hasher};
 
 use sqlparser::ast::{DeclareType, Ident, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer, Word};
+use sqlparser::tokenizer::Token;
 
 use super::plan::{self, unsupported, PlanError, StreamingPlan};
 use super::residual::{self, ResidualPlan};
-use super::text::rewrite_unparsable_forms;
+use super::text::{rewrite_unparsable_forms, significant_tokens};
 use crate::error::SqlState;
 
 /// A `DECLARE … CURSOR FOR` an ML SELECT, planned.
@@ -196,53 +197,41 @@ fn not_for_cursors(error: PlanError) -> PlanError {
 
 /// Reads `text` as a FETCH, MOVE, CLOSE, DISCARD ALL or DECLARE about a cursor `held` knows
 /// (client name → upstream name). None: none of these, several statements, or another cursor.
+/// The rewritten text is the client's, with only the cursor's name replaced.
 pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<CursorCommand> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
-        .tokenize()
-        .ok()?;
-    let mut tokens: Vec<Token> = tokens
-        .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
-    while tokens.last() == Some(&Token::SemiColon) {
+    let mut tokens = significant_tokens(text)?;
+    while tokens.last().is_some_and(|(t, _)| *t == Token::SemiColon) {
         tokens.pop();
     }
-    if tokens.contains(&Token::SemiColon) {
+    if tokens.iter().any(|(t, _)| *t == Token::SemiColon) {
         return None;
     }
     let keyword = |token: &Token, word: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
-    let first = tokens.first()?;
+    let (first, _) = tokens.first()?;
     if keyword(first, "DISCARD") {
-        return (tokens.len() == 2 && keyword(&tokens[1], "ALL"))
+        return (tokens.len() == 2 && keyword(&tokens[1].0, "ALL"))
             .then_some(CursorCommand::CloseAll);
     }
     if keyword(first, "DECLARE") {
-        let name = word_name(tokens.get(1)?)?;
+        let name = word_name(&tokens.get(1)?.0)?;
         held(&name)?;
         return Some(CursorCommand::Redeclare { name });
     }
-    if keyword(first, "CLOSE") && tokens.len() == 2 && keyword(&tokens[1], "ALL") {
+    if keyword(first, "CLOSE") && tokens.len() == 2 && keyword(&tokens[1].0, "ALL") {
         return Some(CursorCommand::CloseAll);
     }
     let kind = ["FETCH", "MOVE", "CLOSE"]
         .into_iter()
         .find(|k| keyword(first, k))?;
-    let last = tokens.len() - 1;
-    if last == 0 {
-        return None;
-    }
-    let name = word_name(&tokens[last])?;
+    let (last, range) = tokens.get(1..)?.last()?;
+    let name = word_name(last)?;
     let upstream = held(&name)?;
-    tokens[last] = Token::Word(Word {
-        value: upstream,
-        quote_style: Some('"'),
-        keyword: sqlparser::keywords::Keyword::NoKeyword,
-    });
-    let sql = tokens
-        .iter()
-        .map(|t| t.to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let sql = format!(
+        "{}\"{}\"{}",
+        &text[..range.start],
+        upstream.replace('"', "\"\""),
+        &text[range.end..]
+    );
     Some(match kind {
         "FETCH" => CursorCommand::Fetch { name, sql },
         "MOVE" => CursorCommand::Move { name, sql },
@@ -399,21 +388,21 @@ mod tests {
             command("fetch forward 5 from C;", held),
             Some(CursorCommand::Fetch {
                 name: "c".into(),
-                sql: "fetch forward 5 from \"up.c\"".into()
+                sql: "fetch forward 5 from \"up.c\";".into()
             })
         );
         assert_eq!(
             command("FETCH ABSOLUTE -3 \"Mixed\"", held),
             Some(CursorCommand::Fetch {
                 name: "Mixed".into(),
-                sql: "FETCH ABSOLUTE - 3 \"up.Mixed\"".into()
+                sql: "FETCH ABSOLUTE -3 \"up.Mixed\"".into()
             })
         );
         assert_eq!(
             command("/* x */ MOVE 2 IN c", held),
             Some(CursorCommand::Move {
                 name: "c".into(),
-                sql: "MOVE 2 IN \"up.c\"".into()
+                sql: "/* x */ MOVE 2 IN \"up.c\"".into()
             })
         );
         assert_eq!(
@@ -430,6 +419,16 @@ mod tests {
             Some(CursorCommand::Fetch {
                 name: "a\"b".into(),
                 sql: "FETCH 1 FROM \"up.a\"\"b\"".into()
+            })
+        );
+        // Consecutive quotes too (found by fuzzing: sqlparser prints them back as one).
+        assert_eq!(
+            command("FETCH 1 FROM \"a\"\"\"\"b\" -- next", |name| Some(format!(
+                "up.{name}"
+            ))),
+            Some(CursorCommand::Fetch {
+                name: "a\"\"b".into(),
+                sql: "FETCH 1 FROM \"up.a\"\"\"\"b\" -- next".into()
             })
         );
         assert_eq!(command("close all", held), Some(CursorCommand::CloseAll));

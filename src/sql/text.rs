@@ -40,6 +40,25 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The tokens of `sql` other than whitespace and comments, each with its byte range in `sql`;
+/// None when the tokenizer cannot read it.
+pub fn significant_tokens(sql: &str) -> Option<Vec<(Token, std::ops::Range<usize>)>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let offsets = LineOffsets::new(sql);
+    Some(
+        tokens
+            .into_iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+            .map(|t| {
+                let range = offsets.at(t.span.start)..offsets.at(t.span.end);
+                (t.token, range)
+            })
+            .collect(),
+    )
+}
+
 /// Rewrites the two PostgreSQL forms sqlparser 0.64 cannot parse, on the original text:
 /// `(aws_comprehend.detect_sentiment(…)).*` becomes a call of a marked name, and
 /// `VARIADIC ARRAY[a, b]` inside an ML call's arguments becomes `a, b`.
