@@ -226,9 +226,16 @@ pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<Curs
     let (last, range) = tokens.get(1..)?.last()?;
     let name = word_name(last)?;
     let upstream = held(&name)?;
+    let before = &text[..range.start];
+    // A space keeps the quoted name from running into a quoted word just before it (`"a"c`
+    // would become one identifier `"a""…"`).
+    let space = if before.ends_with(|c: char| c.is_whitespace()) {
+        ""
+    } else {
+        " "
+    };
     let sql = format!(
-        "{}\"{}\"{}",
-        &text[..range.start],
+        "{before}{space}\"{}\"{}",
         upstream.replace('"', "\"\""),
         &text[range.end..]
     );
@@ -429,6 +436,14 @@ mod tests {
             Some(CursorCommand::Fetch {
                 name: "a\"\"b".into(),
                 sql: "FETCH 1 FROM \"up.a\"\"\"\"b\" -- next".into()
+            })
+        );
+        // A name right after a quoted word stays a word of its own (found by fuzzing).
+        assert_eq!(
+            command("FETCH \"x\"c", held),
+            Some(CursorCommand::Fetch {
+                name: "c".into(),
+                sql: "FETCH \"x\" \"up.c\"".into()
             })
         );
         assert_eq!(command("close all", held), Some(CursorCommand::CloseAll));
