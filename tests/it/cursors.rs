@@ -8,19 +8,6 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::*;
 
-/// Rows of a cursor's table: `n` reviews.
-async fn fresh(client: &Client, name: &str, n: usize) {
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {name}; \
-             CREATE TABLE {name} (id int PRIMARY KEY, body text); \
-             INSERT INTO {name} SELECT g, CASE WHEN g % 3 = 0 THEN 'bad' WHEN g % 3 = 1 \
-                 THEN 'good' ELSE 'fine' END || ' review ' || g FROM generate_series(1, {n}) g"
-        ))
-        .await
-        .expect("table");
-}
-
 /// What a statement gave: column names, rows (in order) and the tag's count, or its SQLSTATE
 /// and message.
 type Answer = Result<(Vec<String>, Vec<Vec<Option<String>>>, Option<u64>), (String, String)>;
@@ -77,8 +64,8 @@ async fn cursors_match_native_in_every_direction() {
     // Small chunks: a FETCH's rows are scored chunk by chunk.
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 3).await;
     let client = proxy.connect().await;
-    fresh(&client, "cur_a", 20).await;
-    fresh(&native, "cur_a", 20).await;
+    reviews_table(&client, "cur_a", 20).await;
+    reviews_table(&native, "cur_a", 20).await;
     let scores = "SELECT id, aws_sagemaker.invoke_endpoint('score', NULL, id) AS score \
                   FROM cur_a ORDER BY id";
     let declare_c = format!("DECLARE c CURSOR FOR {SENTIMENT}");
@@ -210,8 +197,8 @@ async fn prepared_declare_and_fetch_match_native() {
     let mut native = connect(&postgres().direct_conninfo_to(reference_database())).await;
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 4).await;
     let mut client = proxy.connect().await;
-    fresh(&client, "cur_p", 30).await;
-    fresh(&native, "cur_p", 30).await;
+    reviews_table(&client, "cur_p", 30).await;
+    reviews_table(&native, "cur_p", 30).await;
     // Scored per FETCH, and (the cast) scored whole at DECLARE.
     for declare in [
         "DECLARE p CURSOR FOR SELECT id, \
@@ -277,8 +264,8 @@ async fn psycopg_named_cursors_match_native() {
     let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 16).await;
     let client = proxy.connect().await;
-    fresh(&client, "cur_py", 250).await;
-    fresh(&native, "cur_py", 250).await;
+    reviews_table(&client, "cur_py", 250).await;
+    reviews_table(&native, "cur_py", 250).await;
     let ours = run_psycopg_script(&proxy, "psycopg_cursors.py").await;
     let theirs = run_psycopg_script_on(
         &postgres().direct_conninfo_to(reference_database()),
@@ -297,7 +284,7 @@ async fn psycopg_named_cursors_match_native() {
 async fn cursor_refusals_are_clear_and_leave_the_session_usable() {
     let proxy = Proxy::start().await;
     let client = proxy.connect().await;
-    fresh(&client, "cur_r", 5).await;
+    reviews_table(&client, "cur_r", 5).await;
     client.batch_execute("BEGIN").await.expect("begin");
     for (sql, hint) in [
         (
@@ -334,7 +321,7 @@ async fn cursor_refusals_are_clear_and_leave_the_session_usable() {
 async fn a_failing_or_cancelled_fetch_aborts_the_block_as_natively_and_the_session_goes_on() {
     let proxy = Proxy::start().await;
     let client = proxy.connect().await;
-    fresh(&client, "cur_f", 20).await;
+    reviews_table(&client, "cur_f", 20).await;
     // An inference failure at FETCH (the DECLARE scores nothing).
     client.batch_execute("BEGIN").await.expect("begin");
     client
@@ -407,7 +394,7 @@ async fn a_failing_or_cancelled_fetch_aborts_the_block_as_natively_and_the_sessi
 async fn a_pipeline_declares_and_fetches_without_sync_and_skips_after_an_error() {
     let proxy = Proxy::start().await;
     let client = proxy.connect().await;
-    fresh(&client, "cur_pl", 6).await;
+    reviews_table(&client, "cur_pl", 6).await;
     client
         .batch_execute("GRANT SELECT ON cur_pl TO PUBLIC")
         .await
@@ -469,8 +456,8 @@ async fn prepared_declares_outside_a_block_match_native() {
     let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
     let proxy = Proxy::start().await;
     let client = proxy.connect().await;
-    fresh(&client, "cur_o", 8).await;
-    fresh(&native, "cur_o", 8).await;
+    reviews_table(&client, "cur_o", 8).await;
+    reviews_table(&native, "cur_o", 8).await;
     let query = "SELECT id FROM cur_o \
                  WHERE (aws_comprehend.detect_sentiment(body, 'en')).sentiment = 'POSITIVE' \
                  ORDER BY id";

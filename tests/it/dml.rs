@@ -194,12 +194,7 @@ async fn insert_select_in_a_read_only_transaction_fails_before_scoring() {
         )
         .await
         .expect_err("read-only");
-    assert_eq!(sqlstate(&error), "25006", "{error}");
-    let message = error.as_db_error().map(|e| e.message().to_owned());
-    assert_eq!(
-        message.as_deref(),
-        Some("cannot execute INSERT in a read-only transaction")
-    );
+    assert_read_only(&error, "INSERT");
     client
         .batch_execute("ROLLBACK; BEGIN READ ONLY")
         .await

@@ -37,20 +37,9 @@ async fn pgjdbc_matches_native() {
     let native = connect(&postgres().direct_conninfo_to(reference_database())).await;
     let proxy = Proxy::start_with(|c| c.inference.chunk_rows = 5).await;
     let client = proxy.connect().await;
-    for db in [&client, &native] {
-        db.batch_execute(
-            "DROP TABLE IF EXISTS drv_j; \
-             CREATE TABLE drv_j (id int PRIMARY KEY, body text); \
-             INSERT INTO drv_j SELECT g, CASE WHEN g % 3 = 0 THEN 'bad' WHEN g % 3 = 1 \
-                 THEN 'good' ELSE 'fine' END || ' review ' || g FROM generate_series(1, 30) g",
-        )
-        .await
-        .expect("table");
-    }
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
-        proxy.addr.port()
-    );
+    reviews_table(&client, "drv_j", 30).await;
+    reviews_table(&native, "drv_j", 30).await;
+    let conninfo = proxy.driver_conninfo();
     let ours = run_java_client(&conninfo).await;
     let theirs = run_java_client(&postgres().direct_conninfo_to(reference_database())).await;
     assert_eq!(ours, theirs);

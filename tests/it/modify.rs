@@ -172,12 +172,7 @@ async fn update_in_a_read_only_transaction_fails_before_scoring() {
         )
         .await
         .expect_err("read-only");
-    assert_eq!(sqlstate(&error), "25006", "{error}");
-    let message = error.as_db_error().map(|e| e.message().to_owned());
-    assert_eq!(
-        message.as_deref(),
-        Some("cannot execute DELETE in a read-only transaction")
-    );
+    assert_read_only(&error, "DELETE");
     assert_eq!(proxy.mock.stats().sagemaker_calls, 0);
     client.batch_execute("ROLLBACK").await.expect("rollback");
 }

@@ -613,6 +613,11 @@ impl Proxy {
         )
     }
 
+    /// The libpq-style connection string a driver under test uses: the SCRAM role, no TLS.
+    pub fn driver_conninfo(&self) -> String {
+        format!("{} sslmode=disable", self.conninfo(USER, PASSWORD))
+    }
+
     /// Connects as the SCRAM role and drives the connection in the background.
     pub async fn connect(&self) -> tokio_postgres::Client {
         connect(&self.conninfo(USER, PASSWORD)).await
@@ -676,6 +681,29 @@ pub async fn text_result(
         })
         .unwrap_or_default();
     (names, text_rows(&messages))
+}
+
+/// A fresh table `name (id int PRIMARY KEY, body text)` of `n` reviews whose sentiment cycles
+/// through good, fine and bad (each test has its own: they run concurrently).
+pub async fn reviews_table(client: &tokio_postgres::Client, name: &str, n: usize) {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name}; \
+             CREATE TABLE {name} (id int PRIMARY KEY, body text); \
+             INSERT INTO {name} SELECT g, CASE WHEN g % 3 = 0 THEN 'bad' WHEN g % 3 = 1 \
+                 THEN 'good' ELSE 'fine' END || ' review ' || g FROM generate_series(1, {n}) g"
+        ))
+        .await
+        .expect("table");
+}
+
+/// Asserts PostgreSQL's error for `command` in a read-only transaction (25006).
+pub fn assert_read_only(error: &tokio_postgres::Error, command: &str) {
+    assert_eq!(sqlstate(error), "25006", "{error}");
+    assert_eq!(
+        error.as_db_error().map(|e| e.message()),
+        Some(format!("cannot execute {command} in a read-only transaction").as_str())
+    );
 }
 
 /// The SQLSTATE of a tokio-postgres error.
@@ -855,11 +883,7 @@ pub fn init_logs() {
 /// Runs the psycopg 3 client script `tests/clients/<script>` through pgenrich at `proxy` and
 /// returns the JSON object it prints; fails with an install hint when psycopg is missing.
 pub async fn run_psycopg_script(proxy: &Proxy, script: &str) -> serde_json::Value {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DATABASE} sslmode=disable",
-        proxy.addr.port()
-    );
-    run_psycopg_script_on(&conninfo, script).await
+    run_psycopg_script_on(&proxy.driver_conninfo(), script).await
 }
 
 /// [`run_psycopg_script`] connecting with `conninfo` (pgenrich, or a database directly).
