@@ -205,16 +205,7 @@ async fn query(conv: &mut Conversation<'_>, sql: &str) -> Result<(bool, Bytes), 
     let mut text = sql.as_bytes().to_vec();
     text.push(0);
     conv.send(message(frontend::QUERY, &text)).await?;
-    let mut failed = false;
-    loop {
-        let (kind, body) = conv.next().await?;
-        if kind == b'Z' {
-            conv.note_ready(&body);
-            return Ok((failed, body));
-        }
-        failed |= kind == b'E';
-        conv.to_client(message(kind, &body));
-    }
+    conv.until_ready_failed().await
 }
 
 async fn finish(

@@ -11,7 +11,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use sqlparser::ast::{DeclareType, Ident, Statement};
+use sqlparser::ast::{DeclareType, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
@@ -92,11 +92,13 @@ pub fn upstream_name(name: &str, query: &str) -> String {
     format!("pgenrich.c.{:016x}", hasher.finish())
 }
 
-/// An identifier as PostgreSQL folds it: unquoted in lower case.
-fn folded(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_ascii_lowercase(),
+/// A name as PostgreSQL folds it: unquoted in lower case (ASCII letters only, as in UTF-8
+/// databases).
+fn folded(value: &str, quoted: bool) -> String {
+    if quoted {
+        value.to_owned()
+    } else {
+        value.to_ascii_lowercase()
     }
 }
 
@@ -116,7 +118,12 @@ pub fn declare(text: &str) -> Option<Result<DeclarePlan, PlanError>> {
         return None;
     }
     let query = declare.for_query.as_ref()?.to_string();
-    Some(plan_declare(folded(&declare.names[0]), &declare, &query))
+    let name = &declare.names[0];
+    Some(plan_declare(
+        folded(&name.value, name.quote_style.is_some()),
+        &declare,
+        &query,
+    ))
 }
 
 fn plan_declare(
@@ -249,11 +256,7 @@ pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<Curs
 /// A word token as a folded name (None: another token).
 fn word_name(token: &Token) -> Option<String> {
     match token {
-        Token::Word(word) => Some(folded(&Ident {
-            value: word.value.clone(),
-            quote_style: word.quote_style,
-            span: sqlparser::tokenizer::Span::empty(),
-        })),
+        Token::Word(word) => Some(folded(&word.value, word.quote_style.is_some())),
         _ => None,
     }
 }

@@ -57,12 +57,19 @@ impl Conversation<'_> {
 
     /// Relays the upstream's messages up to ReadyForQuery, whose body it returns instead.
     pub async fn until_ready(&mut self) -> Result<Bytes, SessionError> {
+        self.until_ready_failed().await.map(|(_, ready)| ready)
+    }
+
+    /// [`Conversation::until_ready`], also saying whether an error was among the messages.
+    pub async fn until_ready_failed(&mut self) -> Result<(bool, Bytes), SessionError> {
+        let mut failed = false;
         loop {
             let (kind, body) = self.next().await?;
             if kind == b'Z' {
                 self.note_ready(&body);
-                return Ok(body);
+                return Ok((failed, body));
             }
+            failed |= kind == b'E';
             self.to_client(message(kind, &body));
         }
     }
