@@ -67,11 +67,17 @@ pub(super) fn settle(
         }
         CursorWork::Declare(declare) if parse && declare.streaming_sql().is_some() => {
             let epoch = relay.tracker.closings_forwarded();
-            let body = declare
-                .streaming_sql()
-                .map_or_else(|| body.clone(), rewritten);
-            remember(relay.registry(), *declare, epoch);
-            relay.relay_inspected(kind, &body);
+            let DeclarePlan {
+                name,
+                upstream,
+                hold,
+                query,
+            } = *declare;
+            if let CursorQuery::Streaming { sql, plan } = query {
+                let body = rewritten(&sql);
+                remember(relay.registry(), name, upstream, Some(plan), hold, epoch);
+                relay.relay_inspected(kind, &body);
+            }
         }
         work => return Some((kind, body, work)),
     }
@@ -90,20 +96,23 @@ fn reparse(body: &[u8], sql: &str) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-fn remember(registry: &mut statements::Registry, declare: DeclarePlan, epoch: u64) {
-    let plan = match declare.query {
-        CursorQuery::Streaming { plan, .. } => Some(Arc::new(plan)),
-        CursorQuery::Residual(_) => None,
+/// Remembers the client's cursor `name`: pgenrich's `upstream` one, scored per FETCH by `plan`
+/// (`None`: over finished rows).
+fn remember(
+    registry: &mut statements::Registry,
+    name: String,
+    upstream: String,
+    plan: Option<StreamingPlan>,
+    hold: bool,
+    epoch: u64,
+) {
+    let cursor = MlCursor {
+        upstream,
+        plan: plan.map(Arc::new),
+        hold,
+        epoch,
     };
-    registry.cursors.insert(
-        declare.name,
-        Arc::new(MlCursor {
-            upstream: declare.upstream,
-            plan,
-            hold: declare.hold,
-            epoch,
-        }),
-    );
+    registry.cursors.insert(name, Arc::new(cursor));
 }
 
 /// Runs a DECLARE, FETCH, MOVE or CLOSE sent as a Query (answered up to ReadyForQuery), or a
@@ -165,38 +174,44 @@ async fn declare_cursor(
     body: Bytes,
     declare: DeclarePlan,
 ) -> Result<Option<Outcome>, SessionError> {
-    conv.rename_in_errors(&declare.upstream, &declare.name);
+    let DeclarePlan {
+        name,
+        upstream,
+        hold,
+        query: cursor_query,
+    } = declare;
+    conv.rename_in_errors(&upstream, &name);
     let epoch = conv.tracker().closings_forwarded();
-    if let Some(sql) = declare.streaming_sql() {
-        let (failed, ready) = query(conv, sql).await?;
-        if !failed {
-            remember(conv.registry(), declare, epoch);
+    let plan = match cursor_query {
+        CursorQuery::Streaming { sql, plan } => {
+            let (failed, ready) = query(conv, &sql).await?;
+            if !failed {
+                remember(conv.registry(), name, upstream, Some(plan), hold, epoch);
+            }
+            return finish(conv, ready).await;
         }
-        return finish(conv, ready).await;
-    }
-    let CursorQuery::Residual(plan) = declare.query.clone() else {
-        return Ok(None);
+        CursorQuery::Residual(plan) => *plan,
     };
     if kind == frontend::PARSE {
         let Some((statement, types)) = statements::parse_parts(&body) else {
             return Ok(None);
         };
         let types = Bytes::copy_from_slice(types);
-        remember(conv.registry(), declare, epoch);
-        residual::handle_parse(conv, statement, types, *plan).await?;
+        remember(conv.registry(), name, upstream, None, hold, epoch);
+        residual::handle_parse(conv, statement, types, plan).await?;
         conv.flush().await?;
         return Ok(None);
     }
-    if conv.status() == b'I' && !declare.hold {
+    if conv.status() == b'I' && !hold {
         // Outside a block, PostgreSQL refuses the cursor before any row is scored: its own
         // error, from a DECLARE that needs nothing scored.
-        let refused = format!("DECLARE \"{}\" CURSOR FOR SELECT", declare.upstream);
+        let refused = format!("DECLARE \"{upstream}\" CURSOR FOR SELECT");
         let (_, ready) = query(conv, &refused).await?;
         return finish(conv, ready).await;
     }
     // Remembered before it runs: if it fails, a FETCH gets PostgreSQL's 34000 as natively.
-    remember(conv.registry(), declare, epoch);
-    residual::run_query(conv, *plan).await.map(Some)
+    remember(conv.registry(), name, upstream, None, hold, epoch);
+    residual::run_query(conv, plan).await.map(Some)
 }
 
 /// Sends the Query `sql` and relays its answers up to ReadyForQuery: whether it failed, and the
