@@ -12,13 +12,11 @@
 use std::hash::{Hash, Hasher};
 
 use sqlparser::ast::{DeclareType, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::plan::{self, unsupported, PlanError, StreamingPlan};
 use super::residual::{self, ResidualPlan};
-use super::text::{rewrite_unparsable_forms, significant_tokens};
+use super::text::{self, rewrite_unparsable_forms, significant_tokens};
 use crate::error::SqlState;
 
 /// A `DECLARE … CURSOR FOR` an ML SELECT, planned.
@@ -92,21 +90,10 @@ pub fn upstream_name(name: &str, query: &str) -> String {
     format!("pgenrich.c.{:016x}", hasher.finish())
 }
 
-/// A name as PostgreSQL folds it: unquoted in lower case (ASCII letters only, as in UTF-8
-/// databases).
-fn folded(value: &str, quoted: bool) -> String {
-    if quoted {
-        value.to_owned()
-    } else {
-        value.to_ascii_lowercase()
-    }
-}
-
 /// Plans `text` if it is a `DECLARE … CURSOR FOR <query>` (None: it is not one). The query must
 /// stream; `BINARY` is refused (pgenrich's columns are text or the client's Bind formats).
 pub fn declare(text: &str) -> Option<Result<DeclarePlan, PlanError>> {
-    let mut statements =
-        Parser::parse_sql(&PostgreSqlDialect {}, &rewrite_unparsable_forms(text)).ok()?;
+    let mut statements = text::parse_folded(&rewrite_unparsable_forms(text)).ok()?;
     let Some(Statement::Declare { mut stmts, .. }) = statements.pop() else {
         return None;
     };
@@ -120,7 +107,7 @@ pub fn declare(text: &str) -> Option<Result<DeclarePlan, PlanError>> {
     let query = declare.for_query.as_ref()?.to_string();
     let name = &declare.names[0];
     Some(plan_declare(
-        folded(&name.value, name.quote_style.is_some()),
+        text::fold_identifier(&name.value, name.quote_style.is_some()),
         &declare,
         &query,
     ))
@@ -256,7 +243,10 @@ pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<Curs
 /// A word token as a folded name (None: another token).
 fn word_name(token: &Token) -> Option<String> {
     match token {
-        Token::Word(word) => Some(folded(&word.value, word.quote_style.is_some())),
+        Token::Word(word) => Some(text::fold_identifier(
+            &word.value,
+            word.quote_style.is_some(),
+        )),
         _ => None,
     }
 }

@@ -3,7 +3,9 @@
 //! sqlparser 0.64 does not parse. Both use sqlparser's tokenizer, so literals, comments and
 //! quoted identifiers are never cut or rewritten.
 
+use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use super::ML_SCHEMAS;
@@ -241,9 +243,58 @@ impl<'a> LineOffsets<'a> {
     }
 }
 
+/// Parses `sql` with every unquoted identifier folded as PostgreSQL's lexer folds it
+/// ([`fold_identifier`]), so that the planners can compare names as the database does: an alias
+/// `Label` and a reference `LABEL` are one name, `"Label"` another. Printing a folded statement
+/// back changes no name's meaning.
+pub fn parse_folded(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    let dialect = PostgreSqlDialect {};
+    let mut tokens = Tokenizer::new(&dialect, sql).tokenize_with_location()?;
+    for token in &mut tokens {
+        if let Token::Word(word) = &mut token.token {
+            if word.quote_style.is_none() && word.value.bytes().any(|b| b.is_ascii_uppercase()) {
+                word.value.make_ascii_lowercase();
+            }
+        }
+    }
+    Parser::new(&dialect)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+}
+
+/// A name as PostgreSQL folds it: unquoted in lower case, ASCII letters only (what
+/// `downcase_identifier` does in a UTF-8 database), quoted as written.
+pub fn fold_identifier(value: &str, quoted: bool) -> String {
+    if quoted {
+        value.to_owned()
+    } else {
+        value.to_ascii_lowercase()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unquoted_names_parse_folded_as_postgres_folds_them() {
+        let printed = |sql: &str| {
+            parse_folded(sql)
+                .expect("parses")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            printed("SELECT Ä.ÄbC AS Label, \"Mixed\" FROM T AS Ä ORDER BY LABEL"),
+            ["SELECT Ä.Äbc AS label, \"Mixed\" FROM t AS Ä ORDER BY label"]
+        );
+        // Keywords, literals and comments are not names.
+        assert_eq!(
+            printed("select 'ABC' AS x WHERE TRUE -- Comment"),
+            ["SELECT 'ABC' AS x WHERE true"]
+        );
+    }
 
     #[test]
     fn statements_split_at_top_level_semicolons_only() {

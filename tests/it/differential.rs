@@ -660,6 +660,44 @@ const CASES: &[Case] = &[
         "SELECT DISTINCT ON (r) aws_comprehend.detect_sentiment(body, 'en') AS r, id \
            FROM diff_reviews ORDER BY r, id",
     ),
+    // Unquoted names in any case are one name, folded as PostgreSQL folds them (ASCII letters
+    // only); a quoted name keeps its case.
+    same(
+        "alias_in_other_case_in_order_by",
+        Ordered,
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS Label, id \
+           FROM diff_reviews ORDER BY LABEL DESC, ID",
+    ),
+    same(
+        "alias_in_other_case_in_group_by",
+        AnyOrder,
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).Sentiment AS LaBeL, count(*) \
+           FROM diff_reviews GROUP BY label",
+    ),
+    same(
+        "function_alias_and_field_in_other_case",
+        Ordered,
+        "SELECT S.Sentiment, d.ID FROM diff_reviews D, aws_comprehend.detect_sentiment(d.body, 'en') AS s \
+           WHERE S.SENTIMENT <> 'NEUTRAL' ORDER BY d.id",
+    ),
+    same(
+        "function_alias_in_other_case_streaming",
+        Ordered,
+        "SELECT S.Sentiment, D.id FROM diff_reviews d, aws_comprehend.detect_sentiment(D.Body, 'en') s \
+           ORDER BY d.ID",
+    ),
+    same(
+        "quoted_alias_keeps_its_case",
+        Ordered,
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS \"Label\", id \
+           FROM diff_reviews ORDER BY \"Label\", id",
+    ),
+    same(
+        "distinct_on_non_ascii_alias",
+        Ordered,
+        "SELECT DISTINCT ON (Ärger) (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS ÄrgER, id \
+           FROM diff_reviews ORDER BY ÄRGER, id",
+    ),
     same(
         "order_by_alias_of_confidence_desc",
         Ordered,

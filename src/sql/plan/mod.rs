@@ -22,7 +22,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::text::rewrite_unparsable_forms;
+use super::text::{self, rewrite_unparsable_forms};
 use super::ML_SCHEMAS;
 use crate::error::SqlState;
 
@@ -259,7 +259,7 @@ pub(super) fn parse_ml_query(text: &str) -> Result<Box<Query>, PlanError> {
 
 /// Parses the one statement of an ML statement's text.
 pub(super) fn parse_ml_statement(text: &str) -> Result<Statement, PlanError> {
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| PlanError {
+    let mut statements = text::parse_folded(text).map_err(|e| PlanError {
         code: SqlState::SyntaxError,
         message: format!("pgenrich could not parse this ML statement: {e}"),
         hint: Some("pgenrich parses statements that call ML functions itself; simplify the syntax or report it.".into()),

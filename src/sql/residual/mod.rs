@@ -376,7 +376,7 @@ fn parse_expr(text: &str) -> Result<Expr, PlanError> {
 /// Plans one statement text whose ML calls the streaming plan cannot place.
 pub fn plan(sql: &str) -> Result<ResidualPlan, PlanError> {
     let text = rewrite_unparsable_forms(sql);
-    if text.contains("pgenrich:") || text.contains(BASE_ALIAS) {
+    if text.contains("pgenrich:") || text.to_ascii_lowercase().contains(BASE_ALIAS) {
         return Err(unsupported(
             "names starting with pgenrich: or pgenrich_base are reserved in ML statements",
             "Rename the identifier.",

@@ -9,11 +9,7 @@ pub fn column_name(expr: &Expr) -> String {
 }
 
 pub(super) fn ident_name(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
+    crate::sql::text::fold_identifier(&ident.value, ident.quote_style.is_some())
 }
 
 pub(super) fn figure(expr: &Expr) -> Option<String> {

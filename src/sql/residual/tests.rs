@@ -355,6 +355,9 @@ fn column_names_follow_postgres() {
         ("'a' || 'b'", "?column?"),
         ("CASE WHEN true THEN 1 END", "case"),
         ("(f(x)).field", "field"),
+        // UTF-8 databases fold ASCII letters only.
+        ("ÄBc", "Äbc"),
+        ("\"ÄBc\"", "ÄBc"),
     ] {
         assert_eq!(
             column_name(&parse_expr(expr).expect("an expression")),
