@@ -123,16 +123,29 @@ pub fn mutated_sql(u: &mut Unstructured) -> Result<String> {
     let seeds = seeds();
     let mut statements = seeds[u.choose_index(seeds.len())?].clone();
     for _ in 0..u.int_in_range(0..=4)? {
-        let mut exprs = Vec::new();
-        let _ = visit_expressions(&statements, |e| {
-            exprs.push(e.clone());
+        // Count first, clone only the expression chosen: cloning every subtree is quadratic in
+        // the depth the edits build up.
+        let mut count = 0;
+        let _ = visit_expressions(&statements, |_| {
+            count += 1;
             ControlFlow::<()>::Continue(())
         });
-        if exprs.is_empty() {
+        if count == 0 {
             break;
         }
-        let target = u.choose_index(exprs.len())?;
-        let other = exprs[u.choose_index(exprs.len())?].clone();
+        let target = u.choose_index(count)?;
+        let other_index = u.choose_index(count)?;
+        let mut index = 0;
+        let mut other = None;
+        let _ = visit_expressions(&statements, |e| {
+            if index == other_index {
+                other = Some(e.clone());
+                return ControlFlow::Break(());
+            }
+            index += 1;
+            ControlFlow::Continue(())
+        });
+        let Some(other) = other else { break };
         let template = &templates()[u.choose_index(EXPR_TEMPLATES.len())?];
         let mut index = 0;
         let _ = visit_expressions_mut(&mut statements, |e| {
