@@ -686,6 +686,26 @@ const CASES: &[Case] = &[
         "SELECT S.Sentiment, D.id FROM diff_reviews d, aws_comprehend.detect_sentiment(D.Body, 'en') s \
            ORDER BY d.ID",
     ),
+    // An alias that is also an input column's name: GROUP BY takes the input column, ORDER BY
+    // the output column, as PostgreSQL resolves them.
+    same(
+        "group_by_name_of_input_column_and_alias",
+        AnyOrder,
+        "SELECT (aws_comprehend.detect_sentiment(lang, 'en')).sentiment AS lang, count(*) \
+           FROM diff_reviews GROUP BY lang",
+    ),
+    same(
+        "select_ml_of_grouped_column",
+        AnyOrder,
+        "SELECT lang, (aws_comprehend.detect_sentiment(lang, 'en')).sentiment AS s, count(*) \
+           FROM diff_reviews GROUP BY lang",
+    ),
+    same(
+        "order_by_name_of_input_column_and_alias",
+        Ordered,
+        "SELECT (aws_comprehend.detect_sentiment(body, 'en')).sentiment AS lang, id \
+           FROM diff_reviews ORDER BY lang, id",
+    ),
     same(
         "quoted_alias_keeps_its_case",
         Ordered,

@@ -12,6 +12,7 @@
 //! ML calls in statements other than SELECT, are refused with a [`PlanError`] saying what to write
 //! instead; they are never guessed at.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
@@ -332,3 +333,42 @@ pub(in crate::sql) use calls::{
     single_name,
 };
 use streaming::{plan_query, Planner};
+
+/// The unqualified names `select`'s own expressions use as columns (not its subqueries'),
+/// outside GROUP BY and ORDER BY. A GROUP BY name among them is an input column for certain, so
+/// it is grouped as one even where an output column has that alias; pgenrich cannot see the
+/// columns of a name used nowhere else (see the README's differences from native).
+pub(crate) fn input_column_names(select: &Select) -> HashSet<String> {
+    #[derive(Default)]
+    struct Names {
+        depth: usize,
+        found: HashSet<String>,
+    }
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let (0, Expr::Identifier(ident)) = (self.depth, expr) {
+                self.found.insert(ident.value.clone());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names::default();
+    for item in &select.projection {
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            let _ = expr.visit(&mut names);
+        }
+    }
+    let _ = select.from.visit(&mut names);
+    let _ = select.selection.visit(&mut names);
+    let _ = select.having.visit(&mut names);
+    names.found
+}

@@ -60,6 +60,7 @@ impl Planner {
             return Err(unsupported("unexpected statement shape", LATER_HINT));
         };
         let select: &mut Select = select;
+        let input_names = input_column_names(select);
         for clause in [
             has_ml(&select.selection),
             has_ml(&select.having),
@@ -228,7 +229,12 @@ impl Planner {
             .collect();
         projection.extend(items);
         select.projection = projection;
-        self.shift_ordinals(select, query_order_by(&mut query.order_by), arg_columns)?;
+        self.shift_ordinals(
+            select,
+            query_order_by(&mut query.order_by),
+            arg_columns,
+            &input_names,
+        )?;
         Ok(StreamingPlan {
             base_sql: query.to_string(),
             arg_columns,
@@ -438,6 +444,7 @@ impl Planner {
         select: &mut Select,
         order_by: Option<&mut Vec<sqlparser::ast::OrderByExpr>>,
         shift: usize,
+        input_names: &HashSet<String>,
     ) -> Result<(), PlanError> {
         // Output position (1-based) of each placeholder; unknown once a wildcard precedes it.
         let mut position = 0usize;
@@ -456,7 +463,9 @@ impl Planner {
             }
         }
         let names: Vec<&str> = self.placeholders.iter().map(|p| p.name.as_str()).collect();
-        let fix = |expr: &mut Expr| -> Result<(), PlanError> {
+        // A GROUP BY name that is also an input column means the input column (PostgreSQL's
+        // rule), whatever output column it also names.
+        let fix = |expr: &mut Expr, input_names: &HashSet<String>| -> Result<(), PlanError> {
             if let Expr::Value(value) = expr {
                 if let Value::Number(n, long) = &value.value {
                     let ordinal: usize = n
@@ -475,7 +484,7 @@ impl Planner {
                 }
             }
             if let Expr::Identifier(ident) = expr {
-                if names.contains(&ident.value.as_str()) {
+                if names.contains(&ident.value.as_str()) && !input_names.contains(&ident.value) {
                     return Err(unsupported(
                         format!(
                             "ORDER BY or GROUP BY on the ML result \"{}\" is not supported yet",
@@ -489,12 +498,12 @@ impl Planner {
         };
         if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
             for expr in exprs {
-                fix(expr)?;
+                fix(expr, input_names)?;
             }
         }
         if let Some(order_by) = order_by {
             for item in order_by {
-                fix(&mut item.expr)?;
+                fix(&mut item.expr, &HashSet::new())?;
             }
         }
         Ok(())

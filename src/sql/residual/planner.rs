@@ -1,6 +1,7 @@
 //! Finding the ML-bearing SELECT blocks of a statement and splitting each into its base relation
 //! and its residual form.
 
+use super::super::plan::input_column_names;
 use super::outer::{probe_outer_joins_in, push_down_outer_join_filters};
 use super::scan::{
     and_all, direct_ml, has_ml_condition_only, needs_residual, split_conjuncts, true_expr,
@@ -146,6 +147,7 @@ impl Planner {
             alias: block_alias(index),
             nested,
             ml_ctes: self.ml_ctes.clone(),
+            input_names: input_column_names(select),
             ..Rewriter::default()
         };
         // FROM: ML table functions become calls; ML conditions of inner joins move to WHERE.

@@ -1,6 +1,7 @@
 //! Rewriting a block's expressions: column references and ML calls become base columns.
 
 use super::*;
+use std::collections::HashSet;
 
 /// An ML table function in FROM.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub(super) struct Rewriter {
     pub(super) functions: Vec<TableFunction>,
     /// Output column aliases, for ORDER BY / GROUP BY names.
     pub(super) aliases: Vec<String>,
+    /// Unqualified names the block's select list, FROM, WHERE or HAVING use as columns: input
+    /// columns, which a GROUP BY name means before an output alias (PostgreSQL's rule).
+    pub(super) input_names: HashSet<String>,
     pub(super) mode: Option<Mode>,
     pub(super) depth: usize,
 }
@@ -339,7 +343,10 @@ impl Rewriter {
                 {
                     return Some(self.function_field(&function, field));
                 }
-                if mode == Mode::GroupBy && self.aliases.contains(&ident.value) {
+                if mode == Mode::GroupBy
+                    && self.aliases.contains(&ident.value)
+                    && !self.input_names.contains(&ident.value)
+                {
                     return None;
                 }
                 Some(Ok(self.carry(expr)))
