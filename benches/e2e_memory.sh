@@ -101,31 +101,14 @@ done
 [[ $LATENCY_MS =~ ^[0-9]+$ ]] || die "LATENCY_MS must be an integer (ms), got '$LATENCY_MS'"
 ((T_ROWS >= 1000)) || die "T_ROWS must be >= 1000"
 
-# Nothing from the caller's environment may redirect or reconfigure the runs: libpq settings
-# (every connection names host, port, user and database), pgenrich config overrides, AWS settings.
-unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
-      PGOPTIONS PGSSLMODE PGREQUIRESSL PGSSLNEGOTIATION PGGSSENCMODE PGTARGETSESSIONATTRS \
-      PGCHANNELBINDING PGAPPNAME PGCONNECT_TIMEOUT PGDATA || true
-export PGSSLMODE=disable PGGSSENCMODE=disable
-EXTRA_PGENRICH_ARGS=${PGENRICH_ARGS:-}   # this script's own knob, kept before the unset below
-while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(PGENRICH_|AWS_)' || true)
+isolate_env
 
 # ---------------------------------------------------------------------------------------------
 # 1. Tools and build
 # ---------------------------------------------------------------------------------------------
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-for tool in initdb pg_ctl postgres psql; do
-    [[ -n $PG_BIN && -x $PG_BIN/$tool ]] || die "no /usr/lib/postgresql/<ver>/bin with $tool; install it with: apt-get install -y postgresql"
-done
-for tool in awk sort timeout runuser; do
-    command -v "$tool" >/dev/null || die "'$tool' is required"
-done
-if ((EUID == 0)); then
-    RUN_AS=postgres   # initdb and postgres refuse to run as root
-    id -u "$RUN_AS" >/dev/null 2>&1 || die "user '$RUN_AS' does not exist (it comes with the postgresql package)"
-else
-    RUN_AS=$(id -un)
-fi
+PG_BIN=$(find_pg_bin initdb pg_ctl postgres psql) || die "no /usr/lib/postgresql/<ver>/bin with initdb pg_ctl postgres psql; install it with: apt-get install -y postgresql"
+need_tools awk sort timeout runuser
+pick_run_as
 
 RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 PGENRICH_BIN=$RELEASE/pgenrich

@@ -55,37 +55,17 @@ done
 ((ROUNDS >= 1)) || die "ROUNDS must be >= 1"
 ((DURATION >= 1)) || die "DURATION must be >= 1"
 
-# Nothing from the caller's environment may redirect or reconfigure the runs:
-# libpq settings (every connection below names host, port, user and database) ...
-unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
-      PGOPTIONS PGSSLMODE PGREQUIRESSL PGSSLNEGOTIATION PGGSSENCMODE PGTARGETSESSIONATTRS \
-      PGCHANNELBINDING PGAPPNAME PGCONNECT_TIMEOUT PGDATA || true
-# ... plain TCP all the way (no SSLRequest/GSSENCRequest round trip on connect) ...
-export PGSSLMODE=disable PGGSSENCMODE=disable
-# ... and no pgenrich config file or PGENRICH_* override: only the flags given below count
-# (PGENRICH_ARGS, this script's own knob, is kept first).
-EXTRA_PGENRICH_ARGS=${PGENRICH_ARGS:-}
-while read -r var; do unset "$var"; done < <(compgen -e | grep '^PGENRICH_' || true)
+isolate_env
 
 # ---------------------------------------------------------------------------------------------
 # 1. Tools
 # ---------------------------------------------------------------------------------------------
-find_pg_bin() {
-    local dir
-    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-    [[ -n $dir ]] || return 1
-    local tool
-    for tool in initdb pg_ctl postgres pgbench psql; do
-        [[ -x $dir/$tool ]] || return 1
-    done
-    printf '%s\n' "$dir"
-}
 find_pgbouncer() {
     command -v pgbouncer 2>/dev/null || { [[ -x /usr/sbin/pgbouncer ]] && echo /usr/sbin/pgbouncer; }
 }
 
 INSTALL_CMD="apt-get update && apt-get install -y postgresql postgresql-contrib pgbouncer"
-if ! find_pg_bin >/dev/null || ! find_pgbouncer >/dev/null; then
+if ! find_pg_bin initdb pg_ctl postgres pgbench psql >/dev/null || ! find_pgbouncer >/dev/null; then
     if ((EUID != 0)); then
         log "PostgreSQL server tools, pgbench or pgbouncer are missing. Install them with:"
         echo "  sudo sh -c '$INSTALL_CMD'" >&2
@@ -96,19 +76,12 @@ if ! find_pg_bin >/dev/null || ! find_pgbouncer >/dev/null; then
     apt-get update >&2
     apt-get install -y postgresql postgresql-contrib pgbouncer >&2
 fi
-PG_BIN=$(find_pg_bin) || die "no /usr/lib/postgresql/<ver>/bin with initdb, pg_ctl, postgres, pgbench and psql"
+PG_BIN=$(find_pg_bin initdb pg_ctl postgres pgbench psql) || die "no /usr/lib/postgresql/<ver>/bin with initdb, pg_ctl, postgres, pgbench and psql"
 PGBOUNCER=$(find_pgbouncer) || die "pgbouncer not found after installation"
 export PATH="$PG_BIN:$PATH"
-for tool in awk sort timeout runuser setsid; do
-    command -v "$tool" >/dev/null || die "'$tool' is required"
-done
+need_tools awk sort timeout runuser setsid
 
-if ((EUID == 0)); then
-    RUN_AS=postgres   # initdb, postgres and pgbouncer all refuse to run as root
-    id -u "$RUN_AS" >/dev/null 2>&1 || die "user '$RUN_AS' does not exist (it comes with the postgresql package)"
-else
-    RUN_AS=$(id -un)
-fi
+pick_run_as
 
 # ---------------------------------------------------------------------------------------------
 # 2. Build pgenrich (before anything is started: it is the slow part)

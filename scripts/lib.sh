@@ -43,3 +43,48 @@ stop_postgres() {
         fi
     fi
 }
+
+# The newest /usr/lib/postgresql/<version>/bin that has every tool named (initdb, pg_ctl and
+# postgres when none is); fails when there is none.
+find_pg_bin() {
+    local dir tool tools=("$@")
+    ((${#tools[@]})) || tools=(initdb pg_ctl postgres)
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    [[ -n $dir ]] || return 1
+    for tool in "${tools[@]}"; do [[ -x $dir/$tool ]] || return 1; done
+    printf '%s\n' "$dir"
+}
+
+# Sets RUN_AS, the user PostgreSQL (and PgBouncer) run as: `postgres` when the script runs as
+# root, since initdb, postgres and pgbouncer refuse to run as root; the caller otherwise.
+pick_run_as() {
+    if ((EUID == 0)); then
+        RUN_AS=postgres
+        id -u "$RUN_AS" >/dev/null 2>&1 || die "user '$RUN_AS' does not exist (it comes with the postgresql package)"
+    else
+        RUN_AS=$(id -un)
+    fi
+}
+
+# Fails unless every command named is on PATH.
+need_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || die "'$tool' is required"
+    done
+}
+
+# Clears the caller's environment of what could redirect or reconfigure a benchmark: libpq
+# settings (every connection names host, port, user and database), pgenrich's config
+# overrides (only the flags a script gives count) and AWS settings; connections are plain TCP
+# (no SSLRequest/GSSENCRequest round trip on connect). PGENRICH_ARGS, the scripts' own knob, is
+# kept in EXTRA_PGENRICH_ARGS first.
+isolate_env() {
+    EXTRA_PGENRICH_ARGS=${PGENRICH_ARGS:-}
+    unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
+          PGOPTIONS PGSSLMODE PGREQUIRESSL PGSSLNEGOTIATION PGGSSENCMODE PGTARGETSESSIONATTRS \
+          PGCHANNELBINDING PGAPPNAME PGCONNECT_TIMEOUT PGDATA || true
+    export PGSSLMODE=disable PGGSSENCMODE=disable
+    local var
+    while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(PGENRICH_|AWS_)' || true)
+}

@@ -25,11 +25,6 @@ source "$ROOT/scripts/lib.sh"
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
 # ---------------------------------------------------------------------------------------------
-find_pg_bin() {
-    local dir
-    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-    [[ -n $dir && -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] && printf '%s\n' "$dir"
-}
 if [[ -z ${PG_BIN:-} ]] && ! find_pg_bin >/dev/null || ! command -v psql >/dev/null; then
     log "installing PostgreSQL (apt-get install postgresql postgresql-client)"
     sudo=""
@@ -41,12 +36,7 @@ fi
 PG_BIN=${PG_BIN:-$(find_pg_bin)} || die "no PostgreSQL server binaries under /usr/lib/postgresql"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
 
-if ((EUID == 0)); then
-    RUN_AS=postgres # initdb and postgres refuse to run as root
-    id -u "$RUN_AS" >/dev/null 2>&1 || die "user '$RUN_AS' does not exist (it comes with the postgresql package)"
-else
-    RUN_AS=$(id -un)
-fi
+pick_run_as
 
 # A loopback port nobody listens on, from $1 upwards.
 free_port() {
