@@ -339,12 +339,42 @@ use streaming::{plan_query, Planner};
 /// it is grouped as one even where an output column has that alias; pgenrich cannot see the
 /// columns of a name used nowhere else (see the README's differences from native).
 pub(crate) fn input_column_names(select: &Select) -> HashSet<String> {
-    #[derive(Default)]
-    struct Names {
-        depth: usize,
-        found: HashSet<String>,
+    let mut found = HashSet::new();
+    let mut collect = |expr: &Expr| {
+        if let Expr::Identifier(ident) = expr {
+            found.insert(ident.value.clone());
+        }
+        ControlFlow::Continue(())
+    };
+    let factors = |_: &TableFactor| ControlFlow::Continue(());
+    for item in &select.projection {
+        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
+            let _ = visit_top_level(expr, &mut collect, factors);
+        }
     }
-    impl Visitor for Names {
+    let _ = visit_top_level(&select.from, &mut collect, factors);
+    let _ = visit_top_level(&select.selection, &mut collect, factors);
+    let _ = visit_top_level(&select.having, &mut collect, factors);
+    found
+}
+
+/// Visits the expressions and table factors of `node` that belong to it, not to its subqueries,
+/// until a callback breaks.
+pub(crate) fn visit_top_level<V: sqlparser::ast::Visit>(
+    node: &V,
+    expr: impl FnMut(&Expr) -> ControlFlow<()>,
+    factor: impl FnMut(&TableFactor) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    struct TopLevel<E, F> {
+        depth: usize,
+        expr: E,
+        factor: F,
+    }
+    impl<E, F> sqlparser::ast::Visitor for TopLevel<E, F>
+    where
+        E: FnMut(&Expr) -> ControlFlow<()>,
+        F: FnMut(&TableFactor) -> ControlFlow<()>,
+    {
         type Break = ();
         fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
             self.depth += 1;
@@ -355,20 +385,23 @@ pub(crate) fn input_column_names(select: &Select) -> HashSet<String> {
             ControlFlow::Continue(())
         }
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if let (0, Expr::Identifier(ident)) = (self.depth, expr) {
-                self.found.insert(ident.value.clone());
+            if self.depth == 0 {
+                (self.expr)(expr)
+            } else {
+                ControlFlow::Continue(())
             }
-            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if self.depth == 0 {
+                (self.factor)(factor)
+            } else {
+                ControlFlow::Continue(())
+            }
         }
     }
-    let mut names = Names::default();
-    for item in &select.projection {
-        if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = item {
-            let _ = expr.visit(&mut names);
-        }
-    }
-    let _ = select.from.visit(&mut names);
-    let _ = select.selection.visit(&mut names);
-    let _ = select.having.visit(&mut names);
-    names.found
+    node.visit(&mut TopLevel {
+        depth: 0,
+        expr,
+        factor,
+    })
 }

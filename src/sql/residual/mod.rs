@@ -36,8 +36,8 @@ use sqlparser::parser::Parser;
 
 use super::plan::{
     call_arguments, function_of, function_short_name, has_ml, ml_name, ml_table_function,
-    parse_ml_query, refuse_data_modifying, relation_alias, unsupported, Call, MlFunction,
-    PlanError,
+    parse_ml_query, refuse_data_modifying, relation_alias, unsupported, visit_top_level, Call,
+    MlFunction, PlanError,
 };
 use super::text::{rewrite_unparsable_forms, ALL_FIELDS_SUFFIX};
 use crate::error::SqlState;
@@ -512,54 +512,6 @@ fn row_local_functions(query: &Query, blocks: usize) -> Option<Vec<String>> {
     names.sort();
     names.dedup();
     Some(names)
-}
-
-/// Visits the expressions and table factors of `node` that belong to it, not to its subqueries,
-/// until a callback breaks.
-fn visit_top_level<V: sqlparser::ast::Visit>(
-    node: &V,
-    expr: impl FnMut(&Expr) -> ControlFlow<()>,
-    factor: impl FnMut(&TableFactor) -> ControlFlow<()>,
-) -> ControlFlow<()> {
-    struct TopLevel<E, F> {
-        depth: usize,
-        expr: E,
-        factor: F,
-    }
-    impl<E, F> sqlparser::ast::Visitor for TopLevel<E, F>
-    where
-        E: FnMut(&Expr) -> ControlFlow<()>,
-        F: FnMut(&TableFactor) -> ControlFlow<()>,
-    {
-        type Break = ();
-        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth += 1;
-            ControlFlow::Continue(())
-        }
-        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-            self.depth -= 1;
-            ControlFlow::Continue(())
-        }
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if self.depth == 0 {
-                (self.expr)(expr)
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-            if self.depth == 0 {
-                (self.factor)(factor)
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-    }
-    node.visit(&mut TopLevel {
-        depth: 0,
-        expr,
-        factor,
-    })
 }
 
 #[cfg(test)]
