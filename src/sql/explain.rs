@@ -3,7 +3,6 @@
 
 use sqlparser::ast::{Expr, Statement, Value};
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::text::rewrite_unparsable_forms;
 
@@ -39,7 +38,7 @@ pub fn has_parameters(sql: &str) -> bool {
 /// Output options (FORMAT, COSTS, …) are accepted and the answer is always text.
 pub fn explain(sql: &str) -> Option<ExplainRequest> {
     let text = rewrite_unparsable_forms(sql);
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &text).ok()?;
+    let mut statements = super::text::parse_folded(&text).ok()?;
     if statements.len() != 1 {
         return None;
     }

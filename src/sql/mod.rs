@@ -19,7 +19,6 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{Expr, ObjectName, ObjectNamePart, TableFactor, Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// The schemas whose functions pgenrich evaluates instead of the database.
@@ -41,8 +40,7 @@ pub fn inspect(sql: &str) -> Verdict {
     if !mentions_ml_schema(sql.as_bytes()) {
         return Verdict::Relay;
     }
-    let dialect = PostgreSqlDialect {};
-    match Parser::parse_sql(&dialect, sql) {
+    match text::parse_folded(sql) {
         Ok(statements) => {
             let mut finder = CallFinder;
             match statements.visit(&mut finder) {
@@ -145,12 +143,25 @@ fn token_scan(sql: &str) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::SqlState;
+    use sqlparser::parser::Parser;
 
     fn ml(sql: &str) -> Option<String> {
         match inspect(sql) {
             Verdict::Ml { function } => Some(function),
             Verdict::Relay => None,
         }
+    }
+
+    #[test]
+    fn text_sqlparser_would_leave_unread_after_end_is_still_inspected() {
+        // sqlparser stops at an END after a statement; the calls behind it count (found by
+        // fuzzing), and the planners refuse the text as PostgreSQL would.
+        let sql = "SELECT 1 END; SELECT aws_comprehend.detect_sentiment('x', 'en')";
+        assert_eq!(ml(sql).as_deref(), Some("aws_comprehend.detect_sentiment"));
+        let refused = plan::plan("SELECT aws_comprehend.detect_sentiment(b, 'en') FROM t END x")
+            .expect_err("a syntax error");
+        assert_eq!(refused.code, SqlState::SyntaxError, "{}", refused.message);
     }
 
     #[test]

@@ -246,7 +246,8 @@ impl<'a> LineOffsets<'a> {
 /// Parses `sql` with every unquoted identifier folded as PostgreSQL's lexer folds it
 /// ([`fold_identifier`]), so that the planners can compare names as the database does: an alias
 /// `Label` and a reference `LABEL` are one name, `"Label"` another. Printing a folded statement
-/// back changes no name's meaning.
+/// back changes no name's meaning. Text after the statements that sqlparser would leave unread
+/// is an error.
 pub fn parse_folded(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let dialect = PostgreSqlDialect {};
     let mut tokens = Tokenizer::new(&dialect, sql).tokenize_with_location()?;
@@ -257,9 +258,19 @@ pub fn parse_folded(sql: &str) -> Result<Vec<Statement>, ParserError> {
             }
         }
     }
-    Parser::new(&dialect)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let statements = parser.parse_statements()?;
+    // sqlparser stops without an error at an END after a statement (the end of a block in
+    // other dialects), leaving the rest unread: that is a syntax error in PostgreSQL, and the
+    // rest may hold anything, ML calls included.
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(ParserError::ParserError(format!(
+            "syntax error at or near \"{}\"",
+            next.token
+        )));
+    }
+    Ok(statements)
 }
 
 /// A name as PostgreSQL folds it: unquoted in lower case, ASCII letters only (what
