@@ -253,7 +253,7 @@ pub fn parse_folded(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let mut tokens = Tokenizer::new(&dialect, sql).tokenize_with_location()?;
     for token in &mut tokens {
         if let Token::Word(word) = &mut token.token {
-            if word.quote_style.is_none() && word.value.bytes().any(|b| b.is_ascii_uppercase()) {
+            if word.quote_style.is_none() {
                 word.value.make_ascii_lowercase();
             }
         }

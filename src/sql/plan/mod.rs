@@ -337,9 +337,13 @@ use streaming::{plan_query, Planner};
 /// The unqualified names `select`'s own expressions use as columns (not its subqueries'),
 /// outside GROUP BY and ORDER BY. A GROUP BY name among them is an input column for certain, so
 /// it is grouped as one even where an output column has that alias; pgenrich cannot see the
-/// columns of a name used nowhere else (see the README's differences from native).
+/// columns of a name used nowhere else (see the README's differences from native). Empty when
+/// the block has no GROUP BY, the only clause that asks.
 pub(crate) fn input_column_names(select: &Select) -> HashSet<String> {
     let mut found = HashSet::new();
+    if matches!(&select.group_by, GroupByExpr::Expressions(exprs, _) if exprs.is_empty()) {
+        return found; // no GROUP BY name to resolve
+    }
     let mut collect = |expr: &Expr| {
         if let Expr::Identifier(ident) = expr {
             found.insert(ident.value.clone());

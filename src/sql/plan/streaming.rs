@@ -465,7 +465,7 @@ impl Planner {
         let names: Vec<&str> = self.placeholders.iter().map(|p| p.name.as_str()).collect();
         // A GROUP BY name that is also an input column means the input column (PostgreSQL's
         // rule), whatever output column it also names.
-        let fix = |expr: &mut Expr, input_names: &HashSet<String>| -> Result<(), PlanError> {
+        let fix = |expr: &mut Expr, group_by: bool| -> Result<(), PlanError> {
             if let Expr::Value(value) = expr {
                 if let Value::Number(n, long) = &value.value {
                     let ordinal: usize = n
@@ -484,7 +484,9 @@ impl Planner {
                 }
             }
             if let Expr::Identifier(ident) = expr {
-                if names.contains(&ident.value.as_str()) && !input_names.contains(&ident.value) {
+                if names.contains(&ident.value.as_str())
+                    && !(group_by && input_names.contains(&ident.value))
+                {
                     return Err(unsupported(
                         format!(
                             "ORDER BY or GROUP BY on the ML result \"{}\" is not supported yet",
@@ -498,12 +500,12 @@ impl Planner {
         };
         if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
             for expr in exprs {
-                fix(expr, input_names)?;
+                fix(expr, true)?;
             }
         }
         if let Some(order_by) = order_by {
             for item in order_by {
-                fix(&mut item.expr, &HashSet::new())?;
+                fix(&mut item.expr, false)?;
             }
         }
         Ok(())
