@@ -10,7 +10,9 @@
 #     and detect_sentiment statements over soak_ml, both protocols, every row checked against the
 #     mock's models;
 #   - PROBES (4) untouched sessions running SELECT 1 every PROBE_INTERVAL_MS, in a process of
-#     their own (so the load generator's scheduling does not show up as proxy latency);
+#     their own (so the load generator's scheduling does not show up as proxy latency), and as
+#     many again straight to PostgreSQL in another process, at the same moments: what the host's
+#     load does to a SELECT 1 without pgenrich, beside what it does through it;
 #   - mock-aws with latency + jitter, a throttling rate and a 5xx rate on for the whole run;
 #   - PostgreSQL restarted once (pg_ctl restart -m fast) at RESTART_AT;
 #   - plain and ML sessions killed at random points with probability KILL_RATE per operation
@@ -21,7 +23,7 @@
 # unexpected and corrupt rows (the ledger against soak_rows, read straight from PostgreSQL after
 # the run); ML rows wrong / missing / duplicated; pgenrich's VmRSS every RSS_SAMPLE_SECS (growth
 # after warm-up); p50/p99 of the probes' SELECT 1 during the run against a quiet baseline (probes
-# alone, BASELINE_SECS, before the load); whether pgenrich still answers SELECT 1 and an ML
+# alone, BASELINE_SECS, before the load) and against the direct probes at the same moments; whether pgenrich still answers SELECT 1 and an ML
 # statement at the end; upstream connections and file descriptors pgenrich holds once every
 # client has gone.
 #
@@ -124,7 +126,7 @@ isolate_env
 # 1. Tools and build
 # ---------------------------------------------------------------------------------------------
 PG_BIN=$(find_pg_bin initdb pg_ctl postgres psql) || die "no /usr/lib/postgresql/<ver>/bin with initdb pg_ctl postgres psql; install it with: apt-get install -y postgresql"
-need_tools awk sort timeout runuser
+need_tools awk sort timeout runuser setsid
 pick_run_as
 
 RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
@@ -149,6 +151,7 @@ PGENRICH_PID=""
 MOCK_PID=""
 LOAD_PID=""
 PROBE_PID=""
+DPROBE_PID=""
 SAMPLER_PID=""
 PG_STARTED=0
 CLEANED=0
@@ -185,6 +188,7 @@ cleanup() {
     trap '' INT TERM
     stop_pid "$LOAD_PID" TERM 5
     stop_pid "$PROBE_PID" TERM 5
+    stop_pid "$DPROBE_PID" TERM 5
     stop_pid "$SAMPLER_PID" TERM 2
     stop_pgenrich
     stop_pid "$MOCK_PID" INT 5                              # mock-aws stops on Ctrl-C
@@ -255,7 +259,12 @@ log "creating soak_kv, soak_ml ($ML_ROWS rows), soak_rows"
 # 3. mock-aws with faults, pgenrich at its defaults
 # ---------------------------------------------------------------------------------------------
 next_port; MOCK_PORT=$PORT
-"$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS" --latency-jitter-ms "$MOCK_JITTER_MS" \
+# pgenrich and mock-aws each run in a session of their own, as PostgreSQL does (pg_ctl): with the
+# kernel's autogroup scheduling (sched_autogroup_enabled) CPU is shared between sessions first,
+# and a deployed pgenrich is a service of its own, not a part of its clients' (or PostgreSQL's)
+# share, as it would be in this script's session. Started from this non-interactive shell they are
+# no process-group leaders, so setsid execs in place and $! stays their pid.
+setsid "$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --latency-ms "$MOCK_LATENCY_MS" --latency-jitter-ms "$MOCK_JITTER_MS" \
     --throttle-rate "$THROTTLE_RATE" --error-rate "$ERROR_RATE" --seed "$SEED" \
     >"$TMP/mock.out" 2>"$TMP/mock.err" </dev/null &
 MOCK_PID=$!
@@ -271,12 +280,20 @@ log "$(head -n 1 "$TMP/mock.out")"
 next_port; PGENRICH_PORT=$PORT
 read -r -a PGENRICH_FLAGS <<<"$EXTRA_PGENRICH_ARGS"
 AWS_ACCESS_KEY_ID=soak AWS_SECRET_ACCESS_KEY=soak AWS_EC2_METADATA_DISABLED=true RUST_LOG=warn \
-    "$PGENRICH_BIN" --listen "127.0.0.1:$PGENRICH_PORT" --upstream "127.0.0.1:$PG_PORT" \
+    setsid "$PGENRICH_BIN" --listen "127.0.0.1:$PGENRICH_PORT" --upstream "127.0.0.1:$PG_PORT" \
     --upstream-tls-mode disable --aws-region us-east-1 \
     --sagemaker-endpoint-url "http://127.0.0.1:$MOCK_PORT" \
     --comprehend-endpoint-url "http://127.0.0.1:$MOCK_PORT" \
     "${PGENRICH_FLAGS[@]}" >"$TMP/pgenrich.log" 2>&1 </dev/null &
 PGENRICH_PID=$!
+sleep 0.2
+for pid in "$MOCK_PID" "$PGENRICH_PID"; do
+    alive "$pid" || continue
+    case $(cat "/proc/$pid/comm" 2>/dev/null) in
+        pgenrich | mock-aws) ;;
+        *) die "pid $pid is not pgenrich or mock-aws (did setsid fork?)" ;;
+    esac
+done
 start=$SECONDS
 until out=$(psql_at "$PGENRICH_PORT" -A -t -c 'SELECT 1' 2>&1) && [[ $out == 1 ]]; do
     alive "$PGENRICH_PID" || { tail -n 30 "$TMP/pgenrich.log" >&2; die "pgenrich exited during startup"; }
@@ -348,12 +365,32 @@ IDLE_FDS=$(fd_count "$PGENRICH_PID")
 # ---------------------------------------------------------------------------------------------
 COMMON_ARGS=(--conn "$CLIENT_CONN" --seed "$SEED" --op-timeout "$OP_TIMEOUT" --ml-rows "$ML_ROWS"
              --ml-max-range "$ML_MAX_RANGE" --probe-interval-ms "$PROBE_INTERVAL_MS")
+# The direct probes (straight to PostgreSQL) run beside the others, quiet and during the soak;
+# not in a DIRECT=1 run, where every client is direct.
+DPROBE=$((DIRECT ? 0 : 1))
+((DPROBE)) || : >"$TMP/dprobe.out"   # the report reads it either way
+start_direct_probes() { # SECONDS SAMPLES_FILE OUT_FILE
+    ((DPROBE)) || return 0
+    timeout --kill-after=10 $(($1 + OP_TIMEOUT + 120)) "$CLIENT_BIN" "${COMMON_ARGS[@]}" \
+        --conn "$PG_CONN connect_timeout=10" --probe "$PROBES" --threads 1 --duration "$1" \
+        --probe-out "$2" >"$3" 2>"${3%.out}.err" </dev/null &
+    DPROBE_PID=$!
+}
+wait_direct_probes() { # -> exit status of the direct probe process (0 when there is none)
+    local rc=0
+    [[ -n $DPROBE_PID ]] || return 0
+    wait "$DPROBE_PID" || rc=$?
+    DPROBE_PID=""
+    return "$rc"
+}
 read -r BASE_BUSY0 BASE_TOTAL0 < <(host_ticks)
-log "quiet baseline: $PROBES probe sessions, SELECT 1 every $PROBE_INTERVAL_MS ms, ${BASELINE_SECS} s"
+log "quiet baseline: $PROBES probe sessions (and $((DPROBE * PROBES)) straight to PostgreSQL), SELECT 1 every $PROBE_INTERVAL_MS ms, ${BASELINE_SECS} s"
+start_direct_probes "$BASELINE_SECS" "$TMP/dbaseline.samples" "$TMP/dbaseline.out"
 timeout --kill-after=10 $((BASELINE_SECS + OP_TIMEOUT + 30)) "$CLIENT_BIN" "${COMMON_ARGS[@]}" \
     --probe "$PROBES" --threads 1 --duration "$BASELINE_SECS" --probe-out "$TMP/baseline.samples" \
     >"$TMP/baseline.out" 2>"$TMP/baseline.err" </dev/null \
     || { cat "$TMP/baseline.err" >&2; die "the baseline probe run failed"; }
+wait_direct_probes || { cat "$TMP/dbaseline.err" >&2; die "the direct baseline probe run failed"; }
 read -r BASE_BUSY1 BASE_TOTAL1 < <(host_ticks)
 # The host's CPU during the baseline (one CPU = 100 %): anything else running skews "quiet".
 BASE_HOST_PCT=$(awk -v b0="$BASE_BUSY0" -v t0="$BASE_TOTAL0" -v b1="$BASE_BUSY1" -v t1="$BASE_TOTAL1" -v n="$(nproc)" 'BEGIN {printf "%.0f", (b1 - b0) / (t1 - t0) * 100 * n}')
@@ -383,6 +420,7 @@ timeout --kill-after=10 "$CLIENT_TIMEOUT" "$CLIENT_BIN" "${COMMON_ARGS[@]}" \
     --probe "$PROBES" --threads 1 --duration "$DURATION" --probe-out "$TMP/soak.samples" \
     >"$TMP/probe.out" 2>"$TMP/probe.err" </dev/null &
 PROBE_PID=$!
+start_direct_probes "$DURATION" "$TMP/dsoak.samples" "$TMP/dprobe.out"
 
 sleep "$RESTART_AT"
 log "restarting PostgreSQL (pg_ctl restart -m fast)"
@@ -401,6 +439,8 @@ wait "$LOAD_PID" || LOAD_RC=$?
 LOAD_PID=""
 wait "$PROBE_PID" || PROBE_RC=$?
 PROBE_PID=""
+DPROBE_RC=0
+wait_direct_probes || DPROBE_RC=$?
 SOAK_T1=$EPOCHREALTIME
 read -r HOST_BUSY1 HOST_TOTAL1 < <(host_ticks)
 CPU1=$(cpu_ticks "$PGENRICH_PID")
@@ -412,7 +452,7 @@ CLIENT_CPU_S=$(awk 'NR == FNR {if (FNR == 2) a = $0; next} FNR == 2 {b = $0}
          for (i = 1; i <= 2; i++) {split(x[i], p, "m"); split(y[i], q, "m"); t += (q[1] * 60 + q[2]) - (p[1] * 60 + p[2])}
          printf "%.0f", t}' "$TMP/times0.txt" "$TMP/times1.txt")
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-log "load client exit status $LOAD_RC, probe client $PROBE_RC"
+log "load client exit status $LOAD_RC, probe client $PROBE_RC, direct probe client $DPROBE_RC"
 
 # ---------------------------------------------------------------------------------------------
 # 6. After the load: survival, leftovers
@@ -481,15 +521,26 @@ RESTART_MS1=$(to_ms "$RESTART_T1")
 SOAK_MS0=$(to_ms "$SOAK_T0")
 # Probe phases: the restart window is from the restart to 10 s after PostgreSQL is back.
 AFTER_RESTART_MS=$((RESTART_MS1 + 10000))
-window "$TMP/soak.samples" 0 "$RESTART_MS0" >"$TMP/phase-before.samples"
-window "$TMP/soak.samples" "$RESTART_MS0" "$AFTER_RESTART_MS" >"$TMP/phase-restart.samples"
-window "$TMP/soak.samples" "$AFTER_RESTART_MS" 99999999999999 >"$TMP/phase-after.samples"
+for p in "" d; do
+    [[ -z $p ]] || ((DPROBE)) || continue
+    window "$TMP/${p}soak.samples" 0 "$RESTART_MS0" >"$TMP/${p}phase-before.samples"
+    window "$TMP/${p}soak.samples" "$RESTART_MS0" "$AFTER_RESTART_MS" >"$TMP/${p}phase-restart.samples"
+    window "$TMP/${p}soak.samples" "$AFTER_RESTART_MS" 99999999999999 >"$TMP/${p}phase-after.samples"
+done
 Q50=$(pct "$TMP/baseline.samples" 0.5)
 Q99=$(pct "$TMP/baseline.samples" 0.99)
 S50=$(pct "$TMP/soak.samples" 0.5)
 S99=$(pct "$TMP/soak.samples" 0.99)
 R50=$(ratio "$S50" "$Q50")
 R99=$(ratio "$S99" "$Q99")
+# The same for the direct probes, and what pgenrich adds at the same moments.
+DQ50=NA DQ99=NA DS50=NA DS99=NA
+if ((DPROBE)); then
+    DQ50=$(pct "$TMP/dbaseline.samples" 0.5)
+    DQ99=$(pct "$TMP/dbaseline.samples" 0.99)
+    DS50=$(pct "$TMP/dsoak.samples" 0.5)
+    DS99=$(pct "$TMP/dsoak.samples" 0.99)
+fi
 # Longest time without a successful probe (any session) around the restart.
 PROBE_GAP=$(sort -n "$TMP/soak.samples" | awk -v f="$((RESTART_MS0 - 5000))" -v t="$((AFTER_RESTART_MS + 60000))" '
     $1 >= f && $1 <= t {if (prev && $1 - prev > gap) gap = $1 - prev; prev = $1} END {printf "%.1f", gap / 1000}')
@@ -575,7 +626,7 @@ report() {
          "(only \`--listen\`, \`--upstream\`, \`--upstream-tls-mode disable\`, \`--aws-region\` and the mock-aws endpoint URLs given): AWS SDK standard retry mode, 3 attempts"
     ((DIRECT)) && echo "- **DIRECT=1 control run: the clients connected straight to PostgreSQL, not through pgenrich** (no ML sessions)"
     echo "- load: ${DURATION} s of $PLAIN plain sessions (pause ~${PLAIN_THINK_MS} ms between operations) and $ML ML sessions (~${ML_THINK_MS} ms; up to $ML_MAX_RANGE rows per statement over soak_ml, $(num "$ML_ROWS") rows)," \
-         "kill rate $KILL_RATE per operation; $PROBES probe sessions (own process) running SELECT 1 every $PROBE_INTERVAL_MS ms; seed $SEED"
+         "kill rate $KILL_RATE per operation; $PROBES probe sessions (own process) running SELECT 1 every $PROBE_INTERVAL_MS ms$( ((DPROBE)) && echo ", and $PROBES more straight to PostgreSQL (another process)"); seed $SEED"
     echo "- mock-aws: latency $MOCK_LATENCY_MS ms + uniform 0–$MOCK_JITTER_MS ms, throttle rate $THROTTLE_RATE (ThrottlingException, HTTP 400), error rate $ERROR_RATE (HTTP 500/503); at the end: $MOCK_SUMMARY"
     echo "- PostgreSQL \`pg_ctl restart -m fast\` at $RESTART_AT s: $([[ $RESTART_OK == yes ]] && echo "back after $(awk -v a="$RESTART_T0" -v b="$RESTART_T1" 'BEGIN {printf "%.1f", b - a}') s" || echo "**failed**");" \
          "longest gap between successful probes around it: ${PROBE_GAP} s"
@@ -606,6 +657,10 @@ report() {
     echo "| pgenrich RSS after ${WARMUP_SECS} s warm-up | flat (growth ≤ $RSS_FLAT_PCT %) | $(mb "$RSS_FIRST") → $(mb "$RSS_LAST") (${RSS_GROWTH} %), slope ${RSS_SLOPE} MB/min | $(yesno "$RSS_FLAT") |"
     echo "| probe SELECT 1 p50 during the run | ≤ ${TARGET_PROBE_RATIO}× quiet | $(ms "$S50") vs $(ms "$Q50") quiet: ${R50}× | $(yesno "$(awk -v r="$R50" -v t="$TARGET_PROBE_RATIO" 'BEGIN {print (r != "NA" && r <= t) ? 1 : 0}')") |"
     echo "| probe SELECT 1 p99 during the run | ≤ ${TARGET_PROBE_RATIO}× quiet | $(ms "$S99") vs $(ms "$Q99") quiet: ${R99}× | $(yesno "$(awk -v r="$R99" -v t="$TARGET_PROBE_RATIO" 'BEGIN {print (r != "NA" && r <= t) ? 1 : 0}')") |"
+    if ((DPROBE)); then
+        echo "| the same probes straight to PostgreSQL, p50 / p99 during the run ÷ quiet (the host's share; context, not a target) | — | $(ms "$DS50") / $(ms "$DS99") vs $(ms "$DQ50") / $(ms "$DQ99") quiet: $(ratio "$DS50" "$DQ50")× / $(ratio "$DS99" "$DQ99")× | — |"
+        echo "| probe p50 / p99 through pgenrich ÷ straight to PostgreSQL (pgenrich's share; context) | — | quiet $(ratio "$Q50" "$DQ50")× / $(ratio "$Q99" "$DQ99")×, during the run $(ratio "$S50" "$DS50")× / $(ratio "$S99" "$DS99")× | — |"
+    fi
     echo "| pgenrich survived: running, SELECT 1 and an ML statement answered at the end | yes | $SURVIVED / $SELECT1_END / $ML_END$([[ -n $GONE_AT ]] && echo " (gone at ${GONE_AT} s)") | $(yesno "$([[ $SURVIVED$SELECT1_END$ML_END == yesyesyes ]] && echo 1)") |"
     echo "| panics in pgenrich's log | 0 | $PANICS | $(zero "$PANICS") |"
     echo
@@ -629,17 +684,17 @@ report() {
     echo
     echo "Counted per failed operation (\`error\`) and per refused connection attempt (\`connect\`); classes without a SQLSTATE are what the client saw. Deliberate kills are not errors (see Kills)."
     echo
-    echo "| class | plain | ML | probe | connect (all roles) | explained by this run's faults | meaning |"
-    echo "|---|--:|--:|--:|--:|---|---|"
+    echo "| class | plain | ML | probe | direct probe | connect (all roles) | explained by this run's faults | meaning |"
+    echo "|---|--:|--:|--:|--:|--:|---|---|"
     local classes c
-    classes=$(cat "$LOAD" "$TMP/probe.out" 2>/dev/null | awk -F= '/^(connect_)?error\./ {sub(/^(connect_)?error\.[a-z]+\./, "", $1); print $1}' | sort -u)
+    classes=$(cat "$LOAD" "$TMP/probe.out" "$TMP/dprobe.out" 2>/dev/null | awk -F= '/^(connect_)?error\./ {sub(/^(connect_)?error\.[a-z]+\./, "", $1); print $1}' | sort -u)
     if [[ -z $classes ]]; then
-        echo "| none | | | | | | |"
+        echo "| none | | | | | | | |"
     fi
     for c in $classes; do
         echo "| \`$c\` | $(kvf "$LOAD" "error.plain.$c" | sed 's/NA/0/') | $(kvf "$LOAD" "error.ml.$c" | sed 's/NA/0/') |" \
-             "$(kvf "$TMP/probe.out" "error.probe.$c" | sed 's/NA/0/') |" \
-             "$(( $(sumkv "$LOAD" connect_error. ".$c") + $(sumkv "$TMP/probe.out" connect_error. ".$c") )) | $(expected_class "$c") | $(explain "$c") |"
+             "$(kvf "$TMP/probe.out" "error.probe.$c" | sed 's/NA/0/') | $(kvf "$TMP/dprobe.out" "error.probe.$c" | sed 's/NA/0/') |" \
+             "$(( $(sumkv "$LOAD" connect_error. ".$c") + $(sumkv "$TMP/probe.out" connect_error. ".$c") + $(sumkv "$TMP/dprobe.out" connect_error. ".$c") )) | $(expected_class "$c") | $(explain "$c") |"
     done
     echo
     echo "### Kills"
@@ -655,9 +710,15 @@ report() {
     echo "| phase | samples | p50 | p99 | p99.9 | max |"
     echo "|---|--:|--:|--:|--:|--:|"
     local phase file
-    for phase in "quiet baseline:baseline" "whole run:soak" "before the restart:phase-before" "restart + 10 s:phase-restart" "after that:phase-after"; do
-        file=$TMP/${phase#*:}.samples
-        echo "| ${phase%%:*} | $(num "$(wc -l <"$file")") | $(ms "$(pct "$file" 0.5)") | $(ms "$(pct "$file" 0.99)") | $(ms "$(pct "$file" 0.999)") | $(ms "$(pct "$file" 1)") |"
+    local p label
+    for p in "" d; do
+        [[ -z $p ]] || ((DPROBE)) || continue
+        label=""
+        [[ -z $p ]] || label="straight to PostgreSQL: "
+        for phase in "quiet baseline:baseline" "whole run:soak" "before the restart:phase-before" "restart + 10 s:phase-restart" "after that:phase-after"; do
+            file=$TMP/$p${phase#*:}.samples
+            echo "| $label${phase%%:*} | $(num "$(wc -l <"$file")") | $(ms "$(pct "$file" 0.5)") | $(ms "$(pct "$file" 0.99)") | $(ms "$(pct "$file" 0.999)") | $(ms "$(pct "$file" 1)") |"
+        done
     done
     echo
     echo "### pgenrich memory and resources"
