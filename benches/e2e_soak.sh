@@ -101,6 +101,10 @@ TARGET_PROBE_RATIO=2
 
 log() { printf '[e2e-soak %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
+# A command that fails outside a condition ends the run (set -e): say which, instead of stopping
+# without a word.
+set -E
+trap 'log "ERROR: line $LINENO: \"$BASH_COMMAND\" failed (exit status $?)"' ERR
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
@@ -158,17 +162,17 @@ CLEANED=0
 
 stop_pid() { # PID SIGNAL SECONDS: signal, wait, then SIGKILL
     alive "$1" || return 0
-    kill -"$2" "$1" 2>/dev/null
-    wait_gone "$1" "$3" || kill -KILL "$1" 2>/dev/null
+    kill -"$2" "$1" 2>/dev/null || true                    # it may have exited since
+    wait_gone "$1" "$3" || kill -KILL "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
 }
 stop_pgenrich() {
     alive "$PGENRICH_PID" || { PGENRICH_PID=""; return 0; }
-    kill -TERM "$PGENRICH_PID" 2>/dev/null                 # graceful drain
+    kill -TERM "$PGENRICH_PID" 2>/dev/null || true         # graceful drain
     if ! wait_gone "$PGENRICH_PID" 10; then
         log "pgenrich (pid $PGENRICH_PID) still running 10 s after SIGTERM; signalling again"
-        kill -TERM "$PGENRICH_PID" 2>/dev/null             # second signal: exit now
-        wait_gone "$PGENRICH_PID" 5 || kill -KILL "$PGENRICH_PID" 2>/dev/null
+        kill -TERM "$PGENRICH_PID" 2>/dev/null || true     # second signal: exit now
+        wait_gone "$PGENRICH_PID" 5 || kill -KILL "$PGENRICH_PID" 2>/dev/null || true
     fi
     wait "$PGENRICH_PID" 2>/dev/null || true
     PGENRICH_PID=""
