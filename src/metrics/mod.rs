@@ -14,6 +14,7 @@
 //! that a client cannot grow the registry without limit.
 
 pub mod admin;
+pub mod loops;
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -53,6 +54,9 @@ pub mod names {
     pub const REDIS_ERRORS: &str = "pgenrich_redis_errors_total";
     pub const FLEET_WAITS: &str = "pgenrich_fleet_slot_waits_total";
     pub const FLEET_WAIT_SECONDS: &str = "pgenrich_fleet_slot_wait_seconds";
+    pub const LOOP_ROUNDS: &str = "pgenrich_relay_loop_rounds_total";
+    pub const LOOP_SLOW_ROUNDS: &str = "pgenrich_relay_loop_slow_rounds_total";
+    pub const LOOP_BUSY: &str = "pgenrich_relay_loop_busy_ratio";
 }
 
 /// What a session is doing, for [`names::CLIENT_CONNECTIONS`]`{state}`.
@@ -223,6 +227,18 @@ fn describe() {
     describe_counter!(
         names::MEMO_HITS,
         "Rows answered from the statement's memo of earlier chunks."
+    );
+    describe_counter!(
+        names::LOOP_ROUNDS,
+        "Rounds of work of each pass-through loop (from epoll's return to its next wait)."
+    );
+    describe_counter!(
+        names::LOOP_SLOW_ROUNDS,
+        "Pass-through loop rounds that took 1 ms or more: every session on the loop waited."
+    );
+    describe_gauge!(
+        names::LOOP_BUSY,
+        "Share of the last second each pass-through loop spent in rounds (wall time)."
     );
 }
 

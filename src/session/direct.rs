@@ -20,7 +20,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll, Registry, Token};
@@ -30,6 +30,7 @@ use tracing::{error, warn};
 use super::controls::{Control, Controls};
 use super::relay::{Event, Relay};
 use crate::error::SessionError;
+use crate::metrics::loops::{LoopRounds, PUBLISH_EVERY};
 use crate::stream::{DirectSocket, Socket};
 
 /// What a step of the relay loop ended with: the relay's event or error, or a control.
@@ -91,7 +92,7 @@ impl Loops {
     /// Starts `threads` loop threads, under SCHED_BATCH if `batch` (see [`schedule_as_batch`]).
     pub fn start(threads: usize, batch: bool) -> io::Result<Loops> {
         let handles = (0..threads.max(1))
-            .map(|_| start_loop(batch).map(Mutex::new))
+            .map(|index| start_loop(batch, index).map(Mutex::new))
             .collect::<io::Result<_>>()?;
         Ok(Loops {
             handles,
@@ -117,7 +118,7 @@ impl Loops {
             Err(command) => command,
         };
         error!(index, "a pass-through loop has stopped; starting a new one");
-        match start_loop(self.batch) {
+        match start_loop(self.batch, index) {
             Ok(fresh) => *handle = fresh,
             Err(error) => {
                 error!(%error, "cannot start a pass-through loop");
@@ -213,7 +214,8 @@ impl Drop for Loops {
 /// Starts one loop thread. A panic that escapes the loop (the sessions' own are caught in
 /// [`Table::pump`]) ends only that thread: its sessions are lost, and [`Loops::send`] replaces
 /// it.
-fn start_loop(batch: bool) -> io::Result<Handle> {
+/// Starts loop thread `index` (its label in the loop metrics).
+fn start_loop(batch: bool, index: usize) -> io::Result<Handle> {
     let poll = MioPoll::new()?;
     let waker = mio::Waker::new(poll.registry(), WAKE)?;
     let (commands, inbox) = mpsc::channel();
@@ -225,7 +227,7 @@ fn start_loop(batch: bool) -> io::Result<Handle> {
                     warn!(%error, "cannot put a pass-through loop under SCHED_BATCH; it runs under the default policy");
                 }
             }
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(poll, inbox))) {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(poll, inbox, index))) {
                 let what = crate::error::panic_text(&*panic);
                 error!(%what, "a pass-through loop failed; its sessions are closed");
             }
@@ -240,24 +242,28 @@ struct Entry {
 }
 
 /// The loop thread.
-fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
+fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>, index: usize) {
     let mut events = Events::with_capacity(1024);
     let mut table = Table::default();
     // Sessions that stopped only to give the others a turn, for the next round.
     let mut again: Vec<usize> = Vec::new();
+    let mut rounds = LoopRounds::new(index, Instant::now());
     loop {
+        // An idle loop wakes once per PUBLISH_EVERY, so that its metrics say it is idle.
         let wait = if again.is_empty() {
-            None
+            PUBLISH_EVERY
         } else {
-            Some(Duration::ZERO)
+            Duration::ZERO
         };
-        if let Err(error) = poll.poll(&mut events, wait) {
+        if let Err(error) = poll.poll(&mut events, Some(wait)) {
             if error.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             error!(%error, "the pass-through loop cannot poll");
             return;
         }
+        let started = Instant::now();
+        let idle = events.is_empty() && again.is_empty();
         let registry = poll.registry();
         let turn = std::mem::take(&mut again);
         for event in events.iter() {
@@ -321,6 +327,11 @@ fn run(mut poll: MioPoll, inbox: mpsc::Receiver<Command>) {
                 Ok(Command::Crash) => panic!("a test asked the loop to fail"),
                 Err(mpsc::TryRecvError::Empty) => break,
             }
+        }
+        if idle {
+            rounds.maybe_publish(started);
+        } else {
+            rounds.round(started, Instant::now());
         }
     }
 }

@@ -192,6 +192,41 @@ async fn metrics_are_scraped_during_pass_through_and_ml_traffic() {
     assert!(during
         .keys()
         .any(|k| k.starts_with("pgenrich_ml_bytes_held{")));
+    // The pass-through loops (when this pass relays on them) publish their rounds once a
+    // second.
+    if direct_relay() {
+        let mut loops = HashMap::new();
+        for _ in 0..50 {
+            loops = scrape(admin).await;
+            if sum(&loops, "pgenrich_relay_loop_rounds_total", &[])
+                > sum(&before, "pgenrich_relay_loop_rounds_total", &[])
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            sum(&loops, "pgenrich_relay_loop_rounds_total", &[])
+                > sum(&before, "pgenrich_relay_loop_rounds_total", &[]),
+            "the relayed queries were loop rounds, published within 5 s: {:?}",
+            loops
+                .keys()
+                .filter(|k| k.contains("loop"))
+                .collect::<Vec<_>>()
+        );
+        let busy: Vec<f64> = loops
+            .iter()
+            .filter(|(k, _)| k.starts_with("pgenrich_relay_loop_busy_ratio{"))
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(
+            !busy.is_empty() && busy.iter().all(|b| (0.0..=1.0).contains(b)),
+            "a busy ratio per loop, between 0 and 1: {busy:?}"
+        );
+        assert!(loops
+            .keys()
+            .any(|k| k.starts_with("pgenrich_relay_loop_slow_rounds_total{")));
+    }
 
     drop(client);
     // The session's end is counted once it has closed.
