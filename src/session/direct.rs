@@ -211,10 +211,9 @@ impl Drop for Loops {
     }
 }
 
-/// Starts one loop thread. A panic that escapes the loop (the sessions' own are caught in
-/// [`Table::pump`]) ends only that thread: its sessions are lost, and [`Loops::send`] replaces
-/// it.
-/// Starts loop thread `index` (its label in the loop metrics).
+/// Starts loop thread `index` (its label in the loop metrics). A panic that escapes the loop
+/// (the sessions' own are caught in [`Table::pump`]) ends only that thread: its sessions are
+/// lost, and [`Loops::send`] replaces it.
 fn start_loop(batch: bool, index: usize) -> io::Result<Handle> {
     let poll = MioPoll::new()?;
     let waker = mio::Waker::new(poll.registry(), WAKE)?;
