@@ -4,6 +4,8 @@
 #
 #   FUZZ_SECS=120          seconds per target
 #   TARGETS="frames sql"   targets to run (default: all)
+#   FUZZ_JOBS=1           fuzzing processes per target (libFuzzer's -fork=N when over 1: one
+#                          run on N cores; executions are summed over its jobs)
 #   FUZZ_SANITIZER=none    none (default: pgenrich denies unsafe code outside three FFI
 #                          calls, and without ASan the fuzzers run about twice as fast)
 #                          or address
@@ -22,6 +24,10 @@ FUZZ_SECS=${FUZZ_SECS:-120}
 ALL_TARGETS="frames tracker relay startup sql sql_ast csv aws_response"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 SANITIZER=${FUZZ_SANITIZER:-none}
+JOBS=${FUZZ_JOBS:-1}
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "FUZZ_JOBS must be a positive integer, got '$JOBS'" >&2; exit 2; }
+fork=()
+((JOBS > 1)) && fork=(-fork="$JOBS")
 
 # Longest input per target: realistic sizes rather than whatever the fuzzer grows to.
 max_len() {
@@ -74,14 +80,22 @@ for target in $TARGETS; do
     dirs=("$corpus")
     [[ -d $root/fuzz/seeds/$target ]] && dirs+=("$root/fuzz/seeds/$target")
     log=$logs/$target.log
-    echo "fuzzing $target for ${FUZZ_SECS}s (log: $log)"
+    echo "fuzzing $target for ${FUZZ_SECS}s, $JOBS job(s) (log: $log)"
     cargo +nightly fuzz run -s "$SANITIZER" "$target" "${dirs[@]}" -- \
         -max_total_time="$FUZZ_SECS" -max_len="$(max_len "$target")" -timeout=10 \
-        -print_final_stats=1 >"$log" 2>&1
+        -print_final_stats=1 "${fork[@]}" >"$log" 2>&1
     status=$?
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
-    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+    if ((JOBS > 1)); then
+        # The parent's last progress line sums the jobs that have finished.
+        runs=$(sed -n 's/^#\([0-9]*\): cov:.*/\1/p' "$log" | tail -n 1)
+        secs=$(sed -n 's/^INFO: exiting: [0-9]* time: \([0-9]*\)s.*/\1/p' "$log" | tail -n 1)
+        rate=""
+        [[ -n $runs && -n $secs ]] && ((secs > 0)) && rate=$((runs / secs))
+    else
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+        rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
+        secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+    fi
     artifacts=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tr '\n' ' ')
     if ((status != 0)) || [[ -n $artifacts ]]; then
         failed=1
