@@ -49,7 +49,7 @@
 //!    read while 1 MiB waits for a client that is not reading), cancel, client hang-up,
 //!    draining, and the session's `pgenrich.*` settings (progress notices, its row cap);
 //! 5. [`session::relay`]: the byte pump and the ML hook: Query/Parse texts that mention an ML
-//!    schema go to the session's task, which inspects and plans them on a planner thread
+//!    schema go to the session's task, which inspects and plans them on one of the planner threads
 //!    ([`session::relay::planner`]: large stack, depth guard, panics contained), never on a
 //!    pass-through loop;
 //! 6. [`session::statements`]: the table of ML statements and portals, as plain data the relay

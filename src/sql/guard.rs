@@ -81,7 +81,12 @@ pub fn scan(sql: &str) -> Option<Scan> {
 /// The guard's verdict: Ok(true) when `sql` calls an ML function and may be parsed, Ok(false)
 /// when it calls none (or cannot be read), the `54001` error when it nests too deeply.
 pub fn check(sql: &str) -> Result<bool, PlanError> {
-    let Some(scan) = scan(sql) else {
+    verdict(scan(sql))
+}
+
+/// [`check`]'s verdict on a scan already made.
+pub fn verdict(scan: Option<Scan>) -> Result<bool, PlanError> {
+    let Some(scan) = scan else {
         return Ok(false);
     };
     if !scan.calls_ml {
