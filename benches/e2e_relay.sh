@@ -146,22 +146,6 @@ if ((EUID == 0)); then chown "$RUN_AS": "$TMP"; fi
 chmod 755 "$TMP"
 mkdir -p "$TMP/runs"
 
-# Free loopback ports outside the usual ephemeral range; a port counts as free when nothing
-# accepts a connection on it.
-declare -A USED_PORTS=()
-free_port() {
-    local port i
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + RANDOM % 10000))
-        [[ -n ${USED_PORTS[$port]:-} ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            USED_PORTS[$port]=1
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free loopback port found"
-}
 PG_PORT=$(free_port); USED_PORTS[$PG_PORT]=1
 BOUNCER_PORT=$(free_port); USED_PORTS[$BOUNCER_PORT]=1
 PGENRICH_PORT=$(free_port); USED_PORTS[$PGENRICH_PORT]=1

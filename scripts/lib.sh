@@ -88,3 +88,20 @@ isolate_env() {
     local var
     while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(PGENRICH_|AWS_)' || true)
 }
+
+# Free loopback ports outside the usual ephemeral range; a port counts as free when nothing
+# accepts a connection on it.
+declare -A USED_PORTS=()
+free_port() {
+    local port i
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 10000))
+        [[ -n ${USED_PORTS[$port]:-} ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            USED_PORTS[$port]=1
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}

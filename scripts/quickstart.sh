@@ -39,7 +39,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust from https://r
 pick_run_as
 
 # A loopback port nobody listens on, from $1 upwards.
-free_port() {
+free_port_from() {
     local port=$1
     while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
     echo "$port"
@@ -75,7 +75,7 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------------------------
 # A throw-away cluster with the demo data
 # ---------------------------------------------------------------------------------------------
-PG_PORT=$(free_port 54329)
+PG_PORT=$(free_port_from 54329)
 SUPER_PASSWORD=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s\n' "$SUPER_PASSWORD" >"$TMP/pwfile"
 chown "$RUN_AS" "$TMP" "$TMP/pwfile"
@@ -96,7 +96,7 @@ log "loaded the demo data: transactions, reviews, customers, products"
 # ---------------------------------------------------------------------------------------------
 # pgenrich with the embedded backends
 # ---------------------------------------------------------------------------------------------
-PORT=$(free_port "${QUICKSTART_PORT:-6432}")
+PORT=$(free_port_from "${QUICKSTART_PORT:-6432}")
 RUST_LOG=${RUST_LOG:-info} "$PGENRICH_BIN" --config config/quickstart.toml \
     --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$PG_PORT" >"$TMP/pgenrich.log" 2>&1 &
 PGENRICH_PID=$!
