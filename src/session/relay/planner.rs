@@ -324,6 +324,31 @@ mod tests {
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_statements_are_all_answered_while_threads_retire() {
+        let sum = vec!["a"; RETIRE_DEPTH + 10].join("+");
+        let statements: Vec<Bytes> = (0..48)
+            .map(|i| {
+                let argument = if i % 3 == 0 { sum.as_str() } else { "txt" };
+                query(&format!(
+                    "SELECT aws_sagemaker.invoke_endpoint('e{i}', NULL, {argument}) FROM t"
+                ))
+            })
+            .collect();
+        let tasks: Vec<_> = statements
+            .into_iter()
+            .map(|sql| tokio::spawn(plan(frontend::QUERY, sql, HeldCursors::new())))
+            .collect();
+        let all = futures_util::future::join_all(tasks);
+        let answers = tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("every statement is answered (no job is left without a planner thread)");
+        for answer in answers {
+            streaming(answer.expect("the task ends"));
+        }
+        assert!(pool().live.load(Ordering::Relaxed) <= PLANNERS);
+    }
+
     #[tokio::test]
     async fn the_deepest_statements_the_guard_passes_are_planned() {
         // A residual statement with a long OR chain, and a streaming one with a long sum, each
