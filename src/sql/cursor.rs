@@ -252,11 +252,22 @@ fn word_name(token: &Token) -> Option<String> {
 }
 
 /// Whether `sql` may be a statement [`command`] reads (its first word is one of theirs), for
-/// the relay to hand it over while the session holds cursors: a few byte comparisons.
+/// the relay to hand it over while the session holds cursors: a few byte comparisons. It must
+/// say yes to everything `command` reads, so whatever sqlparser's tokenizer skips as whitespace
+/// before the first word is skipped here too (a vertical tab, which `trim_ascii_start` keeps),
+/// or, outside ASCII, left to the tokenizer.
 pub fn may_name_cursor(sql: &[u8]) -> bool {
     let mut rest = sql;
     loop {
-        let trimmed = rest.trim_ascii_start();
+        let at = rest
+            .iter()
+            .position(|b| !(b.is_ascii_whitespace() || *b == 0x0b))
+            .unwrap_or(rest.len());
+        let trimmed = &rest[at..];
+        if trimmed.first().is_some_and(|b| !b.is_ascii()) {
+            // Perhaps Unicode whitespace, which the tokenizer skips.
+            return true;
+        }
         if let Some(comment) = trimmed.strip_prefix(b"--") {
             rest = comment
                 .iter()
@@ -470,9 +481,16 @@ mod tests {
             "/* x */ FETCH c",
             "discard all",
             "DECLARE c CURSOR FOR SELECT 1",
+            // Found by the `sql` fuzz target: a vertical tab before the word.
+            "\n\n\u{b} \nmove c",
+            "\u{b}FETCH c",
+            "\u{a0}close c",
+            "\u{3000}\u{2028}FETCH c",
         ] {
-            assert!(may_name_cursor(yes.as_bytes()), "{yes}");
+            assert!(may_name_cursor(yes.as_bytes()), "{yes:?}");
         }
+        // The tokenizer skips the vertical tab, so the fuzz case is a MOVE of a held cursor.
+        assert!(command("\n\n\u{b} \nmove c", held).is_some());
         for no in ["SELECT 1", "-- FETCH", "UPDATE t SET a = 1", "", "FET"] {
             assert!(!may_name_cursor(no.as_bytes()), "{no}");
         }
