@@ -11,10 +11,9 @@
 //! The planner threads are kept between statements: a thread started per statement took a
 //! one-row ML statement from 0.95 to 3.4 ms end to end (`benches/e2e_small_ml.sh`; starting and
 //! joining such a thread alone costs about 0.2 ms here), and unmapping its stack interrupts every
-//! other CPU running pgenrich (a TLB shootdown). A thread
-//! that has planned a deeply nested statement (or panicked) ends after answering, so the stack
-//! pages such a statement made resident go back to the system; the next statement starts a
-//! fresh one.
+//! other CPU running pgenrich (a TLB shootdown). A thread that has planned a deeply nested
+//! statement (or panicked) ends after answering, so the stack pages such a statement made
+//! resident go back to the system; the next statement starts a fresh one.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,7 +91,7 @@ struct Job {
 
 /// The planner threads and their queue.
 struct Pool {
-    queue: Mutex<mpsc::Sender<Job>>,
+    queue: mpsc::Sender<Job>,
     /// Taken by one idle thread at a time, which waits on it for the next job.
     jobs: Mutex<mpsc::Receiver<Job>>,
     /// Threads started and not yet retired.
@@ -110,7 +109,7 @@ impl Pool {
     fn new() -> Pool {
         let (queue, jobs) = mpsc::channel();
         Pool {
-            queue: Mutex::new(queue),
+            queue,
             jobs: Mutex::new(jobs),
             live: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
@@ -149,9 +148,8 @@ impl Pool {
                 }
             }
         }
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        // The receiver lives as long as the pool, which is static.
-        let _ = queue.send(job);
+        // The receiver lives as long as the pool.
+        let _ = self.queue.send(job);
         Ok(())
     }
 
