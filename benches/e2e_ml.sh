@@ -119,24 +119,6 @@ PG_STARTED=0
 CLEANED=0
 
 
-stop_pgenrich() {
-    alive "$PGENRICH_PID" || { PGENRICH_PID=""; return 0; }
-    kill -TERM "$PGENRICH_PID" 2>/dev/null                 # graceful drain
-    if ! wait_gone "$PGENRICH_PID" 10; then
-        log "pgenrich (pid $PGENRICH_PID) still running 10 s after SIGTERM; signalling again"
-        kill -TERM "$PGENRICH_PID" 2>/dev/null             # second signal: exit now
-        wait_gone "$PGENRICH_PID" 5 || kill -KILL "$PGENRICH_PID" 2>/dev/null
-    fi
-    wait "$PGENRICH_PID" 2>/dev/null || true
-    PGENRICH_PID=""
-}
-stop_mock() {
-    alive "$MOCK_PID" || { MOCK_PID=""; return 0; }
-    kill -INT "$MOCK_PID" 2>/dev/null                      # mock-aws stops on Ctrl-C
-    wait_gone "$MOCK_PID" 5 || kill -KILL "$MOCK_PID" 2>/dev/null
-    wait "$MOCK_PID" 2>/dev/null || true
-    MOCK_PID=""
-}
 
 cleanup() {
     local rc=$?

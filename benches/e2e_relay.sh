@@ -115,15 +115,7 @@ cleanup() {
         kill -TERM "$BENCH_PID" 2>/dev/null
         wait_gone "$BENCH_PID" 5 || kill -KILL "$BENCH_PID" 2>/dev/null
     fi
-    if alive "$PGENRICH_PID"; then
-        log "stopping pgenrich (pid $PGENRICH_PID)"
-        kill -TERM "$PGENRICH_PID" 2>/dev/null          # graceful drain
-        if ! wait_gone "$PGENRICH_PID" 10; then
-            kill -TERM "$PGENRICH_PID" 2>/dev/null      # second signal: exit now
-            wait_gone "$PGENRICH_PID" 5 || kill -KILL "$PGENRICH_PID" 2>/dev/null
-        fi
-        wait "$PGENRICH_PID" 2>/dev/null
-    fi
+    stop_pgenrich
     local pid
     pid=$(pgbouncer_pid)
     if alive "$pid"; then

@@ -68,15 +68,6 @@ PGENRICH_PID=""
 PG_STARTED=0
 CLEANED=0
 
-stop_pgenrich() {
-    alive "$PGENRICH_PID" || { PGENRICH_PID=""; return 0; }
-    kill -TERM "$PGENRICH_PID" 2>/dev/null || true
-    if ! wait_gone "$PGENRICH_PID" 10; then
-        kill -KILL "$PGENRICH_PID" 2>/dev/null || true
-    fi
-    wait "$PGENRICH_PID" 2>/dev/null || true
-    PGENRICH_PID=""
-}
 
 cleanup() {
     local rc=$?

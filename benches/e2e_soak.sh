@@ -166,17 +166,6 @@ stop_pid() { # PID SIGNAL SECONDS: signal, wait, then SIGKILL
     wait_gone "$1" "$3" || kill -KILL "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
 }
-stop_pgenrich() {
-    alive "$PGENRICH_PID" || { PGENRICH_PID=""; return 0; }
-    kill -TERM "$PGENRICH_PID" 2>/dev/null || true         # graceful drain
-    if ! wait_gone "$PGENRICH_PID" 10; then
-        log "pgenrich (pid $PGENRICH_PID) still running 10 s after SIGTERM; signalling again"
-        kill -TERM "$PGENRICH_PID" 2>/dev/null || true     # second signal: exit now
-        wait_gone "$PGENRICH_PID" 5 || kill -KILL "$PGENRICH_PID" 2>/dev/null || true
-    fi
-    wait "$PGENRICH_PID" 2>/dev/null || true
-    PGENRICH_PID=""
-}
 
 keep_logs() {
     [[ -n $LOGS_DIR ]] || return 0
@@ -195,7 +184,7 @@ cleanup() {
     stop_pid "$DPROBE_PID" TERM 5
     stop_pid "$SAMPLER_PID" TERM 2
     stop_pgenrich
-    stop_pid "$MOCK_PID" INT 5                              # mock-aws stops on Ctrl-C
+    stop_mock
     stop_postgres
     keep_logs
     rm -rf "$TMP"

@@ -105,3 +105,27 @@ free_port() {
     done
     die "no free loopback port found"
 }
+
+# Stops pgenrich (pid $PGENRICH_PID) if it runs: SIGTERM (graceful drain), after 10 s a second
+# SIGTERM (exit now), after 5 s more SIGKILL. Clears PGENRICH_PID.
+stop_pgenrich() {
+    alive "${PGENRICH_PID:-}" || { PGENRICH_PID=""; return 0; }
+    log "stopping pgenrich (pid $PGENRICH_PID)"
+    kill -TERM "$PGENRICH_PID" 2>/dev/null || true
+    if ! wait_gone "$PGENRICH_PID" 10; then
+        log "pgenrich (pid $PGENRICH_PID) still running 10 s after SIGTERM; signalling again"
+        kill -TERM "$PGENRICH_PID" 2>/dev/null || true
+        wait_gone "$PGENRICH_PID" 5 || kill -KILL "$PGENRICH_PID" 2>/dev/null || true
+    fi
+    wait "$PGENRICH_PID" 2>/dev/null || true
+    PGENRICH_PID=""
+}
+
+# Stops mock-aws (pid $MOCK_PID) if it runs: Ctrl-C, after 5 s SIGKILL. Clears MOCK_PID.
+stop_mock() {
+    alive "${MOCK_PID:-}" || { MOCK_PID=""; return 0; }
+    kill -INT "$MOCK_PID" 2>/dev/null || true
+    wait_gone "$MOCK_PID" 5 || kill -KILL "$MOCK_PID" 2>/dev/null || true
+    wait "$MOCK_PID" 2>/dev/null || true
+    MOCK_PID=""
+}

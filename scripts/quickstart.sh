@@ -60,11 +60,7 @@ PG_STARTED=0
 PGENRICH_PID=""
 cleanup() {
     trap - EXIT INT TERM
-    if alive "$PGENRICH_PID"; then
-        log "stopping pgenrich"
-        kill -TERM "$PGENRICH_PID" 2>/dev/null
-        wait_gone "$PGENRICH_PID" 10 || kill -KILL "$PGENRICH_PID" 2>/dev/null
-    fi
+    stop_pgenrich
     stop_postgres
     rm -rf "$TMP"
     log "stopped; removed $TMP"
