@@ -58,7 +58,8 @@ pub enum SqlState {
     ReadOnlySqlTransaction,
     /// 25P01 — a prepared DECLARE of a cursor without HOLD, outside a transaction block.
     NoActiveSqlTransaction,
-    /// 53200 — the process's memory for ML statements (`max_ml_memory`) is used up.
+    /// 53200 — the process's memory for ML statements (`max_ml_memory`) is used up, or that of
+    /// ML prepared statements (`max_prepared_bytes`, `max_prepared_memory`).
     OutOfMemory,
     /// 34000 — Describe or Execute of an ML portal that no longer exists.
     InvalidCursorName,

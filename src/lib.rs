@@ -52,10 +52,12 @@
 //!    schema go to the session's task, which inspects and plans them on one of the planner threads
 //!    ([`session::relay::planner`]: large stack, depth guard, panics contained), never on a
 //!    pass-through loop;
-//! 6. [`session::statements`]: the table of ML statements and portals, as plain data the relay
-//!    owns;
+//! 6. [`session::statements`]: the table of ML statements, portals and cursors, as plain data
+//!    the relay owns, each entry with its charge;
 //! 7. leaves: [`session::tracker`] (what the upstream owes), [`session::rows`] (DataRow and
-//!    RowDescription codecs), `scoring` (a chunk's inference and the statement's memo).
+//!    RowDescription codecs), `scoring` (a chunk's inference and the statement's memo),
+//!    [`session::kept`] (the charges of what a session keeps between messages against
+//!    `max_prepared_bytes` and `max_prepared_memory`).
 //!
 //! # Threads
 //!

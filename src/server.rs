@@ -125,6 +125,7 @@ impl Server {
             false => None,
         };
         let memory = crate::enrich::budget::MemoryBudget::new(config.max_ml_memory);
+        let prepared = crate::enrich::budget::MemoryBudget::plain(config.max_prepared_memory);
         let draining = CancellationToken::new();
         let admin = match config.admin_listen {
             Some(addr) => {
@@ -143,9 +144,13 @@ impl Server {
                     let upstream = Arc::clone(&probed);
                     Box::pin(async move { upstream.probe().await })
                 });
-                let held = Arc::clone(&memory);
+                let (held, kept) = (Arc::clone(&memory), Arc::clone(&prepared));
                 let sample = Box::new(move || {
-                    crate::metrics::ml_bytes_held(held.in_use(), held.memos().in_use())
+                    crate::metrics::ml_bytes_held(
+                        held.in_use(),
+                        held.memos().in_use(),
+                        kept.in_use(),
+                    )
                 });
                 let admin =
                     crate::metrics::admin::Admin::new(metrics, sample, draining.clone(), probe);
@@ -165,6 +170,7 @@ impl Server {
                 cancels: CancelRegistry::new(),
                 executor,
                 memory,
+                prepared,
                 draining,
                 terminate: CancellationToken::new(),
                 direct,

@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use pgenrich::enrich::budget::MemoryBudget;
 use pgenrich::protocol::{self, header, split_cstr, BadLength, HEADER_LEN};
+use pgenrich::session::kept::KeptBudgets;
 use pgenrich::session::rows::{self, Layout};
 use pgenrich::session::statements::{self, MlStatement, Prepared, Registry};
 use pgenrich::sql::explain::ExplainTarget;
@@ -222,6 +224,7 @@ fn fixtures() -> &'static Fixtures {
                 plan: Arc::new(plan.clone()),
                 layout,
             },
+            kept: None,
         });
         let explain = Arc::new(MlStatement {
             upstream_name: "pgenrich.s.x".into(),
@@ -230,6 +233,7 @@ fn fixtures() -> &'static Fixtures {
                 analyze: false,
                 target: Arc::new(ExplainTarget::Streaming(plan.clone())),
             },
+            kept: None,
         });
         Fixtures {
             plan,
@@ -289,7 +293,10 @@ struct Structured {
 impl Structured {
     fn check(self) {
         let fx = fixtures();
-        let mut registry = Registry::default();
+        let mut registry = Registry::new(KeptBudgets {
+            session: MemoryBudget::plain(1 << 30),
+            process: MemoryBudget::plain(1 << 30),
+        });
         registry
             .statements
             .insert("s1".into(), Arc::clone(&fx.streaming));
@@ -299,7 +306,7 @@ impl Structured {
 
         // A raw Bind and Close: rewritten or not, never a panic, always a well-formed message.
         for (rewritten, name) in [
-            (registry.rewrite_bind(&self.raw_bind, 3), "Bind"),
+            (registry.rewrite_bind(&self.raw_bind, 3, None), "Bind"),
             (registry.rewrite_close(&self.raw_close), "Close"),
         ] {
             if let Some(out) = rewritten {
@@ -358,7 +365,7 @@ impl Structured {
                 .map(|s| s.upstream_name.clone()),
             ml.map(|s| s.upstream_name.clone())
         );
-        let rewritten = registry.rewrite_bind(&bind, 7);
+        let rewritten = registry.rewrite_bind(&bind, 7, None);
         match ml {
             None => {
                 assert!(rewritten.is_none());

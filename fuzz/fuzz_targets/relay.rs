@@ -19,6 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use pgenrich::cancel::CancelRegistry;
 use pgenrich::enrich::budget::MemoryBudget;
 use pgenrich::protocol::{self, header, HEADER_LEN};
+use pgenrich::session::kept::KeptBudgets;
 use pgenrich::session::relay::{Event, Relay, RelayContext};
 use pgenrich::stream::{Socket, Stream};
 
@@ -228,6 +229,10 @@ fuzz_target!(|steps: Vec<Step>| {
             idle_timeout: false,
             max_buffered_bytes: 1 << 20,
             memory: MemoryBudget::new(64 << 20),
+            prepared: KeptBudgets {
+                session: MemoryBudget::plain(64 << 20),
+                process: MemoryBudget::plain(256 << 20),
+            },
             cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: CancelRegistry::new(),
             upstream_addr: "127.0.0.1:5432".parse().expect("an address"),

@@ -95,20 +95,29 @@ pub fn check(sql: &str) {
     }
 }
 
-/// FETCH, MOVE and CLOSE of a held cursor are rewritten to the upstream name, and the relay
-/// hands every such text over while cursors are held.
+/// FETCH, MOVE and CLOSE of a held cursor, and DEALLOCATE, are rewritten to the upstream name,
+/// and the relay hands every such text over while cursors or ML statements are kept.
 fn check_cursor_command(sql: &str) {
     let Some(command) = cursor::command(sql, |name| Some(format!("up.{name}"))) else {
         return;
     };
     assert!(
-        cursor::may_name_cursor(sql.as_bytes()),
+        cursor::may_be_command(sql.as_bytes()),
         "a cursor statement the relay would not hand over: {sql:?}"
     );
     match &command {
-        CursorCommand::Fetch { name, sql: rewritten }
-        | CursorCommand::Move { name, sql: rewritten }
-        | CursorCommand::Close { name, sql: rewritten } => {
+        CursorCommand::Fetch {
+            name,
+            sql: rewritten,
+        }
+        | CursorCommand::Move {
+            name,
+            sql: rewritten,
+        }
+        | CursorCommand::Close {
+            name,
+            sql: rewritten,
+        } => {
             // Read back, the statement's last word is the held name, quoted.
             let tokens = text::significant_tokens(rewritten).expect("the rewrite tokenizes");
             let last = tokens
@@ -122,7 +131,19 @@ fn check_cursor_command(sql: &str) {
                 "{sql:?} became {rewritten:?}"
             );
         }
-        CursorCommand::CloseAll | CursorCommand::Redeclare { .. } => {}
+        CursorCommand::Deallocate { name, at } => {
+            // Renamed, the statement reads back as a DEALLOCATE of the upstream name.
+            let renamed = cursor::rename(sql, at.clone(), &format!("up.{name}"));
+            assert!(
+                matches!(cursor::command(&renamed, |_| None),
+                    Some(CursorCommand::Deallocate { name: up, .. }) if up == format!("up.{name}")),
+                "{sql:?} became {renamed:?}"
+            );
+        }
+        CursorCommand::CloseAll
+        | CursorCommand::Redeclare { .. }
+        | CursorCommand::DiscardAll
+        | CursorCommand::DeallocateAll => {}
     }
 }
 

@@ -88,6 +88,14 @@ pub struct Cli {
     /// [default: 512MiB].
     #[arg(long, env = "PGENRICH_MAX_ML_MEMORY", value_name = "BYTES")]
     pub max_ml_memory: Option<String>,
+    /// Most bytes one session's ML prepared statements, portals and cursors hold; a Parse, Bind
+    /// or DECLARE past it gets 53200 [default: 64MiB].
+    #[arg(long, env = "PGENRICH_MAX_PREPARED_BYTES", value_name = "BYTES")]
+    pub max_prepared_bytes: Option<String>,
+    /// Most bytes those of all sessions together hold; at least max_prepared_bytes
+    /// [default: 512MiB].
+    #[arg(long, env = "PGENRICH_MAX_PREPARED_MEMORY", value_name = "BYTES")]
+    pub max_prepared_memory: Option<String>,
     /// Log format: text or json (level filter from RUST_LOG) [default: text].
     #[arg(long, env = "PGENRICH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,

@@ -44,6 +44,8 @@ pub(super) struct FileConfig {
     pub(super) max_query_bytes: Option<toml::Value>,
     pub(super) max_buffered_bytes: Option<toml::Value>,
     pub(super) max_ml_memory: Option<toml::Value>,
+    pub(super) max_prepared_bytes: Option<toml::Value>,
+    pub(super) max_prepared_memory: Option<toml::Value>,
     pub(super) log_format: Option<String>,
     pub(super) worker_threads: Option<toml::Value>,
     pub(super) direct_relay: Option<toml::Value>,

@@ -120,6 +120,10 @@ pub struct Config {
     pub max_buffered_bytes: usize,
     /// Base-row bytes all ML statements together may hold.
     pub max_ml_memory: usize,
+    /// Bytes one session's ML prepared statements, portals and cursors may hold.
+    pub max_prepared_bytes: usize,
+    /// Bytes those of all sessions together may hold.
+    pub max_prepared_memory: usize,
     pub log_format: LogFormat,
     /// Relay runtime threads as configured (0: automatic, see [`Config::relay_threads`]).
     pub worker_threads: usize,
@@ -316,6 +320,27 @@ impl Config {
             return Err(invalid(
                 "max_ml_memory",
                 "must be at least max_buffered_bytes",
+            ));
+        }
+        let max_prepared_bytes = number(
+            "max_prepared_bytes",
+            cli.max_prepared_bytes,
+            file.max_prepared_bytes,
+            64 << 20,
+        )?;
+        if max_prepared_bytes < 1 << 20 {
+            return Err(invalid("max_prepared_bytes", "must be at least 1MiB"));
+        }
+        let max_prepared_memory = number(
+            "max_prepared_memory",
+            cli.max_prepared_memory,
+            file.max_prepared_memory,
+            (512 << 20).max(max_prepared_bytes),
+        )?;
+        if max_prepared_memory < max_prepared_bytes {
+            return Err(invalid(
+                "max_prepared_memory",
+                "must be at least max_prepared_bytes",
             ));
         }
         let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
@@ -544,6 +569,8 @@ impl Config {
             max_query_bytes,
             max_buffered_bytes,
             max_ml_memory,
+            max_prepared_bytes,
+            max_prepared_memory,
             log_format,
             worker_threads: number("worker_threads", cli.worker_threads, file.worker_threads, 0)?,
             direct_relay: boolean("direct_relay", cli.direct_relay, file.direct_relay, true)?,

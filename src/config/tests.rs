@@ -37,6 +37,20 @@ fn defaults_apply_and_upstream_is_required() {
     ]))
     .expect_err("too small");
     assert!(small.to_string().contains("max_buffered_bytes"), "{small}");
+    assert_eq!(
+        (config.max_prepared_bytes, config.max_prepared_memory),
+        (64 << 20, 512 << 20)
+    );
+    let below = Config::load(cli(&[
+        "--upstream",
+        "db:1",
+        "--max-prepared-bytes",
+        "8MiB",
+        "--max-prepared-memory",
+        "4MiB",
+    ]))
+    .expect_err("process budget below the session's");
+    assert!(below.to_string().contains("max_prepared_memory"), "{below}");
     let missing = Config::resolve(Cli::default(), FileConfig::default()).expect_err("missing");
     assert!(missing.to_string().contains("`upstream`"), "{missing}");
 }

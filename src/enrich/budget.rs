@@ -37,6 +37,16 @@ impl MemoryBudget {
         })
     }
 
+    /// A budget without a share for memos (for what is not base rows: prepared statements).
+    pub fn plain(limit: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+            freed: Notify::new(),
+            memos: None,
+        })
+    }
+
     /// The budget of de-duplication memos (itself, for a memos' budget).
     pub fn memos(self: &Arc<Self>) -> &Arc<MemoryBudget> {
         self.memos.as_ref().unwrap_or(self)

@@ -343,9 +343,10 @@ pub fn ml_statement_refused(sqlstate: &'static str) {
 }
 
 /// Bytes ML statements hold now: rows, and their de-duplication memos.
-pub fn ml_bytes_held(rows: usize, memos: usize) {
+pub fn ml_bytes_held(rows: usize, memos: usize, prepared: usize) {
     gauge!(names::ML_BYTES_HELD, "kind" => "rows").set(rows as f64);
     gauge!(names::ML_BYTES_HELD, "kind" => "memo").set(memos as f64);
+    gauge!(names::ML_BYTES_HELD, "kind" => "prepared").set(prepared as f64);
 }
 
 /// One inference call: `function` (`detect_sentiment`, `invoke_endpoint`), its endpoint or

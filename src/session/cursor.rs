@@ -24,17 +24,21 @@ use super::rows::{message, Layout};
 use super::statements::{self, CursorWork, MlCursor};
 use super::{residual, streaming};
 use crate::error::SessionError;
-use crate::protocol::frontend;
+use crate::protocol::{self, frontend};
+use crate::session::kept::Kept;
 use crate::sql::cursor::{CursorCommand, CursorQuery, DeclarePlan};
 use crate::sql::plan::StreamingPlan;
 
 /// Settles what needs no conversation: statements relayed (rewritten or as they are) that only
 /// change the session's cursors. Returns the work left for [`run`].
+/// `kept` is the charge of what the statement keeps ([`crate::session::kept`]): taken by the
+/// cursor settled here, if one is.
 pub(super) fn settle(
     relay: &mut Relay,
     kind: u8,
     body: Bytes,
     work: CursorWork,
+    kept: &mut Option<Kept>,
 ) -> Option<(u8, Bytes, CursorWork)> {
     let parse = kind == frontend::PARSE;
     let rewritten = |sql: &str| reparse(&body, sql).unwrap_or_else(|| body.clone());
@@ -42,6 +46,49 @@ pub(super) fn settle(
         CursorWork::Command(CursorCommand::CloseAll) => {
             relay.registry().cursors.clear();
             relay.relay_inspected(kind, &body);
+        }
+        // Prepared statements: forgotten when the Query runs (a prepared one only renames).
+        CursorWork::Command(CursorCommand::DiscardAll) => {
+            if !parse {
+                let registry = relay.registry();
+                registry.cursors.clear();
+                registry.statements.clear();
+                registry.portals.clear();
+            }
+            relay.relay_inspected(kind, &body);
+        }
+        CursorWork::Command(CursorCommand::DeallocateAll) => {
+            if !parse {
+                relay.registry().statements.clear();
+            }
+            relay.relay_inspected(kind, &body);
+        }
+        CursorWork::Command(CursorCommand::Deallocate { name, at }) => {
+            let registry = relay.registry();
+            let upstream = registry
+                .statements
+                .get(&name)
+                .map(|s| s.upstream_name.clone());
+            if !parse {
+                registry.statements.remove(&name);
+            }
+            match upstream {
+                // The statement upstream is pgenrich's.
+                Some(upstream) => {
+                    let text = protocol::statement_text(kind, &body).unwrap_or_default();
+                    let sql =
+                        crate::sql::cursor::rename(&String::from_utf8_lossy(text), at, &upstream);
+                    let body = if parse {
+                        rewritten(&sql)
+                    } else {
+                        let mut query = sql.into_bytes();
+                        query.push(0);
+                        Bytes::from(query)
+                    };
+                    relay.relay_inspected(kind, &body);
+                }
+                None => relay.relay_inspected(kind, &body),
+            }
         }
         CursorWork::Command(CursorCommand::Redeclare { name }) => {
             relay.registry().cursors.remove(&name);
@@ -75,7 +122,8 @@ pub(super) fn settle(
             } = *declare;
             if let CursorQuery::Streaming { sql, plan } = query {
                 let body = rewritten(&sql);
-                remember(relay.registry(), name, upstream, Some(plan), hold, epoch);
+                let cursor = remembered(upstream, Some(plan), hold, epoch, kept.take());
+                relay.registry().cursors.insert(name, cursor);
                 relay.relay_inspected(kind, &body);
             }
         }
@@ -96,41 +144,50 @@ fn reparse(body: &[u8], sql: &str) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-/// Remembers the client's cursor `name`: pgenrich's `upstream` one, scored per FETCH by `plan`
+/// The client's cursor to remember: pgenrich's `upstream` one, scored per FETCH by `plan`
 /// (`None`: over finished rows).
-fn remember(
-    registry: &mut statements::Registry,
-    name: String,
+fn remembered(
     upstream: String,
     plan: Option<StreamingPlan>,
     hold: bool,
     epoch: u64,
-) {
-    let cursor = MlCursor {
+    kept: Option<Kept>,
+) -> Arc<MlCursor> {
+    Arc::new(MlCursor {
         upstream,
         plan: plan.map(Arc::new),
         hold,
         epoch,
-    };
-    registry.cursors.insert(name, Arc::new(cursor));
+        kept,
+    })
 }
 
 /// Runs a DECLARE, FETCH, MOVE or CLOSE sent as a Query (answered up to ReadyForQuery), or a
-/// FETCH sent as a Parse (prepared as a streaming ML statement; `None`).
+/// FETCH sent as a Parse (prepared as a streaming ML statement; `None`). `kept`: the charge of
+/// the cursor or statement it keeps.
 pub(super) async fn run(
     conv: &mut Conversation<'_>,
     kind: u8,
     body: Bytes,
     work: CursorWork,
+    kept: Option<Kept>,
 ) -> Result<Option<Outcome>, SessionError> {
     // (Which statement, and whether it fetches, closes or moves.)
     let (name, sql, fetch, close) = match work {
-        CursorWork::Declare(declare) => return declare_cursor(conv, kind, body, *declare).await,
+        CursorWork::Declare(declare) => {
+            return declare_cursor(conv, (kind, body), *declare, kept).await
+        }
         CursorWork::Command(CursorCommand::Fetch { name, sql }) => (name, sql, true, false),
         CursorWork::Command(CursorCommand::Close { name, sql }) => (name, sql, false, true),
         CursorWork::Command(CursorCommand::Move { name, sql }) => (name, sql, false, false),
         // Settled before a conversation began.
-        CursorWork::Command(CursorCommand::CloseAll | CursorCommand::Redeclare { .. }) => {
+        CursorWork::Command(
+            CursorCommand::CloseAll
+            | CursorCommand::Redeclare { .. }
+            | CursorCommand::DiscardAll
+            | CursorCommand::Deallocate { .. }
+            | CursorCommand::DeallocateAll,
+        ) => {
             conv.forward(kind, message(kind, &body));
             conv.flush().await?;
             return Ok(None);
@@ -151,7 +208,7 @@ pub(super) async fn run(
             .filter(|_| kind == frontend::PARSE)
             .map(|(name, types)| (name, Bytes::copy_from_slice(types)))
         {
-            streaming::handle_parse(conv, statement, types, plan).await?;
+            streaming::handle_parse(conv, statement, types, plan, kept).await?;
             conv.flush().await?;
             return Ok(None);
         }
@@ -170,9 +227,9 @@ pub(super) async fn run(
 /// streaming one is settled before).
 async fn declare_cursor(
     conv: &mut Conversation<'_>,
-    kind: u8,
-    body: Bytes,
+    (kind, body): (u8, Bytes),
     declare: DeclarePlan,
+    kept: Option<Kept>,
 ) -> Result<Option<Outcome>, SessionError> {
     let DeclarePlan {
         name,
@@ -186,7 +243,8 @@ async fn declare_cursor(
         CursorQuery::Streaming { sql, plan } => {
             let (failed, ready) = query(conv, &sql).await?;
             if !failed {
-                remember(conv.registry(), name, upstream, Some(plan), hold, epoch);
+                let cursor = remembered(upstream, Some(plan), hold, epoch, kept);
+                conv.registry().cursors.insert(name, cursor);
             }
             return finish(conv, ready).await;
         }
@@ -197,8 +255,10 @@ async fn declare_cursor(
             return Ok(None);
         };
         let types = Bytes::copy_from_slice(types);
-        remember(conv.registry(), name, upstream, None, hold, epoch);
-        residual::handle_parse(conv, statement, types, plan).await?;
+        // The statement keeps the plan: the charge is its.
+        let cursor = remembered(upstream, None, hold, epoch, None);
+        conv.registry().cursors.insert(name, cursor);
+        residual::handle_parse(conv, statement, types, plan, kept).await?;
         conv.flush().await?;
         return Ok(None);
     }
@@ -210,7 +270,8 @@ async fn declare_cursor(
         return finish(conv, ready).await;
     }
     // Remembered before it runs: if it fails, a FETCH gets PostgreSQL's 34000 as natively.
-    remember(conv.registry(), name, upstream, None, hold, epoch);
+    let cursor = remembered(upstream, None, hold, epoch, kept);
+    conv.registry().cursors.insert(name, cursor);
     residual::run_query(conv, plan).await.map(Some)
 }
 

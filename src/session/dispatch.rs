@@ -10,14 +10,16 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use super::conversation::{Chunking, Conversation, Outcome};
+use super::kept::Kept;
 use super::relay::planner::{self, Planned};
 use super::relay::Relay;
 use super::rows::message;
-use super::statements::{Intercept, Prepared};
+use super::statements::{self, CursorWork, Intercept, Prepared};
 use super::{cursor, explain, residual, streaming};
 use crate::enrich::Executor;
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
+use crate::sql::cursor::CursorCommand;
 use crate::sql::plan::Piece;
 
 /// Runs work on an ML statement that the relay handed over, in order with the upstream's
@@ -29,9 +31,21 @@ pub(super) async fn intercept_ml(
     intercept: Intercept,
 ) -> Result<(), SessionError> {
     let started = std::time::Instant::now();
+    // The charge of the statement, portal or cursor this work keeps, if any.
+    let mut kept = None;
     let intercept = match intercept {
         Intercept::Inspect { kind, body } => {
-            match planner::plan(kind, body.clone(), held(relay)).await {
+            let planned = match planner::plan(kind, body.clone(), held(relay)).await {
+                Planned::Intercept(intercept) => match charge(relay, kind, &body, &intercept) {
+                    Ok(charge) => {
+                        kept = charge;
+                        Planned::Intercept(intercept)
+                    }
+                    Err(error) => Planned::Rejected(error),
+                },
+                planned => planned,
+            };
+            match planned {
                 Planned::Relay => {
                     relay.relay_inspected(kind, &body);
                     return Ok(());
@@ -42,7 +56,7 @@ pub(super) async fn intercept_ml(
                     return Ok(());
                 }
                 Planned::Intercept(Intercept::Cursor { kind, body, work }) => {
-                    match cursor::settle(relay, kind, body, work) {
+                    match cursor::settle(relay, kind, body, work, &mut kept) {
                         Some((kind, body, work)) => Intercept::Cursor { kind, body, work },
                         None => return Ok(()),
                     }
@@ -110,11 +124,11 @@ pub(super) async fn intercept_ml(
         Intercept::Residual(plan) => residual::run_query(conv, *plan).await?,
         Intercept::Explain { analyze, target } => explain::run(conv, analyze, *target).await?,
         Intercept::Parse { name, types, plan } => {
-            streaming::handle_parse(conv, name, types, *plan).await?;
+            streaming::handle_parse(conv, name, types, *plan, kept).await?;
             return conv.flush().await;
         }
         Intercept::ParseResidual { name, types, plan } => {
-            residual::handle_parse(conv, name, types, *plan).await?;
+            residual::handle_parse(conv, name, types, *plan, kept).await?;
             return conv.flush().await;
         }
         Intercept::ParseExplain {
@@ -122,7 +136,7 @@ pub(super) async fn intercept_ml(
             analyze,
             target,
         } => {
-            explain::handle_parse(conv, name, analyze, *target);
+            explain::handle_parse(conv, name, analyze, *target, kept);
             return conv.flush().await;
         }
         Intercept::Describe { kind, name } => {
@@ -138,13 +152,13 @@ pub(super) async fn intercept_ml(
             return conv.flush().await;
         }
         Intercept::Cursor { kind, body, work } => {
-            match cursor::run(conv, kind, body, work).await? {
+            match cursor::run(conv, kind, body, work, kept).await? {
                 Some(outcome) => outcome,
                 None => return Ok(()),
             }
         }
-        Intercept::Bind(body) => {
-            residual::handle_bind(conv, body).await?;
+        Intercept::Bind(body, kept) => {
+            residual::handle_bind(conv, body, kept).await?;
             return conv.flush().await;
         }
         Intercept::EndSnapshot => {
@@ -190,6 +204,36 @@ fn log_outcome(outcome: &Outcome, started: std::time::Instant) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "ML statement"
     );
+}
+
+/// Charges what `intercept`, planned from a Query or Parse (`kind`, `body`), keeps after it
+/// has run — a prepared statement, or a cursor — against the session's budgets; `Err`: refused
+/// (53200).
+fn charge(
+    relay: &mut Relay,
+    kind: u8,
+    body: &[u8],
+    intercept: &Intercept,
+) -> Result<Option<Kept>, ErrorMessage> {
+    let keeps = match intercept {
+        Intercept::Parse { .. }
+        | Intercept::ParseResidual { .. }
+        | Intercept::ParseExplain { .. } => true,
+        Intercept::Cursor { work, .. } => {
+            matches!(work, CursorWork::Declare(_))
+                || (kind == frontend::PARSE
+                    && matches!(work, CursorWork::Command(CursorCommand::Fetch { .. })))
+        }
+        _ => false,
+    };
+    if !keeps {
+        return Ok(None);
+    }
+    if kind == frontend::PARSE && statements::first_name(body).is_some_and(|n| n.is_empty()) {
+        // This Parse replaces the unnamed statement, which PostgreSQL drops before parsing.
+        relay.registry().statements.remove("");
+    }
+    relay.registry().budgets.statement(body.len()).map(Some)
 }
 
 /// The session's cursors over ML statements, for the planner: client name → upstream name.

@@ -20,6 +20,7 @@ use crate::protocol::{frontend, ErrorMessage};
 use crate::session::conversation::requests::{named, parse_body};
 use crate::session::conversation::transaction::Failure;
 use crate::session::conversation::{canceled, Conversation, Outcome};
+use crate::session::kept::Kept;
 use crate::session::residual::{describe_base, fetch_and_score, residual_parameters};
 use crate::session::rows::{message, split_row};
 use crate::session::scoring::{call_error, infer, Results};
@@ -102,6 +103,7 @@ pub fn handle_parse(
     name: String,
     analyze: bool,
     target: ExplainTarget,
+    kept: Option<Kept>,
 ) {
     let statement = MlStatement {
         // No such statement exists upstream: a Close of it is answered there all the same.
@@ -111,6 +113,7 @@ pub fn handle_parse(
             analyze,
             target: Arc::new(target),
         },
+        kept,
     };
     conv.registry().statements.insert(name, Arc::new(statement));
     conv.to_client(message(b'1', &[]));

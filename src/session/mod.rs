@@ -7,6 +7,7 @@ mod cursor;
 pub mod direct;
 mod dispatch;
 pub mod explain;
+pub mod kept;
 pub mod relay;
 pub mod residual;
 pub mod rows;
@@ -37,6 +38,7 @@ use crate::protocol::startup::{self, StartupError, StartupPacket};
 use crate::stream::{ClientStream, Socket};
 use crate::upstream::Upstream;
 use controls::{Control, Controls};
+use kept::KeptBudgets;
 use relay::{Event, Relay, RelayContext};
 
 /// How long pgenrich keeps trying to deliver its last words to a closing session.
@@ -51,6 +53,9 @@ pub struct SessionContext {
     pub executor: Arc<crate::enrich::Executor>,
     /// Bytes all ML statements hold (`max_ml_memory`).
     pub memory: Arc<crate::enrich::budget::MemoryBudget>,
+    /// Bytes all sessions' ML prepared statements, portals and cursors hold
+    /// (`max_prepared_memory`).
+    pub prepared: Arc<crate::enrich::budget::MemoryBudget>,
     /// Cancelled on SIGTERM/SIGINT: sessions close as soon as they are idle.
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: sessions close now.
@@ -196,6 +201,10 @@ async fn open(
             idle_timeout: ctx.config.idle_timeout.is_some(),
             max_buffered_bytes: ctx.config.max_buffered_bytes,
             memory: Arc::clone(&ctx.memory),
+            prepared: KeptBudgets {
+                session: crate::enrich::budget::MemoryBudget::plain(ctx.config.max_prepared_bytes),
+                process: Arc::clone(&ctx.prepared),
+            },
             cancel_notify: Arc::new(tokio::sync::Notify::new()),
             cancels: Arc::clone(&ctx.cancels),
             upstream_addr,

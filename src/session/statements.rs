@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::{frontend, split_cstr};
+use crate::session::kept::{Kept, KeptBudgets};
 use crate::session::rows::{expand_formats, message, split_fields, Layout};
 use crate::session::scoring::Memo;
 use crate::sql::cursor::{CursorCommand, DeclarePlan};
@@ -32,6 +33,8 @@ pub struct MlStatement {
     /// The ParameterDescription body the client gets.
     pub parameters: Bytes,
     pub prepared: Prepared,
+    /// Its charge against the prepared-statement budgets (given back with the statement).
+    pub kept: Option<Kept>,
 }
 
 /// How a prepared ML statement runs.
@@ -180,6 +183,8 @@ pub struct MlPortal {
     pub chunked: ChunkProgress,
     /// An EXPLAIN portal's lines, once computed, and how many were sent.
     pub explained: Option<(Arc<Vec<String>>, usize)>,
+    /// Its charge against the prepared-statement budgets (shared by its copies).
+    pub kept: Option<Arc<Kept>>,
 }
 
 /// Where a chunked (row-local) base + residual portal stands between the client's Executes.
@@ -233,14 +238,18 @@ pub struct MlCursor {
     /// Closing messages forwarded before its DECLARE: one without HOLD ends with the transaction
     /// the next of them ends.
     pub epoch: u64,
+    /// Its charge against the prepared-statement budgets.
+    pub kept: Option<Kept>,
 }
 
 /// The session's ML statements, portals and cursors, by client name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     pub statements: HashMap<String, Arc<MlStatement>>,
     pub portals: HashMap<String, MlPortal>,
     pub cursors: HashMap<String, Arc<MlCursor>>,
+    /// What they may hold ([`crate::session::kept`]).
+    pub budgets: KeptBudgets,
 }
 
 /// What a statement about cursors over ML statements asks for.
@@ -296,9 +305,9 @@ pub enum Intercept {
         analyze: bool,
         target: Box<ExplainTarget>,
     },
-    /// A Bind (body) of an EXPLAIN, or of a base + residual statement while the session may be
-    /// idle.
-    Bind(Bytes),
+    /// A Bind (body, and the portal's charge) of an EXPLAIN, or of a base + residual statement
+    /// while the session may be idle.
+    Bind(Bytes, Kept),
     /// pgenrich's snapshot transaction must end before the client's next message.
     EndSnapshot,
     /// A Query or Parse (kind, body) about cursors over ML statements.
@@ -339,6 +348,15 @@ pub fn execute_parts(body: &[u8]) -> Option<(String, usize)> {
 }
 
 impl Registry {
+    pub fn new(budgets: KeptBudgets) -> Registry {
+        Registry {
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            cursors: HashMap::new(),
+            budgets,
+        }
+    }
+
     /// A transaction ended with the `answered`-th ReadyForQuery: its portals are gone.
     pub fn transaction_ended(&mut self, answered: u64) {
         self.portals.retain(|_, portal| portal.epoch >= answered);
@@ -360,8 +378,9 @@ impl Registry {
     }
 
     /// Rewrites a Bind of an ML statement to the upstream statement with per-base-column result
-    /// formats, and remembers the portal. `None`: not an ML statement (relay unchanged).
-    pub fn rewrite_bind(&mut self, body: &[u8], epoch: u64) -> Option<Bytes> {
+    /// formats, and remembers the portal with its charge `kept`. `None`: not an ML statement
+    /// (relay unchanged).
+    pub fn rewrite_bind(&mut self, body: &[u8], epoch: u64, kept: Option<Kept>) -> Option<Bytes> {
         let (portal, rest) = split_cstr(body)?;
         let (statement, rest) = split_cstr(rest)?;
         let portal = cstr(portal);
@@ -420,6 +439,7 @@ impl Registry {
                 started: false,
                 chunked: Default::default(),
                 explained: None,
+                kept: kept.map(Arc::new),
             },
         );
         Some(message(frontend::BIND, &out))

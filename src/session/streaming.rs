@@ -28,6 +28,7 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
 use crate::session::conversation::requests::execute;
 use crate::session::conversation::{canceled, Conversation, Outcome};
+use crate::session::kept::Kept;
 use crate::session::rows::{
     float8_array, message, sentiment_record, sentiment_value, split_row, Column, Layout,
 };
@@ -314,12 +315,14 @@ pub async fn run_statement(
     Ok((failed, conv.sync().await?))
 }
 
-/// Prepares an ML statement upstream and answers the client's Parse.
+/// Prepares an ML statement upstream and answers the client's Parse; `kept` is the statement's
+/// charge.
 pub async fn handle_parse(
     conv: &mut Conversation<'_>,
     name: String,
     types: Bytes,
     plan: StreamingPlan,
+    kept: Option<Kept>,
 ) -> Result<(), SessionError> {
     let upstream_name = format!("pgenrich.s.{name}");
     let mut requests = BytesMut::new();
@@ -355,6 +358,7 @@ pub async fn handle_parse(
                         upstream_name,
                         parameters,
                         prepared: Prepared::Streaming { plan, layout },
+                        kept,
                     }),
                 );
                 conv.to_client(message(b'1', &[]));

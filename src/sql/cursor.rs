@@ -10,6 +10,7 @@
 //! form reaches PostgreSQL as written.
 
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 
 use sqlparser::ast::{DeclareType, Statement};
 use sqlparser::tokenizer::Token;
@@ -62,10 +63,17 @@ pub enum CursorCommand {
     Move { name: String, sql: String },
     /// `CLOSE name`, rewritten.
     Close { name: String, sql: String },
-    /// `CLOSE ALL` or `DISCARD ALL`: relayed; every cursor is gone.
+    /// `CLOSE ALL`: relayed; every cursor is gone.
     CloseAll,
     /// A `DECLARE name` without ML calls: relayed; the name is the client's own cursor now.
     Redeclare { name: String },
+    /// `DISCARD ALL`: relayed; every cursor, prepared statement and portal is gone.
+    DiscardAll,
+    /// `DEALLOCATE [PREPARE] name` (any statement's: the session knows which are ML ones);
+    /// `at` is where the name is written in the text.
+    Deallocate { name: String, at: Range<usize> },
+    /// `DEALLOCATE [PREPARE] ALL`: relayed; every prepared statement is gone.
+    DeallocateAll,
 }
 
 impl CursorCommand {
@@ -76,7 +84,10 @@ impl CursorCommand {
             | CursorCommand::Move { name, .. }
             | CursorCommand::Close { name, .. }
             | CursorCommand::Redeclare { name } => Some(name),
-            CursorCommand::CloseAll => None,
+            CursorCommand::CloseAll
+            | CursorCommand::DiscardAll
+            | CursorCommand::Deallocate { .. }
+            | CursorCommand::DeallocateAll => None,
         }
     }
 }
@@ -189,9 +200,9 @@ fn not_for_cursors(error: PlanError) -> PlanError {
     }
 }
 
-/// Reads `text` as a FETCH, MOVE, CLOSE, DISCARD ALL or DECLARE about a cursor `held` knows
-/// (client name → upstream name). None: none of these, several statements, or another cursor.
-/// The rewritten text is the client's, with only the cursor's name replaced.
+/// Reads `text` as a FETCH, MOVE, CLOSE or DECLARE about a cursor `held` knows (client name →
+/// upstream name), or as DISCARD ALL or DEALLOCATE. None: none of these, several statements, or
+/// another cursor. The rewritten text is the client's, with only the cursor's name replaced.
 pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<CursorCommand> {
     let mut tokens = significant_tokens(text)?;
     while tokens.last().is_some_and(|(t, _)| *t == Token::SemiColon) {
@@ -204,7 +215,21 @@ pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<Curs
     let (first, _) = tokens.first()?;
     if keyword(first, "DISCARD") {
         return (tokens.len() == 2 && keyword(&tokens[1].0, "ALL"))
-            .then_some(CursorCommand::CloseAll);
+            .then_some(CursorCommand::DiscardAll);
+    }
+    if keyword(first, "DEALLOCATE") {
+        let named = match tokens.get(1..)? {
+            [(prepare, _), rest @ ..] if keyword(prepare, "PREPARE") => rest,
+            rest => rest,
+        };
+        return match named {
+            [(all, _)] if keyword(all, "ALL") => Some(CursorCommand::DeallocateAll),
+            [(token, range)] => Some(CursorCommand::Deallocate {
+                name: word_name(token)?,
+                at: range.clone(),
+            }),
+            _ => None,
+        };
     }
     if keyword(first, "DECLARE") {
         let name = word_name(&tokens.get(1)?.0)?;
@@ -220,7 +245,17 @@ pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<Curs
     let (last, range) = tokens.get(1..)?.last()?;
     let name = word_name(last)?;
     let upstream = held(&name)?;
-    let before = &text[..range.start];
+    let sql = rename(text, range.clone(), &upstream);
+    Some(match kind {
+        "FETCH" => CursorCommand::Fetch { name, sql },
+        "MOVE" => CursorCommand::Move { name, sql },
+        _ => CursorCommand::Close { name, sql },
+    })
+}
+
+/// `text` with the name written at `at` replaced by `name`, quoted.
+pub fn rename(text: &str, at: Range<usize>, name: &str) -> String {
+    let before = &text[..at.start];
     // A space keeps the quoted name from running into a quoted word just before it (`"a"c`
     // would become one identifier `"a""…"`).
     let space = if before.ends_with(|c: char| c.is_whitespace()) {
@@ -228,16 +263,11 @@ pub fn command(text: &str, held: impl Fn(&str) -> Option<String>) -> Option<Curs
     } else {
         " "
     };
-    let sql = format!(
+    format!(
         "{before}{space}\"{}\"{}",
-        upstream.replace('"', "\"\""),
-        &text[range.end..]
-    );
-    Some(match kind {
-        "FETCH" => CursorCommand::Fetch { name, sql },
-        "MOVE" => CursorCommand::Move { name, sql },
-        _ => CursorCommand::Close { name, sql },
-    })
+        name.replace('"', "\"\""),
+        &text[at.end..]
+    )
 }
 
 /// A word token as a folded name (None: another token).
@@ -252,11 +282,12 @@ fn word_name(token: &Token) -> Option<String> {
 }
 
 /// Whether `sql` may be a statement [`command`] reads (its first word is one of theirs), for
-/// the relay to hand it over while the session holds cursors: a few byte comparisons. It must
+/// the relay to hand it over while the session holds cursors or ML prepared statements: a few
+/// byte comparisons. It must
 /// say yes to everything `command` reads, so whatever sqlparser's tokenizer skips as whitespace
 /// before the first word is skipped here too (a vertical tab, which `trim_ascii_start` keeps),
 /// or, outside ASCII, left to the tokenizer.
-pub fn may_name_cursor(sql: &[u8]) -> bool {
+pub fn may_be_command(sql: &[u8]) -> bool {
     let mut rest = sql;
     loop {
         let at = rest
@@ -281,7 +312,7 @@ pub fn may_name_cursor(sql: &[u8]) -> bool {
             break;
         }
     }
-    ["FETCH", "MOVE", "CLOSE", "DISCARD", "DECLARE"]
+    ["FETCH", "MOVE", "CLOSE", "DISCARD", "DECLARE", "DEALLOCATE"]
         .iter()
         .any(|word| {
             rest.get(..word.len())
@@ -451,7 +482,38 @@ mod tests {
             })
         );
         assert_eq!(command("close all", held), Some(CursorCommand::CloseAll));
-        assert_eq!(command("DISCARD ALL", held), Some(CursorCommand::CloseAll));
+        assert_eq!(
+            command("DISCARD ALL", held),
+            Some(CursorCommand::DiscardAll)
+        );
+        for (text, expected) in [
+            ("DEALLOCATE s1", Some("s1")),
+            ("deallocate prepare \"S 2\" ;", Some("S 2")),
+            ("DEALLOCATE Mixed", Some("mixed")),
+            ("DEALLOCATE", None),
+            ("DEALLOCATE a b", None),
+            ("DEALLOCATE 'a'", None),
+        ] {
+            let got = command(text, held);
+            match (expected, &got) {
+                (Some(name), Some(CursorCommand::Deallocate { name: n, at })) => {
+                    assert_eq!(n, name, "{text}");
+                    let renamed = rename(text, at.clone(), "pgenrich.s.x");
+                    assert!(renamed.contains("\"pgenrich.s.x\""), "{renamed}");
+                    assert!(!renamed.contains(&text[at.clone()]), "{renamed}");
+                }
+                (None, None) => {}
+                _ => panic!("{text}: {got:?}"),
+            }
+        }
+        for all in ["DEALLOCATE ALL", "deallocate prepare all;"] {
+            assert_eq!(
+                command(all, held),
+                Some(CursorCommand::DeallocateAll),
+                "{all}"
+            );
+        }
+        assert!(may_be_command(b"  deallocate x"));
         assert_eq!(
             command("DECLARE c CURSOR FOR SELECT 1", held),
             Some(CursorCommand::Redeclare { name: "c".into() })
@@ -487,12 +549,12 @@ mod tests {
             "\u{a0}close c",
             "\u{3000}\u{2028}FETCH c",
         ] {
-            assert!(may_name_cursor(yes.as_bytes()), "{yes:?}");
+            assert!(may_be_command(yes.as_bytes()), "{yes:?}");
         }
         // The tokenizer skips the vertical tab, so the fuzz case is a MOVE of a held cursor.
         assert!(command("\n\n\u{b} \nmove c", held).is_some());
         for no in ["SELECT 1", "-- FETCH", "UPDATE t SET a = 1", "", "FET"] {
-            assert!(!may_name_cursor(no.as_bytes()), "{no}");
+            assert!(!may_be_command(no.as_bytes()), "{no}");
         }
     }
 }

@@ -27,6 +27,7 @@ mod modify;
 mod moto;
 mod node;
 mod pipelines;
+mod prepared;
 mod psql;
 mod psycopg;
 mod queries;

@@ -22,6 +22,7 @@ use tokio::io::AsyncWrite;
 use crate::cancel::{CancelKeyGuard, CancelRegistry, CancelTarget};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{self, backend, frontend, header, ErrorMessage, HEADER_LEN};
+use crate::session::kept::KeptBudgets;
 use crate::session::statements::{self, Intercept, Registry};
 use crate::session::tracker::Tracker;
 use crate::sql::plan;
@@ -65,6 +66,8 @@ pub struct RelayContext {
     pub max_buffered_bytes: usize,
     /// Bytes all ML statements of the process hold.
     pub memory: Arc<crate::enrich::budget::MemoryBudget>,
+    /// What the session's ML statements, portals and cursors may hold.
+    pub prepared: KeptBudgets,
     /// Woken by a cancel request for this session (stops ML work in progress).
     pub cancel_notify: Arc<tokio::sync::Notify>,
     pub cancels: Arc<CancelRegistry>,
@@ -121,6 +124,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(client: ClientStream, upstream: UpstreamStream, ctx: RelayContext) -> Relay {
+        let ml = Registry::new(ctx.prepared.clone());
         Relay {
             client,
             upstream,
@@ -141,7 +145,7 @@ impl Relay {
             cancel_target: None,
             cancel_key: None,
             pending: None,
-            ml: Registry::default(),
+            ml,
             reprocess_client: false,
             ml_running: false,
             client_done_sending: false,
@@ -391,6 +395,24 @@ impl Relay {
                 break;
             }
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
+            // A portal of an ML statement is charged before it exists; past the budgets its Bind
+            // fails where PostgreSQL's would.
+            let mut kept = None;
+            if kind == frontend::BIND && self.ml.statement_of_bind(body).is_some() {
+                if statements::first_name(body).is_some_and(|portal| portal.is_empty()) {
+                    // This Bind replaces the unnamed portal, as it does upstream.
+                    self.ml.portals.remove("");
+                }
+                match self.ml.budgets.portal(body.len()) {
+                    Ok(charge) => kept = Some(charge),
+                    Err(error) => {
+                        inbound.release(&mut self.to_upstream);
+                        inbound.buf.advance(total);
+                        self.reject(kind, error);
+                        continue;
+                    }
+                }
+            }
             // Extended-protocol messages naming ML statements or portals.
             let handled = match kind {
                 frontend::BIND
@@ -401,11 +423,12 @@ impl Relay {
                                 && self.tracker.status() == b'I')
                     }) =>
                 {
-                    Some(Err(Intercept::Bind(Bytes::copy_from_slice(body))))
+                    kept.take()
+                        .map(|kept| Err(Intercept::Bind(Bytes::copy_from_slice(body), kept)))
                 }
                 frontend::BIND => self
                     .ml
-                    .rewrite_bind(body, self.tracker.closings_forwarded())
+                    .rewrite_bind(body, self.tracker.closings_forwarded(), kept.take())
                     .map(Ok),
                 frontend::CLOSE => self.ml.rewrite_close(body).map(Ok),
                 frontend::DESCRIBE => statements::target(body)
@@ -444,7 +467,8 @@ impl Relay {
             }
             let text = protocol::statement_text(kind, body).unwrap_or_default();
             if sql::mentions_ml_schema(text)
-                || (!self.ml.cursors.is_empty() && sql::cursor::may_name_cursor(text))
+                || ((!self.ml.cursors.is_empty() || !self.ml.statements.is_empty())
+                    && sql::cursor::may_be_command(text))
             {
                 // Inspected and planned by the session's task, off this thread; everything
                 // after it waits until it has been handled.

@@ -227,9 +227,7 @@ fn inspect_and_plan(
         })
     };
     if !calls_ml {
-        if held.is_empty() {
-            return Planned::Relay;
-        }
+        // Perhaps a statement about the session's cursors or prepared statements.
         return match sql::cursor::command(text, |name| held.get(name).cloned()) {
             Some(command) => cursor(CursorWork::Command(command)),
             None => Planned::Relay,

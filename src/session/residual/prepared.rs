@@ -4,6 +4,7 @@
 use super::*;
 use crate::error::SqlState;
 use crate::session::conversation::held::Held;
+use crate::session::kept::Kept;
 use crate::session::statements::{Prepared, ResidualStatement};
 
 fn parameter_oids(description: &[u8]) -> Vec<u32> {
@@ -24,9 +25,11 @@ pub async fn handle_parse(
     name: String,
     types: Bytes,
     plan: ResidualPlan,
+    kept: Option<Kept>,
 ) -> Result<(), SessionError> {
     match prepare(conv, &name, &types, plan).await? {
-        Ok(statement) => {
+        Ok(mut statement) => {
+            statement.kept = kept;
             conv.registry().statements.insert(name, Arc::new(statement));
             conv.to_client(message(b'1', &[]));
         }
@@ -156,6 +159,7 @@ pub(crate) async fn prepare(
             chunked,
             plan,
         })),
+        kept: None,
     }))
 }
 

@@ -15,10 +15,15 @@
 
 use super::*;
 use crate::session::conversation::transaction::snapshot_begin;
+use crate::session::kept::Kept;
 
 /// Passes on the client's Bind of a base + residual statement, first opening pgenrich's
 /// snapshot transaction when the session is idle and nothing of the client's would be lost.
-pub async fn handle_bind(conv: &mut Conversation<'_>, body: Bytes) -> Result<(), SessionError> {
+pub async fn handle_bind(
+    conv: &mut Conversation<'_>,
+    body: Bytes,
+    kept: Kept,
+) -> Result<(), SessionError> {
     use crate::session::statements::Prepared as Kind;
     let read_only = match conv
         .registry()
@@ -29,7 +34,7 @@ pub async fn handle_bind(conv: &mut Conversation<'_>, body: Bytes) -> Result<(),
         Some(Kind::Explain { .. }) => {
             // Nothing is bound upstream: the portal is pgenrich's alone.
             let epoch = conv.tracker().closings_forwarded();
-            conv.registry().rewrite_bind(&body, epoch);
+            conv.registry().rewrite_bind(&body, epoch, Some(kept));
             conv.to_client(message(b'2', &[]));
             return Ok(());
         }
@@ -49,7 +54,7 @@ pub async fn handle_bind(conv: &mut Conversation<'_>, body: Bytes) -> Result<(),
     let epoch = conv.tracker().closings_forwarded();
     let bind = conv
         .registry()
-        .rewrite_bind(&body, epoch)
+        .rewrite_bind(&body, epoch, Some(kept))
         .unwrap_or_else(|| message(frontend::BIND, &body));
     conv.forward(frontend::BIND, bind);
     Ok(())
