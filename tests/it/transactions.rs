@@ -92,3 +92,22 @@ async fn psycopg_with_autocommit_off_runs_residual_statements_repeatedly() {
     }
     assert_eq!(seen["status_after_commit"].as_str(), Some("IDLE"), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_deallocating_and_rolling_back_frees_what_pgenrich_keeps() {
+    let _ = postgres();
+    // Thirty rounds of four 100 kB statements would hold 12 MB if pgenrich kept what psycopg
+    // deallocated; the budget holds ten.
+    let proxy = Proxy::start_with(|c| c.max_prepared_bytes = 1 << 20).await;
+    let seen = run_psycopg_script(&proxy, "psycopg_deallocate.py").await;
+    let rounds = seen["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 30, "{seen}");
+    for round in rounds {
+        assert_eq!(
+            round,
+            &serde_json::json!([[0, true], [1, true], [2, true], [3, true]]),
+            "{seen}"
+        );
+    }
+    assert_eq!(seen["impl"].as_str(), Some("python"), "{seen}");
+}
