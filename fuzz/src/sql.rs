@@ -105,6 +105,15 @@ fn check_cursor_command(sql: &str) {
         cursor::may_be_command(sql.as_bytes()),
         "a cursor statement the relay would not hand over: {sql:?}"
     );
+    if matches!(
+        command,
+        CursorCommand::DiscardAll | CursorCommand::Deallocate { .. } | CursorCommand::DeallocateAll
+    ) {
+        assert!(
+            cursor::may_end_statements(sql.as_bytes()),
+            "a DEALLOCATE or DISCARD the relay would not hand over: {sql:?}"
+        );
+    }
     match &command {
         CursorCommand::Fetch {
             name,

@@ -282,12 +282,25 @@ fn word_name(token: &Token) -> Option<String> {
 }
 
 /// Whether `sql` may be a statement [`command`] reads (its first word is one of theirs), for
-/// the relay to hand it over while the session holds cursors or ML prepared statements: a few
-/// byte comparisons. It must
+/// the relay to hand it over while the session holds cursors: a few byte comparisons. It must
 /// say yes to everything `command` reads, so whatever sqlparser's tokenizer skips as whitespace
 /// before the first word is skipped here too (a vertical tab, which `trim_ascii_start` keeps),
 /// or, outside ASCII, left to the tokenizer.
 pub fn may_be_command(sql: &[u8]) -> bool {
+    first_word_may_be(
+        sql,
+        &["FETCH", "MOVE", "CLOSE", "DISCARD", "DECLARE", "DEALLOCATE"],
+    )
+}
+
+/// Whether `sql` may be a DISCARD ALL or DEALLOCATE that [`command`] reads, for the relay to
+/// hand it over while the session has ML prepared statements (but no cursors over ML
+/// statements): as [`may_be_command`].
+pub fn may_end_statements(sql: &[u8]) -> bool {
+    first_word_may_be(sql, &["DISCARD", "DEALLOCATE"])
+}
+
+fn first_word_may_be(sql: &[u8], words: &[&str]) -> bool {
     let mut rest = sql;
     loop {
         let at = rest
@@ -312,12 +325,10 @@ pub fn may_be_command(sql: &[u8]) -> bool {
             break;
         }
     }
-    ["FETCH", "MOVE", "CLOSE", "DISCARD", "DECLARE", "DEALLOCATE"]
-        .iter()
-        .any(|word| {
-            rest.get(..word.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
-        })
+    words.iter().any(|word| {
+        rest.get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+    })
 }
 
 #[cfg(test)]
@@ -514,6 +525,9 @@ mod tests {
             );
         }
         assert!(may_be_command(b"  deallocate x"));
+        assert!(may_end_statements(b"-- c\n deallocate x"));
+        assert!(may_end_statements(b"DISCARD ALL"));
+        assert!(!may_end_statements(b"FETCH c"));
         assert_eq!(
             command("DECLARE c CURSOR FOR SELECT 1", held),
             Some(CursorCommand::Redeclare { name: "c".into() })

@@ -467,8 +467,8 @@ impl Relay {
             }
             let text = protocol::statement_text(kind, body).unwrap_or_default();
             if sql::mentions_ml_schema(text)
-                || ((!self.ml.cursors.is_empty() || !self.ml.statements.is_empty())
-                    && sql::cursor::may_be_command(text))
+                || (!self.ml.cursors.is_empty() && sql::cursor::may_be_command(text))
+                || (!self.ml.statements.is_empty() && sql::cursor::may_end_statements(text))
             {
                 // Inspected and planned by the session's task, off this thread; everything
                 // after it waits until it has been handled.
