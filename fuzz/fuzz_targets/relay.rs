@@ -226,6 +226,7 @@ fuzz_target!(|steps: Vec<Step>| {
         let upstream_peer = upstream_peer.into_std().expect("std");
         let ctx = RelayContext {
             max_query_bytes: MAX_QUERY_BYTES,
+            max_ml_statement_bytes: MAX_QUERY_BYTES,
             idle_timeout: false,
             max_buffered_bytes: 1 << 20,
             memory: MemoryBudget::new(64 << 20),

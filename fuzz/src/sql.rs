@@ -10,6 +10,7 @@ use pgenrich::sql::cursor::{self, CursorCommand, CursorQuery};
 use pgenrich::sql::explain::{self, ExplainTarget};
 use pgenrich::sql::plan::{self, Piece, StreamingPlan};
 use pgenrich::sql::residual::{self, CarriedType, Described, ResidualPlan};
+use pgenrich::sql::{guard, light};
 
 use pgenrich::sql::{self as hook, text, Verdict};
 
@@ -24,6 +25,13 @@ pub fn check(sql: &str) {
             || lower.contains("aws_bedrock"),
         "the byte search disagrees with a plain search"
     );
+    // The check for texts too long to tokenize never misses a call the tokenizer finds.
+    if guard::scan(sql).is_some_and(|scan| scan.calls_ml) {
+        assert!(
+            light::may_call_ml(sql.as_bytes()),
+            "a call the byte scan misses"
+        );
+    }
     let verdict = hook::inspect(sql);
     match &verdict {
         Verdict::Relay => {}

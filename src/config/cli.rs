@@ -80,6 +80,10 @@ pub struct Cli {
     /// Largest Query/Parse message text pgenrich inspects; longer ones get 54000 [default: 64MiB].
     #[arg(long, env = "PGENRICH_MAX_QUERY_BYTES", value_name = "BYTES")]
     pub max_query_bytes: Option<String>,
+    /// Longest Query/Parse text calling an ML function that pgenrich plans (parsing costs a few
+    /// hundred bytes of memory per byte of text); longer ones get 54000 [default: 256KiB].
+    #[arg(long, env = "PGENRICH_MAX_ML_STATEMENT_BYTES", value_name = "BYTES")]
+    pub max_ml_statement_bytes: Option<String>,
     /// Most base-row bytes one ML statement that cannot stream (grouping, sorting, …) holds in
     /// memory; more gets 54000 [default: 256MiB].
     #[arg(long, env = "PGENRICH_MAX_BUFFERED_BYTES", value_name = "BYTES")]

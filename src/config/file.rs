@@ -42,6 +42,7 @@ pub(super) struct FileConfig {
     pub(super) tcp_keepcnt: Option<toml::Value>,
     pub(super) upstream_connect_timeout: Option<String>,
     pub(super) max_query_bytes: Option<toml::Value>,
+    pub(super) max_ml_statement_bytes: Option<toml::Value>,
     pub(super) max_buffered_bytes: Option<toml::Value>,
     pub(super) max_ml_memory: Option<toml::Value>,
     pub(super) max_prepared_bytes: Option<toml::Value>,

@@ -116,6 +116,8 @@ pub struct Config {
     pub keepalive: Option<Keepalive>,
     pub upstream_connect_timeout: Duration,
     pub max_query_bytes: usize,
+    /// Longest Query/Parse text calling an ML function that pgenrich tokenizes and plans.
+    pub max_ml_statement_bytes: usize,
     /// Base-row bytes a non-streaming ML statement may hold.
     pub max_buffered_bytes: usize,
     /// Base-row bytes all ML statements together may hold.
@@ -300,6 +302,15 @@ impl Config {
                 "max_query_bytes",
                 "must be between 1024 and 1073741824",
             ));
+        }
+        let max_ml_statement_bytes = number(
+            "max_ml_statement_bytes",
+            cli.max_ml_statement_bytes,
+            file.max_ml_statement_bytes,
+            256 << 10,
+        )?;
+        if max_ml_statement_bytes < 1024 {
+            return Err(invalid("max_ml_statement_bytes", "must be at least 1KiB"));
         }
         let max_buffered_bytes = number(
             "max_buffered_bytes",
@@ -567,6 +578,7 @@ impl Config {
                 )?,
             )?,
             max_query_bytes,
+            max_ml_statement_bytes,
             max_buffered_bytes,
             max_ml_memory,
             max_prepared_bytes,

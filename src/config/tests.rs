@@ -28,6 +28,7 @@ fn defaults_apply_and_upstream_is_required() {
     );
     assert_eq!(config.idle_timeout, None);
     assert_eq!(config.max_query_bytes, 64 << 20);
+    assert_eq!(config.max_ml_statement_bytes, 256 << 10);
     assert_eq!(config.max_buffered_bytes, 256 << 20);
     let small = Config::load(cli(&[
         "--upstream",

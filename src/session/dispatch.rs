@@ -35,7 +35,8 @@ pub(super) async fn intercept_ml(
     let mut kept = None;
     let intercept = match intercept {
         Intercept::Inspect { kind, body } => {
-            let planned = match planner::plan(kind, body.clone(), held(relay)).await {
+            let max_bytes = relay.max_ml_statement_bytes();
+            let planned = match planner::plan(kind, body.clone(), held(relay), max_bytes).await {
                 Planned::Intercept(intercept) => match charge(relay, kind, &body, &intercept) {
                     Ok(charge) => {
                         kept = charge;

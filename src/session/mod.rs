@@ -198,6 +198,7 @@ async fn open(
         upstream,
         RelayContext {
             max_query_bytes: ctx.config.max_query_bytes,
+            max_ml_statement_bytes: ctx.config.max_ml_statement_bytes,
             idle_timeout: ctx.config.idle_timeout.is_some(),
             max_buffered_bytes: ctx.config.max_buffered_bytes,
             memory: Arc::clone(&ctx.memory),

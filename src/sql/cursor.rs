@@ -104,6 +104,9 @@ pub fn upstream_name(name: &str, query: &str) -> String {
 /// Plans `text` if it is a `DECLARE … CURSOR FOR <query>` (None: it is not one). The query must
 /// stream; `BINARY` is refused (pgenrich's columns are text or the client's Bind formats).
 pub fn declare(text: &str) -> Option<Result<DeclarePlan, PlanError>> {
+    if text::split_statements(text).len() > 1 {
+        return None; // several statements: not parsed whole (see `super::inspect`)
+    }
     let mut statements = text::parse_folded(&rewrite_unparsable_forms(text)).ok()?;
     let Some(Statement::Declare { mut stmts, .. }) = statements.pop() else {
         return None;

@@ -37,6 +37,9 @@ pub fn has_parameters(sql: &str) -> bool {
 /// `Some` when `sql` is one `EXPLAIN` statement (`EXPLAIN ANALYZE …`, `EXPLAIN (ANALYZE) …`).
 /// Output options (FORMAT, COSTS, …) are accepted and the answer is always text.
 pub fn explain(sql: &str) -> Option<ExplainRequest> {
+    if super::text::split_statements(sql).len() > 1 {
+        return None; // several statements: not parsed whole (see `super::inspect`)
+    }
     let text = rewrite_unparsable_forms(sql);
     let mut statements = super::text::parse_folded(&text).ok()?;
     if statements.len() != 1 {

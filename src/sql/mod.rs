@@ -6,11 +6,14 @@
 //! is there a call at all, and how deeply do its expressions nest) and only then parsed with
 //! sqlparser (PostgreSQL dialect) and walked for calls by [`inspect`], on a planner thread. Text
 //! that sqlparser cannot parse falls back to a token-level check, because some forms PostgreSQL
-//! accepts (`VARIADIC ARRAY[...]`, `(f(x)).*`) are beyond sqlparser 0.64.
+//! accepts (`VARIADIC ARRAY[...]`, `(f(x)).*`) are beyond sqlparser 0.64. A text longer than
+//! `max_ml_statement_bytes` is neither tokenized nor parsed (both cost memory per token): [`light`]
+//! decides in one pass over its bytes whether it may call one.
 
 pub mod cursor;
 pub mod explain;
 pub mod guard;
+pub mod light;
 pub mod plan;
 pub mod residual;
 pub mod text;
@@ -39,6 +42,16 @@ pub enum Verdict {
 pub fn inspect(sql: &str) -> Verdict {
     if !mentions_ml_schema(sql.as_bytes()) {
         return Verdict::Relay;
+    }
+    let pieces = text::split_statements(sql);
+    if pieces.len() > 1 {
+        // One statement at a time: the syntax trees of all of them at once cost several hundred
+        // bytes per byte of text.
+        return pieces
+            .into_iter()
+            .map(inspect)
+            .find(|verdict| *verdict != Verdict::Relay)
+            .unwrap_or(Verdict::Relay);
     }
     match text::parse_folded(sql) {
         Ok(statements) => {

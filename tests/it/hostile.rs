@@ -1,7 +1,7 @@
 //! Hostile statement texts: each gets an answer (PostgreSQL's, or pgenrich's with the SQLSTATE
 //! PostgreSQL would use), the session stays usable, and other sessions never notice.
 
-use crate::harness::{sqlstate, Proxy};
+use crate::harness::{sqlstate, text_rows, Proxy};
 
 /// A session that keeps working while others send hostile texts.
 async fn assert_usable(client: &tokio_postgres::Client) {
@@ -14,7 +14,9 @@ async fn assert_usable(client: &tokio_postgres::Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_deep_ml_statements_get_54001_and_the_session_goes_on() {
-    let proxy = Proxy::start().await;
+    // The 600 kB statements below are over the default max_ml_statement_bytes: raised, so
+    // that they reach the depth guard.
+    let proxy = Proxy::start_with(|c| c.max_ml_statement_bytes = 64 << 20).await;
     let bystander = proxy.connect().await;
     let client = proxy.connect().await;
     let chain = vec!["1"; 300_000].join("+");
@@ -125,4 +127,44 @@ async fn mentions_of_the_ml_schemas_that_are_not_calls_are_relayed() {
         .await
         .expect("plain");
     assert_eq!(plain.get::<_, String>(0), "aws_comprehend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_statements_over_the_byte_limit_are_refused_without_being_parsed() {
+    // Parsing costs a planner thread a few hundred bytes per byte of such text: 20,000 ML
+    // statements in a 1 MB Query took 280 MB, which the thread's allocator then kept.
+    let proxy = Proxy::start().await;
+    let bystander = proxy.connect().await;
+    let client = proxy.connect().await;
+    let many = "SELECT aws_comprehend.detect_sentiment('a', 'en');".repeat(20_000);
+    let dense = format!(
+        "SELECT aws_comprehend.detect_sentiment('a', 'en') WHERE 1 IN ({})",
+        vec!["1"; 200_000].join(",")
+    );
+    for sql in [&many, &dense] {
+        let error = client.simple_query(sql).await.expect_err("over the limit");
+        assert_eq!(sqlstate(&error), "54000", "{error}");
+        let message = error.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("max_ml_statement_bytes")),
+            "{message:?}"
+        );
+        assert_usable(&client).await;
+    }
+    let error = client.prepare(&dense).await.expect_err("over the limit");
+    assert_eq!(sqlstate(&error), "54000", "{error}");
+    assert_usable(&client).await;
+    // Text that only mentions an ML schema (a literal, a comment) is relayed whatever its
+    // length: PostgreSQL runs it.
+    let literal = format!(
+        "SELECT length('aws_comprehend.detect_sentiment(x) {}') -- aws_sagemaker.x(",
+        "y".repeat(1_000_000)
+    );
+    let row = client.query_one(&literal, &[]).await.expect("relayed");
+    assert_eq!(row.get::<_, i32>(0), 1_000_035);
+    let plain = client.simple_query(&literal).await.expect("relayed");
+    assert_eq!(text_rows(&plain), [[Some("1000035".to_owned())]]);
+    assert_usable(&bystander).await;
 }

@@ -71,7 +71,7 @@ async fn prepared_statements_past_the_session_budget_fail_and_the_session_goes_o
     // Unnamed statements replace each other: one at a time is charged, whatever their number.
     let mut raw = RawClient::startup(proxy.addr).await;
     for n in 0..12 {
-        let mut messages = parse_bind_execute(&statement(300_000, n));
+        let mut messages = parse_bind_execute(&statement(200_000, n));
         messages.extend(message(b'S', &[]));
         raw.stream.write_all(&messages).await.expect("send");
         let answers = raw.recv_until_ready().await;

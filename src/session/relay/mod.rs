@@ -59,6 +59,8 @@ pub enum Event {
 /// Everything the relay needs besides the two streams.
 pub struct RelayContext {
     pub max_query_bytes: usize,
+    /// Longest ML statement text planned (`max_ml_statement_bytes`).
+    pub max_ml_statement_bytes: usize,
     /// An idle timeout is configured: [`Relay::last_activity`] is kept (a clock read per
     /// message otherwise spent for nothing).
     pub idle_timeout: bool,

@@ -217,6 +217,11 @@ impl Relay {
         &mut self.ml
     }
 
+    /// The longest ML statement text the planner reads (`max_ml_statement_bytes`).
+    pub fn max_ml_statement_bytes(&self) -> usize {
+        self.ctx.max_ml_statement_bytes
+    }
+
     /// The upstream now skips to Sync (after an error in the current pipeline).
     pub fn mark_extended_failed(&mut self) {
         self.tracker.mark_open_failed();

@@ -56,19 +56,27 @@ pub enum Planned {
 pub type HeldCursors = std::collections::HashMap<String, String>;
 
 /// Inspects and plans a Query or Parse (`kind`, `body`) on a planner thread; `held` are the
-/// session's cursors over ML statements, which FETCH, MOVE and CLOSE may name.
-pub async fn plan(kind: u8, body: Bytes, held: HeldCursors) -> Planned {
+/// session's cursors over ML statements, which FETCH, MOVE and CLOSE may name. A text longer
+/// than `max_bytes` (`max_ml_statement_bytes`) is not tokenized: it is relayed when it certainly
+/// calls no ML function ([`crate::sql::light`]), refused with `54000` otherwise.
+pub async fn plan(kind: u8, body: Bytes, held: HeldCursors, max_bytes: usize) -> Planned {
     // Never closed, so acquiring only waits.
     let _slot = SLOTS.acquire().await;
-    plan_in(pool(), kind, body, held).await
+    plan_in(pool(), kind, body, (held, max_bytes)).await
 }
 
-async fn plan_in(pool: &'static Pool, kind: u8, body: Bytes, held: HeldCursors) -> Planned {
+async fn plan_in(
+    pool: &'static Pool,
+    kind: u8,
+    body: Bytes,
+    (held, max_bytes): (HeldCursors, usize),
+) -> Planned {
     let (answer, planned) = oneshot::channel();
     if let Err(error) = pool.submit(Job {
         kind,
         body,
         held,
+        max_bytes,
         answer,
     }) {
         return Planned::Rejected(ErrorMessage::error(
@@ -86,6 +94,7 @@ struct Job {
     kind: u8,
     body: Bytes,
     held: HeldCursors,
+    max_bytes: usize,
     answer: oneshot::Sender<Planned>,
 }
 
@@ -167,13 +176,14 @@ impl Pool {
                 kind,
                 body,
                 held,
+                max_bytes,
                 answer,
             } = job;
-            let (planned, retire) =
-                match catch_unwind(AssertUnwindSafe(|| plan_now(kind, &body, &held))) {
-                    Ok(done) => done,
-                    Err(panic) => (Planned::Rejected(failed(&panic_text(&*panic))), true),
-                };
+            let plan = || plan_now(kind, &body, &held, max_bytes);
+            let (planned, retire) = match catch_unwind(AssertUnwindSafe(plan)) {
+                Ok(done) => done,
+                Err(panic) => (Planned::Rejected(failed(&panic_text(&*panic))), true),
+            };
             // Counted out before answering: the session's next statement then starts a thread.
             if retire {
                 self.live.fetch_sub(1, Ordering::AcqRel);
@@ -198,10 +208,27 @@ fn failed(what: &str) -> ErrorMessage {
 
 /// Inspects and plans on the calling thread (a planner thread); true with the outcome when the
 /// statement nested deeply enough that the thread should end (see `RETIRE_DEPTH`).
-fn plan_now(kind: u8, body: &[u8], held: &HeldCursors) -> (Planned, bool) {
+fn plan_now(kind: u8, body: &[u8], held: &HeldCursors, max_bytes: usize) -> (Planned, bool) {
     let Some(text) = protocol::statement_text(kind, body) else {
         return (Planned::Relay, false);
     };
+    if text.len() > max_bytes {
+        if !crate::sql::light::may_call_ml(text) {
+            return (Planned::Relay, false);
+        }
+        let error = ErrorMessage::error(
+            SqlState::ProgramLimitExceeded,
+            format!(
+                "ML statement text of {} bytes exceeds pgenrich's max_ml_statement_bytes ({max_bytes})",
+                text.len()
+            ),
+        )
+        .with_hint(
+            "Send long values (lists, documents) as parameters, e.g. = ANY($1) for a list, \
+             split the statement, or raise max_ml_statement_bytes.",
+        );
+        return (Planned::Rejected(error), false);
+    }
     let text = String::from_utf8_lossy(text);
     let scan = guard::scan(&text);
     let deep = scan.is_some_and(|scan| scan.depth > RETIRE_DEPTH);
@@ -305,7 +332,15 @@ mod tests {
         let pool: &'static Pool = Box::leak(Box::new(Pool::new()));
         let simple = || query("SELECT aws_comprehend.detect_sentiment(txt, 'en') FROM t");
         for _ in 0..3 * PLANNERS {
-            streaming(plan_in(pool, frontend::QUERY, simple(), HeldCursors::new()).await);
+            streaming(
+                plan_in(
+                    pool,
+                    frontend::QUERY,
+                    simple(),
+                    (HeldCursors::new(), 1 << 20),
+                )
+                .await,
+            );
         }
         assert_eq!(pool.started.load(Ordering::Relaxed), PLANNERS);
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS);
@@ -314,9 +349,17 @@ mod tests {
         let deep = query(&format!(
             "SELECT aws_sagemaker.invoke_endpoint('e', NULL, {sum}) FROM t"
         ));
-        streaming(plan_in(pool, frontend::QUERY, deep, HeldCursors::new()).await);
+        streaming(plan_in(pool, frontend::QUERY, deep, (HeldCursors::new(), 64 << 20)).await);
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS - 1);
-        streaming(plan_in(pool, frontend::QUERY, simple(), HeldCursors::new()).await);
+        streaming(
+            plan_in(
+                pool,
+                frontend::QUERY,
+                simple(),
+                (HeldCursors::new(), 1 << 20),
+            )
+            .await,
+        );
         assert_eq!(pool.started.load(Ordering::Relaxed), PLANNERS + 1);
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS);
     }
@@ -334,7 +377,7 @@ mod tests {
             .collect();
         let tasks: Vec<_> = statements
             .into_iter()
-            .map(|sql| tokio::spawn(plan(frontend::QUERY, sql, HeldCursors::new())))
+            .map(|sql| tokio::spawn(plan(frontend::QUERY, sql, HeldCursors::new(), 64 << 20)))
             .collect();
         let all = futures_util::future::join_all(tasks);
         let answers = tokio::time::timeout(std::time::Duration::from_secs(60), all)
@@ -355,14 +398,14 @@ mod tests {
             "SELECT id FROM t WHERE aws_sagemaker.invoke_endpoint('e', NULL, a)::int > 1 AND ({chain})"
         );
         assert!(guard::scan(&sql).expect("tokenizes").depth <= guard::MAX_DEPTH);
-        match plan(frontend::QUERY, query(&sql), HeldCursors::new()).await {
+        match plan(frontend::QUERY, query(&sql), HeldCursors::new(), 64 << 20).await {
             Planned::Intercept(Intercept::Residual(_)) => {}
             other => panic!("expected a residual plan, got {other:?}"),
         }
         let sum = vec!["a"; guard::MAX_DEPTH - 1].join("+");
         let sql = format!("SELECT aws_sagemaker.invoke_endpoint('e', NULL, {sum}) FROM t");
         assert!(guard::scan(&sql).expect("tokenizes").depth <= guard::MAX_DEPTH);
-        match plan(frontend::QUERY, query(&sql), HeldCursors::new()).await {
+        match plan(frontend::QUERY, query(&sql), HeldCursors::new(), 64 << 20).await {
             Planned::Intercept(Intercept::Query(_)) => {}
             other => panic!("expected a streaming plan, got {other:?}"),
         }
@@ -379,6 +422,7 @@ mod tests {
                     "SELECT aws_comprehend.detect_sentiment('a', 'en'), {chain}"
                 )),
                 HeldCursors::new(),
+                64 << 20,
             )
             .await,
         );
@@ -388,6 +432,7 @@ mod tests {
             frontend::QUERY,
             query(&format!("SELECT {chain} -- aws_comprehend")),
             HeldCursors::new(),
+            64 << 20,
         )
         .await;
         assert!(matches!(planned, Planned::Relay), "{planned:?}");
@@ -396,9 +441,42 @@ mod tests {
             "SELECT aws_comprehend.detect_sentiment('a', 'en'){}",
             ";".repeat(200_000)
         );
-        match plan(frontend::QUERY, query(&sql), HeldCursors::new()).await {
+        match plan(frontend::QUERY, query(&sql), HeldCursors::new(), 64 << 20).await {
             Planned::Intercept(Intercept::Query(_)) => {}
             other => panic!("expected a streaming plan, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn texts_over_the_byte_limit_are_relayed_or_refused_without_tokenizing() {
+        let dense = vec!["1"; 100_000].join(",");
+        let call =
+            format!("SELECT aws_comprehend.detect_sentiment('a', 'en') WHERE 1 IN ({dense})");
+        let error =
+            rejected(plan(frontend::QUERY, query(&call), HeldCursors::new(), 64 << 10).await);
+        assert_eq!(error.code, SqlState::ProgramLimitExceeded);
+        assert!(
+            error.message.contains("max_ml_statement_bytes"),
+            "{error:?}"
+        );
+        // Mentioned only in a literal: relayed as it is.
+        let literal = format!(
+            "INSERT INTO t VALUES ('aws_comprehend.detect_sentiment(x)', '{}')",
+            "x".repeat(100_000)
+        );
+        let planned = plan(
+            frontend::QUERY,
+            query(&literal),
+            HeldCursors::new(),
+            64 << 10,
+        )
+        .await;
+        assert!(matches!(planned, Planned::Relay), "{planned:?}");
+        // Within the limit, the same statement is planned.
+        let planned = plan(frontend::QUERY, query(&call), HeldCursors::new(), 1 << 20).await;
+        assert!(
+            matches!(planned, Planned::Intercept(Intercept::Query(_))),
+            "{planned:?}"
+        );
     }
 }
