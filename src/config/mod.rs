@@ -18,7 +18,7 @@ mod values;
 
 pub use cli::Cli;
 use file::{endpoint_list, endpoint_tables, read_file, FileConfig};
-use values::{boolean, duration, invalid, nonzero, number, upstream_host};
+use values::{boolean, byte_budgets, duration, invalid, nonzero, number, upstream_host};
 
 /// The AWS SDK's retry modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,48 +312,28 @@ impl Config {
         if max_ml_statement_bytes < 1024 {
             return Err(invalid("max_ml_statement_bytes", "must be at least 1KiB"));
         }
-        let max_buffered_bytes = number(
-            "max_buffered_bytes",
-            cli.max_buffered_bytes,
-            file.max_buffered_bytes,
+        let (max_buffered_bytes, max_ml_memory) = byte_budgets(
+            (
+                "max_buffered_bytes",
+                cli.max_buffered_bytes,
+                file.max_buffered_bytes,
+            ),
             256 << 20,
+            ("max_ml_memory", cli.max_ml_memory, file.max_ml_memory),
         )?;
-        if max_buffered_bytes < 1 << 20 {
-            return Err(invalid("max_buffered_bytes", "must be at least 1MiB"));
-        }
-        let max_ml_memory = number(
-            "max_ml_memory",
-            cli.max_ml_memory,
-            file.max_ml_memory,
-            (512 << 20).max(max_buffered_bytes),
-        )?;
-        if max_ml_memory < max_buffered_bytes {
-            return Err(invalid(
-                "max_ml_memory",
-                "must be at least max_buffered_bytes",
-            ));
-        }
-        let max_prepared_bytes = number(
-            "max_prepared_bytes",
-            cli.max_prepared_bytes,
-            file.max_prepared_bytes,
+        let (max_prepared_bytes, max_prepared_memory) = byte_budgets(
+            (
+                "max_prepared_bytes",
+                cli.max_prepared_bytes,
+                file.max_prepared_bytes,
+            ),
             64 << 20,
-        )?;
-        if max_prepared_bytes < 1 << 20 {
-            return Err(invalid("max_prepared_bytes", "must be at least 1MiB"));
-        }
-        let max_prepared_memory = number(
-            "max_prepared_memory",
-            cli.max_prepared_memory,
-            file.max_prepared_memory,
-            (512 << 20).max(max_prepared_bytes),
-        )?;
-        if max_prepared_memory < max_prepared_bytes {
-            return Err(invalid(
+            (
                 "max_prepared_memory",
-                "must be at least max_prepared_bytes",
-            ));
-        }
+                cli.max_prepared_memory,
+                file.max_prepared_memory,
+            ),
+        )?;
         let idle_timeout = duration("idle_timeout", cli.idle_timeout, file.idle_timeout, "0s")?;
         let positive =
             |key: &'static str, cli: Option<String>, file: Option<toml::Value>, default: usize| {

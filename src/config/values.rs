@@ -105,3 +105,24 @@ pub(super) fn nonzero(key: &'static str, value: Duration) -> Result<Duration, Co
         Ok(value)
     }
 }
+
+/// A flag, environment or file setting: (key, flag value, file value).
+pub(super) type Setting = (&'static str, Option<String>, Option<toml::Value>);
+
+/// A byte limit per unit (`one`, at least 1MiB, `default` when unset) and the limit of all units
+/// together (`all`, at least `one`; by default 512MiB or `one`, whichever is more).
+pub(super) fn byte_budgets(
+    (key, cli, file): Setting,
+    default: usize,
+    (all_key, all_cli, all_file): Setting,
+) -> Result<(usize, usize), ConfigError> {
+    let one = number(key, cli, file, default)?;
+    if one < 1 << 20 {
+        return Err(invalid(key, "must be at least 1MiB"));
+    }
+    let all = number(all_key, all_cli, all_file, (512 << 20).max(one))?;
+    if all < one {
+        return Err(invalid(all_key, format!("must be at least {key}")));
+    }
+    Ok((one, all))
+}
