@@ -327,20 +327,17 @@ mod tests {
         );
     }
 
+    /// Plans a Query on `pool`'s threads, no cursors held, no byte limit to speak of.
+    async fn query_in(pool: &'static Pool, body: Bytes) -> Planned {
+        plan_in(pool, frontend::QUERY, body, (HeldCursors::new(), 64 << 20)).await
+    }
+
     #[tokio::test]
     async fn planner_threads_are_kept_and_one_that_planned_a_deep_statement_is_replaced() {
         let pool: &'static Pool = Box::leak(Box::new(Pool::new()));
         let simple = || query("SELECT aws_comprehend.detect_sentiment(txt, 'en') FROM t");
         for _ in 0..3 * PLANNERS {
-            streaming(
-                plan_in(
-                    pool,
-                    frontend::QUERY,
-                    simple(),
-                    (HeldCursors::new(), 1 << 20),
-                )
-                .await,
-            );
+            streaming(query_in(pool, simple()).await);
         }
         assert_eq!(pool.started.load(Ordering::Relaxed), PLANNERS);
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS);
@@ -349,17 +346,9 @@ mod tests {
         let deep = query(&format!(
             "SELECT aws_sagemaker.invoke_endpoint('e', NULL, {sum}) FROM t"
         ));
-        streaming(plan_in(pool, frontend::QUERY, deep, (HeldCursors::new(), 64 << 20)).await);
+        streaming(query_in(pool, deep).await);
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS - 1);
-        streaming(
-            plan_in(
-                pool,
-                frontend::QUERY,
-                simple(),
-                (HeldCursors::new(), 1 << 20),
-            )
-            .await,
-        );
+        streaming(query_in(pool, simple()).await);
         assert_eq!(pool.started.load(Ordering::Relaxed), PLANNERS + 1);
         assert_eq!(pool.live.load(Ordering::Relaxed), PLANNERS);
     }
