@@ -10,8 +10,9 @@
 //! backslash escapes too), quoted identifiers (`"…"`, compared as names), dollar quotes
 //! (`$tag$…$tag$`, not after a name character, where `$` belongs to the name) and comments
 //! (`--` to a `\n` or `\r`, and `/* … */` ended at the first `*/`, which ends nested comments
-//! early and so only ever scans more) — and reports any ML schema name followed by a `.` in what
-//! is left.
+//! early and so only ever scans more; neither right after an operator character, where
+//! sqlparser may read them as part of an operator) — and reports any ML schema name followed by
+//! a `.` in what is left.
 
 use super::ML_SCHEMAS;
 
@@ -31,8 +32,14 @@ pub fn may_call_ml(sql: &[u8]) -> bool {
                 }
                 at = end;
             }
-            b'-' if sql.get(at + 1) == Some(&b'-') => at = line_end(sql, at),
-            b'/' if sql.get(at + 1) == Some(&b'*') => at = comment_end(sql, at + 2),
+            // After an operator character sqlparser may read `--` or `/*` as part of an
+            // operator (`@-@`); PostgreSQL never does. Scanning on only reports more.
+            b'-' if sql.get(at + 1) == Some(&b'-') && !after_operator(sql, at) => {
+                at = line_end(sql, at)
+            }
+            b'/' if sql.get(at + 1) == Some(&b'*') && !after_operator(sql, at) => {
+                at = comment_end(sql, at + 2)
+            }
             b'$' if !after_name(sql, at) => match dollar_tag(sql, at) {
                 Some(tag) => {
                     let body = at + tag.len();
@@ -77,6 +84,10 @@ fn is_ml_schema(word: &[u8]) -> bool {
 /// Letters, digits, `_`, `$` and every byte of a multi-byte character, as in PostgreSQL names.
 fn is_name_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
+}
+
+fn after_operator(sql: &[u8], at: usize) -> bool {
+    at > 0 && b"+-*/<>=~!@#%^&|`?".contains(&sql[at - 1])
 }
 
 fn after_name(sql: &[u8], at: usize) -> bool {
@@ -167,6 +178,9 @@ mod tests {
             "SELECT $1, aws_comprehend.detect_sentiment($2, 'en')",
             // A `--` comment ends at a carriage return too (found by the sql fuzz target).
             "SELECT 1 --\r aws_comprehend.detect_sentiment(x, 'en')",
+            // Right after an operator character, `--` and `/*` are scanned on.
+            "SELECT a @-- c\n, aws_comprehend.detect_sentiment(x, 'en')",
+            "SELECT a +/* aws_comprehend.f() */ 1",
         ] {
             assert!(may(yes), "{yes}");
         }
