@@ -94,9 +94,7 @@ die() { log "ERROR: $*"; exit 2; }
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
-for var in BIG_ROWS PAD_BYTES STALL_AFTER STALL_SECS SESSIONS SESSION_ROWS T_ROWS REPEAT RUN_TIMEOUT RSS_LIMIT_MB; do
-    [[ ${!var} =~ ^[0-9]+$ ]] && ((${!var} >= 1)) || die "$var must be a positive integer, got '${!var}'"
-done
+need_positive_ints BIG_ROWS PAD_BYTES STALL_AFTER STALL_SECS SESSIONS SESSION_ROWS T_ROWS REPEAT RUN_TIMEOUT RSS_LIMIT_MB
 [[ $SAMPLE_SECS =~ ^[0-9]*\.?[0-9]+$ ]] || die "SAMPLE_SECS must be a number of seconds, got '$SAMPLE_SECS'"
 [[ $LATENCY_MS =~ ^[0-9]+$ ]] || die "LATENCY_MS must be an integer (ms), got '$LATENCY_MS'"
 ((T_ROWS >= 1000)) || die "T_ROWS must be >= 1000"
@@ -199,13 +197,9 @@ next_port() {
 next_port; PG_PORT=$PORT
 PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
 log "PostgreSQL $PG_VERSION on 127.0.0.1:$PG_PORT (data in $TMP/data)"
-as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-PG_STARTED=1
+init_trust_cluster
 # A throw-away server: durability off makes the load fast and changes nothing for the reads.
-as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=$((SESSIONS + 30)) -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null 2>&1 || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+start_cluster "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=$((SESSIONS + 30)) -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
 psql_at() { # PORT, then psql arguments
     local port=$1

@@ -77,9 +77,7 @@ die() { log "ERROR: $*"; exit 2; }
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
-for var in REPEAT T_ROWS REVIEW_ROWS CHUNK_ROWS CHUNKS_IN_FLIGHT BATCH_ROWS MAX_CALLS PER_ENDPOINT RUN_TIMEOUT; do
-    [[ ${!var} =~ ^[0-9]+$ ]] && ((${!var} >= 1)) || die "$var must be a positive integer, got '${!var}'"
-done
+need_positive_ints REPEAT T_ROWS REVIEW_ROWS CHUNK_ROWS CHUNKS_IN_FLIGHT BATCH_ROWS MAX_CALLS PER_ENDPOINT RUN_TIMEOUT
 ((T_ROWS >= CHECK_ROWS && REVIEW_ROWS >= CHECK_ROWS)) || die "T_ROWS and REVIEW_ROWS must be >= $CHECK_ROWS"
 read -r -a LATENCY_LIST <<<"$LATENCIES"
 ((${#LATENCY_LIST[@]} > 0)) || die "LATENCIES is empty"
@@ -173,13 +171,9 @@ next_port() {
 next_port; PG_PORT=$PORT
 PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
 log "PostgreSQL $PG_VERSION on 127.0.0.1:$PG_PORT (data in $TMP/data)"
-as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-PG_STARTED=1
+init_trust_cluster
 # A throw-away server: durability off makes the load fast and changes nothing for the reads.
-as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=50 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null 2>&1 || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+start_cluster "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=50 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
 psql_at() { # PORT, then psql arguments
     local port=$1

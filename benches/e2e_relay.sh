@@ -147,8 +147,7 @@ declare -A PORT=([direct]=$PG_PORT [pgbouncer]=$BOUNCER_PORT [pgenrich]=$PGENRIC
 # 2. PostgreSQL
 # ---------------------------------------------------------------------------------------------
 log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT (data in $TMP/data)"
-as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+init_trust_cluster
 PG_OPTS="-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=100 -c shared_buffers=256MB"
 UPSTREAM_MODE=disable
 BOUNCER_TLS=disable
@@ -164,10 +163,7 @@ if [[ $UPSTREAM_TLS == 1 ]]; then
     BOUNCER_TLS=require
     log "TLS between the proxies and PostgreSQL (self-signed certificate)"
 fi
-PG_STARTED=1
-as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 \
-    -o "$PG_OPTS" \
-    start >/dev/null 2>&1 || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+start_cluster "$PG_OPTS"
 
 # psql SELECT 1 through the given port, retried for up to $2 seconds.
 wait_ready() {

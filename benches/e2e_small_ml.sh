@@ -46,9 +46,7 @@ die() { log "ERROR: $*"; exit 2; }
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
-for var in ROUNDS DURATION CLIENTS; do
-    [[ ${!var} =~ ^[0-9]+$ ]] && ((${!var} >= 1)) || die "$var must be a positive integer, got '${!var}'"
-done
+need_positive_ints ROUNDS DURATION CLIENTS
 isolate_env
 
 PG_BIN=$(find_pg_bin initdb pg_ctl postgres pgbench psql) || die "no /usr/lib/postgresql/<ver>/bin with initdb pg_ctl postgres pgbench psql; install it with: apt-get install -y postgresql postgresql-contrib"
@@ -90,12 +88,8 @@ PG_PORT=$(free_port); USED_PORTS[$PG_PORT]=1
 PGENRICH_PORT=$(free_port); USED_PORTS[$PGENRICH_PORT]=1
 
 log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
-as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-PG_STARTED=1
-as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP" \
-    start >/dev/null 2>&1 || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+init_trust_cluster
+start_cluster "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP"
 
 echo "SELECT (aws_comprehend.detect_sentiment('a good day ' || random()::text, 'en')).sentiment;" >"$TMP/ml.sql"
 echo "SELECT 'a good day ' || random()::text;" >"$TMP/plain.sql"

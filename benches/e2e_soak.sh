@@ -234,14 +234,10 @@ next_port; PG_PORT=$PORT
 PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
 MAX_CONN=$((PLAIN + ML + 2 * PROBES + 60))
 log "PostgreSQL $PG_VERSION on 127.0.0.1:$PG_PORT (max_connections $MAX_CONN, data in $TMP/data)"
-as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-PG_STARTED=1
+init_trust_cluster
 # fsync off spares the shared disk; it changes nothing for a clean (fast) shutdown and restart,
 # which writes everything out. synchronous_commit stays on: an acknowledged COMMIT is in the WAL.
-as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=$MAX_CONN -c shared_buffers=128MB -c fsync=off -c full_page_writes=off" \
-    start >/dev/null 2>&1 || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
+start_cluster "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c max_connections=$MAX_CONN -c shared_buffers=128MB -c fsync=off -c full_page_writes=off"
 PG_CONN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres sslmode=disable"
 
 log "creating soak_kv, soak_ml ($ML_ROWS rows), soak_rows"

@@ -1,6 +1,7 @@
 # Shell helpers shared by the end-to-end benchmarks and the quickstart (sourced, not run). They
 # read the caller's TMP (the run's temp directory, with the cluster in $TMP/data), RUN_AS (the
-# user PostgreSQL runs as when the script runs as root), PG_BIN and PG_STARTED, and call its log.
+# user PostgreSQL runs as when the script runs as root), PG_BIN and PG_STARTED, and call its log
+# and die.
 
 # Runs a command as the PostgreSQL user (initdb and postgres refuse to run as root).
 as_pg() {
@@ -128,4 +129,25 @@ stop_mock() {
     wait_gone "$MOCK_PID" 5 || kill -KILL "$MOCK_PID" 2>/dev/null || true
     wait "$MOCK_PID" 2>/dev/null || true
     MOCK_PID=""
+}
+
+# Dies unless every variable named holds a positive integer.
+need_positive_ints() {
+    local var
+    for var in "$@"; do
+        [[ ${!var} =~ ^[0-9]+$ ]] && ((${!var} >= 1)) || die "$var must be a positive integer, got '${!var}'"
+    done
+}
+
+# A throw-away cluster in $TMP/data with trust authentication (superuser postgres).
+init_trust_cluster() {
+    as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres --auth=trust --no-locale -E UTF8 >"$TMP/initdb.log" 2>&1 \
+        || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+}
+
+# Starts the cluster in $TMP/data with the server options $1 (marking it this run's to stop).
+start_cluster() {
+    PG_STARTED=1
+    as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 -o "$1" start >/dev/null 2>&1 \
+        || { tail -n 30 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
 }
