@@ -20,7 +20,12 @@ use super::ML_SCHEMAS;
 /// spaces and comments, by a `.`, outside string constants, dollar quotes and comments.
 pub fn may_call_ml(sql: &[u8]) -> bool {
     let mut at = 0;
+    // Where the last dollar quote ended: its closing `$` is not part of a name, so a `$` or an
+    // `E'` right after it starts a token (`$$$$$$aws_comprehend.f(` is two empty strings and a
+    // call, for PostgreSQL and the tokenizer alike; found by the sql fuzz target).
+    let mut quote_end = 0;
     while at < sql.len() {
+        let starts_token = at == quote_end || !after_name(sql, at);
         let byte = sql[at];
         match byte {
             b'\'' => at = string_end(sql, at + 1, false),
@@ -40,11 +45,12 @@ pub fn may_call_ml(sql: &[u8]) -> bool {
             b'/' if sql.get(at + 1) == Some(&b'*') && !after_operator(sql, at) => {
                 at = comment_end(sql, at + 2)
             }
-            b'$' if !after_name(sql, at) => match dollar_tag(sql, at) {
+            b'$' if starts_token => match dollar_tag(sql, at) {
                 Some(tag) => {
                     let body = at + tag.len();
                     at = memchr::memmem::find(&sql[body..], tag)
                         .map_or(sql.len(), |n| body + n + tag.len());
+                    quote_end = at;
                 }
                 None => at += 1,
             },
@@ -58,7 +64,7 @@ pub fn may_call_ml(sql: &[u8]) -> bool {
                 if (byte == b'e' || byte == b'E')
                     && word.len() == 1
                     && sql.get(end) == Some(&b'\'')
-                    && !after_name(sql, at)
+                    && starts_token
                 {
                     // E'…': backslash escapes.
                     at = string_end(sql, end + 1, true);
@@ -197,8 +203,12 @@ mod tests {
         ] {
             assert!(!may(no), "{no}");
         }
-        // `$` inside a name does not open a dollar quote.
+        // `$` inside a name does not open a dollar quote, but one right after a dollar quote
+        // does, and so does an `E'` there.
         assert!(may("SELECT a$b$, aws_comprehend.f(1), $b$"));
+        assert!(may("$$$$$$$$aws_comprehend.d("));
+        assert!(!may("SELECT $$a$$$$ aws_comprehend.f() $$"));
+        assert!(may("SELECT $$a$$E'\\'' aws_comprehend.f() '"));
         // A number ends at its first letter (PostgreSQL 15 reads `1abc` as `1 abc`).
         assert!(may("SELECT 125aws_comprehend.detect_sentiment(x, 'en')"));
         assert!(!may("SELECT x125aws_comprehend.f(1)"));
