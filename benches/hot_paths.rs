@@ -1,6 +1,6 @@
 //! Criterion benches for the code every relayed message touches: the ML hook's decision, frame
 //! header hopping over a result stream, and response accounting; and the time a planner thread
-//! spends on hostile statement texts.
+//! spends on ordinary ML statements and on hostile statement texts.
 
 use std::hint::black_box;
 
@@ -31,6 +31,53 @@ fn ml_hook(c: &mut Criterion) {
     ];
     for (name, text) in cases {
         group.bench_function(name, |b| b.iter(|| sql::inspect(black_box(text))));
+    }
+    group.finish();
+}
+
+/// What planning an ordinary ML statement costs, as the relay asks for it: handed to a planner
+/// thread, the guard, the hook, DECLARE and EXPLAIN detection, the plan, and the answer back.
+fn ml_planning(c: &mut Criterion) {
+    use pgenrich::session::relay::planner::{plan, Planned};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("ml_planning");
+    let cases = [
+        (
+            "query_streaming",
+            b'Q',
+            "SELECT id, aws_comprehend.detect_sentiment(body, 'en') FROM reviews WHERE id < 100",
+        ),
+        (
+            "query_residual",
+            b'Q',
+            "SELECT id FROM reviews ORDER BY (aws_comprehend.detect_sentiment(body, 'en')).confidence",
+        ),
+        (
+            "parse_streaming",
+            b'P',
+            "SELECT aws_sagemaker.invoke_endpoint('score', NULL, $1::text, $2::int)",
+        ),
+    ];
+    for (name, kind, text) in cases {
+        let mut body = Vec::new();
+        if kind == b'P' {
+            body.push(0); // the unnamed statement
+        }
+        body.extend_from_slice(text.as_bytes());
+        body.push(0);
+        if kind == b'P' {
+            body.extend_from_slice(&0u16.to_be_bytes()); // no parameter types
+        }
+        let body = bytes::Bytes::from(body);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let planned =
+                    runtime.block_on(plan(kind, body.clone(), Default::default(), 1 << 18));
+                assert!(matches!(planned, Planned::Intercept(_)), "{planned:?}");
+            })
+        });
     }
     group.finish();
 }
@@ -125,5 +172,12 @@ fn accounting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ml_hook, hostile_texts, framing, accounting);
+criterion_group!(
+    benches,
+    ml_hook,
+    ml_planning,
+    hostile_texts,
+    framing,
+    accounting
+);
 criterion_main!(benches);

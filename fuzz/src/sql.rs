@@ -11,6 +11,7 @@ use pgenrich::sql::explain::{self, ExplainTarget};
 use pgenrich::sql::plan::{self, Piece, StreamingPlan};
 use pgenrich::sql::residual::{self, CarriedType, Described, ResidualPlan};
 use pgenrich::sql::{guard, light};
+use sqlparser::ast::Statement;
 
 use pgenrich::sql::{self as hook, text, Verdict};
 
@@ -59,6 +60,18 @@ pub fn check(sql: &str) {
     // path plans one statement the same way as a one-statement Query.
     if !mentions {
         return;
+    }
+    // DECLARE and EXPLAIN detection parse a text only when its first word may be theirs.
+    if let Ok([statement]) = text::parse_folded(&rewritten).as_deref() {
+        let word = match statement {
+            Statement::Declare { .. } => "DECLARE",
+            Statement::Explain { .. } => "EXPLAIN",
+            _ => "",
+        };
+        assert!(
+            word.is_empty() || text::first_word_may_be(sql.as_bytes(), &[word]),
+            "a {word} the first-word check rules out: {sql:?}"
+        );
     }
     if let Some(Ok(declare)) = cursor::declare(sql) {
         assert!(declare.upstream.len() < 64, "{}", declare.upstream);

@@ -104,8 +104,11 @@ pub fn upstream_name(name: &str, query: &str) -> String {
 /// Plans `text` if it is a `DECLARE … CURSOR FOR <query>` (None: it is not one). The query must
 /// stream; `BINARY` is refused (pgenrich's columns are text or the client's Bind formats).
 pub fn declare(text: &str) -> Option<Result<DeclarePlan, PlanError>> {
-    if text::split_statements(text).len() > 1 {
-        return None; // several statements: not parsed whole (see `super::inspect`)
+    if !text::first_word_may_be(text.as_bytes(), &["DECLARE"])
+        || text::split_statements(text).len() > 1
+    {
+        // Not a DECLARE, or several statements: not parsed whole (see `super::inspect`).
+        return None;
     }
     let mut statements = text::parse_folded(&rewrite_unparsable_forms(text)).ok()?;
     let Some(Statement::Declare { mut stmts, .. }) = statements.pop() else {
@@ -290,7 +293,7 @@ fn word_name(token: &Token) -> Option<String> {
 /// before the first word is skipped here too (a vertical tab, which `trim_ascii_start` keeps),
 /// or, outside ASCII, left to the tokenizer.
 pub fn may_be_command(sql: &[u8]) -> bool {
-    first_word_may_be(
+    text::first_word_may_be(
         sql,
         &["FETCH", "MOVE", "CLOSE", "DISCARD", "DECLARE", "DEALLOCATE"],
     )
@@ -300,38 +303,7 @@ pub fn may_be_command(sql: &[u8]) -> bool {
 /// hand it over while the session has ML prepared statements (but no cursors over ML
 /// statements): as [`may_be_command`].
 pub fn may_end_statements(sql: &[u8]) -> bool {
-    first_word_may_be(sql, &["DISCARD", "DEALLOCATE"])
-}
-
-fn first_word_may_be(sql: &[u8], words: &[&str]) -> bool {
-    let mut rest = sql;
-    loop {
-        let at = rest
-            .iter()
-            .position(|b| !(b.is_ascii_whitespace() || *b == 0x0b))
-            .unwrap_or(rest.len());
-        let trimmed = &rest[at..];
-        if trimmed.first().is_some_and(|b| !b.is_ascii()) {
-            // Perhaps Unicode whitespace, which the tokenizer skips.
-            return true;
-        }
-        if let Some(comment) = trimmed.strip_prefix(b"--") {
-            rest = comment
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(&[][..], |at| &comment[at..]);
-        } else if trimmed.starts_with(b"/*") {
-            // A leading block comment: let the tokenizer decide.
-            return true;
-        } else {
-            rest = trimmed;
-            break;
-        }
-    }
-    words.iter().any(|word| {
-        rest.get(..word.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
-    })
+    text::first_word_may_be(sql, &["DISCARD", "DEALLOCATE"])
 }
 
 #[cfg(test)]
@@ -384,6 +356,11 @@ mod tests {
             declare("SELECT aws_comprehend.detect_sentiment('a', 'en')"),
             None
         );
+        // Past comments and whatever whitespace the tokenizer skips.
+        let after = "DECLARE c CURSOR FOR SELECT aws_comprehend.detect_sentiment('a', 'en')";
+        for lead in ["-- c\n\x0b", "/* c */"] {
+            assert!(declare(&format!("{lead}{after}")).is_some(), "{lead:?}");
+        }
     }
 
     #[test]

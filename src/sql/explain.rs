@@ -37,8 +37,11 @@ pub fn has_parameters(sql: &str) -> bool {
 /// `Some` when `sql` is one `EXPLAIN` statement (`EXPLAIN ANALYZE …`, `EXPLAIN (ANALYZE) …`).
 /// Output options (FORMAT, COSTS, …) are accepted and the answer is always text.
 pub fn explain(sql: &str) -> Option<ExplainRequest> {
-    if super::text::split_statements(sql).len() > 1 {
-        return None; // several statements: not parsed whole (see `super::inspect`)
+    if !super::text::first_word_may_be(sql.as_bytes(), &["EXPLAIN"])
+        || super::text::split_statements(sql).len() > 1
+    {
+        // Not an EXPLAIN, or several statements: not parsed whole (see `super::inspect`).
+        return None;
     }
     let text = rewrite_unparsable_forms(sql);
     let mut statements = super::text::parse_folded(&text).ok()?;
@@ -112,5 +115,12 @@ mod tests {
         );
         assert_eq!(explain(sql), None);
         assert_eq!(explain(&format!("EXPLAIN {sql}; SELECT 1")), None);
+        // Past comments and any whitespace the tokenizer skips, in any case.
+        for lead in ["-- c\n\x0b", "/* c */ ", "  \n"] {
+            assert!(
+                explain(&format!("{lead}explain {sql}")).is_some(),
+                "{lead:?}"
+            );
+        }
     }
 }

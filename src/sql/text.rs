@@ -16,6 +16,11 @@ pub const ALL_FIELDS_SUFFIX: &str = "__pgenrich_all_fields";
 /// The statements of `sql` as their original text, split at top-level semicolons; empty ones
 /// are left out. Text the tokenizer cannot read comes back whole.
 pub fn split_statements(sql: &str) -> Vec<&str> {
+    // Without a `;` anywhere there is nothing to split at: the usual one-statement text is not
+    // tokenized (the hook, DECLARE and EXPLAIN detection and the planners each ask).
+    if memchr::memchr(b';', sql.as_bytes()).is_none() {
+        return [sql].into_iter().filter(|p| !p.trim().is_empty()).collect();
+    }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
         return vec![sql];
     };
@@ -40,6 +45,42 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         .into_iter()
         .filter(|p| !p.trim().is_empty())
         .collect()
+}
+
+/// Whether the first word of `sql` (past whitespace and `--` comments) may be one of `words`
+/// (upper case), in a few byte comparisons: false only when it certainly is not, so callers may
+/// skip tokenizing and parsing. Whatever sqlparser's tokenizer skips before the first word is
+/// skipped here too (a vertical tab, which `trim_ascii_start` keeps); a leading block comment or
+/// non-ASCII byte (perhaps Unicode whitespace) is left to the tokenizer (true).
+pub fn first_word_may_be(sql: &[u8], words: &[&str]) -> bool {
+    let mut rest = sql;
+    loop {
+        let at = rest
+            .iter()
+            .position(|b| !(b.is_ascii_whitespace() || *b == 0x0b))
+            .unwrap_or(rest.len());
+        let trimmed = &rest[at..];
+        if trimmed.first().is_some_and(|b| !b.is_ascii()) {
+            // Perhaps Unicode whitespace, which the tokenizer skips.
+            return true;
+        }
+        if let Some(comment) = trimmed.strip_prefix(b"--") {
+            rest = comment
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(&[][..], |at| &comment[at..]);
+        } else if trimmed.starts_with(b"/*") {
+            // A leading block comment: let the tokenizer decide.
+            return true;
+        } else {
+            rest = trimmed;
+            break;
+        }
+    }
+    words.iter().any(|word| {
+        rest.get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+    })
 }
 
 /// The tokens of `sql` other than whitespace and comments, each with its byte range in `sql`;
@@ -319,6 +360,13 @@ mod tests {
         );
         assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1"]);
         assert!(split_statements(" ; ").is_empty());
+        // Without a semicolon, as the tokenizer would have it: one piece, or none when blank.
+        assert_eq!(split_statements("SELECT 'a' -- c"), vec!["SELECT 'a' -- c"]);
+        assert_eq!(
+            split_statements("SELECT 'unterminated"),
+            vec!["SELECT 'unterminated"]
+        );
+        assert!(split_statements(" \n\t").is_empty());
     }
 
     #[test]
