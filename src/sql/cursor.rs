@@ -534,6 +534,8 @@ mod tests {
             "FETCH 1 FROM c",
             "  move c",
             "-- note\nclose c",
+            // A `--` comment ends at a carriage return too.
+            "-- note\rclose c",
             "/* x */ FETCH c",
             "discard all",
             "DECLARE c CURSOR FOR SELECT 1",
@@ -547,6 +549,7 @@ mod tests {
         }
         // The tokenizer skips the vertical tab, so the fuzz case is a MOVE of a held cursor.
         assert!(command("\n\n\u{b} \nmove c", held).is_some());
+        assert!(command("-- note\rclose c", held).is_some());
         for no in ["SELECT 1", "-- FETCH", "UPDATE t SET a = 1", "", "FET"] {
             assert!(!may_be_command(no.as_bytes()), "{no}");
         }

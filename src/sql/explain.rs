@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(explain(sql), None);
         assert_eq!(explain(&format!("EXPLAIN {sql}; SELECT 1")), None);
         // Past comments and any whitespace the tokenizer skips, in any case.
-        for lead in ["-- c\n\x0b", "/* c */ ", "  \n"] {
+        for lead in ["-- c\n\x0b", "-- c\r", "/* c */ ", "  \n"] {
             assert!(
                 explain(&format!("{lead}explain {sql}")).is_some(),
                 "{lead:?}"

@@ -8,7 +8,8 @@
 //! It must never miss a call PostgreSQL would run, so it errs on the side of "may call": it
 //! skips only what it is sure is not code — string constants (`'…'` with `''`, `E'…'` with
 //! backslash escapes too), quoted identifiers (`"…"`, compared as names), dollar quotes
-//! (`$tag$…$tag$`, not after a name character, where `$` belongs to the name) and comments
+//! (`$tag$…$tag$`, not after a name character, where `$` belongs to the name, but after a
+//! number or another dollar quote; `$1$` both as a tag and as a parameter) and comments
 //! (`--` to a `\n` or `\r`, and `/* … */` ended at the first `*/`, which ends nested comments
 //! early and so only ever scans more; neither right after an operator character, where
 //! sqlparser may read them as part of an operator) — and reports any ML schema name followed by
@@ -19,14 +20,22 @@ use super::ML_SCHEMAS;
 /// Whether `sql` may call an ML function: an ML schema's name (bare or quoted) followed, past
 /// spaces and comments, by a `.`, outside string constants, dollar quotes and comments.
 pub fn may_call_ml(sql: &[u8]) -> bool {
+    // `$1$` is a dollar quote for the tokenizer but a parameter and a `$` for PostgreSQL: both
+    // readings are scanned.
+    scan(sql, false) || scan(sql, true)
+}
+
+/// One pass over `sql`; `digit_tags`: whether `$1$` opens a dollar quote (as for sqlparser's
+/// tokenizer) or is a parameter followed by a `$` (as for PostgreSQL).
+fn scan(sql: &[u8], digit_tags: bool) -> bool {
     let mut at = 0;
-    // Where the last dollar quote ended: its closing `$` is not part of a name, so a `$` or an
-    // `E'` right after it starts a token (`$$$$$$aws_comprehend.f(` is two empty strings and a
-    // call, for PostgreSQL and the tokenizer alike; found by the sql fuzz target).
-    let mut quote_end = 0;
+    // Where the last dollar quote or number ended: a name character there (a `$`, the `E` of
+    // an `E'…'`) starts a token instead of continuing a name (`$$$$$$aws_comprehend.f(` is two
+    // empty strings and a call, `1$$…$$` a number and a string; found by the sql fuzz target).
+    let mut token_end = 0;
     while at < sql.len() {
-        let starts_token = at == quote_end || !after_name(sql, at);
         let byte = sql[at];
+        let starts_token = at == token_end || !after_name(sql, at);
         match byte {
             b'\'' => at = string_end(sql, at + 1, false),
             b'"' => {
@@ -45,18 +54,18 @@ pub fn may_call_ml(sql: &[u8]) -> bool {
             b'/' if sql.get(at + 1) == Some(&b'*') && !after_operator(sql, at) => {
                 at = comment_end(sql, at + 2)
             }
-            b'$' if starts_token => match dollar_tag(sql, at) {
+            b'$' if starts_token => match dollar_tag(sql, at, digit_tags) {
                 Some(tag) => {
                     let body = at + tag.len();
                     at = memchr::memmem::find(&sql[body..], tag)
                         .map_or(sql.len(), |n| body + n + tag.len());
-                    quote_end = at;
+                    token_end = at;
                 }
                 None => at += 1,
             },
-            // A number ends at its first non-digit: PostgreSQL 15 reads `1abc` as `1 abc`.
             _ if byte.is_ascii_digit() => {
-                at += sql[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+                at = number_end(sql, at);
+                token_end = at;
             }
             _ if is_name_byte(byte) => {
                 let end = at + sql[at..].iter().take_while(|&&b| is_name_byte(b)).count();
@@ -79,6 +88,41 @@ pub fn may_call_ml(sql: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// The end of the number starting at `at` (a digit), as the tokenizer reads numbers: digits
+/// with `_` separators, `0x`/`0o`/`0b` and their digits, or a fraction after one `.` and an
+/// exponent, and an `L` suffix. A name starts after it (PostgreSQL 15 reads `1abc` as `1 abc`).
+fn number_end(sql: &[u8], at: usize) -> usize {
+    let digits = |from: usize, radix: u32| {
+        from + sql[from.min(sql.len())..]
+            .iter()
+            .take_while(|&&b| b == b'_' || char::from(b).is_digit(radix))
+            .count()
+    };
+    let radix = match (sql[at], sql.get(at + 1).map(u8::to_ascii_lowercase)) {
+        (b'0', Some(b'x')) => 16,
+        (b'0', Some(b'o')) => 8,
+        (b'0', Some(b'b')) => 2,
+        _ => 10,
+    };
+    if radix != 10 {
+        return digits(at + 2, radix);
+    }
+    let mut end = digits(at, 10);
+    if sql.get(end) == Some(&b'.') {
+        end = digits(end + 1, 10);
+    }
+    if matches!(sql.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(sql.get(end + 1), Some(b'+' | b'-')));
+        if sql
+            .get(end + 1 + sign)
+            .is_some_and(|b| b.is_ascii_digit() || *b == b'_')
+        {
+            end = digits(end + 1 + sign, 10);
+        }
+    }
+    end + usize::from(sql.get(end) == Some(&b'L'))
 }
 
 fn is_ml_schema(word: &[u8]) -> bool {
@@ -152,10 +196,11 @@ fn comment_end(sql: &[u8], at: usize) -> usize {
     memchr::memmem::find(&sql[at.min(sql.len())..], b"*/").map_or(sql.len(), |n| at + n + 2)
 }
 
-/// The dollar-quote tag (`$$`, `$tag$`) starting at `at`, if one does.
-fn dollar_tag(sql: &[u8], at: usize) -> Option<&[u8]> {
+/// The dollar-quote tag (`$$`, `$tag$`) starting at `at`, if one does; with `digit_tags`, also
+/// one starting with a digit.
+fn dollar_tag(sql: &[u8], at: usize, digit_tags: bool) -> Option<&[u8]> {
     let rest = &sql[at + 1..];
-    if rest.first().is_some_and(|b| b.is_ascii_digit()) {
+    if !digit_tags && rest.first().is_some_and(|b| b.is_ascii_digit()) {
         return None; // $1: a parameter
     }
     let len = rest
@@ -209,6 +254,18 @@ mod tests {
         assert!(may("$$$$$$$$aws_comprehend.d("));
         assert!(!may("SELECT $$a$$$$ aws_comprehend.f() $$"));
         assert!(may("SELECT $$a$$E'\\'' aws_comprehend.f() '"));
+        // After a number too, in each of the tokenizer's forms of numbers.
+        for number in ["1", "1.5e-3", "0x1F", "0b1_0", "1_000", "1L", "2."] {
+            assert!(
+                may(&format!("{number}$$%$$aws_comprehend.e($$$$")),
+                "{number}"
+            );
+        }
+        assert!(may("SELECT 1Laws_comprehend.f(1)"));
+        // `$1$` is read both ways: a dollar quote (the tokenizer: a call after `$1$…$1$`) and
+        // a parameter and a `$` (PostgreSQL: a call after `$1`, `$$ $$`).
+        assert!(may("SELECT $1$$ $1$ aws_comprehend.f( $$$$"));
+        assert!(may("SELECT $1$$ $$ aws_comprehend.f(1) $1$"));
         // A number ends at its first letter (PostgreSQL 15 reads `1abc` as `1 abc`).
         assert!(may("SELECT 125aws_comprehend.detect_sentiment(x, 'en')"));
         assert!(!may("SELECT x125aws_comprehend.f(1)"));

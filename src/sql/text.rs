@@ -65,9 +65,10 @@ pub fn first_word_may_be(sql: &[u8], words: &[&str]) -> bool {
             return true;
         }
         if let Some(comment) = trimmed.strip_prefix(b"--") {
+            // To the line's end: a `\n` or, as for PostgreSQL and the tokenizer, a `\r`.
             rest = comment
                 .iter()
-                .position(|&b| b == b'\n')
+                .position(|&b| b == b'\n' || b == b'\r')
                 .map_or(&[][..], |at| &comment[at..]);
         } else if trimmed.starts_with(b"/*") {
             // A leading block comment: let the tokenizer decide.
