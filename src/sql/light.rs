@@ -14,9 +14,8 @@
 //! or `/*` right after an operator character, which sqlparser may take into the operator; a
 //! dollar-quote tag starting with a digit, `$1$`, or holding a character that is not a letter
 //! or digit; letters after a parameter, `$1E`; `X'…'`, where sqlparser honours backslashes;
-//! the character after a `&>`, which sqlparser takes into the operator),
-//! the scan cannot know which reading
-//! will run: the text may call one if it names an ML schema anywhere.
+//! the character after a `&>`, which sqlparser takes into the operator), the scan cannot know
+//! which reading will run: the text may call one if it names an ML schema anywhere.
 
 use super::ML_SCHEMAS;
 

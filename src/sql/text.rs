@@ -1,7 +1,8 @@
 //! Text-level work on statements that sqlparser alone cannot do: splitting a Query message into
 //! its statements (keeping each one's original text), and rewriting the two PostgreSQL forms
 //! sqlparser 0.64 does not parse. Both use sqlparser's tokenizer, so literals, comments and
-//! quoted identifiers are never cut or rewritten.
+//! quoted identifiers are never cut or rewritten. And a byte check of a text's first word, so
+//! that statements which cannot be cursor commands, DECLARE or EXPLAIN are not parsed for it.
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
