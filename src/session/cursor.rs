@@ -21,7 +21,7 @@ use super::conversation::requests::{flushed, named};
 use super::conversation::{Conversation, Outcome};
 use super::relay::Relay;
 use super::rows::{message, Layout};
-use super::statements::{self, CursorWork, MlCursor};
+use super::statements::{self, CursorWork, MlCursor, Registry};
 use super::{residual, streaming};
 use crate::error::SessionError;
 use crate::protocol::{self, frontend};
@@ -43,49 +43,34 @@ pub(super) fn settle(
     let parse = kind == frontend::PARSE;
     let rewritten = |sql: &str| reparse(&body, sql).unwrap_or_else(|| body.clone());
     match work {
+        // As a Query, a command that forgets names pgenrich holds runs as a conversation: they
+        // are forgotten only once PostgreSQL has accepted it (it refuses them in an aborted
+        // transaction, DISCARD ALL in a transaction block).
+        CursorWork::Command(ref command) if !parse && forgets_any(relay.registry(), command) => {
+            return Some((kind, body, work));
+        }
         CursorWork::Command(CursorCommand::CloseAll) => {
             relay.registry().cursors.clear();
             relay.relay_inspected(kind, &body);
         }
-        // Prepared statements: forgotten when the Query runs (a prepared one only renames).
-        CursorWork::Command(CursorCommand::DiscardAll) => {
-            if !parse {
-                let registry = relay.registry();
-                registry.cursors.clear();
-                registry.statements.clear();
-                registry.portals.clear();
-            }
-            relay.relay_inspected(kind, &body);
-        }
-        CursorWork::Command(CursorCommand::DeallocateAll) => {
-            if !parse {
-                relay.registry().statements.clear();
-            }
+        // The rest of these only name what pgenrich does not hold, or are prepared (a Parse
+        // only names the command; forgotten names stay).
+        CursorWork::Command(CursorCommand::DiscardAll | CursorCommand::DeallocateAll) => {
             relay.relay_inspected(kind, &body);
         }
         CursorWork::Command(CursorCommand::Deallocate { name, at }) => {
-            let registry = relay.registry();
-            let upstream = registry
+            let upstream = relay
+                .registry()
                 .statements
                 .get(&name)
                 .map(|s| s.upstream_name.clone());
-            if !parse {
-                registry.statements.remove(&name);
-            }
             match upstream {
                 // The statement upstream is pgenrich's.
                 Some(upstream) => {
                     let text = protocol::statement_text(kind, &body).unwrap_or_default();
                     let sql =
                         crate::sql::cursor::rename(&String::from_utf8_lossy(text), at, &upstream);
-                    let body = if parse {
-                        rewritten(&sql)
-                    } else {
-                        let mut query = sql.into_bytes();
-                        query.push(0);
-                        Bytes::from(query)
-                    };
-                    relay.relay_inspected(kind, &body);
+                    relay.relay_inspected(kind, &rewritten(&sql));
                 }
                 None => relay.relay_inspected(kind, &body),
             }
@@ -130,6 +115,35 @@ pub(super) fn settle(
         work => return Some((kind, body, work)),
     }
     None
+}
+
+/// Whether `command` (CLOSE ALL, DISCARD ALL, DEALLOCATE) forgets any name pgenrich holds.
+fn forgets_any(registry: &Registry, command: &CursorCommand) -> bool {
+    match command {
+        CursorCommand::CloseAll => !registry.cursors.is_empty(),
+        CursorCommand::DiscardAll => registry.names_any(),
+        CursorCommand::DeallocateAll => !registry.statements.is_empty(),
+        CursorCommand::Deallocate { name, .. } => registry.statements.contains_key(name),
+        _ => false,
+    }
+}
+
+/// Forgets what `command` ended upstream; prepared statements and cursors give their charges
+/// back as they go.
+fn forget(registry: &mut Registry, command: &CursorCommand) {
+    match command {
+        CursorCommand::CloseAll => registry.cursors.clear(),
+        CursorCommand::DiscardAll => {
+            registry.cursors.clear();
+            registry.statements.clear();
+            registry.portals.clear();
+        }
+        CursorCommand::DeallocateAll => registry.statements.clear(),
+        CursorCommand::Deallocate { name, .. } => {
+            registry.statements.remove(name);
+        }
+        _ => {}
+    }
 }
 
 /// A Parse body like `body` (statement name, parameter types) with the text `sql`.
@@ -180,6 +194,26 @@ pub(super) async fn run(
         CursorWork::Command(CursorCommand::Fetch { name, sql }) => (name, sql, true, false),
         CursorWork::Command(CursorCommand::Close { name, sql }) => (name, sql, false, true),
         CursorWork::Command(CursorCommand::Move { name, sql }) => (name, sql, false, false),
+        // Queries that forget names pgenrich holds: forgotten once PostgreSQL accepts them.
+        CursorWork::Command(
+            command @ (CursorCommand::CloseAll
+            | CursorCommand::DiscardAll
+            | CursorCommand::Deallocate { .. }
+            | CursorCommand::DeallocateAll),
+        ) if kind == frontend::QUERY => {
+            let text = protocol::statement_text(kind, &body).unwrap_or_default();
+            let mut sql = String::from_utf8_lossy(text).into_owned();
+            if let CursorCommand::Deallocate { name, at } = &command {
+                if let Some(statement) = conv.registry().statements.get(name) {
+                    sql = crate::sql::cursor::rename(&sql, at.clone(), &statement.upstream_name);
+                }
+            }
+            let (failed, ready) = query(conv, &sql).await?;
+            if !failed {
+                forget(conv.registry(), &command);
+            }
+            return finish(conv, ready).await;
+        }
         // Settled before a conversation began.
         CursorWork::Command(
             CursorCommand::CloseAll

@@ -137,7 +137,7 @@ pub(super) async fn intercept_ml(
             analyze,
             target,
         } => {
-            explain::handle_parse(conv, name, analyze, *target, kept);
+            explain::handle_parse(conv, name, analyze, *target, kept).await?;
             return conv.flush().await;
         }
         Intercept::Describe { kind, name } => {

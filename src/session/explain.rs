@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::enrich::{CallStats, Executor};
 use crate::error::{SessionError, SqlState};
 use crate::protocol::{frontend, ErrorMessage};
-use crate::session::conversation::requests::{named, parse_body};
+use crate::session::conversation::requests::{flushed, named, parse_body};
 use crate::session::conversation::transaction::Failure;
 use crate::session::conversation::{canceled, Conversation, Outcome};
 use crate::session::kept::Kept;
@@ -31,6 +31,9 @@ use crate::sql::residual::ResidualPlan;
 
 /// The statement EXPLAINs run under upstream.
 const EXPLAIN_STATEMENT: &str = "pgenrich.explain";
+
+/// What a prepared EXPLAIN of an ML statement is upstream ([`handle_parse`]): never bound there.
+const PLACEHOLDER: &str = "SELECT /* pgenrich: EXPLAIN of an ML statement, answered by pgenrich */";
 
 /// Answers an EXPLAIN of an ML statement (simple protocol), up to ReadyForQuery.
 pub async fn run(
@@ -97,26 +100,53 @@ async fn plan_lines(
 }
 
 /// Registers a client's Parse of an EXPLAIN of an ML statement (extended protocol): it is
-/// answered by pgenrich at Execute, so nothing is prepared upstream.
-pub fn handle_parse(
+/// answered by pgenrich at Execute. Upstream, a placeholder statement is prepared under
+/// pgenrich's name for it, so that whatever ends a prepared statement there (Close, `DEALLOCATE`
+/// under that name, `DEALLOCATE ALL`, `DISCARD ALL`) answers as it would natively, and a Parse
+/// PostgreSQL refuses (an aborted transaction) gets its own error.
+pub async fn handle_parse(
     conv: &mut Conversation<'_>,
     name: String,
     analyze: bool,
     target: ExplainTarget,
     kept: Option<Kept>,
-) {
-    let statement = MlStatement {
-        // No such statement exists upstream: a Close of it is answered there all the same.
-        upstream_name: format!("pgenrich.explain.{name}"),
-        parameters: Bytes::from_static(&[0, 0]),
-        prepared: Prepared::Explain {
-            analyze,
-            target: Arc::new(target),
-        },
-        kept,
-    };
-    conv.registry().statements.insert(name, Arc::new(statement));
-    conv.to_client(message(b'1', &[]));
+) -> Result<(), SessionError> {
+    let upstream_name = format!("pgenrich.explain.{name}");
+    let mut requests = BytesMut::new();
+    // Replace an earlier statement of the same client name (always so for the unnamed one).
+    requests.put_slice(&message(frontend::CLOSE, &named(b'S', &upstream_name)));
+    requests.put_slice(&message(
+        frontend::PARSE,
+        &parse_body(&upstream_name, PLACEHOLDER, &[]),
+    ));
+    conv.send(flushed(requests.freeze())).await?;
+    loop {
+        let (kind, body) = conv.next().await?;
+        match kind {
+            b'3' => {}
+            b'1' => {
+                let statement = MlStatement {
+                    upstream_name,
+                    parameters: Bytes::from_static(&[0, 0]),
+                    prepared: Prepared::Explain {
+                        analyze,
+                        target: Arc::new(target),
+                    },
+                    kept,
+                };
+                conv.registry().statements.insert(name, Arc::new(statement));
+                conv.to_client(message(b'1', &[]));
+                return Ok(());
+            }
+            b'E' => {
+                conv.registry().statements.remove(&name);
+                conv.to_client(message(b'E', &body));
+                conv.mark_failed();
+                return Ok(());
+            }
+            _ => conv.to_client(message(kind, &body)),
+        }
+    }
 }
 
 /// Answers a client's Execute of an EXPLAIN portal (extended protocol). The first Execute works

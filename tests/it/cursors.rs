@@ -83,6 +83,9 @@ async fn cursors_match_native_in_every_direction() {
             "FETCH 3 FROM c",
             "FETCH NEXT c",
             "MOVE 2 IN c",
+            // Comments before the command: a `--` one ends at a carriage return too.
+            "-- a comment\rFETCH 1 FROM c",
+            "/* a /* nested */ comment */ MOVE 1 IN c",
             "FETCH FORWARD 4 FROM c",
             "FETCH ALL c",
             "FETCH c",

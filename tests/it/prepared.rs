@@ -272,3 +272,100 @@ async fn deallocate_and_discard_all_end_ml_statements_as_they_end_others() {
         assert_eq!(kinds(&done), "CZ", "{end_all}: {done:?}");
     }
 }
+
+/// Bind statement `name` (no parameters, text results) to the unnamed portal, Execute, Sync.
+fn bind_execute(name: &str) -> Vec<u8> {
+    let mut bind = cstr("");
+    bind.extend(cstr(name));
+    bind.extend([0u8; 6]);
+    [message(b'B', &bind), execute("", 0), message(b'S', &[])].concat()
+}
+
+/// The SQLSTATE of the first ErrorResponse among `answers`.
+fn first_error(answers: &[(u8, String)]) -> String {
+    answers
+        .iter()
+        .find(|(kind, _)| *kind == b'E')
+        .map(|(_, body)| error_code(body.as_bytes()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_postgres_refuses_forget_no_ml_statement() {
+    // PostgreSQL refuses DEALLOCATE in an aborted transaction and DISCARD ALL in a transaction
+    // block; the statements stay, so pgenrich must keep them too (it forgot them before: the
+    // next Bind went upstream under the client's name and failed with 26000).
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    let ml = statement(10, 7);
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("s1", &ml)).await),
+        "1Z"
+    );
+    let q = |sql: &str| message(b'Q', &cstr(sql));
+    assert_eq!(kinds(&answers(&mut raw, &q("BEGIN")).await), "CZ");
+    assert_eq!(kinds(&answers(&mut raw, &q("SELECT 1/0")).await), "EZ");
+    for refused in ["DEALLOCATE s1", "DEALLOCATE ALL", "DISCARD ALL"] {
+        let answer = answers(&mut raw, &q(refused)).await;
+        assert_eq!(kinds(&answer), "EZ", "{refused}: {answer:?}");
+        assert_eq!(first_error(&answer), "25P02", "{refused}: {answer:?}");
+    }
+    assert_eq!(kinds(&answers(&mut raw, &q("ROLLBACK")).await), "CZ");
+    assert_eq!(kinds(&answers(&mut raw, &q("BEGIN")).await), "CZ");
+    let discard = answers(&mut raw, &q("DISCARD ALL")).await;
+    assert_eq!(first_error(&discard), "25001", "{discard:?}");
+    assert_eq!(kinds(&answers(&mut raw, &q("ROLLBACK")).await), "CZ");
+
+    // The statement is still pgenrich's: it runs with its ML result, and DEALLOCATE ends it.
+    let ran = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(kinds(&ran), "2DCZ", "{ran:?}");
+    assert!(ran[1].1.contains("POSITIVE"), "{ran:?}");
+    assert_eq!(kinds(&answers(&mut raw, &q("DEALLOCATE s1")).await), "CZ");
+    let gone = answers(&mut raw, &q("DEALLOCATE s1")).await;
+    assert_eq!(first_error(&gone), "26000", "{gone:?}");
+    // Accepted, DISCARD ALL forgets them all.
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("s2", &ml)).await),
+        "1Z"
+    );
+    assert_eq!(kinds(&answers(&mut raw, &q("DISCARD ALL")).await), "CZ");
+    let discarded = answers(&mut raw, &bind_execute("s2")).await;
+    assert_eq!(first_error(&discarded), "26000", "{discarded:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_explain_of_an_ml_statement_ends_as_prepared_statements_do() {
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    let explain = "EXPLAIN SELECT (aws_comprehend.detect_sentiment('good', 'en')).sentiment";
+    let q = |sql: &str| message(b'Q', &cstr(sql));
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("e1", explain)).await),
+        "1Z"
+    );
+    let planned = answers(&mut raw, &bind_execute("e1")).await;
+    assert!(kinds(&planned).starts_with("2D"), "{planned:?}");
+    // DEALLOCATE gave 26000: nothing of it was prepared upstream.
+    let done = answers(&mut raw, &q("DEALLOCATE e1")).await;
+    assert_eq!(kinds(&done), "CZ", "{done:?}");
+    let again = answers(&mut raw, &q("DEALLOCATE e1")).await;
+    assert_eq!(first_error(&again), "26000", "{again:?}");
+    // A Parse of it in an aborted transaction fails as PostgreSQL's would, and prepares nothing.
+    assert_eq!(kinds(&answers(&mut raw, &q("BEGIN")).await), "CZ");
+    assert_eq!(kinds(&answers(&mut raw, &q("SELECT 1/0")).await), "EZ");
+    let refused = answers(&mut raw, &parse_named("e2", explain)).await;
+    assert_eq!(first_error(&refused), "25P02", "{refused:?}");
+    assert_eq!(kinds(&answers(&mut raw, &q("ROLLBACK")).await), "CZ");
+    let never = answers(&mut raw, &q("DEALLOCATE e2")).await;
+    assert_eq!(first_error(&never), "26000", "{never:?}");
+    // DEALLOCATE ALL ends it too, and its name is free again.
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("e3", explain)).await),
+        "1Z"
+    );
+    assert_eq!(kinds(&answers(&mut raw, &q("DEALLOCATE ALL")).await), "CZ");
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("e3", explain)).await),
+        "1Z"
+    );
+}
