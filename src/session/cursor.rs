@@ -10,7 +10,8 @@
 //! one scored whole, just before it runs; a prepared one (psycopg's named cursors) when its
 //! Parse passes, since its Execute may come much later. A cursor without HOLD is forgotten when
 //! its transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and a DECLARE of the name without ML calls
-//! forget it too. A cursor that ended upstream in any other way (ROLLBACK TO SAVEPOINT, a rolled
+//! forget it too (sent as a Query, CLOSE ALL and DISCARD ALL — and DEALLOCATE of an ML
+//! statement — forget only once PostgreSQL has accepted them). A cursor that ended upstream in any other way (ROLLBACK TO SAVEPOINT, a rolled
 //! back WITH HOLD, a DECLARE that failed) gives PostgreSQL's own `34000` on the next FETCH.
 
 use std::sync::Arc;
@@ -177,8 +178,9 @@ fn remembered(
 }
 
 /// Runs a DECLARE, FETCH, MOVE or CLOSE sent as a Query (answered up to ReadyForQuery), or a
-/// FETCH sent as a Parse (prepared as a streaming ML statement; `None`). `kept`: the charge of
-/// the cursor or statement it keeps.
+/// FETCH sent as a Parse (prepared as a streaming ML statement; `None`). A CLOSE ALL, DISCARD
+/// ALL or DEALLOCATE sent as a Query forgets pgenrich's names once PostgreSQL accepts it
+/// (`None`: not an ML statement). `kept`: the charge of the cursor or statement it keeps.
 pub(super) async fn run(
     conv: &mut Conversation<'_>,
     kind: u8,
@@ -212,7 +214,9 @@ pub(super) async fn run(
             if !failed {
                 forget(conv.registry(), &command);
             }
-            return finish(conv, ready).await;
+            // Not an ML statement: neither counted nor logged as one.
+            finish(conv, ready).await?;
+            return Ok(None);
         }
         // Settled before a conversation began.
         CursorWork::Command(
