@@ -125,28 +125,24 @@ pub async fn handle_parse(
         match kind {
             b'3' => {}
             b'1' => {
+                let prepared = Prepared::Explain {
+                    analyze,
+                    target: Arc::new(target),
+                };
+                let parameters = Bytes::from_static(&[0, 0]);
                 let statement = MlStatement {
                     upstream_name,
-                    parameters: Bytes::from_static(&[0, 0]),
-                    prepared: Prepared::Explain {
-                        analyze,
-                        target: Arc::new(target),
-                    },
+                    parameters,
+                    prepared,
                     kept,
                 };
-                conv.registry().statements.insert(name, Arc::new(statement));
-                conv.to_client(message(b'1', &[]));
-                return Ok(());
+                break conv.parse_accepted(name, statement);
             }
-            b'E' => {
-                conv.registry().statements.remove(&name);
-                conv.to_client(message(b'E', &body));
-                conv.mark_failed();
-                return Ok(());
-            }
+            b'E' => break conv.parse_refused(&name, &body),
             _ => conv.to_client(message(kind, &body)),
         }
     }
+    Ok(())
 }
 
 /// Answers a client's Execute of an EXPLAIN portal (extended protocol). The first Execute works

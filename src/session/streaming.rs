@@ -352,28 +352,20 @@ pub async fn handle_parse(
                     &plan,
                     if kind == b'T' { &body } else { &[0, 0] },
                 ));
-                conv.registry().statements.insert(
-                    name,
-                    Arc::new(MlStatement {
-                        upstream_name,
-                        parameters,
-                        prepared: Prepared::Streaming { plan, layout },
-                        kept,
-                    }),
-                );
-                conv.to_client(message(b'1', &[]));
-                return Ok(());
+                let statement = MlStatement {
+                    upstream_name,
+                    parameters,
+                    prepared: Prepared::Streaming { plan, layout },
+                    kept,
+                };
+                break conv.parse_accepted(name, statement);
             }
-            b'E' => {
-                // The database rejected the base statement: its error answers the Parse.
-                conv.registry().statements.remove(&name);
-                conv.to_client(message(b'E', &body));
-                conv.mark_failed();
-                return Ok(());
-            }
+            // The database rejected the base statement: its error answers the Parse.
+            b'E' => break conv.parse_refused(&name, &body),
             _ => conv.to_client(message(kind, &body)),
         }
     }
+    Ok(())
 }
 
 /// Runs a client's Execute of a streaming ML portal (extended protocol): rows, then

@@ -31,7 +31,7 @@ use crate::error::{SessionError, SqlState};
 use crate::protocol::ErrorMessage;
 use crate::session::relay::Relay;
 use crate::session::rows::message;
-use crate::session::statements::Registry;
+use crate::session::statements::{MlStatement, Registry};
 use crate::session::tracker::Tracker;
 
 pub mod held;
@@ -218,6 +218,22 @@ impl<'r> Conversation<'r> {
     /// The upstream now skips to the client's Sync (after an error in its pipeline).
     pub fn mark_failed(&mut self) {
         self.relay.mark_extended_failed();
+    }
+
+    /// What pgenrich prepared for the client's Parse of statement `name` is ready: the client's
+    /// statement of that name is `statement` from now on, and its Parse is answered.
+    pub fn parse_accepted(&mut self, name: String, statement: MlStatement) {
+        self.registry().statements.insert(name, Arc::new(statement));
+        self.to_client(message(b'1', &[]));
+    }
+
+    /// The database refused what pgenrich prepared for the client's Parse of statement `name`:
+    /// its `error` answers the Parse, the client's statement of that name is gone, and the
+    /// upstream skips to the client's Sync.
+    pub fn parse_refused(&mut self, name: &str, error: &[u8]) {
+        self.registry().statements.remove(name);
+        self.to_client(message(b'E', error));
+        self.mark_failed();
     }
 
     /// Whether the upstream skips to the client's Sync after an error.

@@ -30,14 +30,9 @@ pub async fn handle_parse(
     match prepare(conv, &name, &types, plan).await? {
         Ok(mut statement) => {
             statement.kept = kept;
-            conv.registry().statements.insert(name, Arc::new(statement));
-            conv.to_client(message(b'1', &[]));
+            conv.parse_accepted(name, statement);
         }
-        Err(error) => {
-            conv.registry().statements.remove(&name);
-            conv.to_client(message(b'E', &error));
-            conv.mark_failed();
-        }
+        Err(error) => conv.parse_refused(&name, &error),
     }
     Ok(())
 }
