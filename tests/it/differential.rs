@@ -381,6 +381,46 @@ const CASES: &[Case] = &[
            LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
              ON s.sentiment <> 'NEUTRAL' ORDER BY r.id",
     ),
+    // Subqueries referring to a table function's columns (they stayed `s.…` in the residual,
+    // which has no `s`: 42P01 where PostgreSQL answers).
+    same(
+        "from_lateral_column_in_scalar_subquery",
+        Ordered,
+        "SELECT r.id, (SELECT count(*) FROM diff_reviews o WHERE o.body < s.sentiment) AS n \
+           FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s ORDER BY r.id",
+    ),
+    same(
+        "from_lateral_column_in_where_exists",
+        Ordered,
+        "SELECT r.id FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s \
+          WHERE EXISTS (SELECT 1 FROM diff_reviews o WHERE o.id = r.id + 1 AND s.sentiment <> 'NEUTRAL') \
+          ORDER BY r.id",
+    ),
+    same(
+        "from_left_join_lateral_on_subquery",
+        Ordered,
+        "SELECT r.id, s.sentiment, s.confidence FROM diff_reviews r \
+           LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
+             ON EXISTS (SELECT 1 FROM diff_reviews o WHERE o.id = r.id AND s.sentiment = 'POSITIVE') \
+          ORDER BY r.id",
+    ),
+    // Found by the sql_ast fuzz target: an ML block in the condition, copied into both
+    // references to the function's columns.
+    same(
+        "from_left_join_lateral_on_ml_subquery",
+        Ordered,
+        "SELECT r.id, s.sentiment = 'POSITIVE' AS positive, s.sentiment FROM diff_reviews r \
+           LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
+             ON s.sentiment <> (SELECT (aws_comprehend.detect_sentiment(o.body, 'en')).sentiment \
+                                  FROM diff_reviews o WHERE o.id = 1) \
+          ORDER BY r.id",
+    ),
+    same(
+        "from_lateral_name_shadowed_in_subquery",
+        Ordered,
+        "SELECT r.id, s.sentiment FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s \
+          WHERE EXISTS (SELECT 1 FROM diff_reviews s WHERE s.id = r.id AND s.rating > 2) ORDER BY r.id",
+    ),
     // --- WHERE ---------------------------------------------------------------------------------
     same(
         "where_label",

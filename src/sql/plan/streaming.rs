@@ -136,12 +136,22 @@ impl Planner {
             from.push(item);
         }
         select.from = from;
+        // In the select list only `alias.column` stands for a function's column here; inside
+        // any other expression (a subquery's included) the residual mode replaces it.
+        let in_expressions = select.projection.iter().any(|item| match item {
+            SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                !matches!(expr, Expr::CompoundIdentifier(parts) if parts.len() == 2)
+                    && references_functions_in(expr, &functions)
+            }
+            _ => false,
+        });
         if !functions.is_empty()
-            && (references_functions(&*select, &functions)
+            && (in_expressions
+                || references_functions(&*select, &functions)
                 || references_functions_in(&query.order_by, &functions))
         {
             return Err(unsupported(
-                "columns of ML table functions can be used in the SELECT list only",
+                "columns of ML table functions can be selected only as they are",
                 LATER_HINT,
             ));
         }

@@ -290,7 +290,7 @@ impl ResidualPlan {
                 select.join(", "),
                 unnested.join(", ")
             );
-            residual = residual.replacen(&block_marker(b), &base, 1);
+            residual = residual.replace(&block_marker(b), &base);
             let mut column = block.carried.len();
             for (k, names) in described.stars.iter().enumerate() {
                 let list: Vec<String> = names
@@ -304,7 +304,7 @@ impl ResidualPlan {
                         )
                     })
                     .collect();
-                residual = residual.replacen(&star_marker(b, k), &list.join(", "), 1);
+                residual = residual.replace(&star_marker(b, k), &list.join(", "));
             }
         }
         if self.prefix.is_empty() {

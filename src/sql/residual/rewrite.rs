@@ -61,6 +61,9 @@ pub(super) struct Rewriter {
     pub(super) input_names: HashSet<String>,
     pub(super) mode: Option<Mode>,
     pub(super) depth: usize,
+    /// Names of the FROM items of the subqueries the rewrite is inside (innermost last): a
+    /// reference qualified by one of them is the subquery's, not the block's.
+    pub(super) scopes: Vec<Vec<String>>,
 }
 
 impl Rewriter {
@@ -76,6 +79,7 @@ impl Rewriter {
         };
         // The condition itself sees the function's columns as they are.
         let mut condition = condition.clone();
+        let scopes = std::mem::take(&mut self.scopes);
         let saved = (self.mode, self.depth, std::mem::take(&mut self.functions));
         self.functions = saved
             .2
@@ -87,6 +91,7 @@ impl Rewriter {
             .collect();
         let result = self.rewrite_node(&mut condition, Mode::Plain);
         (self.mode, self.depth, self.functions) = saved;
+        self.scopes = scopes;
         result?;
         parse_expr(&format!("CASE WHEN {condition} THEN {column} END"))
     }
@@ -168,7 +173,8 @@ impl Rewriter {
         self.functions.iter().find(|f| f.alias == ident.value)
     }
 
-    /// Whether `expr` refers to a column of an ML table function.
+    /// Whether `expr` refers to a column of an ML table function, or to the block's base rows
+    /// (parts already rewritten: a subquery over them stays in the residual).
     pub(super) fn mentions_function(&self, expr: &Expr) -> bool {
         struct Finder<'a>(&'a [TableFunction]);
         impl sqlparser::ast::Visitor for Finder<'_> {
@@ -176,7 +182,9 @@ impl Rewriter {
             fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
                 let hit = match expr {
                     Expr::CompoundIdentifier(parts) => {
-                        parts.len() == 2 && self.0.iter().any(|f| f.alias == parts[0].value)
+                        parts.len() == 2
+                            && (self.0.iter().any(|f| f.alias == parts[0].value)
+                                || parts[0].value.starts_with(BASE_ALIAS))
                     }
                     Expr::Identifier(ident) => {
                         self.0.iter().any(|f| f.field(&ident.value).is_some())
@@ -204,6 +212,7 @@ impl Rewriter {
     ) -> Result<(), PlanError> {
         self.mode = Some(mode);
         self.depth = 0;
+        self.scopes.clear();
         match node.visit(self) {
             ControlFlow::Break(error) => Err(error),
             ControlFlow::Continue(()) => Ok(()),
@@ -276,26 +285,44 @@ impl Rewriter {
 impl VisitorMut for Rewriter {
     type Break = PlanError;
 
-    fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<PlanError> {
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<PlanError> {
         self.depth += 1;
+        let mut names = Vec::new();
+        from_names(&query.body, &mut names);
+        if let Some(with) = &query.with {
+            names.extend(
+                with.cte_tables
+                    .iter()
+                    .map(|cte| cte.alias.name.value.clone()),
+            );
+        }
+        self.scopes.push(names);
         ControlFlow::Continue(())
     }
 
     fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<PlanError> {
         self.depth -= 1;
+        self.scopes.pop();
         ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<PlanError> {
         let replacement = if self.depth > 0 {
             // Inside a subquery of an ML expression: only references qualified by the block's
-            // names are the block's (correlated) columns.
+            // names, or an ML table function's, are the block's (correlated) columns — unless
+            // a subquery on the way names a FROM item so too.
             match expr {
                 Expr::CompoundIdentifier(parts)
                     if parts.len() == 2
-                        && self.names.iter().flatten().any(|n| *n == parts[0].value) =>
+                        && !self.scopes.iter().flatten().any(|n| *n == parts[0].value) =>
                 {
-                    Some(Ok(self.carry(expr)))
+                    if self.names.iter().flatten().any(|n| *n == parts[0].value) {
+                        Some(Ok(self.carry(expr)))
+                    } else if self.functions.iter().any(|f| f.alias == parts[0].value) {
+                        self.replace(expr)
+                    } else {
+                        None
+                    }
                 }
                 _ => None,
             }
@@ -395,5 +422,37 @@ impl Rewriter {
             }
             _ => None,
         }
+    }
+}
+
+/// Names qualifying the FROM items of a query body's SELECT blocks (not of their subqueries).
+fn from_names(body: &SetExpr, out: &mut Vec<String>) {
+    fn factor(relation: &TableFactor, out: &mut Vec<String>) {
+        if let TableFactor::NestedJoin {
+            table_with_joins, ..
+        } = relation
+        {
+            factor(&table_with_joins.relation, out);
+            for join in &table_with_joins.joins {
+                factor(&join.relation, out);
+            }
+        }
+        out.extend(relation_alias(relation));
+    }
+    match body {
+        SetExpr::Select(select) => {
+            for item in &select.from {
+                factor(&item.relation, out);
+                for join in &item.joins {
+                    factor(&join.relation, out);
+                }
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            from_names(left, out);
+            from_names(right, out);
+        }
+        SetExpr::Query(query) => from_names(&query.body, out),
+        _ => {}
     }
 }

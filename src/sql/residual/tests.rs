@@ -393,6 +393,66 @@ fn left_join_lateral_conditions_null_the_function_columns() {
 }
 
 #[test]
+fn a_block_copied_with_a_lateral_condition_gets_its_base_rows_in_every_copy() {
+    // The ON condition stands in every reference to the function's columns (here two), and so
+    // does the subquery in it, an ML block of its own. Found by the sql_ast fuzz target: only
+    // the first copy got the block's base rows; the second kept the marker.
+    let p = ok(
+        "SELECT r.id BETWEEN s.sentiment AND 10, s.sentiment FROM reviews r \
+                LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
+                ON s.sentiment <> EXISTS (SELECT 1 FROM t \
+                WHERE aws_comprehend.detect_sentiment('a', 'en') = s.sentiment)",
+    );
+    assert_eq!(p.blocks.len(), 2);
+    let sql = residual(&p);
+    assert!(!sql.contains(BASE_MARKER), "{sql}");
+    assert_eq!(sql.matches("AS pgenrich_base0").count(), 2, "{sql}");
+    // The function's column in the subquery is the outer block's base column (it stayed `s.…`,
+    // a name the residual does not have).
+    assert!(!sql.contains("s.sentiment"), "{sql}");
+    assert_eq!(
+        sql.matches("pgenrich_base0.m0 = pgenrich_base1.m0_sentiment")
+            .count(),
+        2,
+        "{sql}"
+    );
+}
+
+#[test]
+fn subqueries_see_table_function_columns_as_base_columns_unless_they_name_their_own() {
+    let sql = residual(&ok(
+        "SELECT r.id, (SELECT max(t.x) FROM t WHERE t.x = s.sentiment) \
+         FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s",
+    ));
+    assert!(
+        sql.contains("WHERE t.x = pgenrich_base0.m0_sentiment)"),
+        "{sql}"
+    );
+    // Under LEFT JOIN LATERAL the condition's subquery sees the column as it is, and stays in
+    // the residual (the base has no such column).
+    let p = ok("SELECT r.id, s.sentiment FROM reviews r \
+                LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s \
+                ON EXISTS (SELECT 1 FROM t WHERE t.x = s.sentiment)");
+    assert!(!p.blocks[0].base_sql.contains("EXISTS"), "{p:?}");
+    let sql = residual(&p);
+    assert!(
+        sql.contains(
+            "CASE WHEN EXISTS (SELECT 1 FROM t WHERE t.x = pgenrich_base0.m0_sentiment) THEN"
+        ),
+        "{sql}"
+    );
+    // A subquery's own FROM item of the same name is its own.
+    let sql = residual(&ok(
+        "SELECT r.id FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s \
+         WHERE s.sentiment = 'POSITIVE' AND EXISTS (SELECT 1 FROM t AS s WHERE s.x = 1)",
+    ));
+    assert!(
+        sql.contains("EXISTS (SELECT 1 FROM t AS s WHERE s.x = 1)"),
+        "{sql}"
+    );
+}
+
+#[test]
 fn left_join_ml_conditions_on_the_joined_table_are_pushed_into_it() {
     let p = ok(
         "SELECT u.id, u.name, r.id FROM users u LEFT JOIN reviews r ON r.user_id = u.id \
