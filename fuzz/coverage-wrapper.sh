@@ -6,7 +6,8 @@
 # counters after every run, which took most of each execution's time in the lighter targets.
 # Everything is still built with debug assertions and overflow checks.
 #
-# FUZZ_COVERED_CRATES overrides the list (crate names, space-separated).
+# FUZZ_COVERED_CRATES overrides the list (crate names, space-separated). Cargo does not see the
+# list, so a build with another list needs a checkout (target directory) of its own.
 rustc=$1
 shift
 covered=${FUZZ_COVERED_CRATES:-pgenrich pgenrich_fuzz sqlparser pgwire aws_sdk_comprehend aws_sdk_sagemakerruntime aws_smithy_json}
