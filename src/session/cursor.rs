@@ -6,13 +6,14 @@
 //! cursor, which FETCH then reads as it is. The session's cursors are in the statement table ([`MlCursor`]); errors name
 //! the client's cursor, not pgenrich's. Like EXPLAIN, this uses the execution modes' phases.
 //!
-//! A streaming DECLARE in the simple protocol is remembered once PostgreSQL has accepted it;
-//! one scored whole, just before it runs; a prepared one (psycopg's named cursors) when its
-//! Parse passes, since its Execute may come much later. A cursor without HOLD is forgotten when
-//! its transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and a DECLARE of the name without ML calls
-//! forget it too (sent as a Query, CLOSE ALL and DISCARD ALL — and DEALLOCATE of an ML
-//! statement — forget only once PostgreSQL has accepted them). A cursor that ended upstream in any other way (ROLLBACK TO SAVEPOINT, a rolled
-//! back WITH HOLD, a DECLARE that failed) gives PostgreSQL's own `34000` on the next FETCH.
+//! A streaming DECLARE in the simple protocol is remembered once PostgreSQL has accepted it; one
+//! scored whole, just before it runs; a prepared one (psycopg's named cursors) when its Parse
+//! passes, since its Execute may come much later. A cursor without HOLD is forgotten when its
+//! transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and a DECLARE of the name without ML calls
+//! forget it too (sent as a Query, CLOSE ALL and DISCARD ALL — and DEALLOCATE of an ML statement —
+//! forget only once PostgreSQL has accepted them). A cursor that ended upstream in any other way
+//! (ROLLBACK TO SAVEPOINT, a rolled back WITH HOLD, a DECLARE that failed) gives PostgreSQL's own
+//! `34000` on the next FETCH.
 
 use std::sync::Arc;
 
@@ -60,19 +61,9 @@ pub(super) fn settle(
             relay.relay_inspected(kind, &body);
         }
         CursorWork::Command(CursorCommand::Deallocate { name, at }) => {
-            let upstream = relay
-                .registry()
-                .statements
-                .get(&name)
-                .map(|s| s.upstream_name.clone());
-            match upstream {
-                // The statement upstream is pgenrich's.
-                Some(upstream) => {
-                    let text = protocol::statement_text(kind, &body).unwrap_or_default();
-                    let sql =
-                        crate::sql::cursor::rename(&String::from_utf8_lossy(text), at, &upstream);
-                    relay.relay_inspected(kind, &rewritten(&sql));
-                }
+            // The statement upstream is pgenrich's.
+            match deallocate_renamed(relay.registry(), kind, &body, &name, at) {
+                Some(sql) => relay.relay_inspected(kind, &rewritten(&sql)),
                 None => relay.relay_inspected(kind, &body),
             }
         }
@@ -127,6 +118,24 @@ fn forgets_any(registry: &Registry, command: &CursorCommand) -> bool {
         CursorCommand::Deallocate { name, .. } => registry.statements.contains_key(name),
         _ => false,
     }
+}
+
+/// The text of a `DEALLOCATE name` (a Query or Parse body) naming pgenrich's statement upstream
+/// instead of the client's ML statement `name`; `None` when `name` is not an ML statement.
+fn deallocate_renamed(
+    registry: &Registry,
+    kind: u8,
+    body: &[u8],
+    name: &str,
+    at: std::ops::Range<usize>,
+) -> Option<String> {
+    let upstream = &registry.statements.get(name)?.upstream_name;
+    let text = protocol::statement_text(kind, body).unwrap_or_default();
+    Some(crate::sql::cursor::rename(
+        &String::from_utf8_lossy(text),
+        at,
+        upstream,
+    ))
 }
 
 /// Forgets what `command` ended upstream; prepared statements and cursors give their charges
@@ -203,13 +212,16 @@ pub(super) async fn run(
             | CursorCommand::Deallocate { .. }
             | CursorCommand::DeallocateAll),
         ) if kind == frontend::QUERY => {
-            let text = protocol::statement_text(kind, &body).unwrap_or_default();
-            let mut sql = String::from_utf8_lossy(text).into_owned();
-            if let CursorCommand::Deallocate { name, at } = &command {
-                if let Some(statement) = conv.registry().statements.get(name) {
-                    sql = crate::sql::cursor::rename(&sql, at.clone(), &statement.upstream_name);
+            let renamed = match &command {
+                CursorCommand::Deallocate { name, at } => {
+                    deallocate_renamed(conv.registry(), kind, &body, name, at.clone())
                 }
-            }
+                _ => None,
+            };
+            let sql = renamed.unwrap_or_else(|| {
+                let text = protocol::statement_text(kind, &body).unwrap_or_default();
+                String::from_utf8_lossy(text).into_owned()
+            });
             let (failed, ready) = query(conv, &sql).await?;
             if !failed {
                 forget(conv.registry(), &command);

@@ -138,15 +138,17 @@ impl Planner {
         select.from = from;
         // In the select list only `alias.column` stands for a function's column here; inside
         // any other expression (a subquery's included) the residual mode replaces it.
-        let in_expressions = select.projection.iter().any(|item| match item {
-            SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
-                !matches!(expr, Expr::CompoundIdentifier(parts) if parts.len() == 2)
-                    && references_functions_in(expr, &functions)
-            }
-            _ => false,
-        });
+        let in_expressions = |projection: &[SelectItem]| {
+            projection.iter().any(|item| match item {
+                SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                    !matches!(expr, Expr::CompoundIdentifier(parts) if parts.len() == 2)
+                        && references_functions_in(expr, &functions)
+                }
+                _ => false,
+            })
+        };
         if !functions.is_empty()
-            && (in_expressions
+            && (in_expressions(&select.projection)
                 || references_functions(&*select, &functions)
                 || references_functions_in(&query.order_by, &functions))
         {
