@@ -65,6 +65,8 @@ pub enum SqlState {
     InvalidCursorName,
     /// 26000 — Describe of an ML statement that no longer exists.
     InvalidSqlStatementName,
+    /// 42P05 — a Parse naming an ML statement that exists.
+    DuplicatePreparedStatement,
     /// 54001 — a statement nested too deeply to inspect (PostgreSQL's "stack depth limit
     /// exceeded").
     StatementTooComplex,
@@ -98,6 +100,7 @@ impl SqlState {
             SqlState::InvalidCursorName => "34000",
             SqlState::OutOfMemory => "53200",
             SqlState::InvalidSqlStatementName => "26000",
+            SqlState::DuplicatePreparedStatement => "42P05",
             SqlState::StatementTooComplex => "54001",
         }
     }

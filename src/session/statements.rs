@@ -250,6 +250,16 @@ pub struct Registry {
     pub cursors: HashMap<String, Arc<MlCursor>>,
     /// What they may hold ([`crate::session::kept`]).
     pub budgets: KeptBudgets,
+    /// Statements and cursors a forwarded Close names, by the token the tracker settles it with:
+    /// the upstream skips a Close after an error, and then they stay.
+    closing: HashMap<u64, Closing>,
+    closes: u64,
+}
+
+#[derive(Debug)]
+enum Closing {
+    Statement(String, Arc<MlStatement>),
+    Cursor(String, Arc<MlCursor>),
 }
 
 /// What a statement about cursors over ML statements asks for.
@@ -354,6 +364,8 @@ impl Registry {
             portals: HashMap::new(),
             cursors: HashMap::new(),
             budgets,
+            closing: HashMap::new(),
+            closes: 0,
         }
     }
 
@@ -445,22 +457,42 @@ impl Registry {
         Some(message(frontend::BIND, &out))
     }
 
-    /// Rewrites a Close of an ML statement to its upstream name and forgets it.
-    pub fn rewrite_close(&mut self, body: &[u8]) -> Option<Bytes> {
+    /// Rewrites a Close of an ML statement or cursor to its upstream name, and holds it until the
+    /// upstream has answered the Close: the token to tag it with ([`Registry::settle_close`]).
+    pub fn rewrite_close(&mut self, body: &[u8]) -> Option<(Bytes, u64)> {
         let (kind, name) = target(body)?;
-        if kind == b'P' {
+        let (upstream, closing) = if kind == b'P' {
             self.portals.remove(&name);
             // A cursor is a portal too: Close of it closes pgenrich's.
             let cursor = self.cursors.remove(&name)?;
-            return Some(message(
-                frontend::CLOSE,
-                &[&b"P"[..], cursor.upstream.as_bytes(), &[0]].concat(),
-            ));
-        }
-        let statement = self.statements.remove(&name)?;
-        let mut out = vec![b'S'];
-        out.extend_from_slice(statement.upstream_name.as_bytes());
+            (cursor.upstream.clone(), Closing::Cursor(name, cursor))
+        } else {
+            let statement = self.statements.remove(&name)?;
+            (
+                statement.upstream_name.clone(),
+                Closing::Statement(name, statement),
+            )
+        };
+        self.closes += 1;
+        self.closing.insert(self.closes, closing);
+        let mut out = vec![kind];
+        out.extend_from_slice(upstream.as_bytes());
         out.push(0);
-        Some(message(frontend::CLOSE, &out))
+        Some((message(frontend::CLOSE, &out), self.closes))
+    }
+
+    /// The upstream answered the Close tagged `token` (`closed`), or skipped it after an error:
+    /// then its statement or cursor is the client's again, unless the name was taken meanwhile.
+    pub fn settle_close(&mut self, token: u64, closed: bool) {
+        match self.closing.remove(&token) {
+            Some(_) if closed => {}
+            Some(Closing::Statement(name, statement)) => {
+                self.statements.entry(name).or_insert(statement);
+            }
+            Some(Closing::Cursor(name, cursor)) => {
+                self.cursors.entry(name).or_insert(cursor);
+            }
+            None => {}
+        }
     }
 }

@@ -369,3 +369,55 @@ async fn a_prepared_explain_of_an_ml_statement_ends_as_prepared_statements_do() 
         "1Z"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_postgres_skips_after_an_error_keeps_the_ml_statement_and_cursor() {
+    // After an error PostgreSQL skips the rest of the pipeline, a Close too: the statement and
+    // the cursor stay, so pgenrich must keep them (it forgot them when it forwarded the Close;
+    // the next Bind went upstream under the client's name and failed with 26000).
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    let ml = statement(10, 7);
+    let q = |sql: &str| message(b'Q', &cstr(sql));
+    let close = |kind: u8, name: &str| message(b'C', &[&[kind][..], &cstr(name)].concat());
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("s1", &ml)).await),
+        "1Z"
+    );
+    let declare = format!("DECLARE c CURSOR WITH HOLD FOR {ml}");
+    assert_eq!(kinds(&answers(&mut raw, &q(&declare)).await), "CZ");
+    let failing = [
+        parse_bind_execute("SELECT 1/0"),
+        close(b'S', "s1"),
+        close(b'P', "c"),
+        message(b'S', &[]),
+    ]
+    .concat();
+    let failed = answers(&mut raw, &failing).await;
+    assert_eq!(kinds(&failed), "1EZ", "{failed:?}"); // the Bind plans, and fails
+    assert_eq!(first_error(&failed), "22012", "{failed:?}");
+    let ran = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(kinds(&ran), "2DCZ", "{ran:?}");
+    assert!(ran[1].1.contains("POSITIVE"), "{ran:?}");
+    let fetched = answers(&mut raw, &q("FETCH 1 FROM c")).await;
+    assert_eq!(kinds(&fetched), "TDCZ", "{fetched:?}");
+    assert!(fetched[1].1.contains("POSITIVE"), "{fetched:?}");
+
+    // While it exists, a second statement of its name is refused as PostgreSQL refuses it
+    // (upstream the name was free: pgenrich's statement has a name of its own).
+    for sql in ["SELECT 1", ml.as_str()] {
+        let twice = answers(&mut raw, &parse_named("s1", sql)).await;
+        assert_eq!(first_error(&twice), "42P05", "{sql}: {twice:?}");
+    }
+    // Answered, the Closes end them, and the name is free.
+    let closing = [close(b'S', "s1"), close(b'P', "c"), message(b'S', &[])].concat();
+    assert_eq!(kinds(&answers(&mut raw, &closing).await), "33Z");
+    let gone = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(first_error(&gone), "26000", "{gone:?}");
+    let gone = answers(&mut raw, &q("FETCH 1 FROM c")).await;
+    assert_eq!(first_error(&gone), "34000", "{gone:?}");
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("s1", "SELECT 1")).await),
+        "1Z"
+    );
+}

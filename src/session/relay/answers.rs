@@ -34,6 +34,7 @@ impl Relay {
             let is_auth = kind == backend::AUTHENTICATION && !self.ready;
             if !is_key && !is_auth && !self.tracker.wants_body(kind) {
                 self.tracker.on_backend(kind, None);
+                settle_closes(&mut self.tracker, &mut self.ml);
                 inbound.pass(total);
                 continue;
             }
@@ -48,6 +49,7 @@ impl Relay {
                 protocol::without_channel_binding(body)
             } else {
                 let replacement = self.tracker.on_backend(kind, Some(body));
+                settle_closes(&mut self.tracker, &mut self.ml);
                 if kind == backend::READY_FOR_QUERY {
                     self.ready = true;
                     if body.first() == Some(&b'I') {
@@ -89,5 +91,12 @@ impl Relay {
         let mut payload = pid.to_be_bytes().to_vec();
         payload.extend_from_slice(&secret);
         Some(protocol::message(backend::BACKEND_KEY_DATA, &payload))
+    }
+}
+
+/// Settles the ML statements and cursors of Closes the upstream has answered or skipped.
+fn settle_closes(tracker: &mut Tracker, ml: &mut Registry) {
+    if let Some(settled) = tracker.settled_closes() {
+        settled.for_each(|(token, closed)| ml.settle_close(token, closed));
     }
 }

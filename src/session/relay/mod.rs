@@ -416,6 +416,7 @@ impl Relay {
                 }
             }
             // Extended-protocol messages naming ML statements or portals.
+            let mut close_token = None;
             let handled = match kind {
                 frontend::BIND
                     if self.ml.statement_of_bind(body).is_some_and(|s| {
@@ -432,7 +433,10 @@ impl Relay {
                     .ml
                     .rewrite_bind(body, self.tracker.closings_forwarded(), kept.take())
                     .map(Ok),
-                frontend::CLOSE => self.ml.rewrite_close(body).map(Ok),
+                frontend::CLOSE => self.ml.rewrite_close(body).map(|(close, token)| {
+                    close_token = Some(token);
+                    Ok(close)
+                }),
                 frontend::DESCRIBE => statements::target(body)
                     .filter(|(k, name)| match k {
                         b'S' => self.ml.statements.contains_key(name),
@@ -452,6 +456,9 @@ impl Relay {
                 match handled {
                     Ok(rewritten) => {
                         self.tracker.on_client(kind);
+                        if let Some(token) = close_token {
+                            self.tracker.tag_close(token);
+                        }
                         self.to_upstream.push(rewritten);
                         continue;
                     }
@@ -465,6 +472,22 @@ impl Relay {
             if kind != frontend::QUERY && kind != frontend::PARSE {
                 self.tracker.on_client(kind);
                 inbound.ready += total;
+                continue;
+            }
+            if let Some(name) = (kind == frontend::PARSE)
+                .then(|| statements::first_name(body))
+                .flatten()
+                .filter(|name| !name.is_empty() && self.ml.statements.contains_key(name))
+            {
+                // Upstream the statement has pgenrich's name: refuse the client's as PostgreSQL
+                // refuses a second statement of a name.
+                inbound.release(&mut self.to_upstream);
+                inbound.buf.advance(total);
+                let error = ErrorMessage::error(
+                    SqlState::DuplicatePreparedStatement,
+                    format!("prepared statement \"{name}\" already exists"),
+                );
+                self.reject(kind, error);
                 continue;
             }
             let text = protocol::statement_text(kind, body).unwrap_or_default();

@@ -35,6 +35,9 @@ struct Segment {
     portals: bool,
     /// Errors to send instead of the upstream's answers to stand-in messages, in order.
     substitutions: VecDeque<Bytes>,
+    /// Close messages forwarded here and not answered yet, in order, with the token of those
+    /// whose outcome pgenrich waits for ([`Tracker::settled_closes`]).
+    closes: VecDeque<Option<u64>>,
 }
 
 impl Segment {
@@ -46,6 +49,7 @@ impl Segment {
             failed: false,
             portals: false,
             substitutions: VecDeque::new(),
+            closes: VecDeque::new(),
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct Tracker {
     /// Query and Execute messages forwarded and not discarded (for metrics).
     queries: u64,
     executes: u64,
+    /// Closes with a token whose outcome is known: (token, whether the upstream closed).
+    settled: Vec<(u64, bool)>,
 }
 
 impl Default for Tracker {
@@ -75,6 +81,7 @@ impl Default for Tracker {
             binds: 0,
             queries: 0,
             executes: 0,
+            settled: Vec::new(),
         }
     }
 }
@@ -211,8 +218,11 @@ impl Tracker {
                 run.pending += 1;
                 run.portals = true;
             }
-            frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE => {
-                self.open_extended().pending += 1
+            frontend::PARSE | frontend::DESCRIBE => self.open_extended().pending += 1,
+            frontend::CLOSE => {
+                let run = self.open_extended();
+                run.pending += 1;
+                run.closes.push_back(None);
             }
             frontend::SYNC => {
                 self.closings_forwarded += 1;
@@ -222,6 +232,37 @@ impl Tracker {
             // their own.
             _ => {}
         }
+    }
+
+    /// Tags the Close message just passed to [`Tracker::on_client`] with `token`: its outcome
+    /// (closed, or skipped after an error) comes out of [`Tracker::settled_closes`]. A Close the
+    /// upstream discards (the open run has failed) settles unclosed at once.
+    pub fn tag_close(&mut self, token: u64) {
+        let tagged = match self.segments.back_mut() {
+            Some(run) if run.kind == Kind::Extended && !run.failed => run.closes.back_mut(),
+            _ => None,
+        };
+        match tagged {
+            Some(slot @ None) => *slot = Some(token),
+            _ => self.settled.push((token, false)),
+        }
+    }
+
+    /// Closes tagged by [`Tracker::tag_close`] whose outcome is now known, oldest first: (token,
+    /// whether the upstream closed).
+    pub fn settled_closes(&mut self) -> Option<std::vec::Drain<'_, (u64, bool)>> {
+        (!self.settled.is_empty()).then(|| self.settled.drain(..))
+    }
+
+    /// The upstream skipped the Closes not answered yet in `segment` (it failed, or ended).
+    fn skipped_closes(settled: &mut Vec<(u64, bool)>, segment: &mut Segment) {
+        settled.extend(
+            segment
+                .closes
+                .drain(..)
+                .flatten()
+                .map(|token| (token, false)),
+        );
     }
 
     /// Registers the error to send in place of the upstream's answer to the stand-in message just
@@ -271,7 +312,8 @@ impl Tracker {
                     self.status = status;
                 }
                 // A Query sent before a Sync implicitly ends the open extended run.
-                while let Some(segment) = self.segments.pop_front() {
+                while let Some(mut segment) = self.segments.pop_front() {
+                    Self::skipped_closes(&mut self.settled, &mut segment);
                     if segment.kind == Kind::Simple || segment.synced {
                         break;
                     }
@@ -288,6 +330,7 @@ impl Tracker {
                 if front.kind == Kind::Extended {
                     front.pending = 0;
                     front.failed = true;
+                    Self::skipped_closes(&mut self.settled, front);
                     if !front.synced {
                         self.discard_until_sync();
                     }
@@ -300,6 +343,11 @@ impl Tracker {
                 if let Some(front) = self.segments.front_mut() {
                     if front.kind == Kind::Extended {
                         front.pending = front.pending.saturating_sub(1);
+                        if kind == b'3' {
+                            if let Some(Some(token)) = front.closes.pop_front() {
+                                self.settled.push((token, true));
+                            }
+                        }
                     }
                 }
                 None
@@ -315,9 +363,10 @@ impl Tracker {
     /// that portal lifetimes stay aligned) and the Sync's ReadyForQuery closes the front run.
     fn discard_until_sync(&mut self) {
         while self.segments.len() > 1 {
-            let Some(next) = self.segments.remove(1) else {
+            let Some(mut next) = self.segments.remove(1) else {
                 break;
             };
+            Self::skipped_closes(&mut self.settled, &mut next);
             match next.kind {
                 Kind::Simple => self.closings_answered += 1,
                 Kind::Extended => {
@@ -338,195 +387,4 @@ fn is_standin_error(body: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::SqlState;
-    use crate::protocol::ErrorMessage;
-
-    fn standin_error(code: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (field, value) in [
-            (b'S', "ERROR".to_owned()),
-            (b'C', code.to_owned()),
-            (b'M', format!("portal \"{STANDIN_NAME}\" does not exist")),
-        ] {
-            body.push(field);
-            body.extend_from_slice(value.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        body
-    }
-
-    #[test]
-    fn simple_queries_are_answered_by_ready_for_query() {
-        let mut t = Tracker::default();
-        t.on_client(b'Q');
-        t.on_client(b'Q');
-        assert!(!t.is_idle());
-        for kind in [b'T', b'D', b'C'] {
-            t.on_backend(kind, None);
-        }
-        t.on_backend(b'Z', Some(b"T"));
-        assert!(!t.is_idle());
-        assert_eq!(t.status(), b'T');
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_quiescent());
-    }
-
-    #[test]
-    fn extended_runs_end_at_sync_and_errors_skip_the_rest() {
-        let mut t = Tracker::default();
-        for kind in [b'P', b'B', b'D', b'E', b'S'] {
-            t.on_client(kind);
-        }
-        t.on_backend(b'1', None);
-        t.on_backend(b'E', None);
-        assert!(!t.is_idle(), "the Sync's ReadyForQuery is still due");
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn closings_count_only_what_was_forwarded() {
-        let mut t = Tracker::default();
-        t.on_backend(b'Z', Some(b"I")); // end of startup
-        assert_eq!((t.closings_forwarded(), t.closings_answered()), (0, 0));
-        t.on_client(b'Q');
-        t.on_client(b'S');
-        t.on_backend(b'Z', Some(b"I"));
-        assert_eq!((t.closings_forwarded(), t.closings_answered()), (2, 1));
-        t.own_round_trip(b'T');
-        assert_eq!(
-            (t.closings_forwarded(), t.closings_answered(), t.status()),
-            (3, 2, b'T')
-        );
-    }
-
-    #[test]
-    fn caught_up_allows_an_open_answered_run() {
-        let mut t = Tracker::default();
-        t.on_client(b'B');
-        assert!(!t.caught_up());
-        t.on_backend(b'2', None);
-        assert!(t.caught_up() && !t.is_idle());
-        assert!(!t.open_failed());
-        t.mark_open_failed();
-        assert!(t.open_failed());
-        t.on_client(b'S');
-        assert!(!t.caught_up());
-    }
-
-    #[test]
-    fn resync_only_while_the_run_holds_no_portal() {
-        let mut t = Tracker::default();
-        assert!(t.can_resync());
-        t.on_client(b'P');
-        assert!(!t.can_resync(), "the Parse is not answered yet");
-        t.on_backend(b'1', None);
-        assert!(
-            t.can_resync(),
-            "a prepared statement outlives the transaction"
-        );
-        t.on_client(b'B');
-        t.on_backend(b'2', None);
-        assert!(!t.can_resync(), "a Sync would end the client's portal");
-        t.on_client(b'S');
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.can_resync());
-        t.on_client(b'D');
-        t.mark_open_failed();
-        assert!(!t.can_resync(), "the upstream skips to the client's Sync");
-    }
-
-    #[test]
-    fn standin_errors_are_replaced_once_in_order() {
-        let mut t = Tracker::default();
-        t.on_client(b'P');
-        t.on_client(b'E');
-        let ours = ErrorMessage::error(SqlState::FeatureNotSupported, "no").encode();
-        t.substitute_next_standin_error(ours.clone());
-        t.on_client(b'S');
-        t.on_backend(b'1', None);
-        assert!(t.wants_body(b'E'));
-        assert_eq!(
-            t.on_backend(b'E', Some(&standin_error("34000"))),
-            Some(ours)
-        );
-        assert!(!t.wants_body(b'E'));
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn other_errors_pass_and_unused_substitutions_expire() {
-        let mut t = Tracker::default();
-        t.on_client(b'Q');
-        t.substitute_next_standin_error(Bytes::from_static(b"ours"));
-        // In an aborted transaction the upstream answers 25P02 instead: relay that one.
-        assert_eq!(t.on_backend(b'E', Some(&standin_error("25P02"))), None);
-        t.on_backend(b'Z', Some(b"E"));
-        t.on_client(b'Q');
-        assert!(
-            !t.wants_body(b'E'),
-            "substitutions never leak into later statements"
-        );
-    }
-
-    #[test]
-    fn a_query_discarded_after_an_error_is_not_owed() {
-        // Seen before it was forwarded: nothing is owed for it.
-        let mut t = Tracker::default();
-        t.on_client(b'C');
-        t.on_backend(b'E', None);
-        t.on_client(b'Q');
-        assert!(t.caught_up());
-        t.on_client(b'S');
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_idle());
-        assert_eq!(t.closings_forwarded(), t.closings_answered());
-
-        // Forwarded before the error arrived: the error discards it.
-        let mut t = Tracker::default();
-        t.on_client(b'P');
-        t.on_client(b'Q');
-        t.on_client(b'B');
-        t.on_client(b'S');
-        t.on_backend(b'E', None);
-        assert!(!t.is_idle(), "the Sync's ReadyForQuery is due");
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_idle(), "nothing else comes");
-        assert_eq!(t.closings_forwarded(), t.closings_answered());
-    }
-
-    #[test]
-    fn messages_forwarded_after_a_seen_error_are_not_owed() {
-        let mut t = Tracker::default();
-        t.on_client(b'P');
-        t.on_backend(b'E', None);
-        t.on_client(b'B');
-        t.on_client(b'E');
-        assert!(t.caught_up(), "nothing is owed before the Sync");
-        assert!(t.open_failed());
-        t.on_client(b'S');
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn a_standin_query_after_an_open_run_gets_its_substitution() {
-        let mut t = Tracker::default();
-        t.on_client(b'P');
-        t.on_backend(b'1', None);
-        t.on_client(b'Q');
-        let ours = ErrorMessage::error(SqlState::FeatureNotSupported, "no").encode();
-        t.substitute_next_standin_error(ours.clone());
-        assert!(t.wants_body(b'E'));
-        assert_eq!(
-            t.on_backend(b'E', Some(&standin_error("26000"))),
-            Some(ours)
-        );
-        t.on_backend(b'Z', Some(b"I"));
-        assert!(t.is_idle());
-    }
-}
+mod tests;
