@@ -307,7 +307,12 @@ impl Structured {
         // A raw Bind and Close: rewritten or not, never a panic, always a well-formed message.
         for (rewritten, name) in [
             (registry.rewrite_bind(&self.raw_bind, 3, None), "Bind"),
-            (registry.rewrite_close(&self.raw_close), "Close"),
+            (
+                registry
+                    .rewrite_close(&self.raw_close)
+                    .map(|(close, _)| close),
+                "Close",
+            ),
         ] {
             if let Some(out) = rewritten {
                 assert_eq!(
@@ -415,16 +420,22 @@ impl Structured {
         let mut close = b"S".to_vec();
         close.extend_from_slice(name.as_bytes());
         close.push(0);
-        let out = registry.rewrite_close(&close);
-        match ml {
-            Some(ml) => {
+        match (ml, registry.rewrite_close(&close)) {
+            (Some(ml), Some((out, token))) => {
                 let mut expected = b"S".to_vec();
                 expected.extend_from_slice(ml.upstream_name.as_bytes());
                 expected.push(0);
-                assert_eq!(out, Some(protocol::message(b'C', &expected)));
+                assert_eq!(out, protocol::message(b'C', &expected));
+                assert!(!registry.statements.contains_key(name));
+                // Skipped by the upstream, the statement is the client's again; closed, gone.
+                registry.settle_close(token, false);
+                assert!(registry.statements.contains_key(name));
+                let (_, token) = registry.rewrite_close(&close).expect("a second Close");
+                registry.settle_close(token, true);
                 assert!(!registry.statements.contains_key(name));
             }
-            None => assert_eq!(out, None),
+            (Some(_), None) => panic!("a Close of an ML statement is rewritten"),
+            (None, out) => assert_eq!(out, None),
         }
 
         // Parse: name and text back.

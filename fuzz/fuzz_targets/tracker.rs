@@ -5,13 +5,14 @@
 //! after every step the tracker must agree with it: caught up exactly when nothing forwarded is
 //! still owed, idle exactly when no extended-protocol run is open either, the transaction status
 //! of the last ReadyForQuery, and the error of a stand-in message (and only that one) replaced by
-//! pgenrich's own.
+//! pgenrich's own. Every Close is tagged: each settles once, as closed exactly when PostgreSQL
+//! closed (answered CloseComplete) rather than skipped it or failed, and by the end all have.
 //!
 //! A second pass feeds arbitrary server message types and bodies: a misbehaving upstream must
 //! not panic the tracker, and its answers to the relay's questions must stay consistent.
 #![no_main]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
@@ -268,8 +269,21 @@ fn check(tracker: &Tracker, server: &Server, model: &Model, trace: &[Traced]) {
     assert!(!tracker.open_failed() || !tracker.is_idle());
 }
 
+/// Checks the Closes the tracker has settled against what PostgreSQL did with them.
+fn settle(tracker: &mut Tracker, closes: &mut HashMap<u64, bool>, trace: &[Traced]) {
+    for (token, closed) in tracker.settled_closes().into_iter().flatten() {
+        assert_eq!(
+            closes.remove(&token),
+            Some(closed),
+            "Close {token} settled wrongly or twice after {trace:?}"
+        );
+    }
+}
+
 fuzz_target!(|input: Input| {
     let mut tracker = Tracker::default();
+    // Tagged Closes not settled yet: whether PostgreSQL closed.
+    let mut closes = HashMap::new();
     let mut server = Server::default();
     let mut model = Model {
         open_run: false,
@@ -291,6 +305,12 @@ fuzz_target!(|input: Input| {
                 );
                 trace.push(Traced::Send(message, fails));
                 tracker.on_client(message.kind());
+                if message == Client::Close {
+                    let token = trace.len() as u64;
+                    closes.insert(token, !server.ignore_till_sync && !fails);
+                    tracker.tag_close(token);
+                    settle(&mut tracker, &mut closes, &trace);
+                }
                 if matches!(message, Client::StandinQuery | Client::StandinExecute) {
                     tracker.substitute_next_standin_error(ours.clone());
                 }
@@ -321,6 +341,7 @@ fuzz_target!(|input: Input| {
                     if answer.kind == b'Z' {
                         model.status = answer.body[0];
                     }
+                    settle(&mut tracker, &mut closes, &trace);
                 }
             }
             Step::Async(which) => {
@@ -339,6 +360,17 @@ fuzz_target!(|input: Input| {
         }
         check(&tracker, &server, &model, &trace);
     }
+    // Everything arrives: every Close has been answered, or skipped by an error that arrived.
+    while let Some(answer) = server.wire.pop_front() {
+        trace.push(Traced::Deliver(answer.kind as char));
+        let wants = tracker.wants_body(answer.kind);
+        tracker.on_backend(answer.kind, wants.then_some(&answer.body[..]));
+        settle(&mut tracker, &mut closes, &trace);
+    }
+    assert!(
+        closes.is_empty(),
+        "Closes never settled: {closes:?} after {trace:?}"
+    );
 
     // A misbehaving upstream: anything, in any order.
     let mut tracker = Tracker::default();
@@ -347,6 +379,10 @@ fuzz_target!(|input: Input| {
         if client % 7 == 0 {
             tracker.substitute_next_standin_error(ours.clone());
         }
+        if client % 5 == 0 {
+            tracker.tag_close(u64::from(*kind));
+        }
+        let _ = tracker.settled_closes().map(Iterator::count);
         let wants = tracker.wants_body(*kind);
         let body = if wants { body.as_deref() } else { None };
         if let Some(replacement) = tracker.on_backend(*kind, body) {
