@@ -5,8 +5,9 @@
 //! ReadyForQuery), or a run of extended-protocol messages (each answered by one completion or
 //! error message, closed by Sync and its ReadyForQuery). PostgreSQL answers strictly in order, so
 //! the front segment is always the one being answered. This tells the session when the upstream
-//! is idle (for draining and idle timeouts), the transaction status, and which upstream error is
-//! the answer to a stand-in message whose error pgenrich replaces with its own.
+//! is idle (for draining and idle timeouts), the transaction status, which upstream error is the
+//! answer to a stand-in message whose error pgenrich replaces with its own, and whether the
+//! upstream carried out a Close of an ML statement or skipped it after an error.
 
 use std::collections::VecDeque;
 
