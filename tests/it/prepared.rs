@@ -402,6 +402,21 @@ async fn a_close_postgres_skips_after_an_error_keeps_the_ml_statement_and_cursor
     let fetched = answers(&mut raw, &q("FETCH 1 FROM c")).await;
     assert_eq!(kinds(&fetched), "TDCZ", "{fetched:?}");
     assert!(fetched[1].1.contains("POSITIVE"), "{fetched:?}");
+    // The same when pgenrich has seen the error before the Close (a Flush brought it).
+    let flushed = [parse_bind_execute("SELECT 1/0"), message(b'H', &[])].concat();
+    raw.stream.write_all(&flushed).await.expect("send");
+    let seen: Vec<u8> = [raw.recv().await, raw.recv().await]
+        .into_iter()
+        .map(|m| m.expect("an answer").0)
+        .collect();
+    assert_eq!(seen, b"1E");
+    let skipped = [close(b'S', "s1"), close(b'P', "c"), message(b'S', &[])].concat();
+    assert_eq!(kinds(&answers(&mut raw, &skipped).await), "Z");
+    let ran = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(kinds(&ran), "2DCZ", "{ran:?}");
+    // Still there (else 34000), and read to its end.
+    let fetched = answers(&mut raw, &q("FETCH 1 FROM c")).await;
+    assert_eq!(kinds(&fetched), "TCZ", "{fetched:?}");
 
     // While it exists, a second statement of its name is refused as PostgreSQL refuses it
     // (upstream the name was free: pgenrich's statement has a name of its own).

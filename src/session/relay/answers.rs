@@ -95,7 +95,7 @@ impl Relay {
 }
 
 /// Settles the ML statements and cursors of Closes the upstream has answered or skipped.
-fn settle_closes(tracker: &mut Tracker, ml: &mut Registry) {
+pub(super) fn settle_closes(tracker: &mut Tracker, ml: &mut Registry) {
     if let Some(settled) = tracker.settled_closes() {
         settled.for_each(|(token, closed)| ml.settle_close(token, closed));
     }

@@ -458,6 +458,8 @@ impl Relay {
                         self.tracker.on_client(kind);
                         if let Some(token) = close_token {
                             self.tracker.tag_close(token);
+                            // Discarded after a seen error: the statement is back at once.
+                            answers::settle_closes(&mut self.tracker, &mut self.ml);
                         }
                         self.to_upstream.push(rewritten);
                         continue;
