@@ -421,6 +421,40 @@ const CASES: &[Case] = &[
         "SELECT r.id, s.sentiment FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s \
           WHERE EXISTS (SELECT 1 FROM diff_reviews s WHERE s.id = r.id AND s.rating > 2) ORDER BY r.id",
     ),
+    // Unqualified, a table function's column inside a subquery is the subquery's own where its
+    // FROM has one of the name, the function's otherwise (42703 before: pgenrich cannot know).
+    same(
+        "from_lateral_unqualified_column_in_scalar_subquery",
+        Ordered,
+        "SELECT r.id, (SELECT count(*) FROM diff_reviews o WHERE o.body < sentiment) AS n \
+           FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s ORDER BY r.id",
+    ),
+    same(
+        "from_lateral_unqualified_column_in_where_exists",
+        Ordered,
+        "SELECT r.id, s.sentiment FROM diff_reviews r \
+           LEFT JOIN LATERAL aws_comprehend.detect_sentiment(r.body, 'en') s ON r.rating > 2 \
+          WHERE NOT EXISTS (SELECT 1 FROM diff_reviews o WHERE o.id = r.id + 1 AND confidence > 0.9) \
+          ORDER BY r.id",
+    ),
+    same(
+        "from_lateral_unqualified_column_selected",
+        Ordered,
+        "SELECT r.id, sentiment, upper(sentiment) AS loud FROM diff_reviews r, \
+                aws_comprehend.detect_sentiment(r.body, 'en') s ORDER BY r.id",
+    ),
+    same(
+        "from_function_unqualified_columns",
+        Ordered,
+        "SELECT sentiment, confidence > 0.5 AS sure FROM aws_comprehend.detect_sentiment('I love it', 'en')",
+    ),
+    same(
+        "from_lateral_unqualified_name_the_subquery_has",
+        Ordered,
+        "SELECT r.id, s.body, (SELECT count(*) FROM diff_reviews o WHERE body < label) AS n \
+           FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s(label, body) \
+          ORDER BY r.id",
+    ),
     // --- WHERE ---------------------------------------------------------------------------------
     same(
         "where_label",

@@ -559,12 +559,22 @@ fn references_functions_in<V: Visit>(node: &V, functions: &[TableFunction]) -> b
     impl Visitor for Finder<'_> {
         type Break = ();
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if let Expr::CompoundIdentifier(parts) = expr {
-                if parts.len() >= 2 && self.0.iter().any(|f| f.alias == parts[0].value) {
-                    return ControlFlow::Break(());
+            let hit = match expr {
+                Expr::CompoundIdentifier(parts) => {
+                    parts.len() >= 2 && self.0.iter().any(|f| f.alias == parts[0].value)
                 }
+                // Unqualified: a function's column unless a subquery's own (PostgreSQL knows).
+                Expr::Identifier(ident) => self
+                    .0
+                    .iter()
+                    .any(|f| ident.value == f.sentiment_name || ident.value == f.confidence_name),
+                _ => false,
+            };
+            if hit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            ControlFlow::Continue(())
         }
     }
     node.visit(&mut Finder(functions)).is_break()

@@ -460,8 +460,33 @@ impl Planner {
             });
         }
 
-        // Phase 2: the block over its enriched base rows.
+        // Phase 2: the block over its enriched base rows (and the function's columns named
+        // unqualified in subqueries, as a lateral row of their own).
         select.from = marker_from(index);
+        if !rewriter.exposed.is_empty() {
+            let columns: Vec<String> = rewriter
+                .exposed
+                .iter()
+                .map(|(name, value)| format!("{value} AS {name}"))
+                .collect();
+            let sql = format!(
+                "SELECT 1 FROM x CROSS JOIN LATERAL (SELECT {}) AS {}_columns",
+                columns.join(", "),
+                rewriter.alias
+            );
+            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &sql).map_err(|e| PlanError {
+                code: SqlState::InternalError,
+                message: format!("pgenrich could not build its residual statement: {e}"),
+                hint: None,
+            })?;
+            if let Some(Statement::Query(query)) = parsed.into_iter().next() {
+                if let SetExpr::Select(built) = *query.body {
+                    select.from[0]
+                        .joins
+                        .extend(built.from.into_iter().flat_map(|f| f.joins));
+                }
+            }
+        }
         select.selection = and_all(residual_where);
         Ok(BlockPlan {
             base_sql: base.to_string(),

@@ -64,6 +64,10 @@ pub(super) struct Rewriter {
     /// Names of the FROM items of the subqueries the rewrite is inside (innermost last): a
     /// reference qualified by one of them is the subquery's, not the block's.
     pub(super) scopes: Vec<Vec<String>>,
+    /// An ML table function's columns named unqualified inside subqueries, with their values: the
+    /// residual gives its rows columns of these names, so that PostgreSQL resolves each name to
+    /// the subquery's own column where its FROM has one, and to the function's otherwise.
+    pub(super) exposed: Vec<(Ident, Expr)>,
 }
 
 impl Rewriter {
@@ -322,6 +326,23 @@ impl VisitorMut for Rewriter {
                         self.replace(expr)
                     } else {
                         None
+                    }
+                }
+                Expr::Identifier(ident) => {
+                    let exposed = self.exposed.iter().any(|(name, _)| name == ident);
+                    let field = self
+                        .functions
+                        .iter()
+                        .find_map(|f| f.field(&ident.value).map(|field| (f.clone(), field)));
+                    match field.filter(|_| !exposed) {
+                        Some((function, field)) => match self.function_field(&function, field) {
+                            Ok(value) => {
+                                self.exposed.push((ident.clone(), value));
+                                None
+                            }
+                            Err(error) => Some(Err(error)),
+                        },
+                        None => None,
                     }
                 }
                 _ => None,
