@@ -328,22 +328,24 @@ impl VisitorMut for Rewriter {
                         None
                     }
                 }
-                Expr::Identifier(ident) => {
-                    let exposed = self.exposed.iter().any(|(name, _)| name == ident);
-                    let field = self
+                Expr::Identifier(ident)
+                    if !self.exposed.iter().any(|(n, _)| n.value == ident.value) =>
+                {
+                    // Every function's column of the name: two are ambiguous, as natively.
+                    let fields: Vec<_> = self
                         .functions
                         .iter()
-                        .find_map(|f| f.field(&ident.value).map(|field| (f.clone(), field)));
-                    match field.filter(|_| !exposed) {
-                        Some((function, field)) => match self.function_field(&function, field) {
+                        .filter_map(|f| f.field(&ident.value).map(|field| (f.clone(), field)))
+                        .collect();
+                    fields.into_iter().find_map(|(function, field)| {
+                        match self.function_field(&function, field) {
                             Ok(value) => {
                                 self.exposed.push((ident.clone(), value));
                                 None
                             }
                             Err(error) => Some(Err(error)),
-                        },
-                        None => None,
-                    }
+                        }
+                    })
                 }
                 _ => None,
             }

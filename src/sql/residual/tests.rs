@@ -1,6 +1,7 @@
 //! Plans asserted as data, without I/O: base relation, residual and parameters per position.
 use super::*;
 
+mod subqueries;
 mod writes;
 
 fn ok(sql: &str) -> ResidualPlan {
@@ -579,19 +580,5 @@ fn typing_statement_replaces_calls_with_ml_calls_in_their_arguments() {
         crate::sql::inspect(&typing),
         crate::sql::Verdict::Relay,
         "{typing}"
-    );
-}
-
-#[test]
-fn function_columns_named_unqualified_in_subqueries_are_a_lateral_row() {
-    let p = ok("SELECT r.id FROM reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s \
-                WHERE EXISTS (SELECT 1 FROM flags f WHERE f.label = sentiment AND confidence > 0.5)");
-    let r = residual(&p);
-    let lateral = "CROSS JOIN LATERAL (SELECT pgenrich_base0.m0_sentiment AS sentiment, \
-                   pgenrich_base0.m0_confidence AS confidence) AS pgenrich_base0_columns";
-    assert!(r.contains(lateral), "{r}");
-    assert!(
-        r.contains("f.label = sentiment AND confidence > 0.5"),
-        "{r}"
     );
 }
