@@ -448,6 +448,11 @@ const CASES: &[Case] = &[
         Ordered,
         "SELECT sentiment, confidence > 0.5 AS sure FROM aws_comprehend.detect_sentiment('I love it', 'en')",
     ),
+    refused(
+        "from_lateral_unqualified_column_in_a_grouped_subquery",
+        "SELECT s.sentiment, count(*), (SELECT count(*) FROM diff_reviews o WHERE o.body < sentiment) \
+           FROM diff_reviews r, aws_comprehend.detect_sentiment(r.body, 'en') s GROUP BY s.sentiment",
+    ),
     same(
         "from_lateral_unqualified_name_the_subquery_has",
         Ordered,

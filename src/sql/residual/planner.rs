@@ -463,6 +463,15 @@ impl Planner {
         // Phase 2: the block over its enriched base rows (and the function's columns named
         // unqualified in subqueries, as a lateral row of their own).
         select.from = marker_from(index);
+        let grouped = select.having.is_some()
+            || !matches!(&select.group_by, GroupByExpr::Expressions(exprs, _) if exprs.is_empty());
+        if grouped && !rewriter.exposed.is_empty() {
+            // The lateral row's columns are not the grouped ones.
+            return Err(unsupported(
+                "a column of an ML table function named unqualified inside a subquery of a grouped SELECT is not supported",
+                "Qualify it with the function's alias, e.g. s.sentiment.",
+            ));
+        }
         if !rewriter.exposed.is_empty() {
             let columns: Vec<String> = rewriter
                 .exposed
@@ -480,9 +489,9 @@ impl Planner {
                 hint: None,
             })?;
             if let Some(Statement::Query(query)) = parsed.into_iter().next() {
-                if let SetExpr::Select(built) = *query.body {
-                    select.from[0]
-                        .joins
+                if let (SetExpr::Select(built), Some(base)) = (*query.body, select.from.first_mut())
+                {
+                    base.joins
                         .extend(built.from.into_iter().flat_map(|f| f.joins));
                 }
             }
