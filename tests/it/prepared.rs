@@ -410,8 +410,8 @@ async fn a_close_postgres_skips_after_an_error_keeps_the_ml_statement_and_cursor
         .map(|m| m.expect("an answer").0)
         .collect();
     assert_eq!(seen, b"1E");
-    let skipped = [close(b'S', "s1"), close(b'P', "c"), message(b'S', &[])].concat();
-    assert_eq!(kinds(&answers(&mut raw, &skipped).await), "Z");
+    let close_both = [close(b'S', "s1"), close(b'P', "c"), message(b'S', &[])].concat();
+    assert_eq!(kinds(&answers(&mut raw, &close_both).await), "Z");
     let ran = answers(&mut raw, &bind_execute("s1")).await;
     assert_eq!(kinds(&ran), "2DCZ", "{ran:?}");
     // Still there (else 34000), and read to its end.
@@ -425,8 +425,7 @@ async fn a_close_postgres_skips_after_an_error_keeps_the_ml_statement_and_cursor
         assert_eq!(first_error(&twice), "42P05", "{sql}: {twice:?}");
     }
     // Answered, the Closes end them, and the name is free.
-    let closing = [close(b'S', "s1"), close(b'P', "c"), message(b'S', &[])].concat();
-    assert_eq!(kinds(&answers(&mut raw, &closing).await), "33Z");
+    assert_eq!(kinds(&answers(&mut raw, &close_both).await), "33Z");
     let gone = answers(&mut raw, &bind_execute("s1")).await;
     assert_eq!(first_error(&gone), "26000", "{gone:?}");
     let gone = answers(&mut raw, &q("FETCH 1 FROM c")).await;

@@ -476,7 +476,7 @@ impl Relay {
                 inbound.ready += total;
                 continue;
             }
-            if let Some(name) = (kind == frontend::PARSE)
+            if let Some(name) = (kind == frontend::PARSE && !self.ml.statements.is_empty())
                 .then(|| statements::first_name(body))
                 .flatten()
                 .filter(|name| !name.is_empty() && self.ml.statements.contains_key(name))
