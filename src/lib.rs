@@ -57,7 +57,8 @@
 //! 7. leaves: [`session::tracker`] (what the upstream owes), [`session::rows`] (DataRow and
 //!    RowDescription codecs), `scoring` (a chunk's inference and the statement's memo),
 //!    [`session::kept`] (the charges of what a session keeps between messages against
-//!    `max_prepared_bytes` and `max_prepared_memory`).
+//!    `max_prepared_bytes` and `max_prepared_memory`), [`session::deferred`] (prepared
+//!    DEALLOCATE, CLOSE and DISCARD ALL commands, which forget ML names once executed).
 //!
 //! # Threads
 //!

@@ -11,9 +11,10 @@
 //! passes, since its Execute may come much later. A cursor without HOLD is forgotten when its
 //! transaction ends; CLOSE, CLOSE ALL, DISCARD ALL and a DECLARE of the name without ML calls
 //! forget it too (sent as a Query, CLOSE ALL and DISCARD ALL — and DEALLOCATE of an ML statement —
-//! forget only once PostgreSQL has accepted them). A cursor that ended upstream in any other way
-//! (ROLLBACK TO SAVEPOINT, a rolled back WITH HOLD, a DECLARE that failed) gives PostgreSQL's own
-//! `34000` on the next FETCH.
+//! forget only once PostgreSQL has accepted them; sent as a Parse, these and CLOSE forget once an
+//! Execute of the statement completes, [`super::deferred`]). A cursor that ended upstream in any
+//! other way (ROLLBACK TO SAVEPOINT, a rolled back WITH HOLD, a DECLARE that failed) gives
+//! PostgreSQL's own `34000` on the next FETCH.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use bytes::Bytes;
 
 use super::conversation::requests::{flushed, named};
 use super::conversation::{Conversation, Outcome};
+use super::deferred::Forget;
 use super::relay::Relay;
 use super::rows::{message, Layout};
 use super::statements::{self, CursorWork, MlCursor, Registry};
@@ -51,19 +53,38 @@ pub(super) fn settle(
         CursorWork::Command(ref command) if !parse && forgets_any(relay.registry(), command) => {
             return Some((kind, body, work));
         }
+        // The rest of these only name what pgenrich does not hold, or are prepared: a Parse only
+        // names the command, which forgets once an Execute of it completes.
         CursorWork::Command(CursorCommand::CloseAll) => {
-            relay.registry().cursors.clear();
+            if !(parse && defer(relay, &body, Forget::AllCursors)) {
+                relay.registry().cursors.clear();
+            }
             relay.relay_inspected(kind, &body);
         }
-        // The rest of these only name what pgenrich does not hold, or are prepared (a Parse
-        // only names the command; forgotten names stay).
-        CursorWork::Command(CursorCommand::DiscardAll | CursorCommand::DeallocateAll) => {
+        CursorWork::Command(
+            ref command @ (CursorCommand::DiscardAll | CursorCommand::DeallocateAll),
+        ) => {
+            if parse {
+                let forget = match command {
+                    CursorCommand::DiscardAll => Forget::Everything,
+                    _ => Forget::AllStatements,
+                };
+                defer(relay, &body, forget);
+            }
             relay.relay_inspected(kind, &body);
         }
         CursorWork::Command(CursorCommand::Deallocate { name, at }) => {
             // The statement upstream is pgenrich's.
             match deallocate_renamed(relay.registry(), kind, &body, &name, at) {
-                Some(sql) => relay.relay_inspected(kind, &rewritten(&sql)),
+                Some(sql) => {
+                    let upstream = relay.registry().statements.get(&name);
+                    if let Some(upstream) =
+                        upstream.filter(|_| parse).map(|s| s.upstream_name.clone())
+                    {
+                        defer(relay, &body, Forget::Statement { name, upstream });
+                    }
+                    relay.relay_inspected(kind, &rewritten(&sql));
+                }
                 None => relay.relay_inspected(kind, &body),
             }
         }
@@ -75,7 +96,21 @@ pub(super) fn settle(
             relay.relay_inspected(kind, &rewritten(&sql));
         }
         CursorWork::Command(CursorCommand::Close { name, sql }) if parse => {
-            relay.registry().cursors.remove(&name);
+            let upstream = relay
+                .registry()
+                .cursors
+                .get(&name)
+                .map(|c| c.upstream.clone());
+            let deferred = upstream.is_some_and(|upstream| {
+                let forget = Forget::Cursor {
+                    name: name.clone(),
+                    upstream,
+                };
+                defer(relay, &body, forget)
+            });
+            if !deferred {
+                relay.registry().cursors.remove(&name);
+            }
             relay.relay_inspected(kind, &rewritten(&sql));
         }
         CursorWork::Command(CursorCommand::Fetch { name, sql })
@@ -138,22 +173,30 @@ fn deallocate_renamed(
     ))
 }
 
-/// Forgets what `command` ended upstream; prepared statements and cursors give their charges
-/// back as they go.
+/// Remembers that the Parse `body` prepares a command that forgets `forget` once an Execute of it
+/// completes ([`crate::session::deferred`]). False when it cannot be remembered.
+fn defer(relay: &mut Relay, body: &[u8], forget: Forget) -> bool {
+    statements::first_name(body)
+        .is_some_and(|name| relay.registry().deferred.prepared(name, forget))
+}
+
+/// Forgets what `command` (sent as a Query) ended upstream; prepared statements and cursors give
+/// their charges back as they go.
 fn forget(registry: &mut Registry, command: &CursorCommand) {
-    match command {
-        CursorCommand::CloseAll => registry.cursors.clear(),
-        CursorCommand::DiscardAll => {
-            registry.cursors.clear();
-            registry.statements.clear();
-            registry.portals.clear();
-        }
-        CursorCommand::DeallocateAll => registry.statements.clear(),
-        CursorCommand::Deallocate { name, .. } => {
-            registry.statements.remove(name);
-        }
-        _ => {}
-    }
+    let forget = match command {
+        CursorCommand::CloseAll => Forget::AllCursors,
+        CursorCommand::DiscardAll => Forget::Everything,
+        CursorCommand::DeallocateAll => Forget::AllStatements,
+        CursorCommand::Deallocate { name, .. } => match registry.statements.get(name) {
+            Some(ml) => Forget::Statement {
+                name: name.clone(),
+                upstream: ml.upstream_name.clone(),
+            },
+            None => return,
+        },
+        _ => return,
+    };
+    registry.forget(&forget);
 }
 
 /// A Parse body like `body` (statement name, parameter types) with the text `sql`.

@@ -4,6 +4,7 @@
 mod controls;
 pub mod conversation;
 mod cursor;
+pub mod deferred;
 pub mod direct;
 mod dispatch;
 pub mod explain;

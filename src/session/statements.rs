@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::{frontend, split_cstr};
+use crate::session::deferred::{Deferred, Forget};
 use crate::session::kept::{Kept, KeptBudgets};
 use crate::session::rows::{expand_formats, message, split_fields, Layout};
 use crate::session::scoring::Memo;
@@ -253,6 +254,9 @@ pub struct Registry {
     /// Statements and cursors a forwarded Close names, by the token the tracker settles it with:
     /// the upstream skips a Close after an error, and then they stay.
     closing: HashMap<u64, Closing>,
+    /// Prepared commands that forget some of them once executed ([`crate::session::deferred`]).
+    pub deferred: Deferred,
+    /// The last token given to a Close or an Execute to settle.
     closes: u64,
 }
 
@@ -365,6 +369,7 @@ impl Registry {
             cursors: HashMap::new(),
             budgets,
             closing: HashMap::new(),
+            deferred: Deferred::default(),
             closes: 0,
         }
     }
@@ -492,7 +497,54 @@ impl Registry {
             Some(Closing::Cursor(name, cursor)) => {
                 self.cursors.entry(name).or_insert(cursor);
             }
-            None => {}
+            None => {
+                if let Some(forget) = self.deferred.settled(token, closed) {
+                    self.forget(&forget);
+                }
+            }
+        }
+    }
+
+    /// An Execute (body) about to be forwarded: the token to tag it with when it carries out a
+    /// prepared command that forgets names pgenrich holds ([`crate::session::deferred`]).
+    pub fn deferred_execute(&mut self, body: &[u8]) -> Option<u64> {
+        if self.deferred.is_empty() || !self.deferred.on_execute(body, self.closes + 1) {
+            return None;
+        }
+        self.closes += 1;
+        Some(self.closes)
+    }
+
+    /// Forgets what a command carried out upstream has ended there; statements, portals and
+    /// cursors give their charges back as they go.
+    pub fn forget(&mut self, forget: &Forget) {
+        match forget {
+            Forget::Statement { name, upstream } => {
+                if self
+                    .statements
+                    .get(name)
+                    .is_some_and(|s| &s.upstream_name == upstream)
+                {
+                    self.statements.remove(name);
+                }
+            }
+            Forget::Cursor { name, upstream } => {
+                if self
+                    .cursors
+                    .get(name)
+                    .is_some_and(|c| &c.upstream == upstream)
+                {
+                    self.cursors.remove(name);
+                }
+            }
+            Forget::AllStatements => self.statements.clear(),
+            Forget::AllCursors => self.cursors.clear(),
+            Forget::Everything => {
+                self.cursors.clear();
+                self.statements.clear();
+                self.portals.clear();
+                self.deferred.clear();
+            }
         }
     }
 }

@@ -435,3 +435,84 @@ async fn a_close_postgres_skips_after_an_error_keeps_the_ml_statement_and_cursor
         "1Z"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_deallocate_or_close_forgets_once_its_execute_completes() {
+    // psycopg in pipeline mode (with a libpq before 17) and libpq's PQexecParams send DEALLOCATE
+    // as Parse, Bind, Execute. PostgreSQL carries it out at the Execute, and not at all when an
+    // error skips the Execute. pgenrich forgot a statement never (its name stayed taken: 42P05,
+    // and its charge stayed), and a cursor at the Parse already (then FETCH failed with 34000).
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    let ml = statement(10, 7);
+    let q = |sql: &str| message(b'Q', &cstr(sql));
+    let prepare = |name: &str, sql: &str| {
+        let mut parse = cstr(name);
+        parse.extend(cstr(sql));
+        parse.extend(0u16.to_be_bytes());
+        message(b'P', &parse)
+    };
+    let run = |statement: &str| {
+        let mut bind = cstr("");
+        bind.extend(cstr(statement));
+        bind.extend([0u8; 6]);
+        [message(b'B', &bind), execute("", 0)].concat()
+    };
+    let sync = message(b'S', &[]);
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("s1", &ml)).await),
+        "1Z"
+    );
+    let declare = format!("DECLARE c CURSOR WITH HOLD FOR {ml}");
+    assert_eq!(kinds(&answers(&mut raw, &q(&declare)).await), "CZ");
+
+    // Prepared, and skipped after an error: the statement and the cursor stay.
+    for (name, command) in [("d1", "DEALLOCATE s1"), ("d2", "CLOSE c")] {
+        let failing = prepare("x", "SELEC broken");
+        let skipped = [prepare(name, command), failing, run(name), sync.clone()].concat();
+        let answered = answers(&mut raw, &skipped).await;
+        assert_eq!(kinds(&answered), "1EZ", "{command}: {answered:?}");
+        let ran = answers(&mut raw, &bind_execute("s1")).await;
+        assert_eq!(kinds(&ran), "2DCZ", "after {command}: {ran:?}");
+        // (Its one row is read by the first FETCH.)
+        let fetched = answers(&mut raw, &q("FETCH 1 FROM c")).await;
+        assert_eq!(first_error(&fetched), "", "after {command}: {fetched:?}");
+        assert!(kinds(&fetched).starts_with('T'), "{fetched:?}");
+    }
+
+    // Carried out (as psycopg sends them, unnamed): gone, with PostgreSQL's errors naming the
+    // client's names, and the statement's name is free again.
+    for command in ["DEALLOCATE s1", "CLOSE c"] {
+        let done = answers(
+            &mut raw,
+            &[prepare("", command), run(""), sync.clone()].concat(),
+        )
+        .await;
+        assert_eq!(kinds(&done), "12CZ", "{command}: {done:?}");
+    }
+    let gone = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(first_error(&gone), "26000", "{gone:?}");
+    assert!(gone[0].1.contains("\"s1\""), "{gone:?}");
+    let gone = answers(&mut raw, &q("FETCH 1 FROM c")).await;
+    assert_eq!(first_error(&gone), "34000", "{gone:?}");
+    assert!(gone[0].1.contains("\"c\""), "{gone:?}");
+    assert_eq!(
+        kinds(&answers(&mut raw, &parse_named("s1", &ml)).await),
+        "1Z"
+    );
+
+    // DEALLOCATE ALL prepared under a name: nothing is forgotten until a later pipeline runs it.
+    let all = answers(
+        &mut raw,
+        &[prepare("all", "DEALLOCATE ALL"), sync.clone()].concat(),
+    )
+    .await;
+    assert_eq!(kinds(&all), "1Z", "{all:?}");
+    let ran = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(kinds(&ran), "2DCZ", "{ran:?}");
+    let done = answers(&mut raw, &[run("all"), sync.clone()].concat()).await;
+    assert_eq!(kinds(&done), "2CZ", "{done:?}");
+    let gone = answers(&mut raw, &bind_execute("s1")).await;
+    assert_eq!(first_error(&gone), "26000", "{gone:?}");
+    assert!(gone[0].1.contains("\"s1\""), "{gone:?}");
+}

@@ -352,7 +352,7 @@ impl Relay {
                 && match kind {
                     frontend::QUERY | frontend::PARSE => true,
                     frontend::BIND => {
-                        let named = self.ml.names_any();
+                        let named = self.ml.names_any() || !self.ml.deferred.is_empty();
                         if named && len - 4 > self.ctx.max_query_bytes {
                             // Too large to hold: it is relayed as it streams in, but a portal of
                             // that name no longer belongs to an ML statement.
@@ -360,10 +360,14 @@ impl Relay {
                             if let Some(portal) = statements::first_name(prefix) {
                                 self.ml.portals.remove(&portal);
                             }
+                            self.ml.deferred.on_bind(prefix);
                         }
                         named && len - 4 <= self.ctx.max_query_bytes
                     }
-                    frontend::DESCRIBE | frontend::EXECUTE | frontend::CLOSE => self.ml.names_any(),
+                    frontend::DESCRIBE => self.ml.names_any(),
+                    frontend::EXECUTE | frontend::CLOSE => {
+                        self.ml.names_any() || !self.ml.deferred.is_empty()
+                    }
                     _ => false,
                 };
             if !inspected {
@@ -397,6 +401,15 @@ impl Relay {
                 break;
             }
             let body = &inbound.buf[inbound.ready + HEADER_LEN..inbound.ready + total];
+            if !self.ml.deferred.is_empty() {
+                // Prepared DEALLOCATE, CLOSE or DISCARD ALL commands, and their portals.
+                match kind {
+                    frontend::PARSE => self.ml.deferred.on_parse(body),
+                    frontend::BIND => self.ml.deferred.on_bind(body),
+                    frontend::CLOSE => self.ml.deferred.on_close(body),
+                    _ => {}
+                }
+            }
             // A portal of an ML statement is charged before it exists; past the budgets its Bind
             // fails where PostgreSQL's would.
             let mut kept = None;
@@ -472,8 +485,16 @@ impl Relay {
                 }
             }
             if kind != frontend::QUERY && kind != frontend::PARSE {
+                let token = (kind == frontend::EXECUTE)
+                    .then(|| self.ml.deferred_execute(body))
+                    .flatten();
                 self.tracker.on_client(kind);
-                inbound.ready += total;
+                if let Some(token) = token {
+                    // It carries out a prepared command that forgets names pgenrich holds.
+                    self.tracker.tag_execute(token);
+                    answers::settle_closes(&mut self.tracker, &mut self.ml);
+                }
+                self.from_client.ready += total;
                 continue;
             }
             if let Some(name) = (kind == frontend::PARSE && !self.ml.statements.is_empty())

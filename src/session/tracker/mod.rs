@@ -7,7 +7,8 @@
 //! the front segment is always the one being answered. This tells the session when the upstream
 //! is idle (for draining and idle timeouts), the transaction status, which upstream error is the
 //! answer to a stand-in message whose error pgenrich replaces with its own, and whether the
-//! upstream carried out a Close of an ML statement or skipped it after an error.
+//! upstream carried out a Close of an ML statement or skipped it after an error, and whether it
+//! completed a tagged Execute (a prepared DEALLOCATE or CLOSE of pgenrich's names).
 
 use std::collections::VecDeque;
 
@@ -39,6 +40,12 @@ struct Segment {
     /// Close messages forwarded here and not answered yet, in order, with the token of those
     /// whose outcome pgenrich waits for ([`Tracker::settled_closes`]).
     closes: VecDeque<Option<u64>>,
+    /// Execute messages forwarded here, and those answered (by CommandComplete, EmptyQuery or
+    /// PortalSuspended): the n-th Execute is answered by the n-th of these.
+    executes: u32,
+    executes_answered: u32,
+    /// Tagged Executes not answered yet, in order: (which Execute of the run, token).
+    tagged_executes: VecDeque<(u32, u64)>,
 }
 
 impl Segment {
@@ -51,6 +58,9 @@ impl Segment {
             portals: false,
             substitutions: VecDeque::new(),
             closes: VecDeque::new(),
+            executes: 0,
+            executes_answered: 0,
+            tagged_executes: VecDeque::new(),
         }
     }
 }
@@ -68,7 +78,8 @@ pub struct Tracker {
     /// Query and Execute messages forwarded and not discarded (for metrics).
     queries: u64,
     executes: u64,
-    /// Closes with a token whose outcome is known: (token, whether the upstream closed).
+    /// Closes and Executes with a token whose outcome is known: (token, whether the upstream
+    /// closed, or completed the Execute).
     settled: Vec<(u64, bool)>,
 }
 
@@ -218,6 +229,9 @@ impl Tracker {
                 let run = self.open_extended();
                 run.pending += 1;
                 run.portals = true;
+                if kind == frontend::EXECUTE {
+                    run.executes = run.executes.wrapping_add(1);
+                }
             }
             frontend::PARSE | frontend::DESCRIBE => self.open_extended().pending += 1,
             frontend::CLOSE => {
@@ -249,19 +263,35 @@ impl Tracker {
         }
     }
 
-    /// Closes tagged by [`Tracker::tag_close`] whose outcome is now known, oldest first: (token,
-    /// whether the upstream closed).
+    /// Tags the Execute message just passed to [`Tracker::on_client`] with `token`: whether the
+    /// upstream completed it (CommandComplete) or not (an error, or skipped after one) comes out
+    /// of [`Tracker::settled_closes`], like a Close's outcome. One the upstream discards settles
+    /// at once.
+    pub fn tag_execute(&mut self, token: u64) {
+        match self.segments.back_mut() {
+            Some(run) if run.kind == Kind::Extended && !run.failed && run.executes > 0 => {
+                run.tagged_executes.push_back((run.executes - 1, token))
+            }
+            _ => self.settled.push((token, false)),
+        }
+    }
+
+    /// Closes tagged by [`Tracker::tag_close`] and Executes tagged by [`Tracker::tag_execute`]
+    /// whose outcome is now known, oldest first: (token, whether the upstream closed, or
+    /// completed the Execute).
     pub fn settled_closes(&mut self) -> Option<std::vec::Drain<'_, (u64, bool)>> {
         (!self.settled.is_empty()).then(|| self.settled.drain(..))
     }
 
-    /// The upstream skipped the Closes not answered yet in `segment` (it failed, or ended).
+    /// The upstream skipped the Closes and Executes not answered yet in `segment` (it failed,
+    /// or ended).
     fn skipped_closes(settled: &mut Vec<(u64, bool)>, segment: &mut Segment) {
         settled.extend(
             segment
                 .closes
                 .drain(..)
                 .flatten()
+                .chain(segment.tagged_executes.drain(..).map(|(_, token)| token))
                 .map(|token| (token, false)),
         );
     }
@@ -347,6 +377,15 @@ impl Tracker {
                         if kind == b'3' {
                             if let Some(Some(token)) = front.closes.pop_front() {
                                 self.settled.push((token, true));
+                            }
+                        }
+                        if matches!(kind, b'C' | b'I' | b's') {
+                            let answered = front.executes_answered;
+                            front.executes_answered = answered.wrapping_add(1);
+                            if front.tagged_executes.front().map(|&(n, _)| n) == Some(answered) {
+                                if let Some((_, token)) = front.tagged_executes.pop_front() {
+                                    self.settled.push((token, kind == b'C'));
+                                }
                             }
                         }
                     }

@@ -237,3 +237,59 @@ fn tagged_closes_settle_when_answered_or_skipped() {
     t.on_backend(b'Z', Some(b"I"));
     assert!(t.is_idle());
 }
+
+#[test]
+fn tagged_executes_settle_when_completed_or_not() {
+    let mut t = Tracker::default();
+    // Parse, Bind, Execute (untagged: its rows and CommandComplete), Bind, Execute (tagged).
+    for kind in *b"PBEB" {
+        t.on_client(kind);
+    }
+    t.on_client(b'E');
+    t.tag_execute(1);
+    t.on_client(b'S');
+    for kind in *b"12DDC2" {
+        t.on_backend(kind, None);
+    }
+    assert_eq!(settled(&mut t), []);
+    t.on_backend(b'C', None);
+    assert_eq!(settled(&mut t), [(1, true)]);
+    t.on_backend(b'Z', Some(b"I"));
+
+    // An empty statement or a suspended portal did not complete; an error did not either.
+    for (answer, token) in [(b'I', 2), (b's', 3), (b'E', 4)] {
+        t.on_client(b'E');
+        t.tag_execute(token);
+        t.on_client(b'S');
+        t.on_backend(answer, None);
+        assert_eq!(settled(&mut t), [(token, false)]);
+        t.on_backend(b'Z', Some(b"I"));
+    }
+
+    // Skipped after an earlier error, and discarded after a seen one.
+    t.on_client(b'B');
+    t.on_client(b'E');
+    t.tag_execute(5);
+    t.on_backend(b'E', None);
+    assert_eq!(settled(&mut t), [(5, false)]);
+    t.on_client(b'E');
+    t.tag_execute(6);
+    assert_eq!(settled(&mut t), [(6, false)]);
+    t.on_client(b'S');
+    t.on_backend(b'Z', Some(b"I"));
+
+    // Behind a Query that ends the run: the Query's own CommandComplete answers nothing tagged.
+    t.on_client(b'E');
+    t.on_client(b'Q');
+    t.on_client(b'E');
+    t.tag_execute(7);
+    t.on_client(b'S');
+    t.on_backend(b'C', None); // the first Execute
+    t.on_backend(b'C', None); // the Query
+    t.on_backend(b'Z', Some(b"I"));
+    assert_eq!(settled(&mut t), []);
+    t.on_backend(b'C', None);
+    assert_eq!(settled(&mut t), [(7, true)]);
+    t.on_backend(b'Z', Some(b"I"));
+    assert!(t.is_idle());
+}
