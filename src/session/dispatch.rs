@@ -34,6 +34,14 @@ pub(super) async fn intercept_ml(
     // The charge of the statement, portal or cursor this work keeps, if any.
     let mut kept = None;
     let intercept = match intercept {
+        // After an error earlier in this pipeline PostgreSQL discards a Query or Parse unread,
+        // answering nothing: so does pgenrich, without planning it. (It planned it first, so a
+        // client could have any number of statements planned for nothing, and a prepared DECLARE
+        // left a cursor pgenrich held but PostgreSQL never declared.)
+        Intercept::Inspect { .. } if relay.tracker.open_failed() => {
+            debug!("ML message skipped unplanned: the pipeline already failed");
+            return Ok(());
+        }
         Intercept::Inspect { kind, body } => {
             let max_bytes = relay.max_ml_statement_bytes();
             let planned = match planner::plan(kind, body.clone(), held(relay), max_bytes).await {

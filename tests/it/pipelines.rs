@@ -193,3 +193,68 @@ async fn a_query_discarded_after_a_pipeline_error_is_owed_nothing() {
         .expect("the ML Query is answered");
     assert_eq!(kinds(&reply), "TDCZ");
 }
+
+/// After an error PostgreSQL discards the rest of the pipeline unread; pgenrich discards the ML
+/// Parse and Query messages in it too, without planning them. It planned them before, and kept
+/// a prepared DECLARE of an ML cursor though PostgreSQL never ran it, charged against the
+/// session's `max_prepared_bytes` until the session ended: three of them left no room for a
+/// real statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_messages_after_a_pipeline_error_are_discarded_unplanned() {
+    let proxy = Proxy::start_with(|c| c.max_prepared_bytes = 1 << 20).await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    let mut failing = cstr("");
+    failing.extend(cstr("SELEC broken"));
+    failing.extend(0u16.to_be_bytes());
+    raw.stream_write(&[message(b'P', &failing), message(b'H', &[])].concat())
+        .await;
+    let (kind, body) = raw.recv().await.expect("the Parse's error");
+    assert_eq!((kind, error_code(&body).as_str()), (b'E', "42601"));
+    // Each statement is charged about 300 kB (twice its text).
+    let pad = "x".repeat(150_000);
+    let ml = |n: usize| {
+        format!(
+            "SELECT '{pad}' AS pad, {n} AS n, \
+             (aws_comprehend.detect_sentiment('good', 'en')).sentiment"
+        )
+    };
+    let mut pipeline = Vec::new();
+    for n in 0..3 {
+        let declare = format!("DECLARE c{n} CURSOR WITH HOLD FOR {}", ml(n));
+        pipeline.extend(parse_bind(&format!("d{n}"), "", &declare));
+        pipeline.extend(execute("", 0));
+    }
+    for n in 0..2_000 {
+        pipeline.extend(parse_bind(&format!("s{n}"), "", ML));
+    }
+    pipeline.extend(message(b'Q', &cstr(ML)));
+    pipeline.extend(message(b'S', &[]));
+    raw.stream_write(&pipeline).await;
+    let reply = tokio::time::timeout(Duration::from_secs(30), raw.recv_until_ready())
+        .await
+        .expect("the Sync is answered");
+    assert_eq!(kinds(&reply), "Z");
+    // None of it exists: a statement of that size fits the budget, and the names are free.
+    let mut parse = cstr("real");
+    parse.extend(cstr(&ml(7)));
+    parse.extend(0u16.to_be_bytes());
+    raw.stream_write(&[message(b'P', &parse), message(b'S', &[])].concat())
+        .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "1Z", "{:?}", error_code(&reply[0].1));
+    raw.send(b'Q', &cstr("FETCH 1 FROM c0")).await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "EZ");
+    assert_eq!(error_code(&reply[0].1), "34000");
+    let mut bind = cstr("");
+    bind.extend(cstr("s0"));
+    bind.extend([0u8; 6]);
+    raw.stream_write(&[message(b'B', &bind), execute("", 0), message(b'S', &[])].concat())
+        .await;
+    let reply = raw.recv_until_ready().await;
+    assert_eq!(kinds(&reply), "EZ");
+    assert_eq!(error_code(&reply[0].1), "26000");
+    // The session goes on.
+    raw.send(b'Q', &cstr(ML)).await;
+    assert_eq!(kinds(&raw.recv_until_ready().await), "TDCZ");
+}
