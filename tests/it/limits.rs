@@ -1,5 +1,5 @@
-//! Cost and fairness limits: `max_inference_rows` per statement, and fair shares of
-//! `max_concurrent_calls` between concurrent statements.
+//! Cost and fairness limits: `max_inference_rows` per statement (each FETCH of a cursor is one),
+//! and fair shares of `max_concurrent_calls` between concurrent statements.
 
 use std::time::Duration;
 
@@ -150,4 +150,30 @@ async fn a_rate_limited_role_waits_and_others_do_not() {
         free_took * 2 < limited_took,
         "another role is not limited: {free_took:?} vs {limited_took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fetch_of_a_streaming_cursor_is_capped_as_a_statement() {
+    let proxy = Proxy::start_with(|c| c.inference.max_inference_rows = Some(50)).await;
+    let client = proxy.connect().await;
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .batch_execute(
+            "DECLARE c CURSOR FOR \
+             SELECT g, aws_sagemaker.invoke_endpoint('cap', NULL, g) FROM generate_series(1, 200) g",
+        )
+        .await
+        .expect("declare");
+    // Two FETCHes within the cap each: 80 rows scored in all.
+    for _ in 0..2 {
+        let rows = client.simple_query("FETCH 40 FROM c").await.expect("fetch");
+        assert_eq!(text_rows(&rows).len(), 40);
+    }
+    // One FETCH past it fails as a statement past it does.
+    let error = client
+        .simple_query("FETCH 60 FROM c")
+        .await
+        .expect_err("over the cap");
+    assert_eq!(sqlstate(&error), "54000", "{error}");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
 }
