@@ -5,8 +5,9 @@
 //! after every step the tracker must agree with it: caught up exactly when nothing forwarded is
 //! still owed, idle exactly when no extended-protocol run is open either, the transaction status
 //! of the last ReadyForQuery, and the error of a stand-in message (and only that one) replaced by
-//! pgenrich's own. Every Close is tagged: each settles once, as closed exactly when PostgreSQL
-//! closed (answered CloseComplete) rather than skipped it or failed, and by the end all have.
+//! pgenrich's own. Every Close and Execute is tagged: each settles once, as done exactly when
+//! PostgreSQL closed (answered CloseComplete) or completed it (CommandComplete) rather than
+//! skipped it, failed or suspended it, and by the end all have.
 //!
 //! A second pass feeds arbitrary server message types and bodies: a misbehaving upstream must
 //! not panic the tracker, and its answers to the relay's questions must stay consistent.
@@ -269,20 +270,20 @@ fn check(tracker: &Tracker, server: &Server, model: &Model, trace: &[Traced]) {
     assert!(!tracker.open_failed() || !tracker.is_idle());
 }
 
-/// Checks the Closes the tracker has settled against what PostgreSQL did with them.
+/// Checks the Closes and Executes the tracker has settled against what PostgreSQL did with them.
 fn settle(tracker: &mut Tracker, closes: &mut HashMap<u64, bool>, trace: &[Traced]) {
     for (token, closed) in tracker.settled_closes().into_iter().flatten() {
         assert_eq!(
             closes.remove(&token),
             Some(closed),
-            "Close {token} settled wrongly or twice after {trace:?}"
+            "Close or Execute {token} settled wrongly or twice after {trace:?}"
         );
     }
 }
 
 fuzz_target!(|input: Input| {
     let mut tracker = Tracker::default();
-    // Tagged Closes not settled yet: whether PostgreSQL closed.
+    // Tagged Closes and Executes not settled yet: whether PostgreSQL closed or completed them.
     let mut closes = HashMap::new();
     let mut server = Server::default();
     let mut model = Model {
@@ -305,10 +306,18 @@ fuzz_target!(|input: Input| {
                 );
                 trace.push(Traced::Send(message, fails));
                 tracker.on_client(message.kind());
-                if message == Client::Close {
+                if matches!(message, Client::Close | Client::Execute) {
                     let token = trace.len() as u64;
-                    closes.insert(token, !server.ignore_till_sync && !fails);
-                    tracker.tag_close(token);
+                    // An Execute completes with CommandComplete (Server::receive's variant 0).
+                    let done = !server.ignore_till_sync
+                        && !fails
+                        && (message == Client::Close || variant % 3 == 0);
+                    closes.insert(token, done);
+                    if message == Client::Close {
+                        tracker.tag_close(token);
+                    } else {
+                        tracker.tag_execute(token);
+                    }
                     settle(&mut tracker, &mut closes, &trace);
                 }
                 if matches!(message, Client::StandinQuery | Client::StandinExecute) {
@@ -360,7 +369,8 @@ fuzz_target!(|input: Input| {
         }
         check(&tracker, &server, &model, &trace);
     }
-    // Everything arrives: every Close has been answered, or skipped by an error that arrived.
+    // Everything arrives: every Close and Execute has been answered, or skipped by an error that
+    // arrived.
     while let Some(answer) = server.wire.pop_front() {
         trace.push(Traced::Deliver(answer.kind as char));
         let wants = tracker.wants_body(answer.kind);
@@ -369,7 +379,7 @@ fuzz_target!(|input: Input| {
     }
     assert!(
         closes.is_empty(),
-        "Closes never settled: {closes:?} after {trace:?}"
+        "Closes or Executes never settled: {closes:?} after {trace:?}"
     );
 
     // A misbehaving upstream: anything, in any order.
@@ -381,6 +391,9 @@ fuzz_target!(|input: Input| {
         }
         if client % 5 == 0 {
             tracker.tag_close(u64::from(*kind));
+        }
+        if client % 3 == 0 {
+            tracker.tag_execute(u64::from(*kind));
         }
         let _ = tracker.settled_closes().map(Iterator::count);
         let wants = tracker.wants_body(*kind);
