@@ -164,13 +164,9 @@ async fn a_client_that_hangs_up_while_its_ml_message_waits_is_noticed() {
     );
 }
 
-/// After an error in a pipeline PostgreSQL discards everything up to Sync, a Query too: the
-/// session must not wait for an answer to it (the next ML statement used to hang).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_discarded_after_a_pipeline_error_is_owed_nothing() {
-    let proxy = Proxy::start().await;
-    let mut raw = RawClient::startup(proxy.addr).await;
-    // A Parse that fails, Flush: the error comes at once.
+/// Sends a Parse that fails and a Flush, which brings its error at once: the open pipeline has
+/// failed, and PostgreSQL skips everything up to Sync.
+async fn fail_pipeline(raw: &mut RawClient) {
     let mut parse = cstr("");
     parse.extend(cstr("SELEC broken"));
     parse.extend(0u16.to_be_bytes());
@@ -178,6 +174,15 @@ async fn a_query_discarded_after_a_pipeline_error_is_owed_nothing() {
         .await;
     let (kind, body) = raw.recv().await.expect("the Parse's error");
     assert_eq!((kind, error_code(&body).as_str()), (b'E', "42601"));
+}
+
+/// After an error in a pipeline PostgreSQL discards everything up to Sync, a Query too: the
+/// session must not wait for an answer to it (the next ML statement used to hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_discarded_after_a_pipeline_error_is_owed_nothing() {
+    let proxy = Proxy::start().await;
+    let mut raw = RawClient::startup(proxy.addr).await;
+    fail_pipeline(&mut raw).await;
     // A plain and an ML Query, both discarded by PostgreSQL (no answer), then Sync.
     raw.send(b'Q', &cstr("SELECT 1")).await;
     raw.send(b'Q', &cstr(ML)).await;
@@ -203,13 +208,7 @@ async fn a_query_discarded_after_a_pipeline_error_is_owed_nothing() {
 async fn ml_messages_after_a_pipeline_error_are_discarded_unplanned() {
     let proxy = Proxy::start_with(|c| c.max_prepared_bytes = 1 << 20).await;
     let mut raw = RawClient::startup(proxy.addr).await;
-    let mut failing = cstr("");
-    failing.extend(cstr("SELEC broken"));
-    failing.extend(0u16.to_be_bytes());
-    raw.stream_write(&[message(b'P', &failing), message(b'H', &[])].concat())
-        .await;
-    let (kind, body) = raw.recv().await.expect("the Parse's error");
-    assert_eq!((kind, error_code(&body).as_str()), (b'E', "42601"));
+    fail_pipeline(&mut raw).await;
     // Each statement is charged about 300 kB (twice its text).
     let pad = "x".repeat(150_000);
     let ml = |n: usize| {
