@@ -1,8 +1,9 @@
 //! Frame parsing on arbitrary bytes: the relay's header walk, the bounds-checked readers of
 //! client and server message bodies (statement text, ErrorResponse fields, the SASL offer
-//! rewrite, the ML statement table's Parse/Bind/Describe/Execute/Close readers, RowDescription
-//! and DataRow splitting), and the Bind and Close rewrites of ML statements — checked against
-//! what the bytes say, and by round trips through the encoders.
+//! rewrite, the ML statement table's Parse/Bind/Describe/Execute/Close readers and those of
+//! prepared DEALLOCATE/CLOSE commands, RowDescription and DataRow splitting), and the Bind and
+//! Close rewrites of ML statements — checked against what the bytes say, and by round trips
+//! through the encoders.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use pgenrich::enrich::budget::MemoryBudget;
 use pgenrich::protocol::{self, header, split_cstr, BadLength, HEADER_LEN};
+use pgenrich::session::deferred::{Deferred, Forget};
 use pgenrich::session::kept::KeptBudgets;
 use pgenrich::session::rows::{self, Layout};
 use pgenrich::session::statements::{self, MlStatement, Prepared, Registry};
@@ -68,6 +70,34 @@ fn walk(mut rest: &[u8]) {
     }
 }
 
+/// The readers of prepared DEALLOCATE/CLOSE commands (`session::deferred`) on `body` as a
+/// Bind, Parse, Close and Execute: a Bind from a remembered statement gives its portal the
+/// command, which the first Execute of that portal takes, and nothing else does.
+fn deferred(body: &[u8]) {
+    let mut d = Deferred::default();
+    let bind = split_cstr(body).and_then(|(portal, rest)| Some((portal, split_cstr(rest)?.0)));
+    if let Some((_, statement)) = bind {
+        let name = String::from_utf8_lossy(statement).into_owned();
+        assert!(d.prepared(name, Forget::AllCursors));
+    }
+    d.on_bind(body);
+    if let Some((portal, _)) = bind {
+        let execute = [portal, b"\0"].concat();
+        assert!(
+            d.on_execute(&execute, 1),
+            "the Bind's portal runs the command"
+        );
+        assert!(!d.on_execute(&execute, 2), "a second Execute runs nothing");
+        assert_eq!(d.settled(1, true).as_deref(), Some(&Forget::AllCursors));
+        assert_eq!(d.settled(2, true), None);
+    }
+    d.on_parse(body);
+    d.on_close(body);
+    if d.on_execute(body, 3) {
+        assert_eq!(d.settled(3, false), None);
+    }
+}
+
 /// Whether `part` lies within `whole`.
 fn within(part: &[u8], whole: &[u8]) -> bool {
     let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
@@ -119,6 +149,8 @@ fn body(kind: u8, body: &[u8]) {
         let max = i32::from_be_bytes(tail[..4].try_into().expect("4 bytes"));
         assert_eq!(rows, max.max(0) as usize);
     }
+
+    deferred(body);
 
     // Server bodies: RowDescription and DataRow.
     let fields = rows::split_fields(body);
