@@ -381,10 +381,15 @@ impl Registry {
             .retain(|_, cursor| cursor.hold || cursor.epoch >= answered);
     }
 
-    /// Whether any ML statement, portal or cursor is named (so Bind, Describe, Execute and
-    /// Close are looked at).
+    /// Whether any ML statement, portal or cursor is named (so Describe is looked at).
     pub fn names_any(&self) -> bool {
         !self.statements.is_empty() || !self.portals.is_empty() || !self.cursors.is_empty()
+    }
+
+    /// Whether Bind, Execute and Close are looked at: some ML name is held, or a prepared
+    /// command that forgets such names ([`crate::session::deferred`]).
+    pub fn watches_portals(&self) -> bool {
+        self.names_any() || !self.deferred.is_empty()
     }
 
     /// The ML statement a Bind body names, if any.

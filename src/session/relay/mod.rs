@@ -352,7 +352,7 @@ impl Relay {
                 && match kind {
                     frontend::QUERY | frontend::PARSE => true,
                     frontend::BIND => {
-                        let named = self.ml.names_any() || !self.ml.deferred.is_empty();
+                        let named = self.ml.watches_portals();
                         if named && len - 4 > self.ctx.max_query_bytes {
                             // Too large to hold: it is relayed as it streams in, but a portal of
                             // that name no longer belongs to an ML statement.
@@ -365,9 +365,7 @@ impl Relay {
                         named && len - 4 <= self.ctx.max_query_bytes
                     }
                     frontend::DESCRIBE => self.ml.names_any(),
-                    frontend::EXECUTE | frontend::CLOSE => {
-                        self.ml.names_any() || !self.ml.deferred.is_empty()
-                    }
+                    frontend::EXECUTE | frontend::CLOSE => self.ml.watches_portals(),
                     _ => false,
                 };
             if !inspected {
